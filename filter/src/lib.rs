@@ -1,1 +1,37 @@
+//! tokenrouter's proxy-wasm filter: thin glue between Envoy and [`tokenrouter_engine`].
+//!
+//! One module, three roles chosen by the plugin configuration's `role`:
+//! - `sync` (bootstrap singleton on the main thread): holds the gRPC stream to the control plane,
+//!   writes snapshots into shared data, ships usage records from the shared queue.
+//! - `edge` (downstream HTTP filter): auth, body parse, routing, response metadata, usage.
+//! - `upstream` (cluster HTTP filter, once per attempt): credential, authority and path.
+//!
+//! # Layout
+//! - [`host`]: checked wrappers over proxy-wasm host calls (the SDK's trait defaults panic).
+//! - [`vm`]: per-VM cache of the decoded snapshot and the usage queue handle.
+//! - [`root`]: the root context; parses the role and creates HTTP contexts.
+//! - [`edge`], [`upstream`], [`sync`]: one module per role.
 
+pub mod edge;
+pub mod host;
+pub mod root;
+pub mod sync;
+pub mod upstream;
+pub mod vm;
+
+/// Shared data key holding the encoded snapshot.
+pub const SNAPSHOT_KEY: &str = "tokenrouter.snapshot";
+/// Shared data key holding the snapshot version (u64 little-endian), written after the snapshot.
+pub const SNAPSHOT_VERSION_KEY: &str = "tokenrouter.snapshot.version";
+/// Shared queue carrying encoded `UsageRecord`s from workers to the sync singleton.
+pub const USAGE_QUEUE: &str = "tokenrouter.usage";
+/// vm_id every tokenrouter wasm instance uses (shared data and queues are scoped by it).
+pub const VM_ID: &str = "tokenrouter";
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(root::Root::default())
+    });
+}}

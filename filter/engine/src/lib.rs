@@ -1,1 +1,30 @@
+//! The decision engine of tokenrouter.
+//!
+//! Plain Rust with no proxy-wasm dependency: the wasm filter calls it on the request path and the
+//! control plane calls it to validate configuration before pushing it, so both hosts run the
+//! same code.
+//!
+//! # Layout
+//! - [`snapshot`]: the validated, indexed form of the pushed `config.v1.Snapshot`.
+//! - [`auth`]: gateway key extraction and lookup.
+//! - [`request`]: bounded parsing of client request bodies and their rewrite for the upstream.
+//! - [`routing`]: `model` → provider, cluster, upstream model and price.
+//! - [`upstream`]: what the per-attempt upstream filter changes (authority, path, credential).
+//! - [`usage`]: token usage from provider responses, JSON and SSE (incremental).
+//! - [`money`]: exact cost arithmetic and formatting.
+//! - [`catalogue`]: the built-in model catalogue.
+//! - [`error`]: the one gateway error type and its JSON envelope.
 
+pub mod auth;
+pub mod catalogue;
+pub mod error;
+pub mod keys;
+pub mod money;
+pub mod request;
+pub mod routing;
+pub mod snapshot;
+pub mod upstream;
+pub mod usage;
+
+pub use error::{ErrorKind, GatewayError};
+pub use snapshot::Snapshot;

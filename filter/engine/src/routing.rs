@@ -1,0 +1,155 @@
+//! Resolving the request's `model` to a provider, its Envoy cluster, the upstream model name and
+//! the price to charge.
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::money::Price;
+use crate::snapshot::{ProviderEntry, Snapshot};
+
+/// Where one attempt goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target<'s> {
+    pub provider: &'s ProviderEntry,
+    /// Model name the provider receives.
+    pub upstream_model: String,
+    pub price: Price,
+    /// Whether the model was found in the catalogue (false: self-hosted, unpriced).
+    pub catalogued: bool,
+}
+
+/// Resolves `provider/model` or a bare catalogue model.
+///
+/// `provider` is a registered provider's name, or else a provider kind (its first enabled
+/// provider). Only `openai-compatible` providers accept models outside the catalogue.
+pub fn resolve<'s>(snapshot: &'s Snapshot, model: &str) -> Result<Target<'s>, GatewayError> {
+    match model.split_once('/') {
+        Some((provider, model_id)) => resolve_pinned(snapshot, provider, model_id, model),
+        None => resolve_bare(snapshot, model),
+    }
+}
+
+fn resolve_pinned<'s>(
+    snapshot: &'s Snapshot,
+    provider_name: &str,
+    model_id: &str,
+    full: &str,
+) -> Result<Target<'s>, GatewayError> {
+    let provider = snapshot
+        .provider(provider_name)
+        .filter(|p| p.enabled)
+        .or_else(|| {
+            crate::upstream::ProviderKind::parse(provider_name)
+                .and_then(|kind| snapshot.providers_of_kind(kind).next())
+        })
+        .ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::NotFound,
+                format!("Provider '{provider_name}' is not registered (model '{full}')."),
+            )
+        })?;
+    if model_id.is_empty() {
+        return Err(GatewayError::invalid(format!(
+            "Model '{full}' names no model after the provider."
+        )));
+    }
+    match snapshot.model(provider.kind, model_id) {
+        Some(m) if m.enabled => Ok(Target {
+            provider,
+            upstream_model: m.upstream_model.clone(),
+            price: m.price,
+            catalogued: true,
+        }),
+        Some(_) => Err(GatewayError::new(
+            ErrorKind::NotFound,
+            format!("Model '{full}' is disabled in the catalogue."),
+        )),
+        None if provider.kind.accepts_any_model() => Ok(Target {
+            provider,
+            upstream_model: model_id.to_string(),
+            price: Price::default(),
+            catalogued: false,
+        }),
+        None => Err(GatewayError::new(
+            ErrorKind::NotFound,
+            format!("Model '{full}' is not in the catalogue."),
+        )),
+    }
+}
+
+fn resolve_bare<'s>(snapshot: &'s Snapshot, model: &str) -> Result<Target<'s>, GatewayError> {
+    let kinds = snapshot.kinds_of_model(model);
+    if kinds.is_empty() {
+        return Err(GatewayError::new(
+            ErrorKind::NotFound,
+            format!("Model '{model}' is not in the catalogue. Use 'provider/model' or see GET /v1/models."),
+        ));
+    }
+    for &kind in kinds {
+        let Some(m) = snapshot.model(kind, model).filter(|m| m.enabled) else {
+            continue;
+        };
+        if let Some(provider) = snapshot.providers_of_kind(kind).next() {
+            return Ok(Target {
+                provider,
+                upstream_model: m.upstream_model.clone(),
+                price: m.price,
+                catalogued: true,
+            });
+        }
+    }
+    Err(GatewayError::new(
+        ErrorKind::Routing,
+        format!("No eligible providers available for model '{model}'."),
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::sample;
+
+    #[test]
+    fn resolution_table() {
+        let s = Snapshot::from_proto(sample()).unwrap();
+        // (model, Ok((provider, upstream model, input price)) | Err(status))
+        type Want = Result<(&'static str, &'static str, i64), u16>;
+        let cases: [(&str, Want); 10] = [
+            ("openai/gpt-4o-mini", Ok(("openai", "gpt-4o-mini", 150_000))),
+            ("gpt-4o-mini", Ok(("openai", "gpt-4o-mini", 150_000))),
+            ("gpt-4o", Ok(("openai", "gpt-4o", 2_500_000))),
+            ("local/my-llama", Ok(("local", "my-llama", 0))),
+            ("local/org/model-x", Ok(("local", "org/model-x", 0))),
+            ("openai-compatible/echo", Ok(("local", "echo", 0))),
+            ("openai/gpt-99", Err(404)),
+            ("nope/x", Err(404)),
+            ("unknown-model", Err(404)),
+            ("claude-haiku-4-5", Err(422)), // catalogued but no anthropic provider registered
+        ];
+        for (model, want) in cases {
+            match (resolve(&s, model), want) {
+                (Ok(t), Ok((p, m, price))) => {
+                    assert_eq!(
+                        (
+                            t.provider.name.as_str(),
+                            t.upstream_model.as_str(),
+                            t.price.input
+                        ),
+                        (p, m, price),
+                        "{model}"
+                    );
+                }
+                (Err(e), Err(status)) => assert_eq!(e.status(), status, "{model}: {}", e.message),
+                (got, want) => panic!("{model}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn disabled_provider_is_not_used() {
+        let mut p = sample();
+        p.providers[0].enabled = false;
+        let s = Snapshot::from_proto(p).unwrap();
+        assert_eq!(resolve(&s, "openai/gpt-4o-mini").unwrap_err().status(), 404);
+        assert_eq!(resolve(&s, "gpt-4o-mini").unwrap_err().status(), 422);
+    }
+}

@@ -1,0 +1,343 @@
+//! The validated, indexed form of a pushed `config.v1.Snapshot`.
+//!
+//! Built once per config version (never per request): the filter decodes it when the version in
+//! shared data changes, and the control plane builds it before every push to refuse an invalid
+//! configuration before it reaches an edge.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use tokenrouter_proto::config::v1 as pb;
+
+use crate::money::Price;
+use crate::upstream::{BaseUrl, ProviderKind};
+
+/// Snapshot wire schema this engine understands.
+pub const SCHEMA: u32 = 1;
+
+/// Request bodies above this are refused with 413 unless the snapshot says otherwise.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A gateway key as the edge knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub id: String,
+    pub name: String,
+    pub workspace_id: String,
+    pub revoked: bool,
+}
+
+/// A registered provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderEntry {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: BaseUrl,
+    pub cluster: String,
+    pub credential: String,
+    pub enabled: bool,
+}
+
+/// A catalogue model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelEntry {
+    pub id: String,
+    pub kind: ProviderKind,
+    pub upstream_model: String,
+    pub price: Price,
+    pub context_window: u32,
+    pub enabled: bool,
+}
+
+/// Why a snapshot was refused. The previous snapshot stays active.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Everything the request path needs, indexed for O(1) lookups.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub version: u64,
+    pub max_request_body_bytes: u64,
+    keys: HashMap<[u8; 32], KeyEntry>,
+    providers: Vec<ProviderEntry>,
+    provider_by_name: HashMap<String, usize>,
+    /// (kind, model id) → model.
+    models: HashMap<(ProviderKind, String), ModelEntry>,
+    /// Bare model id → kinds that offer it, in catalogue order.
+    model_kinds: HashMap<String, Vec<ProviderKind>>,
+}
+
+impl Snapshot {
+    /// Decodes and validates an encoded snapshot.
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
+        let proto = pb::Snapshot::decode(bytes)
+            .map_err(|e| ConfigError(format!("snapshot does not decode: {e}")))?;
+        Snapshot::from_proto(proto)
+    }
+
+    /// Validates and indexes a snapshot. Refuses the whole snapshot on any invalid entry.
+    pub fn from_proto(p: pb::Snapshot) -> Result<Snapshot, ConfigError> {
+        if p.schema != SCHEMA {
+            return Err(ConfigError(format!(
+                "snapshot schema {} is not supported (this edge understands {SCHEMA})",
+                p.schema
+            )));
+        }
+        let mut keys = HashMap::with_capacity(p.keys.len());
+        for k in p.keys {
+            let hash: [u8; 32] = k
+                .sha256
+                .as_slice()
+                .try_into()
+                .map_err(|_| ConfigError(format!("key {}: sha256 must be 32 bytes", k.id)))?;
+            let entry = KeyEntry {
+                id: k.id,
+                name: k.name,
+                workspace_id: k.workspace_id,
+                revoked: k.revoked,
+            };
+            if keys.insert(hash, entry).is_some() {
+                return Err(ConfigError("two keys share one hash".into()));
+            }
+        }
+        let mut providers = Vec::with_capacity(p.providers.len());
+        let mut provider_by_name = HashMap::new();
+        for pr in p.providers {
+            let kind = ProviderKind::parse(&pr.kind).ok_or_else(|| {
+                ConfigError(format!("provider {}: unknown kind {:?}", pr.name, pr.kind))
+            })?;
+            let base_url = BaseUrl::parse(&pr.base_url)
+                .map_err(|e| ConfigError(format!("provider {}: {e}", pr.name)))?;
+            if !valid_name(&pr.name) {
+                return Err(ConfigError(format!(
+                    "provider name {:?} is not valid",
+                    pr.name
+                )));
+            }
+            if provider_by_name
+                .insert(pr.name.clone(), providers.len())
+                .is_some()
+            {
+                return Err(ConfigError(format!("provider {} appears twice", pr.name)));
+            }
+            providers.push(ProviderEntry {
+                name: pr.name,
+                kind,
+                base_url,
+                cluster: pr.cluster,
+                credential: pr.credential,
+                enabled: pr.enabled,
+            });
+        }
+        let mut models = HashMap::with_capacity(p.models.len());
+        let mut model_kinds: HashMap<String, Vec<ProviderKind>> = HashMap::new();
+        for m in p.models {
+            let kind = ProviderKind::parse(&m.provider_kind).ok_or_else(|| {
+                ConfigError(format!(
+                    "model {}: unknown provider kind {:?}",
+                    m.id, m.provider_kind
+                ))
+            })?;
+            let entry = ModelEntry {
+                id: m.id.clone(),
+                kind,
+                upstream_model: if m.upstream_model.is_empty() {
+                    m.id.clone()
+                } else {
+                    m.upstream_model
+                },
+                price: Price {
+                    input: m.input_price_micros_per_mtok,
+                    output: m.output_price_micros_per_mtok,
+                    cached_input: m.cached_input_price_micros_per_mtok,
+                },
+                context_window: m.context_window,
+                enabled: m.enabled,
+            };
+            if entry.price.input < 0 || entry.price.output < 0 || entry.price.cached_input < 0 {
+                return Err(ConfigError(format!("model {}: negative price", m.id)));
+            }
+            model_kinds.entry(m.id.clone()).or_default().push(kind);
+            if models.insert((kind, m.id.clone()), entry).is_some() {
+                return Err(ConfigError(format!(
+                    "model {} appears twice for {kind}",
+                    m.id
+                )));
+            }
+        }
+        let max_request_body_bytes = match p.settings.map(|s| s.max_request_body_bytes) {
+            Some(n) if n > 0 => n,
+            _ => DEFAULT_MAX_REQUEST_BODY_BYTES,
+        };
+        Ok(Snapshot {
+            version: p.version,
+            max_request_body_bytes,
+            keys,
+            providers,
+            provider_by_name,
+            models,
+            model_kinds,
+        })
+    }
+
+    /// The key with this SHA-256, revoked or not.
+    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&KeyEntry> {
+        self.keys.get(hash)
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderEntry> {
+        self.provider_by_name
+            .get(name)
+            .and_then(|&i| self.providers.get(i))
+    }
+
+    /// Enabled providers of a kind, in registration order.
+    pub fn providers_of_kind(&self, kind: ProviderKind) -> impl Iterator<Item = &ProviderEntry> {
+        self.providers
+            .iter()
+            .filter(move |p| p.enabled && p.kind == kind)
+    }
+
+    pub fn model(&self, kind: ProviderKind, id: &str) -> Option<&ModelEntry> {
+        self.models.get(&(kind, id.to_string()))
+    }
+
+    /// Kinds whose catalogue has this bare model id.
+    pub fn kinds_of_model(&self, id: &str) -> &[ProviderKind] {
+        self.model_kinds.get(id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// Provider names become cluster names and the first segment of `provider/model`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::keys::hash_key;
+
+    /// A small snapshot used across the engine's tests.
+    pub fn sample() -> pb::Snapshot {
+        pb::Snapshot {
+            schema: SCHEMA,
+            version: 7,
+            keys: vec![
+                pb::ApiKey {
+                    id: "key_live".into(),
+                    sha256: hash_key("sk-tr-live").to_vec(),
+                    name: "live".into(),
+                    workspace_id: "default".into(),
+                    revoked: false,
+                },
+                pb::ApiKey {
+                    id: "key_dead".into(),
+                    sha256: hash_key("sk-tr-dead").to_vec(),
+                    name: "dead".into(),
+                    workspace_id: "default".into(),
+                    revoked: true,
+                },
+            ],
+            providers: vec![
+                pb::Provider {
+                    name: "openai".into(),
+                    kind: "openai".into(),
+                    base_url: "http://127.0.0.1:9000/v1".into(),
+                    cluster: "tr_provider_openai".into(),
+                    credential: "sk-provider".into(),
+                    enabled: true,
+                },
+                pb::Provider {
+                    name: "local".into(),
+                    kind: "openai-compatible".into(),
+                    base_url: "http://127.0.0.1:9001/v1".into(),
+                    cluster: "tr_provider_local".into(),
+                    credential: String::new(),
+                    enabled: true,
+                },
+            ],
+            models: crate::catalogue::builtin().unwrap(),
+            settings: Some(pb::Settings {
+                max_request_body_bytes: 1000,
+            }),
+        }
+    }
+
+    #[test]
+    fn sample_validates_and_indexes() {
+        let s = Snapshot::from_proto(sample()).unwrap();
+        assert_eq!(s.version, 7);
+        assert_eq!(s.max_request_body_bytes, 1000);
+        assert_eq!(
+            s.key_by_hash(&hash_key("sk-tr-live")).unwrap().id,
+            "key_live"
+        );
+        assert!(s.key_by_hash(&hash_key("sk-tr-nope")).is_none());
+        assert_eq!(s.provider("openai").unwrap().cluster, "tr_provider_openai");
+        assert_eq!(s.kinds_of_model("gpt-4o-mini"), &[ProviderKind::OpenAi]);
+    }
+
+    #[test]
+    fn encoded_round_trip() {
+        let bytes = sample().encode_to_vec();
+        assert_eq!(Snapshot::decode(&bytes).unwrap().key_count(), 2);
+        assert!(Snapshot::decode(b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn invalid_snapshots_are_refused_whole() {
+        type Break = fn(&mut pb::Snapshot);
+        let cases: [(&str, Break); 7] = [
+            ("schema", |s| s.schema = 99),
+            ("short hash", |s| s.keys[0].sha256 = vec![1, 2, 3]),
+            ("dup hash", |s| s.keys[1].sha256 = s.keys[0].sha256.clone()),
+            ("bad kind", |s| s.providers[0].kind = "nonsense".into()),
+            ("bad url", |s| s.providers[0].base_url = "ftp://x".into()),
+            ("dup provider", |s| s.providers[1].name = "openai".into()),
+            ("negative price", |s| {
+                s.models[0].input_price_micros_per_mtok = -1
+            }),
+        ];
+        for (name, break_it) in cases {
+            let mut s = sample();
+            break_it(&mut s);
+            assert!(Snapshot::from_proto(s).is_err(), "{name} was accepted");
+        }
+    }
+
+    #[test]
+    fn default_body_limit() {
+        let mut s = sample();
+        s.settings = None;
+        assert_eq!(
+            Snapshot::from_proto(s).unwrap().max_request_body_bytes,
+            DEFAULT_MAX_REQUEST_BODY_BYTES
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("openai-eu_2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("Open AI"));
+        assert!(!valid_name("a/b"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Checked wrappers over the proxy-wasm host calls the filter uses. The SDK's trait default
+//! methods `unwrap()` host results, and a panic kills the VM of that worker, so the filter calls
+//! these instead and treats a failing host call as "absent".
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+        log::warn!("setting request header {name} failed: {e:?}");
+    }
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
+        log::warn!("setting response header {name} failed: {e:?}");
+    }
+}
+
+pub fn request_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_body(old_size: usize, body: &[u8]) -> bool {
+    hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body).is_ok()
+}
+
+pub fn response_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+        .ok()
+        .flatten()
+}
+
+pub fn set_response_body(old_size: usize, body: &[u8]) -> bool {
+    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_size, body).is_ok()
+}
+
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+}
+
+/// Sends a local JSON reply; the edge's own response callbacks still run for it.
+pub fn send_json(status: u16, body: &[u8], extra_headers: &[(&str, &str)]) {
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    headers.extend_from_slice(extra_headers);
+    if let Err(e) = hostcalls::send_http_response(u32::from(status), headers, Some(body)) {
+        log::error!("sending a local reply failed: {e:?}");
+    }
+}
+
+/// Envoy re-picks the route (and so the cluster from `x-tr-cluster`). Envoy exposes this as a
+/// foreign function; header mutations from wasm also clear it, this makes it explicit.
+pub fn clear_route_cache() {
+    if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
+        log::warn!("clearing the route cache failed: {e:?}");
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the host's clock.
+pub fn now_ms() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
+
+pub fn shared_data(key: &str) -> Option<Vec<u8>> {
+    hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+}
+
+pub fn set_shared_data(key: &str, value: &[u8]) -> bool {
+    hostcalls::set_shared_data(key, Some(value), None).is_ok()
+}
+
+/// A counter metric, defined once per VM.
+pub fn define_counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).ok()
+}
+
+pub fn increment(metric: Option<u32>, by: i64) {
+    if let Some(id) = metric {
+        let _ = hostcalls::increment_metric(id, by);
+    }
+}

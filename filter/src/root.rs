@@ -1,0 +1,114 @@
+//! The root context: reads the role from the plugin configuration and hands out HTTP contexts.
+
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use serde::Deserialize;
+
+use crate::{edge, host, sync, upstream, vm};
+
+/// How often workers look for a new snapshot version (revocation latency bound).
+const WORKER_TICK: Duration = Duration::from_millis(100);
+
+#[derive(Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+enum RoleConfig {
+    Edge,
+    Upstream { provider: String },
+    Sync(sync::SyncConfig),
+}
+
+#[derive(Default)]
+pub enum Root {
+    /// No valid configuration: HTTP contexts answer 503 rather than pass traffic unchecked.
+    #[default]
+    Unconfigured,
+    Edge(edge::Metrics),
+    Upstream {
+        provider: String,
+    },
+    Sync(Box<sync::Sync>),
+}
+
+impl Context for Root {
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        if let Root::Sync(s) = self {
+            s.on_message(token, size);
+        }
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
+        if let Root::Sync(s) = self {
+            s.on_close(token, status);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let raw = host::plugin_configuration().unwrap_or_default();
+        let config: RoleConfig = match serde_json::from_slice(&raw) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("tokenrouter: invalid plugin configuration: {e}");
+                return false;
+            }
+        };
+        *self = match config {
+            RoleConfig::Edge => {
+                vm::refresh_snapshot();
+                Root::Edge(edge::Metrics::define())
+            }
+            RoleConfig::Upstream { provider } => {
+                vm::refresh_snapshot();
+                Root::Upstream { provider }
+            }
+            RoleConfig::Sync(cfg) => match sync::Sync::start(cfg) {
+                Ok(s) => Root::Sync(Box::new(s)),
+                Err(e) => {
+                    log::error!("tokenrouter: sync service failed to start: {e}");
+                    return false;
+                }
+            },
+        };
+        let tick = match self {
+            Root::Sync(_) => sync::TICK,
+            _ => WORKER_TICK,
+        };
+        if let Err(e) = proxy_wasm::hostcalls::set_tick_period(tick) {
+            log::error!("tokenrouter: cannot set tick period: {e:?}");
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        match self {
+            Root::Sync(s) => s.on_tick(),
+            Root::Edge(_) => {
+                vm::refresh_snapshot();
+                vm::flush_usage_backlog();
+            }
+            Root::Upstream { .. } => vm::refresh_snapshot(),
+            Root::Unconfigured => {}
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Root::Sync(s) = self {
+            s.on_queue_ready(queue_id);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(match self {
+            Root::Edge(metrics) => Box::new(edge::Edge::new(metrics.clone())),
+            Root::Upstream { provider } => Box::new(upstream::Upstream::new(provider.clone())),
+            Root::Sync(_) | Root::Unconfigured => Box::new(edge::Unavailable),
+        })
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

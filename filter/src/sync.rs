@@ -1,0 +1,300 @@
+//! The sync singleton (bootstrap wasm service, main thread): the one gRPC stream between this
+//! Envoy and the control plane.
+//!
+//! Down the stream come snapshots, which are validated by the engine and written to shared data
+//! (snapshot first, then its version), and acks of usage batches. Up the stream go a hello and
+//! usage batches drained from the shared queue. A batch stays in `inflight` until acknowledged and
+//! is resent after a reconnect or a timeout; the control plane stores records idempotently by
+//! request id, so a resend never double-counts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use prost::Message;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::BufferType;
+use serde::Deserialize;
+use tokenrouter_engine::Snapshot;
+use tokenrouter_proto::sync::v1::{
+    control_message, edge_message, ControlMessage, EdgeMessage, Hello, UsageBatch, UsageRecord,
+};
+
+use crate::host;
+
+pub const TICK: Duration = Duration::from_millis(100);
+const SERVICE: &str = "tokenrouter.sync.v1.FilterSync";
+const METHOD: &str = "Sync";
+const BATCH_SIZE: usize = 500;
+const MAX_INFLIGHT: usize = 4;
+const RESEND_AFTER_MS: i64 = 10_000;
+const MIN_BACKOFF_MS: i64 = 200;
+const MAX_BACKOFF_MS: i64 = 5_000;
+/// Default bound on records held while the control plane is away (oldest dropped beyond).
+const DEFAULT_MAX_BUFFERED: usize = 100_000;
+
+#[derive(Deserialize)]
+pub struct SyncConfig {
+    control_cluster: String,
+    token: String,
+    #[serde(default)]
+    node_id: String,
+    #[serde(default)]
+    max_buffered_records: Option<usize>,
+}
+
+struct Inflight {
+    records: Vec<UsageRecord>,
+    sent_ms: i64,
+}
+
+pub struct Sync {
+    cfg: SyncConfig,
+    queue: u32,
+    /// Token of the open stream; `None` while disconnected.
+    stream: Option<u32>,
+    /// Snapshot version last written to shared data (sent in the hello).
+    have_version: u64,
+    pending: VecDeque<UsageRecord>,
+    inflight: BTreeMap<u64, Inflight>,
+    next_batch: u64,
+    next_connect_ms: i64,
+    backoff_ms: i64,
+    dropped: Option<u32>,
+    snapshots_refused: Option<u32>,
+}
+
+impl Sync {
+    pub fn start(cfg: SyncConfig) -> Result<Sync, String> {
+        let queue = hostcalls::register_shared_queue(crate::USAGE_QUEUE)
+            .map_err(|e| format!("cannot register the usage queue: {e:?}"))?;
+        let mut s = Sync {
+            cfg,
+            queue,
+            stream: None,
+            have_version: 0,
+            pending: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            next_batch: 1,
+            next_connect_ms: 0,
+            backoff_ms: MIN_BACKOFF_MS,
+            dropped: host::define_counter("tokenrouter.usage_dropped"),
+            snapshots_refused: host::define_counter("tokenrouter.snapshots_refused"),
+        };
+        s.connect();
+        Ok(s)
+    }
+
+    fn connect(&mut self) {
+        let bearer = format!("Bearer {}", self.cfg.token);
+        let opened = hostcalls::open_grpc_stream(
+            &self.cfg.control_cluster,
+            SERVICE,
+            METHOD,
+            vec![("authorization", bearer.as_bytes())],
+        );
+        match opened {
+            Ok(token) => {
+                self.stream = Some(token);
+                let hello = EdgeMessage {
+                    msg: Some(edge_message::Msg::Hello(Hello {
+                        node_id: self.cfg.node_id.clone(),
+                        have_version: self.have_version,
+                        max_schema: tokenrouter_engine::snapshot::SCHEMA,
+                    })),
+                };
+                self.send(&hello);
+            }
+            Err(e) => {
+                log::warn!("tokenrouter: cannot open the sync stream: {e:?}");
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    fn schedule_reconnect(&mut self) {
+        self.stream = None;
+        self.next_connect_ms = host::now_ms() + self.backoff_ms;
+        self.backoff_ms = (self.backoff_ms * 2).min(MAX_BACKOFF_MS);
+    }
+
+    fn send(&mut self, msg: &EdgeMessage) -> bool {
+        let Some(token) = self.stream else {
+            return false;
+        };
+        match hostcalls::send_grpc_stream_message(token, Some(&msg.encode_to_vec()), false) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("tokenrouter: sync stream send failed: {e:?}");
+                let _ = hostcalls::cancel_grpc_stream(token);
+                self.requeue_inflight();
+                self.schedule_reconnect();
+                false
+            }
+        }
+    }
+
+    pub fn on_message(&mut self, token: u32, size: usize) {
+        if self.stream != Some(token) {
+            return;
+        }
+        let bytes = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let msg = match ControlMessage::decode(bytes.as_slice()) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("tokenrouter: undecodable message from the control plane: {e}");
+                return;
+            }
+        };
+        self.backoff_ms = MIN_BACKOFF_MS;
+        match msg.msg {
+            Some(control_message::Msg::Snapshot(snapshot)) => self.install(snapshot),
+            Some(control_message::Msg::Ack(ack)) => {
+                self.inflight.remove(&ack.batch_id);
+                self.flush();
+            }
+            None => {}
+        }
+    }
+
+    /// Validates a snapshot with the engine and publishes it to the workers. An invalid one is
+    /// refused whole and the previous snapshot stays active.
+    fn install(&mut self, snapshot: tokenrouter_proto::config::v1::Snapshot) {
+        let version = snapshot.version;
+        let bytes = snapshot.encode_to_vec();
+        if let Err(e) = Snapshot::from_proto(snapshot) {
+            host::increment(self.snapshots_refused, 1);
+            log::error!(
+                "tokenrouter: snapshot {version} refused, keeping {}: {e}",
+                self.have_version
+            );
+            return;
+        }
+        if host::set_shared_data(crate::SNAPSHOT_KEY, &bytes)
+            && host::set_shared_data(crate::SNAPSHOT_VERSION_KEY, &version.to_le_bytes())
+        {
+            self.have_version = version;
+        } else {
+            log::error!("tokenrouter: cannot write snapshot {version} to shared data");
+        }
+    }
+
+    pub fn on_close(&mut self, token: u32, status: u32) {
+        if self.stream != Some(token) {
+            return;
+        }
+        let message = hostcalls::get_grpc_status().ok().and_then(|(_, m)| m);
+        log::warn!(
+            "tokenrouter: sync stream closed (grpc status {status}{}); reconnecting",
+            message.map(|m| format!(": {m}")).unwrap_or_default()
+        );
+        self.requeue_inflight();
+        self.schedule_reconnect();
+    }
+
+    /// Puts unacknowledged batches back at the front of the queue, in their original order.
+    fn requeue_inflight(&mut self) {
+        let inflight = std::mem::take(&mut self.inflight);
+        for (_, batch) in inflight.into_iter().rev() {
+            for r in batch.records.into_iter().rev() {
+                self.pending.push_front(r);
+            }
+        }
+        self.enforce_bound();
+    }
+
+    pub fn on_queue_ready(&mut self, queue: u32) {
+        if queue != self.queue {
+            return;
+        }
+        while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue) {
+            match UsageRecord::decode(bytes.as_slice()) {
+                Ok(mut r) => {
+                    if r.node_id.is_empty() {
+                        r.node_id.clone_from(&self.cfg.node_id);
+                    }
+                    self.pending.push_back(r);
+                }
+                Err(e) => log::error!("tokenrouter: undecodable usage record dropped: {e}"),
+            }
+        }
+        self.enforce_bound();
+        self.flush();
+    }
+
+    fn enforce_bound(&mut self) {
+        let max = self
+            .cfg
+            .max_buffered_records
+            .unwrap_or(DEFAULT_MAX_BUFFERED);
+        let over = self.pending.len().saturating_sub(max);
+        if over > 0 {
+            self.pending.drain(..over);
+            host::increment(self.dropped, i64::try_from(over).unwrap_or(i64::MAX));
+            log::error!("tokenrouter: usage buffer full, dropped {over} oldest records");
+        }
+    }
+
+    fn flush(&mut self) {
+        while self.stream.is_some()
+            && self.inflight.len() < MAX_INFLIGHT
+            && !self.pending.is_empty()
+        {
+            let n = self.pending.len().min(BATCH_SIZE);
+            let records: Vec<UsageRecord> = self.pending.drain(..n).collect();
+            let batch_id = self.next_batch;
+            self.next_batch += 1;
+            self.inflight.insert(
+                batch_id,
+                Inflight {
+                    records,
+                    sent_ms: host::now_ms(),
+                },
+            );
+            if !self.send_batch(batch_id) {
+                return;
+            }
+        }
+    }
+
+    fn send_batch(&mut self, batch_id: u64) -> bool {
+        let Some(batch) = self.inflight.get(&batch_id) else {
+            return true;
+        };
+        let msg = EdgeMessage {
+            msg: Some(edge_message::Msg::Usage(UsageBatch {
+                batch_id,
+                records: batch.records.clone(),
+            })),
+        };
+        self.send(&msg)
+    }
+
+    pub fn on_tick(&mut self) {
+        let now = host::now_ms();
+        if self.stream.is_none() {
+            if now >= self.next_connect_ms {
+                self.connect();
+            }
+            return;
+        }
+        // A batch the control plane never acknowledged (e.g. its store failed) is sent again.
+        let stale: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, b)| now - b.sent_ms > RESEND_AFTER_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(b) = self.inflight.get_mut(&id) {
+                b.sent_ms = now;
+            }
+            if !self.send_batch(id) {
+                return;
+            }
+        }
+        self.flush();
+    }
+}

@@ -1,0 +1,110 @@
+//! Per-VM state: the decoded snapshot (a cache of shared data, refreshed on a tick, so the
+//! request path makes no shared-data call) and the handle of the usage queue.
+//!
+//! Every root context of the VM (the edge filter and each provider cluster's upstream filter)
+//! shares this through a thread-local; each VM runs on exactly one thread.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use tokenrouter_engine::Snapshot;
+
+use crate::host;
+
+/// Records kept while the queue cannot be resolved (the sync singleton not up yet).
+const MAX_BACKLOG: usize = 10_000;
+
+#[derive(Default)]
+struct VmState {
+    snapshot: Option<Rc<Snapshot>>,
+    /// Version of `snapshot`, or of the last refused one, so it is not decoded again.
+    seen_version: u64,
+    queue: Option<u32>,
+    backlog: VecDeque<Vec<u8>>,
+}
+
+thread_local! {
+    static STATE: RefCell<VmState> = RefCell::new(VmState::default());
+}
+
+/// The current snapshot, if one has arrived.
+pub fn snapshot() -> Option<Rc<Snapshot>> {
+    STATE.with(|s| s.borrow().snapshot.clone())
+}
+
+/// Re-reads shared data when its version changed. Cheap when it did not (8 bytes).
+pub fn refresh_snapshot() {
+    let Some(version) = host::shared_data(crate::SNAPSHOT_VERSION_KEY)
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_le_bytes)
+    else {
+        return;
+    };
+    if STATE.with(|s| s.borrow().seen_version) == version {
+        return;
+    }
+    let Some(bytes) = host::shared_data(crate::SNAPSHOT_KEY) else {
+        return;
+    };
+    match Snapshot::decode(&bytes) {
+        // The version key is written after the snapshot; use the snapshot's own version.
+        Ok(snap) => STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.seen_version = version;
+            s.snapshot = Some(Rc::new(snap));
+        }),
+        Err(e) => {
+            log::error!("snapshot version {version} refused, keeping the previous one: {e}");
+            STATE.with(|s| s.borrow_mut().seen_version = version);
+        }
+    }
+}
+
+/// Hands an encoded usage record to the sync singleton (or keeps it until it can).
+pub fn enqueue_usage(record: Vec<u8>) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.backlog.push_back(record);
+        if s.backlog.len() > MAX_BACKLOG {
+            s.backlog.pop_front();
+            log::warn!("usage backlog full: dropped the oldest record");
+        }
+        flush_backlog(&mut s);
+    });
+}
+
+/// Retries records kept while the queue was not resolvable.
+pub fn flush_usage_backlog() {
+    STATE.with(|s| flush_backlog(&mut s.borrow_mut()));
+}
+
+fn flush_backlog(s: &mut VmState) {
+    if s.backlog.is_empty() {
+        return;
+    }
+    if s.queue.is_none() {
+        s.queue = hostcalls::resolve_shared_queue(crate::VM_ID, crate::USAGE_QUEUE)
+            .ok()
+            .flatten();
+    }
+    let Some(queue) = s.queue else {
+        return;
+    };
+    while let Some(record) = s.backlog.front() {
+        match hostcalls::enqueue_shared_queue(queue, Some(record)) {
+            Ok(()) => {
+                s.backlog.pop_front();
+            }
+            Err(e) => {
+                log::warn!(
+                    "usage queue unavailable ({e:?}); keeping {} records",
+                    s.backlog.len()
+                );
+                s.queue = None;
+                return;
+            }
+        }
+    }
+}
