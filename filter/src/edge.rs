@@ -50,7 +50,6 @@ enum Stage {
 }
 
 struct Routed {
-    api: ClientApi,
     provider: String,
     model: String,
     price: Price,
@@ -73,6 +72,8 @@ pub struct Edge {
     request_id: String,
     started_ms: i64,
     key_id: String,
+    /// Known once the path is recognised; recorded even for rejected requests.
+    api: Option<ClientApi>,
     requested_model: String,
     stage: Stage,
 }
@@ -84,6 +85,7 @@ impl Edge {
             request_id: new_request_id(),
             started_ms: host::now_ms(),
             key_id: String::new(),
+            api: None,
             requested_model: String::new(),
             stage: Stage::Replied {
                 status: 0,
@@ -118,6 +120,7 @@ impl Edge {
         let api = ClientApi::from_path(&path).ok_or_else(|| {
             GatewayError::new(ErrorKind::NotFound, format!("Unknown endpoint '{path}'."))
         })?;
+        self.api = Some(api);
         if host::request_header(":method").as_deref() != Some("POST") {
             return Err(GatewayError::invalid(format!(
                 "Use POST for {}.",
@@ -142,15 +145,15 @@ impl Edge {
         if declared.is_some_and(|n| n > snapshot.max_request_body_bytes) {
             return Err(too_large(snapshot.max_request_body_bytes));
         }
-        self.stage = Stage::AwaitingBody { snapshot, api };
+        self.stage = Stage::AwaitingBody { snapshot };
         Ok(Action::Pause)
     }
 
     fn on_body(&mut self, size: usize, end_of_stream: bool) -> Result<Action, GatewayError> {
-        let Stage::AwaitingBody { snapshot, api } = &self.stage else {
+        let Stage::AwaitingBody { snapshot } = &self.stage else {
             return Ok(Action::Continue);
         };
-        let (snapshot, api) = (Rc::clone(snapshot), *api);
+        let snapshot = Rc::clone(snapshot);
         if size as u64 > snapshot.max_request_body_bytes {
             return Err(too_large(snapshot.max_request_body_bytes));
         }
@@ -176,7 +179,6 @@ impl Edge {
         }
         host::clear_route_cache();
         self.stage = Stage::Routed(Routed {
-            api,
             provider: provider.name.clone(),
             model: target.upstream_model.clone(),
             price: target.price,
@@ -194,6 +196,7 @@ impl Edge {
             started_at_unix_ms: self.started_ms,
             key_id: self.key_id.clone(),
             requested_model: self.requested_model.clone(),
+            client_api: self.api.map(|a| a.as_str().to_string()).unwrap_or_default(),
             latency_ms: u64::try_from(host::now_ms().saturating_sub(self.started_ms)).unwrap_or(0),
             ..UsageRecord::default()
         };
@@ -208,7 +211,6 @@ impl Edge {
                     _ => None,
                 }
                 .unwrap_or_default();
-                r.client_api = routed.api.as_str().into();
                 r.provider = routed.provider.clone();
                 r.model = routed.model.clone();
                 r.status = u32::from(routed.status);
@@ -222,9 +224,8 @@ impl Edge {
                 r.status = u32::from(*status);
                 r.error_type = error.type_str().into();
             }
-            Stage::AwaitingBody { api, .. } => {
+            Stage::AwaitingBody { .. } => {
                 // The client went away before its body arrived.
-                r.client_api = api.as_str().into();
                 r.error_type = "client_closed_request".into();
                 r.status = 499;
             }

@@ -1,0 +1,193 @@
+//! `tokenrouter.admin.v1.Admin`: the operator API over the service layer.
+
+use tokenrouter_engine::money::format_picos_usd;
+use tokenrouter_proto::admin::v1 as api;
+use tokenrouter_proto::admin::v1::admin_server::Admin;
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::publisher::cluster_name;
+use crate::service::{NewProvider, Service};
+use crate::store::{KeyRow, LogEntry, ProviderRow};
+
+/// The Admin service. Authentication is an interceptor around it (see [`super::BearerAuth`]).
+#[derive(Clone, Debug)]
+pub struct AdminApi {
+    service: Service,
+}
+
+impl AdminApi {
+    pub fn new(service: Service) -> AdminApi {
+        AdminApi { service }
+    }
+}
+
+pub fn key_info(k: KeyRow) -> api::KeyInfo {
+    api::KeyInfo {
+        status: k.status.as_str().to_string(),
+        id: k.id,
+        name: k.name,
+        key_prefix: k.key_prefix,
+        workspace_id: k.workspace_id,
+        created_at_unix_ms: k.created_at_ms,
+        revoked_at_unix_ms: k.revoked_at_ms.unwrap_or(0),
+    }
+}
+
+pub fn provider_info(p: ProviderRow) -> api::ProviderInfo {
+    api::ProviderInfo {
+        cluster: cluster_name(&p.name),
+        has_credential: p.credential_sealed.is_some(),
+        name: p.name,
+        kind: p.kind,
+        base_url: p.base_url,
+        enabled: p.enabled,
+        created_at_unix_ms: p.created_at_ms,
+    }
+}
+
+pub fn log_row(e: LogEntry) -> api::LogRow {
+    let r = e.record;
+    api::LogRow {
+        cost_usd: format_picos_usd(i128::from(r.cost_picos)),
+        request_id: r.request_id,
+        started_at_unix_ms: r.started_at_unix_ms,
+        key_id: r.key_id,
+        client_api: r.client_api,
+        requested_model: r.requested_model,
+        provider: r.provider,
+        model: r.model,
+        status: r.status,
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        cached_tokens: r.cached_tokens,
+        reasoning_tokens: r.reasoning_tokens,
+        latency_ms: r.latency_ms,
+        cost_picos: r.cost_picos,
+        stream: r.stream,
+        error_type: r.error_type,
+        node_id: r.node_id,
+        received_at_unix_ms: e.received_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn create_key(
+        &self,
+        request: Request<api::CreateKeyRequest>,
+    ) -> Result<Response<api::CreateKeyResponse>, Status> {
+        let r = request.into_inner();
+        let (key, raw) = self
+            .service
+            .create_key(&r.name, &r.workspace_id)
+            .await
+            .map_err(status)?;
+        tracing::info!(id = %key.id, name = %key.name, "key created");
+        Ok(Response::new(api::CreateKeyResponse {
+            key: Some(key_info(key)),
+            raw,
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        _request: Request<api::ListKeysRequest>,
+    ) -> Result<Response<api::ListKeysResponse>, Status> {
+        let keys = self.service.list_keys().await.map_err(status)?;
+        Ok(Response::new(api::ListKeysResponse {
+            keys: keys.into_iter().map(key_info).collect(),
+        }))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<api::RevokeKeyRequest>,
+    ) -> Result<Response<api::KeyInfo>, Status> {
+        let key = self
+            .service
+            .revoke_key(&request.into_inner().id)
+            .await
+            .map_err(status)?;
+        tracing::info!(id = %key.id, "key revoked");
+        Ok(Response::new(key_info(key)))
+    }
+
+    async fn add_provider(
+        &self,
+        request: Request<api::AddProviderRequest>,
+    ) -> Result<Response<api::ProviderInfo>, Status> {
+        let r = request.into_inner();
+        let provider = self
+            .service
+            .add_provider(NewProvider {
+                name: r.name,
+                kind: r.kind,
+                base_url: r.base_url,
+                api_key: r.api_key,
+                replace: r.replace,
+            })
+            .await
+            .map_err(status)?;
+        tracing::info!(name = %provider.name, kind = %provider.kind, "provider saved");
+        Ok(Response::new(provider_info(provider)))
+    }
+
+    async fn list_providers(
+        &self,
+        _request: Request<api::ListProvidersRequest>,
+    ) -> Result<Response<api::ListProvidersResponse>, Status> {
+        let providers = self.service.list_providers().await.map_err(status)?;
+        Ok(Response::new(api::ListProvidersResponse {
+            providers: providers.into_iter().map(provider_info).collect(),
+        }))
+    }
+
+    async fn remove_provider(
+        &self,
+        request: Request<api::RemoveProviderRequest>,
+    ) -> Result<Response<api::RemoveProviderResponse>, Status> {
+        let name = request.into_inner().name;
+        self.service.remove_provider(&name).await.map_err(status)?;
+        tracing::info!(name = %name, "provider removed");
+        Ok(Response::new(api::RemoveProviderResponse {}))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<api::ListModelsRequest>,
+    ) -> Result<Response<api::ListModelsResponse>, Status> {
+        let models = self.service.list_models().await.map_err(status)?;
+        Ok(Response::new(api::ListModelsResponse {
+            models: models
+                .into_iter()
+                .map(|m| api::ModelInfo {
+                    id: m.id,
+                    provider_kind: m.provider_kind,
+                    upstream_model: m.upstream_model,
+                    input_price_micros_per_mtok: m.input_price_micros_per_mtok,
+                    output_price_micros_per_mtok: m.output_price_micros_per_mtok,
+                    cached_input_price_micros_per_mtok: m.cached_input_price_micros_per_mtok,
+                    context_window: m.context_window,
+                    enabled: m.enabled,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_logs(
+        &self,
+        request: Request<api::ListLogsRequest>,
+    ) -> Result<Response<api::ListLogsResponse>, Status> {
+        let r = request.into_inner();
+        let page = self
+            .service
+            .list_logs(r.limit, Some(r.key_id), Some(r.before_request_id))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::ListLogsResponse {
+            logs: page.entries.into_iter().map(log_row).collect(),
+            next_cursor: page.next_cursor.unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,199 @@
+//! `tokenrouter.sync.v1.FilterSync/Sync`: one long-lived stream per Envoy (its singleton wasm
+//! service). Down: the current snapshot at once, then every newer one, and usage acks. Up: a
+//! hello, then usage batches, each acknowledged only after its transaction committed.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokenrouter_proto::config::v1::Snapshot;
+use tokenrouter_proto::sync::v1::control_message::Msg as Down;
+use tokenrouter_proto::sync::v1::edge_message::Msg as Up;
+use tokenrouter_proto::sync::v1::filter_sync_server::FilterSync;
+use tokenrouter_proto::sync::v1::{ControlMessage, EdgeMessage, UsageAck, UsageBatch};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::service::Service;
+
+type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
+
+/// The FilterSync service. Authentication is an interceptor around it.
+#[derive(Clone, Debug)]
+pub struct SyncApi {
+    service: Service,
+    /// Flips to `true` at shutdown: open streams end so the server can stop gracefully.
+    stop: watch::Receiver<bool>,
+}
+
+impl SyncApi {
+    pub fn new(service: Service, stop: watch::Receiver<bool>) -> SyncApi {
+        SyncApi { service, stop }
+    }
+}
+
+#[tonic::async_trait]
+impl FilterSync for SyncApi {
+    type SyncStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send + 'static>>;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<EdgeMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let (tx, rx) = mpsc::channel(16);
+        let stream = EdgeStream {
+            service: self.service.clone(),
+            snapshots: self.service.snapshots(),
+            stop: self.stop.clone(),
+            out: tx,
+            peer,
+            node_id: String::new(),
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One connected edge.
+struct EdgeStream {
+    service: Service,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    stop: watch::Receiver<bool>,
+    out: Outbound,
+    /// For the log only.
+    peer: String,
+    /// From the edge's hello; for the log only.
+    node_id: String,
+}
+
+/// What woke the stream up.
+enum Event {
+    /// Shutdown, or the edge or the publisher went away.
+    Closed,
+    NewSnapshot,
+    Message(Result<Option<EdgeMessage>, Status>),
+}
+
+/// Counts open streams for `/metrics`; decrements however the stream ends.
+struct OpenStream(Arc<Metrics>);
+
+impl OpenStream {
+    fn new(metrics: &Arc<Metrics>) -> OpenStream {
+        metrics.sync_streams_open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(metrics.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.sync_streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl EdgeStream {
+    async fn run(mut self, mut inbound: Streaming<EdgeMessage>) {
+        let _open = OpenStream::new(self.service.metrics());
+        tracing::info!(peer = %self.peer, "sync stream opened");
+        let current = self.snapshots.borrow_and_update().clone();
+        if self.send_snapshot(current).await.is_ok() {
+            self.serve(&mut inbound).await;
+        }
+        tracing::info!(peer = %self.peer, node = %self.node_id, "sync stream closed");
+    }
+
+    async fn serve(&mut self, inbound: &mut Streaming<EdgeMessage>) {
+        loop {
+            let event = tokio::select! {
+                _ = self.stop.wait_for(|stop| *stop) => Event::Closed,
+                changed = self.snapshots.changed() => match changed {
+                    Ok(()) => Event::NewSnapshot,
+                    Err(_) => Event::Closed,
+                },
+                message = inbound.message() => Event::Message(message),
+                () = self.out.closed() => Event::Closed,
+            };
+            let keep_going = match event {
+                Event::Closed => false,
+                Event::NewSnapshot => {
+                    let snapshot = self.snapshots.borrow_and_update().clone();
+                    self.send_snapshot(snapshot).await.is_ok()
+                }
+                Event::Message(Ok(Some(EdgeMessage {
+                    msg: Some(Up::Hello(hello)),
+                }))) => {
+                    tracing::info!(
+                        peer = %self.peer,
+                        node = %hello.node_id,
+                        have_version = hello.have_version,
+                        max_schema = hello.max_schema,
+                        "edge hello"
+                    );
+                    self.node_id = hello.node_id;
+                    true
+                }
+                Event::Message(Ok(Some(EdgeMessage {
+                    msg: Some(Up::Usage(batch)),
+                }))) => self.store_batch(batch).await.is_ok(),
+                Event::Message(Ok(Some(EdgeMessage { msg: None }))) => true,
+                Event::Message(Ok(None)) => false,
+                Event::Message(Err(status)) => {
+                    tracing::debug!(peer = %self.peer, error = %status, "sync stream receive error");
+                    false
+                }
+            };
+            if !keep_going {
+                return;
+            }
+        }
+    }
+
+    async fn send_snapshot(&self, snapshot: Arc<Snapshot>) -> Result<(), ()> {
+        let version = snapshot.version;
+        let message = ControlMessage {
+            msg: Some(Down::Snapshot(Snapshot::clone(&snapshot))),
+        };
+        self.out.send(Ok(message)).await.map_err(drop)?;
+        Metrics::add(&self.service.metrics().snapshots_sent, 1);
+        tracing::debug!(peer = %self.peer, version, "snapshot sent");
+        Ok(())
+    }
+
+    /// Stores a batch, then acks it. On a storage failure there is no ack: the stream ends with
+    /// UNAVAILABLE and the edge resends the batch after reconnecting (idempotent by request id).
+    async fn store_batch(&self, batch: UsageBatch) -> Result<(), ()> {
+        match self.service.ingest_usage(&batch.records).await {
+            Ok(new) => {
+                tracing::debug!(
+                    node = %self.node_id,
+                    batch = batch.batch_id,
+                    records = batch.records.len(),
+                    new,
+                    "usage batch stored"
+                );
+                let ack = ControlMessage {
+                    msg: Some(Down::Ack(UsageAck {
+                        batch_id: batch.batch_id,
+                    })),
+                };
+                self.out.send(Ok(ack)).await.map_err(drop)
+            }
+            Err(e) => {
+                tracing::error!(node = %self.node_id, batch = batch.batch_id, error = %e, "usage batch not stored");
+                let _ = self
+                    .out
+                    .send(Err(Status::unavailable(
+                        "usage could not be stored; reconnect and resend",
+                    )))
+                    .await;
+                Err(())
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `tokenrouter envoy-bootstrap`: renders the Envoy bootstrap locally.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::output::Output;
+use super::{CliError, Globals};
+use crate::bootstrap::{render, BootstrapParams};
+use crate::config::admin_token_from_file;
+
+#[derive(Debug, Args)]
+pub struct EnvoyBootstrapArgs {
+    /// Gateway listener address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Envoy admin address.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Control plane gRPC address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    control: SocketAddr,
+    /// Path of tokenrouter_filter.wasm (made absolute).
+    #[arg(long)]
+    wasm: PathBuf,
+    /// Envoy node id.
+    #[arg(long, default_value = "tokenrouter")]
+    node_id: String,
+    /// Largest request body the gateway accepts (413 beyond).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    max_request_body_bytes: u64,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: EnvoyBootstrapArgs, g: &Globals, out: &Output) -> Result<(), CliError> {
+    // The same token the control plane uses: given, or the data directory's (created here when
+    // the bootstrap is rendered before the first `serve`, which then adopts it).
+    let admin_token = match &g.admin_token {
+        Some(t) => t.trim().to_string(),
+        None => admin_token_from_file(&g.data_dir, true)
+            .map_err(|e| CliError::config(format!("cannot read the admin token: {e}")))?
+            .map(|t| t.as_str().to_string())
+            .ok_or_else(|| CliError::config("no admin token"))?,
+    };
+    let wasm_path = std::path::absolute(&args.wasm)
+        .map_err(|e| CliError::config(format!("cannot resolve {}: {e}", args.wasm.display())))?;
+    let yaml = render(&BootstrapParams {
+        listen: args.listen,
+        admin: args.admin,
+        control: args.control,
+        wasm_path,
+        admin_token,
+        node_id: args.node_id,
+        max_request_body_bytes: args.max_request_body_bytes,
+    });
+    match args.out {
+        None => {
+            print!("{yaml}");
+            Ok(())
+        }
+        Some(path) => {
+            write_private(&path, &yaml)
+                .map_err(|e| CliError::config(format!("cannot write {}: {e}", path.display())))?;
+            let shown = path.display().to_string();
+            out.print(&serde_json::json!({"written": shown}), || {
+                format!("wrote {shown}")
+            })
+        }
+    }
+}
+
+/// The bootstrap holds the admin token: owner-readable only.
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents.as_bytes())
+}

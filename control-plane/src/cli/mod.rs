@@ -1,0 +1,170 @@
+//! The `tokenrouter` command line: `serve` runs the control plane, the other verbs are Admin
+//! API clients (plus the local `envoy-bootstrap`).
+//!
+//! Output: human-readable by default, JSON with `--json` (`TOKENROUTER_JSON=1`). Errors: human
+//! `error: …` on stderr, JSON `{"error":{"type","message"}}` on stdout. Exit codes: 0 ok,
+//! 1 user error, 2 network, 3 server.
+
+mod client;
+mod envoy;
+mod error;
+mod keys;
+mod logs;
+mod models;
+mod output;
+mod providers;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use error::{CliError, ErrorKind};
+use output::Output;
+
+/// tokenrouter: an LLM gateway inside Envoy. `serve` runs the control plane; the other verbs
+/// manage it over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "tokenrouter", version, propagate_version = true)]
+pub struct Cli {
+    /// Print JSON instead of text.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOKENROUTER_JSON",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = false,
+        num_args = 0,
+        default_missing_value = "true"
+    )]
+    json: bool,
+
+    /// Control plane gRPC URL.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOKENROUTER_API_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    api_url: String,
+
+    /// Admin token [default: read from <data-dir>/admin_token].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOKENROUTER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+
+    /// Control plane data directory (database, admin token, master key).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOKENROUTER_DATA_DIR",
+        default_value = crate::config::DEFAULT_DATA_DIR
+    )]
+    data_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (gRPC: Admin, FilterSync, ADS, reflection; REST: health, metrics,
+    /// demo provider).
+    Serve(serve::ServeArgs),
+    /// Gateway keys (`sk-tr-…`).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Upstream LLM providers.
+    #[command(subcommand)]
+    Providers(providers::ProvidersCommand),
+    /// The model catalogue with prices.
+    Models,
+    /// Recent gateway requests, newest first.
+    Logs(logs::LogsArgs),
+    /// Render the Envoy bootstrap (local; needs no running control plane).
+    EnvoyBootstrap(envoy::EnvoyBootstrapArgs),
+}
+
+/// Global options every verb may use.
+#[derive(Debug)]
+pub struct Globals {
+    pub api_url: String,
+    pub admin_token: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+/// Parses the command line, runs the verb and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let out = Output::new(cli.json);
+    let globals = Globals {
+        api_url: cli.api_url,
+        admin_token: cli.admin_token.filter(|t| !t.trim().is_empty()),
+        data_dir: cli.data_dir,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return out.error(&CliError::new(
+                ErrorKind::Server,
+                format!("cannot start the async runtime: {e}"),
+            ))
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args, &globals).await,
+            Command::Keys(cmd) => keys::run(cmd, &globals, &out).await,
+            Command::Providers(cmd) => providers::run(cmd, &globals, &out).await,
+            Command::Models => models::run(&globals, &out).await,
+            Command::Logs(args) => logs::run(args, &globals, &out).await,
+            Command::EnvoyBootstrap(args) => envoy::run(args, &globals, &out),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => out.error(&e),
+    }
+}
+
+/// clap's errors: help and version exit 0; usage errors exit 1 (clap's own default is 2, which
+/// our contract reserves for network errors).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let json = std::env::args().any(|a| a == "--json")
+        || std::env::var("TOKENROUTER_JSON")
+            .map(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+    if json {
+        let rendered = e.to_string();
+        let message = rendered
+            .lines()
+            .next()
+            .unwrap_or("invalid usage")
+            .trim_start_matches("error: ")
+            .to_string();
+        Output::new(true).error(&CliError::new(ErrorKind::Usage, message))
+    } else {
+        let _ = e.print();
+        ExitCode::from(ErrorKind::Usage.exit_code())
+    }
+}

@@ -1,0 +1,28 @@
+//! The tokenrouter control plane: stores keys, providers, the model catalogue and usage, and
+//! pushes configuration to every Envoy (FilterSync snapshots for the wasm filter, CDS over ADS
+//! for the provider clusters). The same binary is the operator CLI.
+//!
+//! # Layout
+//! - [`server`]: `run(grpc, rest, store, secrets, shutdown)` — the gRPC and REST servers.
+//! - [`api`]: wire ↔ domain only: [`api::grpc`] (Admin, FilterSync, bearer auth) and
+//!   [`api::rest`] (`/healthz`, `/metrics`, the demo provider in [`api::demo`]).
+//! - [`service`]: domain logic with validated inputs; every config write is published.
+//! - [`publisher`]: stored configuration → validated `Snapshot` + xDS [`xds::ClusterSet`],
+//!   on two watch channels that always carry the same version.
+//! - [`store`]: the [`store::Store`] trait and its SQLite backend (migrations in `migrations/`).
+//! - [`xds`]: the ADS server (CDS); [`bootstrap`]: the Envoy bootstrap template.
+//! - [`config`], [`crypto`]: data directory, admin token, master key; credential sealing.
+//! - [`metrics`]: counters for `/metrics`.
+//! - [`cli`]: the `tokenrouter` command line (`serve` and the Admin client verbs).
+
+pub mod api;
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod metrics;
+pub mod publisher;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod xds;

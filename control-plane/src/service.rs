@@ -1,0 +1,537 @@
+//! Domain logic: validates inputs, calls the store, publishes every configuration change.
+//!
+//! The API layers only convert wire types to and from these calls.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use tokenrouter_engine::keys;
+use tokenrouter_engine::snapshot::valid_name;
+use tokenrouter_engine::upstream::{BaseUrl, ProviderKind};
+use tokenrouter_proto::config::v1 as pb;
+use tokenrouter_proto::sync::v1::UsageRecord;
+use tokio::sync::watch;
+
+use crate::crypto::{provider_aad, Sealer};
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::store::{
+    Changed, ConfigChange, KeyRow, KeyStatus, LogEntry, LogQuery, ProviderRow, Store, StoreError,
+};
+use crate::xds::ClusterSet;
+
+/// Longest key name accepted.
+pub const MAX_KEY_NAME_CHARS: usize = 100;
+/// Request logs returned when the caller names no limit, and the most ever returned.
+pub const DEFAULT_LOG_LIMIT: u32 = 50;
+pub const MAX_LOG_LIMIT: u32 = 1000;
+/// Workspace of keys created without one.
+pub const DEFAULT_WORKSPACE: &str = "default";
+
+/// Errors the API layers map to status codes. `Internal` carries detail for the log only.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ServiceError::NotFound(format!("{what} not found")),
+            StoreError::AlreadyExists(what) => {
+                ServiceError::AlreadyExists(format!("{what} already exists"))
+            }
+            StoreError::Rejected(why) => {
+                ServiceError::InvalidArgument(format!("configuration rejected: {why}"))
+            }
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// A provider to register.
+#[derive(Clone)]
+pub struct NewProvider {
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    /// Empty = no credential.
+    pub api_key: String,
+    /// Replace a provider of the same name instead of failing.
+    pub replace: bool,
+}
+
+/// A page of request logs and the cursor for the next one.
+#[derive(Debug)]
+pub struct LogPage {
+    pub entries: Vec<LogEntry>,
+    /// Request id to pass as `before` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The control plane's domain operations. Cheap to clone (shared state behind `Arc`s).
+#[derive(Clone, Debug)]
+pub struct Service {
+    store: Arc<dyn Store>,
+    sealer: Sealer,
+    publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// Seeds the catalogue on first start and publishes the stored configuration.
+    pub async fn start(store: Arc<dyn Store>, sealer: Sealer) -> Result<Service> {
+        let metrics = Arc::new(Metrics::default());
+        let service = Service {
+            store,
+            publisher: Arc::new(Publisher::new(sealer.clone(), metrics.clone())),
+            sealer,
+            metrics,
+        };
+        let builtin = tokenrouter_engine::catalogue::builtin()
+            .map_err(|e| ServiceError::Internal(format!("built-in catalogue: {e}")))?;
+        service.write(ConfigChange::SeedModels(builtin)).await?;
+        let state = service.store.load_config().await?;
+        service
+            .publisher
+            .publish(&state)
+            .map_err(|e| ServiceError::Internal(format!("stored configuration is invalid: {e}")))?;
+        Ok(service)
+    }
+
+    /// One configuration write: validated before commit, published after.
+    async fn write(&self, change: ConfigChange) -> Result<Changed> {
+        let publisher = self.publisher.clone();
+        let check = move |state: &crate::store::ConfigState| publisher.check(state);
+        let outcome = self.store.change_config(change, &check).await?;
+        if let Some(state) = &outcome.state {
+            self.publisher.publish(state).map_err(|e| {
+                ServiceError::Internal(format!("committed configuration failed to build: {e}"))
+            })?;
+        }
+        Ok(outcome.changed)
+    }
+
+    pub async fn create_key(&self, name: &str, workspace: &str) -> Result<(KeyRow, String)> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(ServiceError::InvalidArgument("key name is required".into()));
+        }
+        if name.chars().count() > MAX_KEY_NAME_CHARS {
+            return Err(ServiceError::InvalidArgument(format!(
+                "key name must be at most {MAX_KEY_NAME_CHARS} characters"
+            )));
+        }
+        let workspace = match workspace.trim() {
+            "" => DEFAULT_WORKSPACE,
+            w if valid_name(w) => w,
+            w => {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "workspace {w:?} is not valid: use 1-64 of a-z, 0-9, '-' and '_'"
+                )))
+            }
+        };
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let raw = keys::format_key(&secret);
+        let mut id = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let row = KeyRow {
+            id: format!("key_{}", hex::encode(id)),
+            name: name.to_string(),
+            key_prefix: keys::display_prefix(&raw),
+            sha256: keys::hash_key(&raw),
+            workspace_id: workspace.to_string(),
+            status: KeyStatus::Active,
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        match self.write(ConfigChange::CreateKey(row)).await? {
+            Changed::Key(k) => Ok((k, raw)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyRow>> {
+        Ok(self.store.list_keys().await?)
+    }
+
+    /// Revokes a key. Revoking a revoked key returns it unchanged.
+    pub async fn revoke_key(&self, id: &str) -> Result<KeyRow> {
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(ServiceError::InvalidArgument("key id is required".into()));
+        }
+        let change = ConfigChange::RevokeKey {
+            id: id.to_string(),
+            at_ms: now_ms(),
+        };
+        match self.write(change).await? {
+            Changed::Key(k) => Ok(k),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn add_provider(&self, p: NewProvider) -> Result<ProviderRow> {
+        if !valid_name(&p.name) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "provider name {:?} is not valid: use 1-64 of a-z, 0-9, '-' and '_'",
+                p.name
+            )));
+        }
+        let kind = ProviderKind::parse(p.kind.trim()).ok_or_else(|| {
+            let valid: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
+            ServiceError::InvalidArgument(format!(
+                "unknown provider kind {:?}: use one of {}",
+                p.kind,
+                valid.join(", ")
+            ))
+        })?;
+        let base_url = p.base_url.trim();
+        BaseUrl::parse(base_url).map_err(ServiceError::InvalidArgument)?;
+        let credential_sealed = match p.api_key.trim() {
+            "" => None,
+            key => Some(
+                self.sealer
+                    .seal(key.as_bytes(), &provider_aad(&p.name))
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            ),
+        };
+        let row = ProviderRow {
+            name: p.name,
+            kind: kind.as_str().to_string(),
+            base_url: base_url.to_string(),
+            credential_sealed,
+            enabled: true,
+            created_at_ms: now_ms(),
+        };
+        match self
+            .write(ConfigChange::PutProvider {
+                row,
+                replace: p.replace,
+            })
+            .await?
+        {
+            Changed::Provider(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn list_providers(&self) -> Result<Vec<ProviderRow>> {
+        Ok(self.store.list_providers().await?)
+    }
+
+    pub async fn remove_provider(&self, name: &str) -> Result<()> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "provider name is required".into(),
+            ));
+        }
+        self.write(ConfigChange::RemoveProvider {
+            name: name.to_string(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_models(&self) -> Result<Vec<pb::Model>> {
+        Ok(self.store.list_models().await?)
+    }
+
+    /// Newest first. `limit` 0 means the default; above the maximum is clamped.
+    pub async fn list_logs(
+        &self,
+        limit: u32,
+        key_id: Option<String>,
+        before: Option<String>,
+    ) -> Result<LogPage> {
+        let limit = match limit {
+            0 => DEFAULT_LOG_LIMIT,
+            n => n.min(MAX_LOG_LIMIT),
+        };
+        let query = LogQuery {
+            limit,
+            key_id: key_id.filter(|k| !k.is_empty()),
+            before_request_id: before.filter(|b| !b.is_empty()),
+        };
+        let entries = self.store.list_logs(&query).await.map_err(|e| match e {
+            StoreError::NotFound(_) => {
+                ServiceError::InvalidArgument("unknown cursor (before_request_id)".into())
+            }
+            other => other.into(),
+        })?;
+        let next_cursor = if entries.len() == limit as usize {
+            entries.last().map(|e| e.record.request_id.clone())
+        } else {
+            None
+        };
+        Ok(LogPage {
+            entries,
+            next_cursor,
+        })
+    }
+
+    /// Stores one usage batch (one transaction; resent records are skipped). Records without a
+    /// request id cannot be deduplicated and are dropped. Returns how many records were new.
+    pub async fn ingest_usage(&self, records: &[UsageRecord]) -> Result<u64> {
+        let valid: Vec<UsageRecord> = records
+            .iter()
+            .filter(|r| !r.request_id.is_empty())
+            .cloned()
+            .collect();
+        if valid.len() != records.len() {
+            tracing::warn!(
+                dropped = records.len() - valid.len(),
+                "usage records without a request id dropped"
+            );
+        }
+        let stored = self.store.insert_usage(&valid, now_ms()).await;
+        match stored {
+            Ok(n) => {
+                Metrics::add(&self.metrics.usage_records_ingested, n);
+                Metrics::add(&self.metrics.usage_batches_acked, 1);
+                Ok(n)
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.usage_batches_failed, 1);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Every published snapshot, starting with the current one.
+    pub fn snapshots(&self) -> watch::Receiver<Arc<pb::Snapshot>> {
+        self.publisher.snapshots()
+    }
+
+    /// Every published cluster set (for ADS), starting with the current one.
+    pub fn clusters(&self) -> watch::Receiver<ClusterSet> {
+        self.publisher.clusters()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+fn unexpected(changed: Changed) -> ServiceError {
+    ServiceError::Internal(format!("store reported an unexpected change: {changed:?}"))
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    async fn service() -> (Service, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let svc = Service::start(Arc::new(store), Sealer::new(&[9; 32]))
+            .await
+            .unwrap();
+        (svc, dir)
+    }
+
+    fn provider(name: &str, kind: &str, url: &str) -> NewProvider {
+        NewProvider {
+            name: name.into(),
+            kind: kind.into(),
+            base_url: url.into(),
+            api_key: "sk-up".into(),
+            replace: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_validated_hashed_and_published() {
+        let (svc, _dir) = service().await;
+        let mut snaps = svc.snapshots();
+        let v0 = snaps.borrow_and_update().version;
+        assert!(v0 >= 1, "the seeded catalogue is version 1 or later");
+        assert!(!snaps.borrow().models.is_empty());
+
+        for bad in ["", "   ", &"x".repeat(101)] {
+            assert!(matches!(
+                svc.create_key(bad, "").await,
+                Err(ServiceError::InvalidArgument(_))
+            ));
+        }
+        assert!(matches!(
+            svc.create_key("a", "Bad WS").await,
+            Err(ServiceError::InvalidArgument(_))
+        ));
+
+        let (key, raw) = svc.create_key("ci", "").await.unwrap();
+        assert!(raw.starts_with(keys::KEY_PREFIX));
+        assert_eq!(key.key_prefix, keys::display_prefix(&raw));
+        assert_eq!(key.sha256, keys::hash_key(&raw));
+        assert_eq!(key.workspace_id, DEFAULT_WORKSPACE);
+        assert!(key.id.starts_with("key_"));
+        assert!(snaps.has_changed().unwrap());
+        assert_eq!(snaps.borrow_and_update().keys.len(), 1);
+
+        let revoked = svc.revoke_key(&key.id).await.unwrap();
+        assert_eq!(revoked.status, KeyStatus::Revoked);
+        let snap = snaps.borrow_and_update().clone();
+        assert!(snap.keys[0].revoked);
+        assert!(snap.version > v0 + 1);
+        // Idempotent, and publishes nothing new.
+        assert_eq!(
+            svc.revoke_key(&key.id).await.unwrap().status,
+            KeyStatus::Revoked
+        );
+        assert!(!snaps.has_changed().unwrap());
+        assert!(matches!(
+            svc.revoke_key("key_nope").await,
+            Err(ServiceError::NotFound(_))
+        ));
+
+        let (_, _) = svc.create_key("other", "team-a").await.unwrap();
+        assert_eq!(svc.list_keys().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn providers_are_validated_and_credentials_sealed() {
+        let (svc, _dir) = service().await;
+        let cases = [
+            provider("Bad Name", "openai", "http://x"),
+            provider("p", "nonsense", "http://x"),
+            provider("p", "openai", "ftp://x"),
+        ];
+        for p in cases {
+            assert!(matches!(
+                svc.add_provider(p).await,
+                Err(ServiceError::InvalidArgument(_))
+            ));
+        }
+        let err = svc
+            .add_provider(provider("p", "nonsense", "http://x"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("openai-compatible"), "{err}");
+
+        let row = svc
+            .add_provider(provider("p", "openai", "http://127.0.0.1:9/v1"))
+            .await
+            .unwrap();
+        let sealed = row.credential_sealed.unwrap();
+        assert!(
+            !sealed.windows(5).any(|w| w == b"sk-up"),
+            "stored encrypted"
+        );
+        let snap = svc.snapshots().borrow().clone();
+        assert_eq!(snap.providers[0].credential, "sk-up");
+        assert_eq!(
+            svc.clusters().borrow().providers[0].cluster,
+            "tr_provider_p"
+        );
+
+        assert!(matches!(
+            svc.add_provider(provider("p", "anthropic", "https://api.anthropic.com"))
+                .await,
+            Err(ServiceError::AlreadyExists(_))
+        ));
+        let mut replacement = provider("p", "anthropic", "https://api.anthropic.com");
+        replacement.replace = true;
+        replacement.api_key = String::new();
+        svc.add_provider(replacement).await.unwrap();
+        let snap = svc.snapshots().borrow().clone();
+        assert_eq!(snap.providers.len(), 1);
+        assert_eq!(snap.providers[0].kind, "anthropic");
+        assert_eq!(snap.providers[0].credential, "");
+
+        svc.remove_provider("p").await.unwrap();
+        assert!(svc.snapshots().borrow().providers.is_empty());
+        assert!(svc.clusters().borrow().providers.is_empty());
+        assert!(matches!(
+            svc.remove_provider("p").await,
+            Err(ServiceError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn usage_and_log_paging() {
+        let (svc, _dir) = service().await;
+        let records: Vec<UsageRecord> = (0..5)
+            .map(|i| UsageRecord {
+                request_id: format!("r{i}"),
+                ..UsageRecord::default()
+            })
+            .chain(std::iter::once(UsageRecord::default()))
+            .collect();
+        assert_eq!(svc.ingest_usage(&records).await.unwrap(), 5);
+        assert_eq!(svc.ingest_usage(&records).await.unwrap(), 0);
+        let page = svc.list_logs(2, None, None).await.unwrap();
+        assert_eq!(page.entries.len(), 2);
+        assert_eq!(page.next_cursor.as_deref(), Some("r3"));
+        let page = svc.list_logs(10, None, page.next_cursor).await.unwrap();
+        assert_eq!(page.entries.len(), 3);
+        assert_eq!(page.next_cursor, None);
+        assert_eq!(svc.list_logs(0, None, None).await.unwrap().entries.len(), 5);
+        assert!(matches!(
+            svc.list_logs(1, None, Some("zz".into())).await,
+            Err(ServiceError::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_all_commit_and_the_newest_is_published() {
+        let (svc, _dir) = service().await;
+        let v0 = svc.snapshots().borrow().version;
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let svc = svc.clone();
+                tokio::spawn(async move { svc.create_key(&format!("k{i}"), "").await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let snap = svc.snapshots().borrow().clone();
+        assert_eq!(snap.version, v0 + 16);
+        assert_eq!(snap.keys.len(), 16);
+        assert_eq!(svc.clusters().borrow().version, v0 + 16);
+    }
+
+    #[tokio::test]
+    async fn restart_republishes_the_same_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let open = || async {
+            let store = SqliteStore::open(&url).await.unwrap();
+            Service::start(Arc::new(store), Sealer::new(&[9; 32]))
+                .await
+                .unwrap()
+        };
+        let svc = open().await;
+        svc.add_provider(provider("p", "openai", "http://127.0.0.1:9/v1"))
+            .await
+            .unwrap();
+        let before = svc.snapshots().borrow().clone();
+        drop(svc);
+        let again = open().await;
+        let after = again.snapshots().borrow().clone();
+        assert_eq!(before, after);
+    }
+}

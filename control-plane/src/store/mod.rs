@@ -1,0 +1,193 @@
+//! Persistence behind one trait, one implementation per database, each owning its migrations
+//! (`migrations/<backend>/`).
+//!
+//! Every configuration write goes through [`Store::change_config`]: the backend bumps the config
+//! version, applies the change, reads the whole configuration back and hands it to a check supplied
+//! by the service (which builds and validates the snapshot) — all in one transaction, so a change
+//! whose snapshot would be refused is never committed.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use tokenrouter_proto::config::v1 as pb;
+use tokenrouter_proto::sync::v1::UsageRecord;
+
+pub use sqlite::SqliteStore;
+
+/// Whether a key still authenticates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyStatus> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A gateway key as stored: never the raw key, only its hash and display prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub key_prefix: String,
+    pub sha256: [u8; 32],
+    pub workspace_id: String,
+    pub status: KeyStatus,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A provider as stored; the credential stays sealed until the snapshot is built.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderRow {
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    /// AES-256-GCM output of [`crate::crypto::Sealer::seal`]; `None` = no credential.
+    pub credential_sealed: Option<Vec<u8>>,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+}
+
+impl std::fmt::Debug for ProviderRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderRow")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("has_credential", &self.credential_sealed.is_some())
+            .field("enabled", &self.enabled)
+            .field("created_at_ms", &self.created_at_ms)
+            .finish()
+    }
+}
+
+/// The whole configuration at one version, read inside the transaction that produced it.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigState {
+    pub version: u64,
+    pub keys: Vec<KeyRow>,
+    pub providers: Vec<ProviderRow>,
+    /// Catalogue entries; the engine's catalogue type doubles as the stored model.
+    pub models: Vec<pb::Model>,
+}
+
+/// One configuration write.
+#[derive(Clone, Debug)]
+pub enum ConfigChange {
+    CreateKey(KeyRow),
+    /// Idempotent: revoking a revoked key changes nothing.
+    RevokeKey {
+        id: String,
+        at_ms: i64,
+    },
+    PutProvider {
+        row: ProviderRow,
+        replace: bool,
+    },
+    RemoveProvider {
+        name: String,
+    },
+    /// Fills the model table when it is empty (first start); otherwise changes nothing.
+    SeedModels(Vec<pb::Model>),
+}
+
+/// What a configuration write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    Key(KeyRow),
+    Provider(ProviderRow),
+    ProviderRemoved(String),
+    ModelsSeeded(usize),
+}
+
+/// Outcome of [`Store::change_config`]: what changed, and the new configuration when something
+/// was committed (`None` for a no-op such as a repeated revoke).
+#[derive(Debug)]
+pub struct ChangeOutcome {
+    pub changed: Changed,
+    pub state: Option<ConfigState>,
+}
+
+/// Called with the would-be configuration before commit; an `Err` rolls the change back.
+pub type Check = dyn Fn(&ConfigState) -> Result<(), String> + Send + Sync;
+
+/// A stored usage record with the time the control plane received it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub record: UsageRecord,
+    pub received_at_ms: i64,
+}
+
+/// Which request logs to list, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct LogQuery {
+    pub limit: u32,
+    pub key_id: Option<String>,
+    /// Only rows received before this request id.
+    pub before_request_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The check refused the resulting configuration; nothing was committed.
+    #[error("configuration rejected: {0}")]
+    Rejected(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// The control plane's persistence. Implementations must make each method atomic.
+#[async_trait]
+pub trait Store: std::fmt::Debug + Send + Sync + 'static {
+    /// Applies one configuration write in a transaction that also bumps the config version,
+    /// runs `check` on the resulting configuration and commits only if it passes.
+    async fn change_config(
+        &self,
+        change: ConfigChange,
+        check: &Check,
+    ) -> Result<ChangeOutcome, StoreError>;
+
+    /// The current configuration.
+    async fn load_config(&self) -> Result<ConfigState, StoreError>;
+
+    async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError>;
+    async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
+    async fn list_models(&self) -> Result<Vec<pb::Model>, StoreError>;
+
+    /// Stores a batch in one transaction; records whose request id is already stored are
+    /// skipped. Returns how many were new.
+    async fn insert_usage(
+        &self,
+        records: &[UsageRecord],
+        received_at_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Request logs, newest first. An unknown cursor is `NotFound`.
+    async fn list_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Closes the connections (waiting for queries in flight). Later calls fail.
+    async fn close(&self);
+}

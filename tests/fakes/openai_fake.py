@@ -1,0 +1,394 @@
+"""A fake OpenAI provider speaking the Chat Completions wire format.
+
+It serves ``POST /v1/chat/completions`` (plain JSON and SSE streaming) and ``GET /v1/models``
+exactly as OpenAI documents them, with deterministic answers so tests can predict tokens and cost:
+
+* reply content: ``"echo: <text of the last user message>"``;
+* ``prompt_tokens``: whitespace-separated words over all messages' text, plus 5;
+* ``completion_tokens``: words of the reply.
+
+Every request is recorded (method, path, lowercased headers, parsed JSON body) before it is
+answered, so tests can assert what reached the provider, including that nothing did.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PROMPT_OVERHEAD_TOKENS = 5
+SYSTEM_FINGERPRINT = "fp_fake0001"
+KNOWN_MODELS = ("gpt-4o-mini", "gpt-4o")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    """Header names lowercased (a repeated header keeps its last value)."""
+    raw_body: bytes
+    body: Any
+    """The parsed JSON body, or None when the body is empty or not JSON."""
+
+
+# --------------------------------------------------------------------------------------------
+# Deterministic model behaviour
+
+
+def content_text(content: Any) -> str:
+    """Text of a message's content: a string or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [part.get("text", "") for part in content if isinstance(part, dict)]
+        return " ".join(part for part in parts if isinstance(part, str))
+    return ""
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    words = sum(word_count(content_text(message.get("content"))) for message in messages)
+    return words + PROMPT_OVERHEAD_TOKENS
+
+
+def reply_for(messages: list[dict[str, Any]]) -> str:
+    user_texts = [content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    return f"echo: {user_texts[-1] if user_texts else ''}"
+
+
+def usage_for(messages: list[dict[str, Any]], cached_tokens: int = 0) -> dict[str, Any]:
+    """The ``usage`` object the fake returns for these messages."""
+    prompt = prompt_tokens(messages)
+    completion = word_count(reply_for(messages))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": min(cached_tokens, prompt), "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def split_reply(reply: str, words_per_chunk: int) -> list[str]:
+    """Content deltas that join back to exactly ``reply``."""
+    words = re.findall(r"\S+\s*", reply) or [reply]
+    return ["".join(words[i : i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)]
+
+
+def openai_error(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+
+
+class FakeOpenAI:
+    """A fake OpenAI on ``127.0.0.1:<random port>``; use as a context manager or start()/stop()."""
+
+    def __init__(
+        self,
+        api_key: str | None = "sk-provider-secret",
+        *,
+        cached_tokens: int = 0,
+        words_per_chunk: int = 2,
+    ) -> None:
+        # None: accept any (or no) Authorization header.
+        self.api_key = api_key
+        self.cached_tokens = cached_tokens
+        self.words_per_chunk = words_per_chunk
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"fake-openai-{self.port}", daemon=True
+        )
+
+    # lifecycle
+
+    def start(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # addresses
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        """What a provider's ``--base-url`` should be (OpenAI's includes ``/v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # recorded traffic
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == "/v1/chat/completions"]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def expected_usage(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return usage_for(messages, self.cached_tokens)
+
+    def describe(self) -> str:
+        """A short summary of the recorded requests (for failure reports)."""
+        lines = [f"fake provider {self.base_url}: {len(self.requests)} request(s)"]
+        for r in self.requests:
+            model = r.body.get("model") if isinstance(r.body, dict) else None
+            lines.append(f"  {r.method} {r.path} model={model!r} stream={_is_stream(r.body)}")
+        return "\n".join(lines)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    fake: FakeOpenAI
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client closing its keep-alive connection is normal, not worth a traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+def _is_stream(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("stream") is True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-openai/1.0"
+    # An idle keep-alive connection frees its thread after this long.
+    timeout = 120
+    server: _Server
+
+    # http.server plumbing
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+    def do_POST(self) -> None:
+        request = self._read_request()
+        self.server.fake.record(request)
+        if not self._authorized(request):
+            return
+        if request.path != "/v1/chat/completions":
+            self._send_not_found(request)
+            return
+        self._chat_completions(request)
+
+    def do_GET(self) -> None:
+        request = self._read_request()
+        self.server.fake.record(request)
+        if not self._authorized(request):
+            return
+        if request.path != "/v1/models":
+            self._send_not_found(request)
+            return
+        created = int(time.time())
+        models = [
+            {"id": model, "object": "model", "created": created, "owned_by": "openai"}
+            for model in KNOWN_MODELS
+        ]
+        self._send_json(HTTPStatus.OK, {"object": "list", "data": models})
+
+    def _read_request(self) -> RecordedRequest:
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        raw = self._read_body(headers)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = self.path.split("?", 1)[0]
+        return RecordedRequest(self.command, path, headers, raw, body)
+
+    def _read_body(self, headers: dict[str, str]) -> bytes:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return self._read_chunked()
+        length = int(headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _read_chunked(self) -> bytes:
+        body = bytearray()
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                # Trailers (if any) end with an empty line.
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(body)
+            body += self.rfile.read(size)
+            self.rfile.readline()  # the CRLF after each chunk
+
+    # responses
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, status: int, message: str, type_: str, code: str | None) -> None:
+        self._send_json(status, openai_error(message, type_, code))
+
+    def _send_not_found(self, request: RecordedRequest) -> None:
+        self._send_error(
+            HTTPStatus.NOT_FOUND,
+            f"Invalid URL ({request.method} {request.path})",
+            "invalid_request_error",
+            None,
+        )
+
+    def _authorized(self, request: RecordedRequest) -> bool:
+        api_key = self.server.fake.api_key
+        if api_key is None or request.headers.get("authorization") == f"Bearer {api_key}":
+            return True
+        self._send_error(
+            HTTPStatus.UNAUTHORIZED,
+            "Incorrect API key provided. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            "invalid_api_key",
+        )
+        return False
+
+    # chat completions
+
+    def _chat_completions(self, request: RecordedRequest) -> None:
+        body = request.body
+        if not isinstance(body, dict):
+            self._send_error(
+                HTTPStatus.BAD_REQUEST,
+                "We could not parse the JSON body of your request.",
+                "invalid_request_error",
+                None,
+            )
+            return
+        messages = body.get("messages")
+        if not isinstance(body.get("model"), str) or not isinstance(messages, list) or not messages:
+            self._send_error(
+                HTTPStatus.BAD_REQUEST,
+                "Missing required parameter: 'model' or 'messages'.",
+                "invalid_request_error",
+                "missing_required_parameter",
+            )
+            return
+        if _is_stream(body):
+            self._stream_completion(body, messages)
+        else:
+            self._send_json(HTTPStatus.OK, self._completion(body["model"], messages))
+
+    def _completion(self, model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": reply_for(messages),
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": self.server.fake.expected_usage(messages),
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+
+    def _stream_completion(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
+        self.end_headers()
+        for event in self._stream_events(body, messages):
+            self._write_chunk(f"data: {event}\n\n".encode())
+        self._write_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _stream_events(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> Iterator[str]:
+        fake = self.server.fake
+        stream_options = body.get("stream_options")
+        include_usage = (
+            isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        )
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            event: dict[str, Any] = {**base, "choices": [choice]}
+            if include_usage:
+                event["usage"] = None
+            return json.dumps(event)
+
+        yield chunk({"role": "assistant", "content": "", "refusal": None})
+        for piece in split_reply(reply_for(messages), fake.words_per_chunk):
+            yield chunk({"content": piece})
+        yield chunk({}, "stop")
+        if include_usage:
+            yield json.dumps({**base, "choices": [], "usage": fake.expected_usage(messages)})
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
