@@ -39,10 +39,7 @@ impl Metrics {
 /// Where the request stands.
 enum Stage {
     /// Authenticated; waiting for the whole body.
-    AwaitingBody {
-        snapshot: Rc<Snapshot>,
-        api: ClientApi,
-    },
+    AwaitingBody { snapshot: Rc<Snapshot> },
     /// Sent to a provider.
     Routed(Routed),
     /// Answered by the gateway itself.
