@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from harness import ControlPlane
 
 EXIT_USER_ERROR = 1
@@ -48,7 +50,11 @@ def test_keys_human_output(control_plane: ControlPlane) -> None:
 def test_unreachable_control_plane_is_a_network_error(control_plane: ControlPlane) -> None:
     result = control_plane.run_cli("keys", "list", api_url="http://127.0.0.1:1")
     assert result.returncode == EXIT_NETWORK_ERROR, result
-    assert result.stderr.strip()
+    # With --json the error is machine-readable on stdout; without it, a message on stderr.
+    assert json.loads(result.stdout)["error"]["type"] == "network_error"
+    human = control_plane.run_cli("keys", "list", json=False, api_url="http://127.0.0.1:1")
+    assert human.returncode == EXIT_NETWORK_ERROR, human
+    assert "127.0.0.1:1" in human.stderr
 
 
 def test_user_errors_exit_1(control_plane: ControlPlane) -> None:
@@ -67,6 +73,7 @@ def test_user_errors_exit_1(control_plane: ControlPlane) -> None:
 
 def test_providers_add_list_remove(control_plane: ControlPlane) -> None:
     added = control_plane.add_provider("local", "openai", "http://127.0.0.1:9/v1", "sk-secret")
+    assert isinstance(added.pop("created_at_unix_ms"), int)
     assert added == {
         "name": "local",
         "kind": "openai",

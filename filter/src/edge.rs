@@ -36,10 +36,21 @@ impl Metrics {
     }
 }
 
+/// What every request context of the edge gets from the root.
+#[derive(Clone, Default)]
+pub struct EdgeConfig {
+    pub metrics: Metrics,
+    /// Body limit of this Envoy (from the plugin configuration).
+    pub max_request_body_bytes: Option<u64>,
+}
+
 /// Where the request stands.
 enum Stage {
     /// Authenticated; waiting for the whole body.
-    AwaitingBody { snapshot: Rc<Snapshot> },
+    AwaitingBody {
+        snapshot: Rc<Snapshot>,
+        max_body: u64,
+    },
     /// Sent to a provider.
     Routed(Routed),
     /// Answered by the gateway itself.
@@ -65,7 +76,7 @@ enum ResponseWatch {
 }
 
 pub struct Edge {
-    metrics: Metrics,
+    config: EdgeConfig,
     request_id: String,
     started_ms: i64,
     key_id: String,
@@ -76,9 +87,9 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(metrics: Metrics) -> Edge {
+    pub fn new(config: EdgeConfig) -> Edge {
         Edge {
-            metrics,
+            config,
             request_id: new_request_id(),
             started_ms: host::now_ms(),
             key_id: String::new(),
@@ -92,7 +103,7 @@ impl Edge {
     }
 
     fn reject(&mut self, error: GatewayError) -> Action {
-        host::increment(self.metrics.rejected, 1);
+        host::increment(self.config.metrics.rejected, 1);
         let status = error.status();
         self.stage = Stage::Replied {
             status,
@@ -138,21 +149,27 @@ impl Edge {
                 "The request has no body; expected a JSON object.",
             ));
         }
+        let max_body = self
+            .config
+            .max_request_body_bytes
+            .map_or(snapshot.max_request_body_bytes, |own| {
+                own.min(snapshot.max_request_body_bytes)
+            });
         let declared = host::request_header("content-length").and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > snapshot.max_request_body_bytes) {
-            return Err(too_large(snapshot.max_request_body_bytes));
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(too_large(max_body));
         }
-        self.stage = Stage::AwaitingBody { snapshot };
+        self.stage = Stage::AwaitingBody { snapshot, max_body };
         Ok(Action::Pause)
     }
 
     fn on_body(&mut self, size: usize, end_of_stream: bool) -> Result<Action, GatewayError> {
-        let Stage::AwaitingBody { snapshot } = &self.stage else {
+        let Stage::AwaitingBody { snapshot, max_body } = &self.stage else {
             return Ok(Action::Continue);
         };
-        let snapshot = Rc::clone(snapshot);
-        if size as u64 > snapshot.max_request_body_bytes {
-            return Err(too_large(snapshot.max_request_body_bytes));
+        let (snapshot, max_body) = (Rc::clone(snapshot), *max_body);
+        if size as u64 > max_body {
+            return Err(too_large(max_body));
         }
         if !end_of_stream {
             return Ok(Action::Pause);
@@ -264,7 +281,7 @@ impl Context for Edge {}
 
 impl HttpContext for Edge {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        host::increment(self.metrics.requests, 1);
+        host::increment(self.config.metrics.requests, 1);
         match self.on_headers(end_of_stream) {
             Ok(action) => action,
             Err(e) => self.reject(e),

@@ -14,8 +14,15 @@ const WORKER_TICK: Duration = Duration::from_millis(100);
 #[derive(Deserialize)]
 #[serde(tag = "role", rename_all = "lowercase")]
 enum RoleConfig {
-    Edge,
-    Upstream { provider: String },
+    Edge {
+        /// This Envoy's body limit (its listener buffer is sized for it); the snapshot's
+        /// limit applies when it is lower.
+        #[serde(default)]
+        max_request_body_bytes: Option<u64>,
+    },
+    Upstream {
+        provider: String,
+    },
     Sync(sync::SyncConfig),
 }
 
@@ -24,7 +31,7 @@ pub enum Root {
     /// No valid configuration: HTTP contexts answer 503 rather than pass traffic unchecked.
     #[default]
     Unconfigured,
-    Edge(edge::Metrics),
+    Edge(edge::EdgeConfig),
     Upstream {
         provider: String,
     },
@@ -56,9 +63,14 @@ impl RootContext for Root {
             }
         };
         *self = match config {
-            RoleConfig::Edge => {
+            RoleConfig::Edge {
+                max_request_body_bytes,
+            } => {
                 vm::refresh_snapshot();
-                Root::Edge(edge::Metrics::define())
+                Root::Edge(edge::EdgeConfig {
+                    metrics: edge::Metrics::define(),
+                    max_request_body_bytes,
+                })
             }
             RoleConfig::Upstream { provider } => {
                 vm::refresh_snapshot();
@@ -102,7 +114,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match self {
-            Root::Edge(metrics) => Box::new(edge::Edge::new(metrics.clone())),
+            Root::Edge(config) => Box::new(edge::Edge::new(config.clone())),
             Root::Upstream { provider } => Box::new(upstream::Upstream::new(provider.clone())),
             Root::Sync(_) | Root::Unconfigured => Box::new(edge::Unavailable),
         })
