@@ -175,9 +175,11 @@ impl Edge {
             return Ok(Action::Pause);
         }
         let body = host::request_body(size).unwrap_or_default();
+        let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let mut request = ChatRequest::parse(&body)?;
         self.requested_model = request.model.clone();
         let target = routing::resolve(&snapshot, &request.model)?;
+        routing::check_pair(api, &target)?;
         let new_body = request.upstream_body(&target.upstream_model);
         let provider = &target.provider;
         host::set_request_header("x-tr-cluster", Some(&provider.cluster));

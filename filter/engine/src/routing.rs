@@ -3,6 +3,7 @@
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::money::Price;
+use crate::request::ClientApi;
 use crate::snapshot::{ProviderEntry, Snapshot};
 
 /// Where one attempt goes.
@@ -25,6 +26,28 @@ pub fn resolve<'s>(snapshot: &'s Snapshot, model: &str) -> Result<Target<'s>, Ga
         Some((provider, model_id)) => resolve_pinned(snapshot, provider, model_id, model),
         None => resolve_bare(snapshot, model),
     }
+}
+
+/// Checks that the chosen provider can serve the client's API. The one place that decides which
+/// (client API, provider wire format) pairs exist; unsupported pairs get a typed 422.
+pub fn check_pair(api: ClientApi, target: &Target<'_>) -> Result<(), GatewayError> {
+    let supported = match api {
+        ClientApi::ChatCompletions => target.provider.kind.speaks_openai_chat(),
+    };
+    if supported {
+        return Ok(());
+    }
+    let mut e = GatewayError::new(
+        ErrorKind::Routing,
+        format!(
+            "Provider '{}' ({}) cannot serve {} requests: no translation for this pair.",
+            target.provider.name,
+            target.provider.kind,
+            api.as_str()
+        ),
+    );
+    e.provider = Some(target.provider.name.clone());
+    Err(e)
 }
 
 fn resolve_pinned<'s>(
@@ -142,6 +165,25 @@ mod tests {
                 (got, want) => panic!("{model}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn unsupported_pairs_are_422() {
+        let mut p = sample();
+        p.providers.push(tokenrouter_proto::config::v1::Provider {
+            name: "claude".into(),
+            kind: "anthropic".into(),
+            base_url: "https://api.anthropic.com".into(),
+            cluster: "tr_provider_claude".into(),
+            credential: String::new(),
+            enabled: true,
+        });
+        let s = Snapshot::from_proto(p).unwrap();
+        let claude = resolve(&s, "claude/claude-haiku-4-5").unwrap();
+        let e = check_pair(ClientApi::ChatCompletions, &claude).unwrap_err();
+        assert_eq!((e.status(), e.provider.as_deref()), (422, Some("claude")));
+        let openai = resolve(&s, "openai/gpt-4o").unwrap();
+        assert!(check_pair(ClientApi::ChatCompletions, &openai).is_ok());
     }
 
     #[test]
