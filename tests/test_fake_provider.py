@@ -101,3 +101,54 @@ def test_chunked_request_body_and_keep_alive(fake: FakeOpenAI) -> None:
         )
     connection.close()
     assert [r.body["model"] for r in fake.chat_requests()] == ["gpt-4o-mini", "gpt-4o-mini"]
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+            },
+        },
+    }
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_call_round_trip(fake: FakeOpenAI, stream: bool) -> None:
+    client = client_for(fake)
+    if stream:
+        with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES, tools=TOOLS) as s:
+            first = s.get_final_completion()
+    else:
+        first = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tools=TOOLS)
+    assert first.choices[0].finish_reason == "tool_calls"
+    [call] = first.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "say hello to the whole wide world", "days": 1}
+    second = client.chat.completions.create(
+        model="gpt-4o-mini",
+        tools=TOOLS,
+        messages=[
+            *MESSAGES,
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        ],
+    )
+    assert second.choices[0].message.content == "tool result: sunny"
+
+
+def test_embeddings(fake: FakeOpenAI) -> None:
+    result = client_for(fake).embeddings.create(model="text-embedding-3-small", input=["a b c", "d"])
+    assert [d.index for d in result.data] == [0, 1]
+    assert all(len(d.embedding) == 8 for d in result.data)
+    assert result.data[0].embedding != result.data[1].embedding
+    assert (result.usage.prompt_tokens, result.usage.total_tokens) == (4, 4)
+    [request] = fake.embeddings_requests()
+    assert request.body["input"] == ["a b c", "d"]
+    with pytest.raises(openai.BadRequestError):
+        client_for(fake).embeddings.create(model="m", input=[])

@@ -209,23 +209,6 @@ def test_gateway_errors_use_the_envelope_and_never_reach_the_provider(stack: Sta
     assert stack.provider.requests == []
 
 
-def test_provider_without_a_translation_for_the_client_api_is_a_routing_error(
-    stack: Stack,
-) -> None:
-    stack.control_plane.add_provider("claude", "anthropic", "https://api.anthropic.com", "sk-ant")
-    body = {"model": "claude/claude-haiku-4-5", "messages": user("hi")}
-
-    def routed() -> list[requests.Response] | None:
-        # A Response is falsy for 4xx, so return it wrapped.
-        response = stack.envoy.post_chat(stack.key, body)
-        return [response] if response.status_code != 404 else None
-
-    [response] = wait_for(routed, what="the anthropic provider to reach the edge")
-
-    assert_error_envelope(response, 422, "routing_error")
-    assert response.json()["error"]["provider"] == "claude"
-
-
 def test_client_supplied_internal_headers_are_ignored(stack: Stack) -> None:
     spoofed = {
         "x-tr-cluster": "tr_provider_nope",

@@ -116,6 +116,11 @@ impl Publisher {
             settings: Some(pb::Settings {
                 max_request_body_bytes: 0,
             }),
+            firewall_rules: state
+                .firewall_rules
+                .iter()
+                .map(crate::store::FirewallRuleRow::to_proto)
+                .collect(),
         };
         EngineSnapshot::from_proto(snapshot.clone()).map_err(|e| e.to_string())?;
         Ok(Built {
@@ -197,6 +202,7 @@ mod tests {
                 created_at_ms: 1,
             }],
             models: tokenrouter_engine::catalogue::builtin().unwrap(),
+            firewall_rules: Vec::new(),
         };
         (Publisher::new(sealer, Arc::new(Metrics::default())), state)
     }

@@ -2,6 +2,8 @@
 //!
 //! The API layers only convert wire types to and from these calls.
 
+mod firewall;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -58,6 +60,8 @@ impl From<StoreError> for ServiceError {
 }
 
 type Result<T> = std::result::Result<T, ServiceError>;
+
+pub use firewall::{FirewallRulePatch, NewFirewallRule, TemplateOverrides};
 
 /// A provider to register.
 #[derive(Clone)]
@@ -338,11 +342,11 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::SqliteStore;
 
-    async fn service() -> (Service, tempfile::TempDir) {
+    pub(crate) async fn service() -> (Service, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
         let store = SqliteStore::open(&url).await.unwrap();

@@ -42,7 +42,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::google::protobuf::{value, Any, Duration, StringValue};
+use envoy_types::pb::google::protobuf::{value, Any, BoolValue, Duration, StringValue};
 use envoy_types::util::pack_any;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -242,6 +242,9 @@ fn plugin_config(plugin_name: &str, wasm_path: &str, configuration: String) -> P
         })),
         // `fail_open` is deprecated; FAIL_CLOSED is its `false`.
         failure_policy: FailurePolicy::FailClosed as i32,
+        // The upstream filter holds the headers while it reads a body it must translate
+        // (ARCHITECTURE.md, "Envoy bootstrap", explains why this flag is needed for that).
+        allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
         ..Default::default()
     }
 }

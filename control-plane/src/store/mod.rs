@@ -76,6 +76,52 @@ impl std::fmt::Debug for ProviderRow {
     }
 }
 
+/// A firewall rule as stored. The engine validates it (`firewall::validate`) before it is
+/// written; the snapshot carries it as `config.v1.FirewallRule`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallRuleRow {
+    /// Assigned by the store on creation (0 before).
+    pub id: i64,
+    pub name: String,
+    pub priority: i32,
+    pub is_enabled: bool,
+    pub scope: String,
+    pub match_type: String,
+    pub pattern: String,
+    pub action: String,
+    /// Empty = the engine's default replacement.
+    pub replacement: String,
+    /// Empty = every key.
+    pub key_id: String,
+    /// Regex rules; 0 = the engine's default.
+    pub max_match_chars: u32,
+    pub check: String,
+    /// Template the rule was created from; empty for hand-written rules.
+    pub template: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl FirewallRuleRow {
+    /// The rule as the snapshot (and the engine's validator) takes it.
+    pub fn to_proto(&self) -> pb::FirewallRule {
+        pb::FirewallRule {
+            id: self.id,
+            name: self.name.clone(),
+            priority: self.priority,
+            enabled: self.is_enabled,
+            scope: self.scope.clone(),
+            r#type: self.match_type.clone(),
+            pattern: self.pattern.clone(),
+            action: self.action.clone(),
+            replacement: self.replacement.clone(),
+            key_id: self.key_id.clone(),
+            max_match_chars: self.max_match_chars,
+            check: self.check.clone(),
+        }
+    }
+}
+
 /// The whole configuration at one version, read inside the transaction that produced it.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigState {
@@ -84,6 +130,8 @@ pub struct ConfigState {
     pub providers: Vec<ProviderRow>,
     /// Catalogue entries; the engine's catalogue type doubles as the stored model.
     pub models: Vec<pb::Model>,
+    /// Firewall rules, enabled or not, by id.
+    pub firewall_rules: Vec<FirewallRuleRow>,
 }
 
 /// One configuration write.
@@ -104,6 +152,13 @@ pub enum ConfigChange {
     },
     /// Fills the model table when it is empty (first start); otherwise changes nothing.
     SeedModels(Vec<pb::Model>),
+    /// Inserts a rule; the store assigns its id. A taken name is `AlreadyExists`.
+    CreateFirewallRule(FirewallRuleRow),
+    /// Replaces the rule with this id (its creation time is kept).
+    UpdateFirewallRule(FirewallRuleRow),
+    DeleteFirewallRule {
+        id: i64,
+    },
 }
 
 /// What a configuration write did.
@@ -113,6 +168,8 @@ pub enum Changed {
     Provider(ProviderRow),
     ProviderRemoved(String),
     ModelsSeeded(usize),
+    FirewallRule(FirewallRuleRow),
+    FirewallRuleRemoved(i64),
 }
 
 /// Outcome of [`Store::change_config`]: what changed, and the new configuration when something
@@ -176,6 +233,8 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError>;
     async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
     async fn list_models(&self) -> Result<Vec<pb::Model>, StoreError>;
+    /// Firewall rules by id.
+    async fn list_firewall_rules(&self) -> Result<Vec<FirewallRuleRow>, StoreError>;
 
     /// Stores a batch in one transaction; records whose request id is already stored are
     /// skipped. Returns how many were new.

@@ -10,8 +10,8 @@ use tokenrouter_proto::config::v1 as pb;
 use tokenrouter_proto::sync::v1::UsageRecord;
 
 use super::{
-    ChangeOutcome, Changed, Check, ConfigChange, ConfigState, KeyRow, KeyStatus, LogEntry,
-    LogQuery, ProviderRow, Store, StoreError,
+    ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
+    LogEntry, LogQuery, ProviderRow, Store, StoreError,
 };
 
 /// SQLite-backed [`Store`].
@@ -95,6 +95,11 @@ impl Store for SqliteStore {
         load_models(&mut conn).await
     }
 
+    async fn list_firewall_rules(&self) -> Result<Vec<FirewallRuleRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_firewall_rules(&mut conn).await
+    }
+
     async fn insert_usage(
         &self,
         records: &[UsageRecord],
@@ -107,8 +112,8 @@ impl Store for SqliteStore {
                 "INSERT INTO request_logs (request_id, started_at_ms, key_id, client_api, \
                  requested_model, provider, model, status, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, latency_ms, cost_picos, stream, error_type, \
-                 node_id, received_at_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 node_id, received_at_ms, firewall_actions, warnings) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (request_id) DO NOTHING",
             )
             .bind(&r.request_id)
@@ -129,6 +134,8 @@ impl Store for SqliteStore {
             .bind(&r.error_type)
             .bind(&r.node_id)
             .bind(received_at_ms)
+            .bind(json_list(&r.firewall_actions))
+            .bind(json_list(&r.warnings))
             .execute(&mut *tx)
             .await?;
             inserted += done.rows_affected();
@@ -153,7 +160,8 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT request_id, started_at_ms, key_id, client_api, requested_model, provider, \
              model, status, input_tokens, output_tokens, cached_tokens, reasoning_tokens, \
-             latency_ms, cost_picos, stream, error_type, node_id, received_at_ms \
+             latency_ms, cost_picos, stream, error_type, node_id, received_at_ms, \
+             firewall_actions, warnings \
              FROM request_logs \
              WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR rowid < ?2) \
              ORDER BY rowid DESC LIMIT ?3",
@@ -184,6 +192,8 @@ impl Store for SqliteStore {
                         stream: row.try_get("stream")?,
                         error_type: row.try_get("error_type")?,
                         node_id: row.try_get("node_id")?,
+                        firewall_actions: parse_json_list(row.try_get("firewall_actions")?),
+                        warnings: parse_json_list(row.try_get("warnings")?),
                     },
                     received_at_ms: row.try_get("received_at_ms")?,
                 })
@@ -340,6 +350,58 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
                 Applied::Committed(Changed::ModelsSeeded(models.len()))
             }
         }
+        ConfigChange::CreateFirewallRule(mut rule) => {
+            let done = bind_rule(
+                sqlx::query(
+                    "INSERT INTO firewall_rules (name, priority, is_enabled, scope, type, \
+                     pattern, action, replacement, key_id, max_match_chars, \"check\", template, \
+                     created_at_ms, updated_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ),
+                &rule,
+            )
+            .bind(rule.created_at_ms)
+            .bind(rule.updated_at_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| unique_violation(e, || format!("firewall rule named {:?}", rule.name)))?;
+            rule.id = done.last_insert_rowid();
+            Applied::Committed(Changed::FirewallRule(rule))
+        }
+        ConfigChange::UpdateFirewallRule(mut rule) => {
+            let created: i64 = sqlx::query("SELECT created_at_ms FROM firewall_rules WHERE id = ?")
+                .bind(rule.id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("firewall rule {}", rule.id)))?
+                .try_get(0)?;
+            rule.created_at_ms = created;
+            bind_rule(
+                sqlx::query(
+                    "UPDATE firewall_rules SET name = ?, priority = ?, is_enabled = ?, scope = ?, \
+                     type = ?, pattern = ?, action = ?, replacement = ?, key_id = ?, \
+                     max_match_chars = ?, \"check\" = ?, template = ?, updated_at_ms = ? \
+                     WHERE id = ?",
+                ),
+                &rule,
+            )
+            .bind(rule.updated_at_ms)
+            .bind(rule.id)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| unique_violation(e, || format!("firewall rule named {:?}", rule.name)))?;
+            Applied::Committed(Changed::FirewallRule(rule))
+        }
+        ConfigChange::DeleteFirewallRule { id } => {
+            let done = sqlx::query("DELETE FROM firewall_rules WHERE id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("firewall rule {id}")));
+            }
+            Applied::Committed(Changed::FirewallRuleRemoved(id))
+        }
     };
     Ok(applied)
 }
@@ -354,7 +416,70 @@ async fn load_config(conn: &mut SqliteConnection) -> Result<ConfigState, StoreEr
         keys: load_keys(conn).await?,
         providers: load_providers(conn).await?,
         models: load_models(conn).await?,
+        firewall_rules: load_firewall_rules(conn).await?,
     })
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds a rule's columns from `name` to `template`, in table order.
+fn bind_rule<'q>(query: Query<'q>, r: &'q FirewallRuleRow) -> Query<'q> {
+    query
+        .bind(&r.name)
+        .bind(r.priority)
+        .bind(r.is_enabled)
+        .bind(&r.scope)
+        .bind(&r.match_type)
+        .bind(&r.pattern)
+        .bind(&r.action)
+        .bind(&r.replacement)
+        .bind(&r.key_id)
+        .bind(i64::from(r.max_match_chars))
+        .bind(&r.check)
+        .bind(&r.template)
+}
+
+async fn load_firewall_rules(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<FirewallRuleRow>, StoreError> {
+    sqlx::query(
+        "SELECT id, name, priority, is_enabled, scope, type, pattern, action, replacement, key_id, \
+         max_match_chars, \"check\", template, created_at_ms, updated_at_ms \
+         FROM firewall_rules ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(FirewallRuleRow {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            priority: row.try_get("priority")?,
+            is_enabled: row.try_get("is_enabled")?,
+            scope: row.try_get("scope")?,
+            match_type: row.try_get("type")?,
+            pattern: row.try_get("pattern")?,
+            action: row.try_get("action")?,
+            replacement: row.try_get("replacement")?,
+            key_id: row.try_get("key_id")?,
+            max_match_chars: u32::try_from(row.try_get::<i64, _>("max_match_chars")?)
+                .unwrap_or(0),
+            check: row.try_get("check")?,
+            template: row.try_get("template")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+        })
+    })
+    .collect()
+}
+
+/// A list of strings as a JSON array (request log columns).
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_json_list(text: String) -> Vec<String> {
+    serde_json::from_str(&text).unwrap_or_default()
 }
 
 const KEY_SELECT: &str = "SELECT id, name, key_prefix, sha256, workspace_id, status, \
@@ -614,6 +739,28 @@ mod tests {
             .unwrap();
         assert!(again.state.is_none());
         assert_eq!(store.list_models().await.unwrap(), builtin);
+    }
+
+    #[tokio::test]
+    async fn firewall_columns_of_the_request_log_round_trip() {
+        let (store, _dir) = temp_store().await;
+        let mut r = record("fw");
+        r.firewall_actions = vec!["mask:prompt:a, b".into(), "warn:response:é".into()];
+        r.warnings = vec!["firewall rule 'é' matched the response".into()];
+        store
+            .insert_usage(&[r.clone(), record("plain")], 1)
+            .await
+            .unwrap();
+        let rows = store
+            .list_logs(&LogQuery {
+                limit: 10,
+                ..LogQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows[1].record.firewall_actions, r.firewall_actions);
+        assert_eq!(rows[1].record.warnings, r.warnings);
+        assert!(rows[0].record.firewall_actions.is_empty() && rows[0].record.warnings.is_empty());
     }
 
     #[tokio::test]

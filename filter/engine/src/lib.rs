@@ -8,9 +8,12 @@
 //! - [`snapshot`]: the validated, indexed form of the pushed `config.v1.Snapshot`.
 //! - [`auth`]: gateway key extraction and lookup.
 //! - [`request`]: bounded parsing of client request bodies and their rewrite for the upstream.
+//! - [`firewall`]: block / mask / warn rules over prompts, responses (streamed too) and metadata.
 //! - [`routing`]: `model` → provider, cluster, upstream model and price.
 //! - [`upstream`]: what the per-attempt upstream filter changes (authority, path, credential).
-//! - [`usage`]: token usage from provider responses, JSON and SSE (incremental).
+//! - [`translate`]: client API ↔ provider wire format, per attempt, SSE included.
+//! - [`usage`]: token usage from client-format responses, JSON and SSE (incremental).
+//! - [`models`]: the `GET /v1/models` reply (catalogue in OpenAI's list shape).
 //! - [`money`]: exact cost arithmetic and formatting.
 //! - [`catalogue`]: the built-in model catalogue.
 //! - [`error`]: the one gateway error type and its JSON envelope.
@@ -18,11 +21,14 @@
 pub mod auth;
 pub mod catalogue;
 pub mod error;
+pub mod firewall;
 pub mod keys;
+pub mod models;
 pub mod money;
 pub mod request;
 pub mod routing;
 pub mod snapshot;
+pub mod translate;
 pub mod upstream;
 pub mod usage;
 

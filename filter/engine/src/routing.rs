@@ -5,6 +5,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::money::Price;
 use crate::request::ClientApi;
 use crate::snapshot::{ProviderEntry, Snapshot};
+use crate::upstream::ProviderKind;
 
 /// Where one attempt goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,26 +29,26 @@ pub fn resolve<'s>(snapshot: &'s Snapshot, model: &str) -> Result<Target<'s>, Ga
     }
 }
 
-/// Checks that the chosen provider can serve the client's API. The one place that decides which
-/// (client API, provider wire format) pairs exist; unsupported pairs get a typed 422.
+/// Checks that the chosen provider can serve the client's API: whether
+/// [`crate::translate::translator_for`], the one place that decides which (client API, provider
+/// wire format) pairs exist, has a translator for it. Unsupported pairs get a typed 422 naming
+/// the provider.
 pub fn check_pair(api: ClientApi, target: &Target<'_>) -> Result<(), GatewayError> {
-    let supported = match api {
-        ClientApi::ChatCompletions => target.provider.kind.speaks_openai_chat(),
-    };
-    if supported {
-        return Ok(());
+    match crate::translate::translator_for(api, target.provider.kind) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(GatewayError {
+            kind: ErrorKind::Routing,
+            message: format!(
+                "Provider '{}' ({}) cannot serve {} requests: {}",
+                target.provider.name,
+                target.provider.kind,
+                api.as_str(),
+                e.message
+            ),
+            provider: Some(target.provider.name.clone()),
+            raw: None,
+        }),
     }
-    let mut e = GatewayError::new(
-        ErrorKind::Routing,
-        format!(
-            "Provider '{}' ({}) cannot serve {} requests: no translation for this pair.",
-            target.provider.name,
-            target.provider.kind,
-            api.as_str()
-        ),
-    );
-    e.provider = Some(target.provider.name.clone());
-    Err(e)
 }
 
 fn resolve_pinned<'s>(
@@ -74,7 +75,17 @@ fn resolve_pinned<'s>(
             "Model '{full}' names no model after the provider."
         )));
     }
-    match snapshot.model(provider.kind, model_id) {
+    let entry = snapshot
+        .model(provider.kind, model_id)
+        .or_else(|| snapshot.model(provider.kind.catalogue_kind(), model_id));
+    match entry {
+        // An Azure deployment keeps its own name even when priced from OpenAI's catalogue.
+        Some(m) if m.enabled && provider.kind == ProviderKind::Azure => Ok(Target {
+            provider,
+            upstream_model: model_id.to_string(),
+            price: m.price,
+            catalogued: true,
+        }),
         Some(m) if m.enabled => Ok(Target {
             provider,
             upstream_model: m.upstream_model.clone(),
@@ -180,10 +191,47 @@ mod tests {
         });
         let s = Snapshot::from_proto(p).unwrap();
         let claude = resolve(&s, "claude/claude-haiku-4-5").unwrap();
-        let e = check_pair(ClientApi::ChatCompletions, &claude).unwrap_err();
+        let e = check_pair(ClientApi::Embeddings, &claude).unwrap_err();
         assert_eq!((e.status(), e.provider.as_deref()), (422, Some("claude")));
+        assert!(e.message.contains("embeddings"), "{}", e.message);
+        for api in [
+            ClientApi::ChatCompletions,
+            ClientApi::Responses,
+            ClientApi::Messages,
+        ] {
+            assert!(check_pair(api, &claude).is_ok(), "{api:?}");
+        }
         let openai = resolve(&s, "openai/gpt-4o").unwrap();
         assert!(check_pair(ClientApi::ChatCompletions, &openai).is_ok());
+        assert!(check_pair(ClientApi::Embeddings, &openai).is_ok());
+        assert_eq!(
+            check_pair(ClientApi::Models, &openai).unwrap_err().status(),
+            422
+        );
+    }
+
+    #[test]
+    fn azure_deployments_are_priced_from_openai_and_any_name_is_accepted() {
+        let mut p = sample();
+        p.providers.push(tokenrouter_proto::config::v1::Provider {
+            name: "az".into(),
+            kind: "azure".into(),
+            base_url: "https://r.openai.azure.com".into(),
+            cluster: "tr_provider_az".into(),
+            credential: String::new(),
+            enabled: true,
+        });
+        let s = Snapshot::from_proto(p).unwrap();
+        let priced = resolve(&s, "az/gpt-4o-mini").unwrap();
+        assert_eq!(
+            (priced.upstream_model.as_str(), priced.price.input),
+            ("gpt-4o-mini", 150_000)
+        );
+        let custom = resolve(&s, "az/my-deployment").unwrap();
+        assert_eq!(
+            (custom.upstream_model.as_str(), custom.price.input),
+            ("my-deployment", 0)
+        );
     }
 
     #[test]

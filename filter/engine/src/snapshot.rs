@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use prost::Message;
 use tokenrouter_proto::config::v1 as pb;
 
+use crate::firewall::Firewall;
 use crate::money::Price;
 use crate::upstream::{BaseUrl, ProviderKind};
 
@@ -73,6 +74,8 @@ pub struct Snapshot {
     models: HashMap<(ProviderKind, String), ModelEntry>,
     /// Bare model id → kinds that offer it, in catalogue order.
     model_kinds: HashMap<String, Vec<ProviderKind>>,
+    /// Firewall rules, compiled once per version.
+    firewall: Firewall,
 }
 
 impl Snapshot {
@@ -173,6 +176,8 @@ impl Snapshot {
                 )));
             }
         }
+        let firewall =
+            Firewall::compile(&p.firewall_rules).map_err(|e| ConfigError(e.to_string()))?;
         let max_request_body_bytes = match p.settings.map(|s| s.max_request_body_bytes) {
             Some(n) if n > 0 => n,
             _ => DEFAULT_MAX_REQUEST_BODY_BYTES,
@@ -185,6 +190,7 @@ impl Snapshot {
             provider_by_name,
             models,
             model_kinds,
+            firewall,
         })
     }
 
@@ -210,9 +216,19 @@ impl Snapshot {
         self.models.get(&(kind, id.to_string()))
     }
 
+    /// Every catalogue model, enabled or not, in no particular order.
+    pub fn models(&self) -> impl Iterator<Item = &ModelEntry> {
+        self.models.values()
+    }
+
     /// Kinds whose catalogue has this bare model id.
     pub fn kinds_of_model(&self, id: &str) -> &[ProviderKind] {
         self.model_kinds.get(id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The compiled firewall rules.
+    pub fn firewall(&self) -> &Firewall {
+        &self.firewall
     }
 
     pub fn key_count(&self) -> usize {
@@ -278,6 +294,7 @@ pub(crate) mod tests {
             settings: Some(pb::Settings {
                 max_request_body_bytes: 1000,
             }),
+            ..pb::Snapshot::default()
         }
     }
 

@@ -51,9 +51,19 @@ impl ProviderKind {
         )
     }
 
-    /// Whether any model name is accepted (self-hosted servers), not only catalogued ones.
+    /// Whether any model name is accepted, not only catalogued ones: self-hosted servers, and
+    /// Azure, whose "models" are the operator's deployment names.
     pub fn accepts_any_model(self) -> bool {
-        self == ProviderKind::OpenAiCompatible
+        matches!(self, ProviderKind::OpenAiCompatible | ProviderKind::Azure)
+    }
+
+    /// Whose catalogue prices this kind's models: Azure deployments of OpenAI models are priced
+    /// like OpenAI's when the deployment is named after the model.
+    pub fn catalogue_kind(self) -> ProviderKind {
+        match self {
+            ProviderKind::Azure => ProviderKind::OpenAi,
+            k => k,
+        }
     }
 
     /// Header carrying the credential, and its value for a given secret.
@@ -81,6 +91,8 @@ pub struct BaseUrl {
     pub port: u16,
     /// Path prefix without trailing slash ("" or "/v1" or "/openai/v1").
     pub path: String,
+    /// Query string without `?` (Azure's `api-version=…`); `None` when the URL has none.
+    pub query: Option<String>,
 }
 
 impl BaseUrl {
@@ -94,11 +106,20 @@ impl BaseUrl {
                 "base URL {url:?} must start with http:// or https://"
             ));
         };
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) if !q.is_empty() => (r, Some(q.to_string())),
+            Some(_) => return Err(format!("base URL {url:?} has an empty query string")),
+            None => (rest, None),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
-        if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
+        let query_ok = query.as_deref().is_none_or(|q| {
+            q.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~=&%".contains(&b))
+        });
+        if authority.is_empty() || authority.contains('@') || path.contains('#') || !query_ok {
             return Err(format!(
                 "base URL {url:?} is not of the form scheme://host[:port][/path]"
             ));
@@ -110,6 +131,7 @@ impl BaseUrl {
             host,
             port,
             path: path.trim_end_matches('/').to_string(),
+            query,
         })
     }
 
@@ -221,11 +243,28 @@ mod tests {
             "http://a b",
             "http://h:99999",
             "http://u@h",
-            "http://h/?q",
+            "http://h/?",
+            "http://h/?q#f",
+            "http://h/?a b",
             "api.openai.com",
         ] {
             assert!(BaseUrl::parse(url).is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn base_url_query_is_kept_for_azure_api_version() {
+        let b =
+            BaseUrl::parse("https://r.openai.azure.com?api-version=2025-01-01-preview").unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.path.as_str(), b.query.as_deref()),
+            (
+                "r.openai.azure.com",
+                "",
+                Some("api-version=2025-01-01-preview")
+            )
+        );
+        assert_eq!(BaseUrl::parse("https://h/v1").unwrap().query, None);
     }
 
     #[test]

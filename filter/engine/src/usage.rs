@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 
+use crate::request::ClientApi;
+
 /// Tokens of one response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -16,8 +18,9 @@ pub struct Usage {
     pub reasoning: u64,
 }
 
+/// OpenAI's `usage` object (Chat Completions, Embeddings).
 #[derive(Deserialize)]
-struct OpenAiUsage {
+pub struct OpenAiUsage {
     #[serde(default)]
     prompt_tokens: u64,
     #[serde(default)]
@@ -189,7 +192,7 @@ impl OpenAiStreamObserver {
 }
 
 /// Length of the first complete event and of its separator (`\n\n`, `\r\n\r\n` or `\r\r`).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while i < buf.len() {
         match buf[i] {
@@ -210,7 +213,7 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// The `data:` payload of an event (one data line, which is what providers send).
-fn event_data(event: &[u8]) -> Option<&[u8]> {
+pub(crate) fn event_data(event: &[u8]) -> Option<&[u8]> {
     event
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
@@ -234,6 +237,226 @@ fn mentions_usage_object(data: &[u8]) -> bool {
         start += pos + NEEDLE.len();
     }
     false
+}
+
+/// Responses API `usage`.
+#[derive(Deserialize)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<CompletionDetails>,
+}
+
+impl From<ResponsesUsage> for Usage {
+    fn from(u: ResponsesUsage) -> Usage {
+        Usage {
+            input: u.input_tokens,
+            output: u.output_tokens,
+            cached_input: u
+                .input_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            reasoning: u
+                .output_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WithResponsesUsage {
+    usage: Option<ResponsesUsage>,
+}
+
+#[derive(Deserialize)]
+struct WithAnthropicUsage {
+    usage: Option<crate::translate::anthropic::AnthropicUsage>,
+}
+
+fn anthropic_usage(u: &crate::translate::anthropic::AnthropicUsage) -> Usage {
+    let mut out = Usage::default();
+    u.apply(&mut out, &mut 0, &mut 0);
+    out
+}
+
+/// Usage of a non-streaming response body in the client's format (`api`).
+pub fn from_client_body(api: ClientApi, body: &[u8]) -> Option<Usage> {
+    match api {
+        ClientApi::ChatCompletions | ClientApi::Embeddings => from_openai_body(body),
+        ClientApi::Responses => serde_json::from_slice::<WithResponsesUsage>(body)
+            .ok()?
+            .usage
+            .map(Usage::from),
+        ClientApi::Messages => serde_json::from_slice::<WithAnthropicUsage>(body)
+            .ok()?
+            .usage
+            .map(|u| anthropic_usage(&u)),
+        ClientApi::Models => None,
+    }
+}
+
+/// Watches a streamed response in the client's format for usage and for its terminal event.
+#[derive(Debug)]
+pub enum ClientStreamObserver {
+    /// Chat Completions: may also remove the usage chunk the gateway asked for.
+    Chat(OpenAiStreamObserver),
+    /// Responses and Messages: read-only.
+    Events(EventStreamObserver),
+}
+
+impl ClientStreamObserver {
+    /// `strip_usage_chunk` matters for Chat Completions only (see [`OpenAiStreamObserver`]).
+    pub fn new(api: ClientApi, strip_usage_chunk: bool) -> ClientStreamObserver {
+        match api {
+            ClientApi::Responses | ClientApi::Messages => {
+                ClientStreamObserver::Events(EventStreamObserver::new(api))
+            }
+            _ => ClientStreamObserver::Chat(OpenAiStreamObserver::new(strip_usage_chunk)),
+        }
+    }
+
+    /// Feeds the next chunk of the response body.
+    pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkOutput {
+        match self {
+            ClientStreamObserver::Chat(o) => o.feed(chunk, end_of_stream),
+            ClientStreamObserver::Events(o) => {
+                o.feed(chunk, end_of_stream);
+                ChunkOutput::Unchanged
+            }
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            ClientStreamObserver::Chat(o) => o.usage,
+            ClientStreamObserver::Events(o) => o.usage,
+        }
+    }
+
+    /// The stream reached its terminal event (`[DONE]`, `response.completed|incomplete|failed`,
+    /// `message_stop`).
+    pub fn done(&self) -> bool {
+        match self {
+            ClientStreamObserver::Chat(o) => o.done,
+            ClientStreamObserver::Events(o) => o.done,
+        }
+    }
+}
+
+/// Usage from a Responses stream (`response.completed` / `response.incomplete` /
+/// `response.failed` carry the whole response) or a Messages stream (`message_start` carries
+/// input tokens, `message_delta` the running totals).
+#[derive(Debug)]
+pub struct EventStreamObserver {
+    api: ClientApi,
+    /// Bytes after the last complete event.
+    pending: Vec<u8>,
+    /// Gave up parsing (oversized event); usage unknown from then on.
+    overflowed: bool,
+    pub usage: Option<Usage>,
+    pub done: bool,
+    /// Messages: uncached input and cache writes, which later usage objects may omit.
+    fresh_input: u64,
+    cache_write: u64,
+}
+
+#[derive(Deserialize)]
+struct TypedEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    response: Option<WithResponsesUsage>,
+    #[serde(default)]
+    message: Option<WithAnthropicUsage>,
+    #[serde(default)]
+    usage: Option<crate::translate::anthropic::AnthropicUsage>,
+}
+
+impl EventStreamObserver {
+    pub fn new(api: ClientApi) -> Self {
+        EventStreamObserver {
+            api,
+            pending: Vec::new(),
+            overflowed: false,
+            usage: None,
+            done: false,
+            fresh_input: 0,
+            cache_write: 0,
+        }
+    }
+
+    /// Feeds the next chunk; the body itself is never changed.
+    pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) {
+        if self.overflowed {
+            return;
+        }
+        self.pending.extend_from_slice(chunk);
+        let mut consumed = 0;
+        while let Some((len, sep)) = find_event_end(&self.pending[consumed..]) {
+            let event = self.pending[consumed..consumed + len].to_vec();
+            self.observe(&event);
+            consumed += len + sep;
+        }
+        self.pending.drain(..consumed);
+        if end_of_stream {
+            let tail = std::mem::take(&mut self.pending);
+            self.observe(&tail);
+        } else if self.pending.len() > MAX_EVENT_BYTES {
+            self.overflowed = true;
+            self.pending = Vec::new();
+            self.usage = None;
+        }
+    }
+
+    fn observe(&mut self, event: &[u8]) {
+        let Some(data) = event_data(event) else {
+            return;
+        };
+        let markers: &[&[u8]] = match self.api {
+            ClientApi::Messages => &[b"message_start", b"message_delta", b"message_stop"],
+            _ => &[
+                b"response.completed",
+                b"response.incomplete",
+                b"response.failed",
+            ],
+        };
+        if !markers
+            .iter()
+            .any(|m| data.windows(m.len()).any(|w| w == *m))
+        {
+            return;
+        }
+        let Ok(e) = serde_json::from_slice::<TypedEvent>(data) else {
+            return;
+        };
+        match e.kind.as_str() {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.done = true;
+                if let Some(u) = e.response.and_then(|r| r.usage) {
+                    self.usage = Some(u.into());
+                }
+            }
+            "message_start" | "message_delta" => {
+                let u = match e.kind.as_str() {
+                    "message_start" => e.message.and_then(|m| m.usage),
+                    _ => e.usage,
+                };
+                if let Some(u) = u {
+                    let mut usage = self.usage.unwrap_or_default();
+                    u.apply(&mut usage, &mut self.fresh_input, &mut self.cache_write);
+                    self.usage = Some(usage);
+                }
+            }
+            "message_stop" => self.done = true,
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -332,5 +555,88 @@ mod tests {
         assert!(mentions_usage_object(br#"{"usage": {"a":1}}"#));
         assert!(!mentions_usage_object(br#"{"usage":null}"#));
         assert!(!mentions_usage_object(br#"{"content":"usage"}"#));
+    }
+
+    #[test]
+    fn client_body_usage_of_every_api() {
+        let cases: [(ClientApi, &str, Option<Usage>); 5] = [
+            (
+                ClientApi::Responses,
+                r#"{"object":"response","usage":{"input_tokens":12,"input_tokens_details":{"cached_tokens":4},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":15}}"#,
+                Some(WANT),
+            ),
+            (
+                ClientApi::Messages,
+                r#"{"type":"message","usage":{"input_tokens":6,"cache_read_input_tokens":4,"cache_creation_input_tokens":2,"output_tokens":3}}"#,
+                Some(Usage {
+                    input: 12,
+                    output: 3,
+                    cached_input: 4,
+                    reasoning: 0,
+                }),
+            ),
+            (
+                ClientApi::Embeddings,
+                r#"{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+                Some(Usage {
+                    input: 8,
+                    ..Usage::default()
+                }),
+            ),
+            (ClientApi::Messages, r#"{"type":"message"}"#, None),
+            (ClientApi::Models, r#"{"usage":{"prompt_tokens":1}}"#, None),
+        ];
+        for (api, body, want) in cases {
+            assert_eq!(
+                from_client_body(api, body.as_bytes()),
+                want,
+                "{api:?} {body}"
+            );
+        }
+    }
+
+    const MESSAGES_STREAM: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":6,\"cache_read_input_tokens\":4,\"cache_creation_input_tokens\":2,\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"usage\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    const RESPONSES_STREAM: &str = concat!(
+        "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"usage\":null}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"response.completed\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":2,\"response\":{\"usage\":{\"input_tokens\":12,\"input_tokens_details\":{\"cached_tokens\":4},\"output_tokens\":3,\"output_tokens_details\":{\"reasoning_tokens\":1}}}}\n\n",
+    );
+
+    #[test]
+    fn event_stream_usage_at_every_chunk_size() {
+        let cases = [
+            (
+                ClientApi::Messages,
+                MESSAGES_STREAM,
+                Usage {
+                    input: 12,
+                    output: 3,
+                    cached_input: 4,
+                    reasoning: 0,
+                },
+            ),
+            (ClientApi::Responses, RESPONSES_STREAM, WANT),
+        ];
+        for (api, stream, want) in cases {
+            for chunk in [1, 7, stream.len()] {
+                let mut o = ClientStreamObserver::new(api, true);
+                let chunks: Vec<&[u8]> = stream.as_bytes().chunks(chunk).collect();
+                for (i, c) in chunks.iter().enumerate() {
+                    assert_eq!(o.feed(c, i + 1 == chunks.len()), ChunkOutput::Unchanged);
+                }
+                assert_eq!(o.usage(), Some(want), "{api:?} chunk {chunk}");
+                assert!(o.done(), "{api:?} chunk {chunk}");
+            }
+            let cut = &stream[..stream.len() / 2];
+            let mut o = ClientStreamObserver::new(api, false);
+            o.feed(cut.as_bytes(), true);
+            assert!(!o.done(), "{api:?}: a cut stream is not done");
+        }
     }
 }

@@ -68,6 +68,8 @@ pub fn log_row(e: LogEntry) -> api::LogRow {
         error_type: r.error_type,
         node_id: r.node_id,
         received_at_unix_ms: e.received_at_ms,
+        firewall_actions: r.firewall_actions,
+        warnings: r.warnings,
     }
 }
 
@@ -189,5 +191,54 @@ impl Admin for AdminApi {
             logs: page.entries.into_iter().map(log_row).collect(),
             next_cursor: page.next_cursor.unwrap_or_default(),
         }))
+    }
+
+    async fn create_firewall_rule(
+        &self,
+        request: Request<api::CreateFirewallRuleRequest>,
+    ) -> Result<Response<api::FirewallRule>, Status> {
+        super::firewall::create(&self.service, request.into_inner()).await
+    }
+
+    async fn list_firewall_rules(
+        &self,
+        _request: Request<api::ListFirewallRulesRequest>,
+    ) -> Result<Response<api::ListFirewallRulesResponse>, Status> {
+        super::firewall::list(&self.service).await
+    }
+
+    async fn get_firewall_rule(
+        &self,
+        request: Request<api::GetFirewallRuleRequest>,
+    ) -> Result<Response<api::FirewallRule>, Status> {
+        super::firewall::get(&self.service, request.into_inner().id).await
+    }
+
+    async fn update_firewall_rule(
+        &self,
+        request: Request<api::UpdateFirewallRuleRequest>,
+    ) -> Result<Response<api::FirewallRule>, Status> {
+        super::firewall::update(&self.service, request.into_inner()).await
+    }
+
+    async fn delete_firewall_rule(
+        &self,
+        request: Request<api::DeleteFirewallRuleRequest>,
+    ) -> Result<Response<api::DeleteFirewallRuleResponse>, Status> {
+        super::firewall::delete(&self.service, request.into_inner().id).await
+    }
+
+    async fn list_firewall_templates(
+        &self,
+        _request: Request<api::ListFirewallTemplatesRequest>,
+    ) -> Result<Response<api::ListFirewallTemplatesResponse>, Status> {
+        super::firewall::templates(&self.service)
+    }
+
+    async fn enable_firewall_template(
+        &self,
+        request: Request<api::EnableFirewallTemplateRequest>,
+    ) -> Result<Response<api::FirewallRule>, Status> {
+        super::firewall::enable_template(&self.service, request.into_inner()).await
     }
 }

@@ -2,6 +2,7 @@
 //! the mapping of domain errors to status codes.
 
 pub mod admin;
+pub mod firewall;
 pub mod sync;
 
 use std::sync::Arc;

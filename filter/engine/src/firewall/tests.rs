@@ -1,0 +1,801 @@
+use serde_json::{json, Value};
+
+use super::formats::{self, ChatStreamFilter};
+use super::stream::{StreamGuard, TextStream};
+use super::*;
+use crate::request::ClientApi;
+
+pub fn rule(
+    id: i64,
+    name: &str,
+    priority: i32,
+    scope: &str,
+    kind: &str,
+    pattern: &str,
+    action: &str,
+) -> pb::FirewallRule {
+    pb::FirewallRule {
+        id,
+        name: name.into(),
+        priority,
+        enabled: true,
+        scope: scope.into(),
+        r#type: kind.into(),
+        pattern: pattern.into(),
+        action: action.into(),
+        ..pb::FirewallRule::default()
+    }
+}
+
+fn firewall(rules: &[pb::FirewallRule]) -> Firewall {
+    Firewall::compile(rules).unwrap()
+}
+
+fn names(v: &Verdict) -> Vec<&str> {
+    v.applied.iter().map(|a| a.name.as_str()).collect()
+}
+
+#[test]
+fn invalid_rules_are_refused_with_a_clear_message() {
+    type Break = fn(&mut pb::FirewallRule);
+    let cases: &[(&str, Break)] = &[
+        ("name is required", |r| r.name = "  ".into()),
+        ("control characters", |r| r.name = "a\nb".into()),
+        ("unknown scope", |r| r.scope = "body".into()),
+        ("unknown type", |r| r.r#type = "glob".into()),
+        ("unknown action", |r| r.action = "drop".into()),
+        ("unknown check", |r| r.check = "crc".into()),
+        ("pattern is required", |r| r.pattern = String::new()),
+        ("at most 1024", |r| r.pattern = "x".repeat(1025)),
+        ("invalid regex", |r| r.pattern = "(unclosed".into()),
+        ("invalid regex", |r| r.pattern = r"\p{Greek}".into()),
+        ("too large", |r| r.pattern = "(((a{50}){50}){50})".into()),
+        ("empty string", |r| r.pattern = "x*".into()),
+        ("empty string", |r| r.pattern = r"\b".into()),
+        ("at most 4096", |r| r.max_match_chars = 5000),
+        ("replacement", |r| r.replacement = "r".repeat(201)),
+        ("regex rules only", |r| {
+            r.r#type = "substring".into();
+            r.max_match_chars = 10;
+        }),
+    ];
+    for (want, break_it) in cases {
+        let mut r = rule(1, "r", 1, "prompt", "regex", "abc", "block");
+        break_it(&mut r);
+        let e = validate(&r).unwrap_err().to_string();
+        assert!(e.contains(want), "{want:?} not in {e:?}");
+    }
+    // A disabled rule is validated too: a bad stored rule cannot hide.
+    let mut bad = rule(1, "r", 1, "prompt", "regex", "(", "block");
+    bad.enabled = false;
+    assert!(Firewall::compile(&[bad]).is_err());
+    let dup = [
+        rule(1, "a", 1, "prompt", "substring", "x", "warn"),
+        rule(1, "b", 1, "prompt", "substring", "y", "warn"),
+    ];
+    assert!(Firewall::compile(&dup)
+        .unwrap_err()
+        .to_string()
+        .contains("twice"));
+}
+
+#[test]
+fn defaults() {
+    let r = validate(&rule(1, " n ", 1, "prompt", "regex", "a+", "mask")).unwrap();
+    assert_eq!(r.name, "n");
+    assert_eq!(r.replacement, DEFAULT_REPLACEMENT);
+    assert_eq!(r.max_match_chars, DEFAULT_MAX_MATCH_CHARS);
+    assert_eq!(r.key_id, None);
+}
+
+/// Every scope × type × action: the rule acts on its own scope and on no other.
+#[test]
+fn each_scope_type_and_action() {
+    for scope in Scope::ALL {
+        for (kind, pattern) in [("substring", "SeCrEt"), ("regex", r"secret-\d+")] {
+            for action in ["block", "mask", "warn"] {
+                let fw = firewall(&[rule(7, "r", 1, scope.as_str(), kind, pattern, action)]);
+                let text = "a secret-42 here";
+                for other in Scope::ALL {
+                    let (v, masked) = fw.scan(other, "k", text);
+                    let case = format!("{scope:?} {kind} {action} scanned as {other:?}");
+                    if other != scope {
+                        assert!(v.is_empty() && masked.is_none(), "{case}");
+                        continue;
+                    }
+                    assert_eq!(names(&v), ["r"], "{case}");
+                    assert_eq!(v.applied[0].action.as_str(), action, "{case}");
+                    match action {
+                        "block" => {
+                            let e = v.error().unwrap();
+                            assert_eq!(e.status(), 422, "{case}");
+                            assert_eq!(e.kind, ErrorKind::Firewall);
+                            assert!(e.message.contains("'r'"), "{case}: {}", e.message);
+                            assert!(!e.message.contains("secret-42"), "no matched text");
+                        }
+                        "mask" => {
+                            let want = if kind == "substring" {
+                                "a [REDACTED]-42 here"
+                            } else {
+                                "a [REDACTED] here"
+                            };
+                            assert_eq!(masked.as_deref(), Some(want), "{case}");
+                            assert!(v.error().is_none());
+                        }
+                        _ => {
+                            assert_eq!(masked, None, "{case}");
+                            assert_eq!(
+                                v.warnings(),
+                                ["firewall rule 'r' matched the ".to_string() + scope.as_str()]
+                            );
+                            assert!(v.error().is_none());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn priority_order_names_the_first_block_and_picks_the_replacement() {
+    let fw = firewall(&[
+        rule(1, "low block", 10, "prompt", "substring", "card", "block"),
+        rule(2, "high block", 100, "prompt", "substring", "card", "block"),
+        rule(3, "warn", 200, "prompt", "substring", "card", "warn"),
+        rule(4, "later tie", 100, "prompt", "substring", "card", "block"),
+    ]);
+    let (v, _) = fw.scan(Scope::Prompt, "k", "my card");
+    assert_eq!(v.blocked_by.as_ref().unwrap().name, "high block");
+    // Evaluated in priority order up to the block; equal priorities by id.
+    assert_eq!(names(&v), ["warn", "high block"]);
+    assert_eq!(v.labels(), ["warn:prompt:warn", "block:prompt:high block"]);
+
+    let mut a = rule(
+        1,
+        "a",
+        1,
+        "response",
+        "substring",
+        "bob@example.com",
+        "mask",
+    );
+    a.replacement = "[LOW]".into();
+    let mut b = rule(2, "b", 9, "response", "regex", r"[a-z]+@[a-z.]+", "mask");
+    b.replacement = "[HIGH]".into();
+    let fw = firewall(&[a, b]);
+    let (v, masked) = fw.scan(Scope::Response, "k", "to bob@example.com!");
+    assert_eq!(masked.as_deref(), Some("to [HIGH]!"));
+    assert_eq!(names(&v), ["b", "a"]);
+}
+
+#[test]
+fn overlapping_matches_merge_into_one_span() {
+    let fw = firewall(&[
+        rule(1, "abc", 1, "prompt", "substring", "abc", "mask"),
+        rule(2, "bcd", 2, "prompt", "substring", "bcd", "mask"),
+        rule(3, "aa", 3, "prompt", "substring", "aa", "mask"),
+    ]);
+    let cases = [
+        ("xabcdy", "x[REDACTED]y"),
+        ("aaaa", "[REDACTED]"),
+        ("abc bcd", "[REDACTED] [REDACTED]"),
+        ("abcabc", "[REDACTED][REDACTED]"),
+        ("nothing", "nothing"),
+    ];
+    for (text, want) in cases {
+        let (_, masked) = fw.scan(Scope::Prompt, "k", text);
+        assert_eq!(masked.as_deref().unwrap_or(text), want, "{text}");
+    }
+}
+
+#[test]
+fn unicode_text() {
+    let fw = firewall(&[
+        rule(1, "straße", 1, "prompt", "substring", "straße", "mask"),
+        rule(2, "café", 1, "prompt", "substring", "CAFÉ", "mask"),
+        rule(3, "emoji", 1, "prompt", "regex", "🔑+[a-z]+", "mask"),
+        rule(4, "greek", 1, "prompt", "substring", "ωμέγα", "warn"),
+    ]);
+    let cases = [
+        // ASCII letters fold, ß matches itself only.
+        ("Die STRAßE.", "Die [REDACTED].", true),
+        ("Die STRASSE.", "Die STRASSE.", false),
+        // É and é are different code points: no Unicode case folding.
+        ("un café", "un café", false),
+        ("un CAFÉ, un Café", "un [REDACTED], un Café", true),
+        ("日本🔑🔑key語", "日本[REDACTED]語", true),
+    ];
+    for (text, want, matched) in cases {
+        let (v, masked) = fw.scan(Scope::Prompt, "k", text);
+        assert_eq!(masked.as_deref().unwrap_or(text), want, "{text}");
+        assert_eq!(!v.is_empty(), matched, "{text}");
+    }
+    let (v, _) = fw.scan(Scope::Prompt, "k", "ΩΜΈΓΑ ωμέγα");
+    assert_eq!(names(&v), ["greek"]);
+    let (v, _) = fw.scan(Scope::Prompt, "k", "ΩΜΈΓΑ");
+    assert!(v.is_empty(), "non-ASCII letters do not fold");
+}
+
+#[test]
+fn per_key_rules_apply_to_their_key_only() {
+    let mut own = rule(1, "own", 1, "prompt", "substring", "x", "block");
+    own.key_id = "key_a".into();
+    let fw = firewall(&[own, rule(2, "all", 1, "response", "substring", "y", "warn")]);
+    assert!(fw.applies(Scope::Prompt, "key_a"));
+    assert!(!fw.applies(Scope::Prompt, "key_b"));
+    assert!(fw.applies(Scope::Response, "key_b"));
+    assert!(!fw.applies(Scope::Metadata, "key_a"));
+    assert!(fw.scan(Scope::Prompt, "key_a", "x").0.blocked_by.is_some());
+    assert!(fw.scan(Scope::Prompt, "key_b", "x").0.is_empty());
+}
+
+#[test]
+fn disabled_rules_do_nothing() {
+    let mut r = rule(1, "off", 1, "prompt", "substring", "x", "block");
+    r.enabled = false;
+    let fw = firewall(&[r]);
+    assert!(!fw.applies(Scope::Prompt, "k"));
+    assert!(fw.scan(Scope::Prompt, "k", "x").0.is_empty());
+}
+
+#[test]
+fn luhn() {
+    let cases = [
+        ("4532015112830366", true),
+        ("4532-0151-1283-0366", true),
+        ("5555 5555 5555 4444", true),
+        ("4111111111111111", true),
+        ("4111111111111112", false),
+        ("4532-1234-5678-9010", false),
+        ("0000", false),
+        ("", false),
+    ];
+    for (text, want) in cases {
+        assert_eq!(templates::luhn_valid(text), want, "{text}");
+    }
+}
+
+#[test]
+fn templates_compile_and_match_their_examples() {
+    let examples = [
+        ("ssn", "my ssn is 123-45-6789.", true),
+        ("ssn", "call 12-345-678", false),
+        ("credit_card", "card 4532 0151 1283 0366 ok", true),
+        ("credit_card", "card 4532-1234-5678-9010 fails luhn", false),
+        ("email", "write to Jane.Doe+x@mail.example.org", true),
+        ("email", "no at sign here", false),
+        ("phone", "call +1 (555) 123-4567", true),
+        (
+            "openai_key",
+            "key sk-abcdefghijklmnopqrstuvwxyz0123456789",
+            true,
+        ),
+        ("openai_key", "key sk-short", false),
+    ];
+    for (name, text, want) in examples {
+        let t = templates::template(name).unwrap();
+        let mut r = t.rule(Some(Scope::Prompt), Some(Action::Mask), None);
+        r.id = 1;
+        let fw = firewall(&[r]);
+        let (v, masked) = fw.scan(Scope::Prompt, "k", text);
+        assert_eq!(!v.is_empty(), want, "{name}: {text}");
+        if want {
+            assert!(masked.unwrap().contains(t.replacement), "{name}");
+        }
+    }
+    assert!(templates::template("nope").is_none());
+    // Luhn is checked per candidate: a failing match does not hide a valid one after it.
+    let t = templates::template("credit_card").unwrap();
+    let mut r = t.rule(None, Some(Action::Mask), None);
+    r.id = 1;
+    let fw = firewall(&[r]);
+    let (_, masked) = fw.scan(Scope::Prompt, "k", "94532015112830366");
+    assert_eq!(masked.as_deref(), Some("9[CARD_REDACTED]"));
+}
+
+#[test]
+fn invalid_rule_refuses_the_whole_snapshot() {
+    let mut s = crate::snapshot::tests::sample();
+    s.firewall_rules = vec![rule(1, "r", 1, "prompt", "regex", "(", "block")];
+    assert!(crate::Snapshot::from_proto(s.clone()).is_err());
+    s.firewall_rules = vec![rule(1, "r", 1, "prompt", "regex", "x", "block")];
+    let snap = crate::Snapshot::from_proto(s).unwrap();
+    assert_eq!(snap.firewall().rules().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+/// Splits `text` into pieces of `size` characters.
+fn pieces(text: &str, size: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+/// Streams `text` in pieces of `size`; returns (released text, guard, largest hold).
+fn stream(fw: &Firewall, text: &str, size: usize) -> (String, StreamGuard, usize) {
+    let mut s = TextStream::new();
+    let mut g = StreamGuard::default();
+    let mut out = String::new();
+    let mut max_held = 0;
+    for p in pieces(text, size) {
+        out.push_str(&s.push(fw, "k", Scope::Response, &p, &mut g));
+        max_held = max_held.max(s.held());
+    }
+    out.push_str(&s.finish(fw, "k", Scope::Response, &mut g));
+    (out, g, max_held)
+}
+
+#[test]
+fn streamed_text_is_masked_like_whole_text_at_every_piece_size() {
+    let fw = firewall(&[
+        rule(
+            1,
+            "email",
+            5,
+            "response",
+            "regex",
+            r"[a-z.]+@[a-z]+\.[a-z]{2,}",
+            "mask",
+        ),
+        rule(
+            2,
+            "word",
+            4,
+            "response",
+            "substring",
+            "Confidential",
+            "mask",
+        ),
+        rule(
+            3,
+            "bounded",
+            3,
+            "response",
+            "regex",
+            r"\bid-\d{3}\b",
+            "mask",
+        ),
+        rule(4, "uni", 2, "response", "substring", "naïve", "mask"),
+    ]);
+    let texts = [
+        "write to bob@example.com now, it is CONFIDENTIAL.",
+        "confidentialconfidential and bob@x.io",
+        "ids: id-123 id-1234 xid-123 id-999",
+        "ünïcödé naïve NAÏVE naïvety 🔑 a.b@c.de",
+        "no match at all in this one",
+    ];
+    for text in texts {
+        let (whole_v, whole) = fw.scan(Scope::Response, "k", text);
+        let whole = whole.unwrap_or_else(|| text.to_string());
+        for size in 1..=text.chars().count() {
+            let (out, g, _) = stream(&fw, text, size);
+            assert_eq!(out, whole, "{text:?} in pieces of {size}");
+            assert_eq!(g.verdict(&fw), whole_v, "{text:?} in pieces of {size}");
+        }
+    }
+}
+
+#[test]
+fn substring_holdback_is_longest_pattern_minus_one() {
+    let fw = firewall(&[
+        rule(1, "a", 1, "response", "substring", "abcdef", "mask"),
+        rule(2, "b", 1, "response", "substring", "xy", "mask"),
+    ]);
+    let text = "z".repeat(100);
+    for size in 1..20 {
+        let (out, _, held) = stream(&fw, &text, size);
+        assert_eq!(out, text);
+        assert!(held <= 5, "held {held} bytes at piece size {size}");
+    }
+    let fw = firewall(&[rule(1, "r", 1, "response", "regex", "q+", "warn")]);
+    let mut r = rule(1, "r", 1, "response", "regex", "q+", "warn");
+    r.max_match_chars = 10;
+    let fw10 = firewall(&[r]);
+    let (_, _, held) = stream(&fw10, &"z".repeat(100), 1);
+    assert_eq!(held, 11, "regex: max_match_chars + 1");
+    let (_, _, held) = stream(&fw, &"z".repeat(1000), 7);
+    assert!(held <= 257 + 7, "default regex holdback: {held}");
+}
+
+#[test]
+fn block_across_pieces_releases_nothing_of_the_match() {
+    let fw = firewall(&[
+        rule(
+            1,
+            "card",
+            1,
+            "response",
+            "regex",
+            r"\d{4}-\d{4}-\d{4}-\d{4}",
+            "block",
+        ),
+        rule(2, "word", 1, "response", "substring", "topsecret", "block"),
+    ]);
+    for text in ["pay 4532-1234-5678-9010 now", "this is TopSecret stuff"] {
+        for size in 1..=text.len() {
+            let mut s = TextStream::new();
+            let mut g = StreamGuard::default();
+            let mut released = String::new();
+            let mut blocked_at = None;
+            for (i, p) in pieces(text, size).iter().enumerate() {
+                released.push_str(&s.push(&fw, "k", Scope::Response, p, &mut g));
+                if g.blocked(&fw) {
+                    blocked_at = Some(i);
+                    break;
+                }
+            }
+            if blocked_at.is_none() {
+                s.finish(&fw, "k", Scope::Response, &mut g);
+            }
+            assert!(g.blocked(&fw), "{text} / {size}");
+            // What was released before the block was noticed holds no part of the match.
+            let before_block: String = {
+                let mut s = TextStream::new();
+                let mut g2 = StreamGuard::default();
+                let mut out = String::new();
+                for p in pieces(text, size)
+                    .iter()
+                    .take(blocked_at.unwrap_or(usize::MAX))
+                {
+                    out.push_str(&s.push(&fw, "k", Scope::Response, p, &mut g2));
+                }
+                out
+            };
+            for secret in ["4532", "TopS", "T"] {
+                if text.contains(secret) && secret.len() > 1 {
+                    assert!(
+                        !before_block.contains(secret),
+                        "{text} / {size}: {before_block:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn over_long_regex_matches_still_release_text() {
+    let mut r = rule(1, "digits", 1, "response", "regex", r"\d+", "mask");
+    r.max_match_chars = 4;
+    let fw = firewall(&[r]);
+    let text = "1".repeat(100_000);
+    let (out, _, held) = stream(&fw, &text, 1000);
+    assert!(
+        held <= 4 * 5 + stream::MAX_EXTRA_HELD_BYTES + 1000,
+        "{held}"
+    );
+    assert!(!out.contains('1'), "every digit is masked, in parts");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats
+
+fn inspect(fw: &Firewall, api: ClientApi, body: &mut Value) -> Verdict {
+    let mut inspection = Inspection::new(fw, "k");
+    let walker = formats::request_walker(api);
+    if let Value::Object(o) = body {
+        walker(o, &mut |scope, text| inspection.check_in_place(scope, text));
+    }
+    inspection.verdict()
+}
+
+#[test]
+fn chat_request_every_text_is_checked() {
+    let fw = firewall(&[
+        rule(1, "p", 1, "prompt", "substring", "pii", "mask"),
+        rule(2, "m", 1, "metadata", "substring", "pii", "mask"),
+    ]);
+    let mut body = json!({
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "sys pii"},
+            {"role": "developer", "content": [{"type": "text", "text": "dev PII"}]},
+            {"role": "user", "content": [{"type": "text", "text": "user pii"},
+                                         {"type": "image_url", "image_url": {"url": "pii"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "pii", "arguments": "{\"q\":\"pii\"}"}}],
+             "function_call": {"name": "f", "arguments": "pii"}},
+            {"role": "tool", "tool_call_id": "c1", "content": "tool pii"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "pii"}]}
+        ],
+        "metadata": {"user": "pii", "n": 1},
+        "user": "pii"
+    });
+    let v = inspect(&fw, ClientApi::ChatCompletions, &mut body);
+    assert_eq!(names(&v), ["p", "m"]);
+    let text = body.to_string();
+    assert_eq!(text.matches("[REDACTED]").count(), 8, "{text}");
+    // Not prompt text: the image URL, the tool's name, the end-user id.
+    assert_eq!(body["messages"][2]["content"][1]["image_url"]["url"], "pii");
+    assert_eq!(
+        body["messages"][3]["tool_calls"][0]["function"]["name"],
+        "pii"
+    );
+    assert_eq!(body["user"], "pii");
+    assert_eq!(body["metadata"]["n"], 1);
+}
+
+#[test]
+fn other_client_apis_requests() {
+    let fw = firewall(&[rule(1, "p", 1, "prompt", "substring", "pii", "mask")]);
+    let cases = [
+        (
+            ClientApi::Responses,
+            json!({"model": "m", "instructions": "pii", "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "pii"}]},
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "pii"},
+                {"type": "function_call_output", "call_id": "c", "output": "pii"}]}),
+            4,
+        ),
+        (
+            ClientApi::Responses,
+            json!({"model": "m", "input": "pii"}),
+            1,
+        ),
+        (
+            ClientApi::Messages,
+            json!({"model": "m", "system": [{"type": "text", "text": "pii"}], "messages": [
+                {"role": "user", "content": "pii"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"q": "pii"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "pii"}]}]}),
+            4,
+        ),
+        (
+            ClientApi::Embeddings,
+            json!({"model": "m", "input": ["pii", "x pii"]}),
+            2,
+        ),
+    ];
+    for (api, mut body, want) in cases {
+        inspect(&fw, api, &mut body);
+        assert_eq!(
+            body.to_string().matches("[REDACTED]").count(),
+            want,
+            "{api:?}: {body}"
+        );
+    }
+}
+
+#[test]
+fn chat_response_texts() {
+    let fw = firewall(&[rule(1, "r", 1, "response", "substring", "pii", "mask")]);
+    let mut body = json!({"choices": [{"index": 0, "message": {"role": "assistant",
+        "content": "a pii", "refusal": "pii",
+        "tool_calls": [{"function": {"name": "pii", "arguments": "pii"}}]}}]});
+    let mut inspection = Inspection::new(&fw, "k");
+    formats::response_walker(ClientApi::ChatCompletions)(&mut body, &mut |scope, text| {
+        inspection.check_in_place(scope, text)
+    });
+    assert_eq!(body["choices"][0]["message"]["content"], "a [REDACTED]");
+    assert_eq!(body.to_string().matches("[REDACTED]").count(), 3);
+}
+
+fn chunk(content: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+               "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
+    )
+}
+
+const FINISH: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+
+/// Feeds `sse` in byte chunks of `size`; returns the client's bytes.
+fn run_sse(fw: &Firewall, sse: &str, size: usize) -> (String, ChatStreamFilter) {
+    let mut f = ChatStreamFilter::new(ClientApi::ChatCompletions, "k", "req_1").unwrap();
+    let mut out = Vec::new();
+    let bytes = sse.as_bytes();
+    let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        out.extend(f.feed(fw, c, i + 1 == chunks.len()));
+    }
+    (String::from_utf8(out).unwrap(), f)
+}
+
+/// The text the client reads: all `delta.content` joined, or the error.
+fn client_text(sse: &str) -> (String, Option<Value>) {
+    let mut text = String::new();
+    for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v.get("error").is_some() {
+            return (text, Some(v));
+        }
+        for c in v["choices"].as_array().unwrap() {
+            if let Some(s) = c["delta"]["content"].as_str() {
+                text.push_str(s);
+            }
+        }
+    }
+    (text, None)
+}
+
+#[test]
+fn sse_email_split_across_events_is_masked_at_every_chunk_size() {
+    let mut r = rule(
+        1,
+        "email",
+        1,
+        "response",
+        "regex",
+        r"[a-z.]+@[a-z]+\.[a-z]{2,}",
+        "mask",
+    );
+    r.replacement = "[EMAIL]".into();
+    let fw = firewall(&[
+        r,
+        rule(2, "w", 1, "response", "substring", "inappropriate", "warn"),
+    ]);
+    let sse = [
+        chunk(""),
+        chunk("Mail jane.d"),
+        chunk("oe@exam"),
+        chunk("ple.com today, inappro"),
+        chunk("priate"),
+        FINISH.to_string(),
+        "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n".to_string(),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    for size in 1..=sse.len() {
+        let (out, f) = run_sse(&fw, &sse, size);
+        let (text, error) = client_text(&out);
+        assert_eq!(error, None);
+        assert_eq!(text, "Mail [EMAIL] today, inappropriate", "chunk {size}");
+        assert!(
+            out.contains("\"usage\":{\"prompt_tokens\":1}"),
+            "usage chunk passes"
+        );
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert_eq!(names(&f.verdict(&fw)), ["email", "w"]);
+    }
+}
+
+#[test]
+fn sse_block_ends_the_stream_with_an_error_and_leaks_nothing() {
+    let fw = firewall(&[rule(
+        9,
+        "Block Cards",
+        100,
+        "response",
+        "regex",
+        r"\d{4}[\s-]?\d{4}[\s-]?\d{4}[\s-]?\d{4}",
+        "block",
+    )]);
+    let sse = [
+        chunk("Your card: 4532-"),
+        chunk("1234-5678"),
+        chunk("-9010, thanks"),
+        FINISH.to_string(),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    for size in 1..=sse.len() {
+        let (out, f) = run_sse(&fw, &sse, size);
+        assert!(f.blocked());
+        let (text, error) = client_text(&out);
+        let error = error.unwrap_or_else(|| panic!("no error at chunk {size}: {out}"));
+        assert_eq!(error["error"]["type"], "firewall_error");
+        assert_eq!(error["error"]["code"], 422);
+        assert_eq!(error["request_id"], "req_1");
+        assert!(error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Block Cards"));
+        assert!(
+            !out.contains("4532") && !out.contains("9010"),
+            "leak at {size}: {out}"
+        );
+        assert!(!out.contains("[DONE]"));
+        assert!("Your card: ".starts_with(&text), "{text:?}");
+    }
+}
+
+#[test]
+fn sse_tool_call_arguments_and_stream_without_finish() {
+    let fw = firewall(&[rule(1, "k", 1, "response", "substring", "hunter2", "mask")]);
+    let ev = |args: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": args}}]},
+                 "finish_reason": null}]})
+        )
+    };
+    let sse = [
+        ev("{\"pw\":\"hun"),
+        ev("ter2\"}"),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    for size in [1, 5, 17, sse.len()] {
+        let (out, _) = run_sse(&fw, &sse, size);
+        let mut args = String::new();
+        for line in out.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if line == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line).unwrap();
+            for call in v["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                args.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(args, "{\"pw\":\"[REDACTED]\"}", "chunk {size}: {out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+}
+
+#[test]
+fn streams_of_other_apis_are_not_inspected_yet() {
+    assert!(ChatStreamFilter::new(ClientApi::Responses, "k", "r").is_none());
+    assert!(ChatStreamFilter::new(ClientApi::ChatCompletions, "k", "r").is_some());
+}
+
+#[test]
+fn header_values_cannot_be_split_or_broken() {
+    let items = [
+        "mask:prompt:Mask Emails".to_string(),
+        "warn:response:a, b%\r\nc é".to_string(),
+    ];
+    assert_eq!(
+        header_value(&items),
+        "mask:prompt:Mask Emails, warn:response:a%2C b%25%0D%0Ac %C3%A9"
+    );
+    assert_eq!(header_value(&[]), "");
+}
+
+#[test]
+fn regex_literal_prefixes_are_proven_or_absent() {
+    let cases = [
+        ("sk-[a-zA-Z0-9]{32,}", Some("sk-")),
+        (r"secret-\d+", Some("secret-")),
+        ("abc*", Some("ab")),
+        ("abc?d", Some("ab")),
+        ("abc{0,2}", Some("ab")),
+        ("abc+", Some("abc")),
+        ("héllo wörld", Some("héllo wörld")),
+        ("ab|cd", None),
+        ("a(b|c)", Some("a")),
+        ("[|]x", None),
+        (r"\d{3}-\d{2}", None),
+        ("(?i)abc", None),
+        ("^abc", None),
+        ("a*", None),
+    ];
+    for (pattern, want) in cases {
+        assert_eq!(literal_prefix(pattern), want, "{pattern}");
+    }
+    // With the prefilter, matches are the same as without it.
+    let fw = firewall(&[
+        rule(1, "a", 1, "prompt", "regex", "sk-[a-z]{3}", "mask"),
+        rule(
+            2,
+            "b",
+            1,
+            "prompt",
+            "regex",
+            "key=[0-9]+|token=[0-9]+",
+            "mask",
+        ),
+        rule(3, "c", 1, "prompt", "regex", "ab*c", "mask"),
+    ]);
+    let cases = [
+        ("x sk-abc y", "x [REDACTED] y"),
+        ("SK-xyz", "SK-xyz"),
+        ("token=12 key=3", "[REDACTED] [REDACTED]"),
+        ("ac abbbc", "[REDACTED] [REDACTED]"),
+        ("nothing", "nothing"),
+    ];
+    for (text, want) in cases {
+        let (_, masked) = fw.scan(Scope::Prompt, "k", text);
+        assert_eq!(masked.as_deref().unwrap_or(text), want, "{text}");
+    }
+}

@@ -1,0 +1,116 @@
+//! The `GET /v1/models` reply: the catalogue in OpenAI's list shape
+//! (`{"object":"list","data":[{"id","object":"model","created","owned_by",…}]}`), each entry
+//! extended with its pricing, context window, capabilities and status.
+
+use serde_json::{json, Value};
+
+use crate::money::format_micros_usd;
+use crate::request::ClientApi;
+use crate::snapshot::{ModelEntry, Snapshot};
+use crate::upstream::ProviderKind;
+
+/// The client APIs a model can be used with: embedding models serve embeddings (on kinds that
+/// have them), every other model the three chat APIs (translated for every kind).
+pub fn capabilities(model: &ModelEntry) -> Vec<ClientApi> {
+    if model.id.contains("embed") {
+        let serves = crate::translate::translator_for(ClientApi::Embeddings, model.kind).is_ok();
+        return if serves {
+            vec![ClientApi::Embeddings]
+        } else {
+            Vec::new()
+        };
+    }
+    vec![
+        ClientApi::ChatCompletions,
+        ClientApi::Responses,
+        ClientApi::Messages,
+    ]
+}
+
+/// The JSON body of `GET /v1/models`. `id` is `<kind>/<model>`, which `model` always resolves;
+/// `available` says whether an enabled provider serves it now. Sorted by kind, then id.
+pub fn list_json(snapshot: &Snapshot) -> Vec<u8> {
+    let mut models: Vec<&ModelEntry> = snapshot.models().collect();
+    let kind_order = |k: ProviderKind| ProviderKind::ALL.iter().position(|&x| x == k);
+    models.sort_by(|a, b| (kind_order(a.kind), &a.id).cmp(&(kind_order(b.kind), &b.id)));
+    let data: Vec<Value> = models
+        .into_iter()
+        .map(|m| {
+            let providers: Vec<&str> = snapshot
+                .providers_of_kind(m.kind)
+                .map(|p| p.name.as_str())
+                .collect();
+            let cached = if m.price.cached_input == 0 {
+                m.price.input
+            } else {
+                m.price.cached_input
+            };
+            json!({
+                "id": format!("{}/{}", m.kind, m.id),
+                "object": "model",
+                "created": 0,
+                "owned_by": m.kind.as_str(),
+                "model": m.id,
+                "provider_kind": m.kind.as_str(),
+                "providers": providers,
+                "context_window": m.context_window,
+                "pricing": {
+                    "input_usd_per_mtok": format_micros_usd(m.price.input),
+                    "output_usd_per_mtok": format_micros_usd(m.price.output),
+                    "cached_input_usd_per_mtok": format_micros_usd(cached),
+                },
+                "capabilities": capabilities(m).iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                "enabled": m.enabled,
+                "available": m.enabled && !providers.is_empty(),
+            })
+        })
+        .collect();
+    json!({"object": "list", "data": data})
+        .to_string()
+        .into_bytes()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::sample;
+
+    #[test]
+    fn list_has_openai_shape_with_pricing_and_status() {
+        let s = Snapshot::from_proto(sample()).unwrap();
+        let v: Value = serde_json::from_slice(&list_json(&s)).unwrap();
+        assert_eq!(v["object"], "list");
+        let data = v["data"].as_array().unwrap();
+        assert_eq!(data.len(), s.models().count());
+        let mini = data
+            .iter()
+            .find(|m| m["id"] == "openai/gpt-4o-mini")
+            .unwrap();
+        assert_eq!(mini["object"], "model");
+        assert_eq!(mini["owned_by"], "openai");
+        assert_eq!(mini["pricing"]["input_usd_per_mtok"], "0.15");
+        assert_eq!(mini["enabled"], true);
+        assert_eq!(mini["available"], true);
+        assert_eq!(
+            mini["capabilities"],
+            json!(["chat.completions", "responses", "messages"])
+        );
+        // Catalogued, but no anthropic provider is registered in the sample.
+        let claude = data
+            .iter()
+            .find(|m| m["provider_kind"] == "anthropic")
+            .unwrap();
+        assert_eq!(claude["available"], false);
+        let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_by_key(|id| {
+            let kind = id.split('/').next().unwrap();
+            (
+                ProviderKind::ALL.iter().position(|k| k.as_str() == kind),
+                *id,
+            )
+        });
+        assert_eq!(ids, sorted);
+    }
+}
