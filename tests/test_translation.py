@@ -374,3 +374,66 @@ def test_provider_error_is_mapped_to_the_envelope(matrix: Matrix) -> None:
     assert body["error"]["http_status"] == 401
     assert body["error"]["raw"]["error"]["message"]
     assert body["request_id"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_responses_function_call_round_trip(matrix: Matrix, provider: str) -> None:
+    tool = {"type": "function", **WEATHER_TOOL["function"]}
+    client = matrix.openai()
+    first = client.responses.create(model=MODELS[provider], input="weather in Paris", tools=[tool])
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments)["city"]
+
+    second = client.responses.create(
+        model=MODELS[provider],
+        tools=[tool],
+        input=[
+            {"role": "user", "content": "weather in Paris"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"},
+        ],
+    )
+    answer = second.output_text
+    assert answer.startswith("tool result: ") and "sunny, 21 C" in answer
+
+
+@pytest.mark.parametrize("provider", ["openai", "claude", "gem"])
+def test_responses_and_messages_image_input(matrix: Matrix, provider: str) -> None:
+    data_url = f"data:image/png;base64,{PIXEL_PNG}"
+    response = matrix.openai().responses.create(
+        model=MODELS[provider],
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "describe the image"},
+                    {"type": "input_image", "image_url": data_url},
+                ],
+            }
+        ],
+    )
+    assert response.output_text == "echo: describe the image"
+    message = matrix.anthropic().messages.create(
+        model=MODELS[provider],
+        max_tokens=64,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "and this one"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": PIXEL_PNG},
+                    },
+                ],
+            }
+        ],
+    )
+    assert message.content[0].text == "echo: and this one"
+    sent = [json.dumps(r.body) for r in matrix.received(provider)]
+    assert len(sent) == 2 and all(PIXEL_PNG in body for body in sent)
