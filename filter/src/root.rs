@@ -58,7 +58,7 @@ impl RootContext for Root {
         let config: RoleConfig = match serde_json::from_slice(&raw) {
             Ok(c) => c,
             Err(e) => {
-                log::error!("tokenrouter: invalid plugin configuration: {e}");
+                log::error!("invalid plugin configuration: {e}");
                 return false;
             }
         };
@@ -79,7 +79,7 @@ impl RootContext for Root {
             RoleConfig::Sync(cfg) => match sync::Sync::start(cfg) {
                 Ok(s) => Root::Sync(Box::new(s)),
                 Err(e) => {
-                    log::error!("tokenrouter: sync service failed to start: {e}");
+                    log::error!("sync service failed to start: {e}");
                     return false;
                 }
             },
@@ -89,7 +89,7 @@ impl RootContext for Root {
             _ => WORKER_TICK,
         };
         if let Err(e) = proxy_wasm::hostcalls::set_tick_period(tick) {
-            log::error!("tokenrouter: cannot set tick period: {e:?}");
+            log::error!("cannot set tick period: {e:?}");
         }
         true
     }

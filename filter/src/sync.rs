@@ -105,7 +105,7 @@ impl Sync {
                 self.send(&hello);
             }
             Err(e) => {
-                log::warn!("tokenrouter: cannot open the sync stream: {e:?}");
+                log::warn!("cannot open the sync stream: {e:?}");
                 self.schedule_reconnect();
             }
         }
@@ -124,7 +124,7 @@ impl Sync {
         match hostcalls::send_grpc_stream_message(token, Some(&msg.encode_to_vec()), false) {
             Ok(()) => true,
             Err(e) => {
-                log::warn!("tokenrouter: sync stream send failed: {e:?}");
+                log::warn!("sync stream send failed: {e:?}");
                 let _ = hostcalls::cancel_grpc_stream(token);
                 self.requeue_inflight();
                 self.schedule_reconnect();
@@ -144,7 +144,7 @@ impl Sync {
         let msg = match ControlMessage::decode(bytes.as_slice()) {
             Ok(m) => m,
             Err(e) => {
-                log::error!("tokenrouter: undecodable message from the control plane: {e}");
+                log::error!("undecodable message from the control plane: {e}");
                 return;
             }
         };
@@ -167,7 +167,7 @@ impl Sync {
         if let Err(e) = Snapshot::from_proto(snapshot) {
             host::increment(self.snapshots_refused, 1);
             log::error!(
-                "tokenrouter: snapshot {version} refused, keeping {}: {e}",
+                "snapshot {version} refused, keeping {}: {e}",
                 self.have_version
             );
             return;
@@ -177,7 +177,7 @@ impl Sync {
         {
             self.have_version = version;
         } else {
-            log::error!("tokenrouter: cannot write snapshot {version} to shared data");
+            log::error!("cannot write snapshot {version} to shared data");
         }
     }
 
@@ -187,7 +187,7 @@ impl Sync {
         }
         let message = hostcalls::get_grpc_status().ok().and_then(|(_, m)| m);
         log::warn!(
-            "tokenrouter: sync stream closed (grpc status {status}{}); reconnecting",
+            "sync stream closed (grpc status {status}{}); reconnecting",
             message.map(|m| format!(": {m}")).unwrap_or_default()
         );
         self.requeue_inflight();
@@ -217,7 +217,7 @@ impl Sync {
                     }
                     self.pending.push_back(r);
                 }
-                Err(e) => log::error!("tokenrouter: undecodable usage record dropped: {e}"),
+                Err(e) => log::error!("undecodable usage record dropped: {e}"),
             }
         }
         self.enforce_bound();
@@ -233,7 +233,7 @@ impl Sync {
         if over > 0 {
             self.pending.drain(..over);
             host::increment(self.dropped, i64::try_from(over).unwrap_or(i64::MAX));
-            log::error!("tokenrouter: usage buffer full, dropped {over} oldest records");
+            log::error!("usage buffer full, dropped {over} oldest records");
         }
     }
 
