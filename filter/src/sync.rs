@@ -153,7 +153,9 @@ impl Sync {
             Some(control_message::Msg::Snapshot(snapshot)) => self.install(snapshot),
             Some(control_message::Msg::Ack(ack)) => {
                 self.inflight.remove(&ack.batch_id);
-                self.flush();
+                if self.pending.len() >= BATCH_SIZE {
+                    self.flush();
+                }
             }
             None => {}
         }
@@ -221,7 +223,12 @@ impl Sync {
             }
         }
         self.enforce_bound();
-        self.flush();
+        // Full batches go at once; the rest waits for the next tick, so a busy gateway sends
+        // one message (and the control plane commits one transaction) per batch, not per
+        // request.
+        if self.pending.len() >= BATCH_SIZE {
+            self.flush();
+        }
     }
 
     fn enforce_bound(&mut self) {
