@@ -324,6 +324,17 @@ def test_embeddings_on_openai(matrix: Matrix) -> None:
     assert result.usage.prompt_tokens == 3
 
 
+def test_embeddings_on_gemini(matrix: Matrix) -> None:
+    result = matrix.openai().embeddings.create(
+        model="gem/text-embedding-004", input=["one two", "three"]
+    )
+    assert [d.index for d in result.data] == [0, 1]
+    assert result.data[0].embedding != result.data[1].embedding
+    [sent] = matrix.received("gem")
+    assert sent.path == "/v1beta/models/text-embedding-004:batchEmbedContents"
+    assert sent.headers["x-goog-api-key"] == GEMINI_SECRET
+
+
 def test_embeddings_on_a_provider_without_them_is_a_clear_4xx(matrix: Matrix) -> None:
     response = requests.post(
         f"{matrix.envoy.url}/v1/embeddings",

@@ -32,12 +32,16 @@ from fakes.openai_fake import (
     FakeOpenAI,
     RecordedRequest,
     _Handler,
+    embedding_for,
     split_reply,
     tool_arguments,
     word_count,
 )
 
-PATH = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
+PATH = re.compile(
+    r"^/v1beta/models/(?P<model>[^/:]+)"
+    r":(?P<method>generateContent|streamGenerateContent|batchEmbedContents)$"
+)
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 503: "UNAVAILABLE"}
 
 
@@ -148,6 +152,9 @@ class _GeminiHandler(_Handler):
         if match is None:
             self._send_gemini_error(HTTPStatus.NOT_FOUND, f"Invalid path {request.path}.")
             return
+        if match["method"] == "batchEmbedContents":
+            self._batch_embed(match["model"], request.body)
+            return
         stream = match["method"] == "streamGenerateContent"
         if stream and "alt=sse" not in (self.path.split("?", 1) + [""])[1]:
             self._send_gemini_error(HTTPStatus.BAD_REQUEST, "This fake only streams with alt=sse.")
@@ -164,6 +171,27 @@ class _GeminiHandler(_Handler):
             self._stream(model, request.body)
         else:
             self._send_json(HTTPStatus.OK, self._response(model, request.body, None, final=True))
+
+    def _batch_embed(self, model: str, body: Any) -> None:
+        """``batchEmbedContents``: one ``values`` vector per request, in order (no token counts,
+        as Gemini documents)."""
+        requests = body.get("requests") if isinstance(body, dict) else None
+        ok = isinstance(requests, list) and requests and all(
+            isinstance(r, dict)
+            and r.get("model") == f"models/{model}"
+            and isinstance(parts_text(((r.get("content") or {}).get("parts"))), str)
+            for r in requests
+        )
+        if not ok:
+            self._send_gemini_error(
+                HTTPStatus.BAD_REQUEST,
+                "Each request needs model 'models/<the URL's model>' and content.parts.",
+            )
+            return
+        embeddings = [
+            {"values": embedding_for(parts_text(r["content"]["parts"]))} for r in requests
+        ]
+        self._send_json(HTTPStatus.OK, {"embeddings": embeddings})
 
     def do_GET(self) -> None:
         request = self._read_request()

@@ -25,6 +25,7 @@ pub mod anthropic;
 pub mod canonical;
 pub mod errors;
 pub mod gemini;
+pub mod gemini_embeddings;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod sse;
@@ -137,8 +138,7 @@ fn wire_of(kind: ProviderKind) -> Wire {
 }
 
 /// The translator for a (client API, provider kind) pair; a 422 `routing_error` for pairs the
-/// gateway cannot serve (embeddings on Anthropic or Gemini, `GET /v1/models`, which is never
-/// forwarded).
+/// gateway cannot serve (embeddings on Anthropic, `GET /v1/models`, which is never forwarded).
 pub fn translator_for(
     client: ClientApi,
     kind: ProviderKind,
@@ -150,6 +150,9 @@ pub fn translator_for(
         | (ClientApi::Embeddings, Wire::OpenAiChat) => Box::new(Passthrough::new(client, kind)),
         (ClientApi::ChatCompletions | ClientApi::Responses | ClientApi::Messages, _) => {
             Box::new(Hub::new(client, kind))
+        }
+        (ClientApi::Embeddings, Wire::Gemini) => {
+            Box::new(gemini_embeddings::GeminiEmbeddings::default())
         }
         (ClientApi::Embeddings, _) => {
             return Err(GatewayError::new(
@@ -817,7 +820,7 @@ mod tests {
             for kind in ProviderKind::ALL {
                 let want_ok = match client {
                     ChatCompletions | Responses | Messages => true,
-                    Embeddings => wire_of(kind) == Wire::OpenAiChat,
+                    Embeddings => wire_of(kind) != Wire::Anthropic,
                     Models => false,
                 };
                 match translator_for(client, kind) {
