@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 import requests
@@ -82,9 +83,14 @@ def test_prompt_and_metadata_masks_reach_the_provider_masked(stack: Stack) -> No
     add_rule(stack, "Mask live keys", "prompt", "regex", r"sk-live-[a-z0-9]+", "mask",
              "--replacement", "[KEY]")
     add_rule(stack, "Mask customer", "metadata", "substring", "ACME", "mask")
-    probe = {"model": MODEL, "messages": user("sk-live-probe")}
+    # Both rules must have reached the edge (each write publishes its own snapshot).
+    probe = {"model": MODEL, "messages": user("sk-live-probe"), "metadata": {"c": "ACME"}}
     wait_until_enforced(
-        stack, probe, lambda r: r.status_code == 200 and "[KEY]" in r.text
+        stack,
+        probe,
+        lambda r: r.status_code == 200
+        and "[KEY]" in r.text
+        and stack.provider.chat_requests()[-1].body["metadata"] == {"c": "[REDACTED]"},
     )
 
     client = stack.client()
@@ -271,3 +277,105 @@ def test_cli_crud_and_templates(stack: Stack) -> None:
     probe = {"model": MODEL, "messages": user("ssn 123-45-6789")}
     wait_until_enforced(stack, probe, lambda r: r.status_code == 422)
     assert stack.provider.chat_requests() == []
+
+
+# --------------------------------------------------------------------------------------------
+# Responses and Messages streams (the OpenAI fake reached through translation)
+
+
+def anthropic_client(stack: Stack) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=stack.envoy.url, api_key=stack.key, max_retries=0)
+
+
+def enable_email_masking(stack: Stack) -> None:
+    stack.control_plane.cli("firewall", "enable-template", "email")
+    probe = {"model": MODEL, "messages": user(f"{REPLY_WITH_PREFIX}a@b.io")}
+    wait_until_enforced(
+        stack, probe, lambda r: r.status_code == 200 and "[EMAIL_REDACTED]" in r.text
+    )
+
+
+EMAIL_REPLY = "Write to jane.doe@example.com or JOHN@mail.example.org, thanks."
+EMAIL_MASKED = "Write to [EMAIL_REDACTED] or [EMAIL_REDACTED], thanks."
+
+
+def test_email_in_streamed_responses_reply_arrives_masked(split_stack: Stack) -> None:
+    stack = split_stack
+    enable_email_masking(stack)
+
+    raw = stack.client().responses.with_raw_response.create(
+        model=MODEL, input=REPLY_WITH_PREFIX + EMAIL_REPLY, stream=True
+    )
+    request_id = raw.headers["x-request-id"]
+    events = list(raw.parse())
+
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == EMAIL_MASKED
+    assert len(deltas) > 10, "the reply really was streamed in small pieces"
+    [done] = [e for e in events if e.type == "response.output_text.done"]
+    assert done.text == EMAIL_MASKED, "the whole-text events carry the masked text too"
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == EMAIL_MASKED
+    seqs = [e.sequence_number for e in events]
+    assert seqs == list(range(len(events)))
+    assert "jane" not in str([e.model_dump() for e in events])
+
+    row = stack.usage(request_id)[request_id]
+    assert row["firewall_actions"] == ["mask:response:Email addresses"]
+    assert row["client_api"] == "responses"
+    assert row["output_tokens"] > 0, "usage is still counted"
+
+
+def test_email_in_streamed_messages_reply_arrives_masked(split_stack: Stack) -> None:
+    stack = split_stack
+    enable_email_masking(stack)
+
+    with anthropic_client(stack).messages.stream(
+        model=MODEL, max_tokens=256, messages=user(REPLY_WITH_PREFIX + EMAIL_REPLY)
+    ) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+        request_id = stream.response.headers["x-request-id"]
+
+    assert "".join(pieces) == EMAIL_MASKED
+    assert len(pieces) > 10, "the reply really was streamed in small pieces"
+    assert final.content[0].text == EMAIL_MASKED
+    assert final.stop_reason == "end_turn"
+
+    row = stack.usage(request_id)[request_id]
+    assert row["firewall_actions"] == ["mask:response:Email addresses"]
+    assert row["client_api"] == "messages"
+
+
+def test_blocked_streamed_messages_reply_is_not_leaked(split_stack: Stack) -> None:
+    stack = split_stack
+    add_rule(stack, "No launch codes", "response", "regex", r"code \d{4}-\d{4}", "block")
+    probe = {"model": MODEL, "messages": user(f"{REPLY_WITH_PREFIX}code 0000-0000")}
+    wait_until_enforced(stack, probe, lambda r: r.status_code == 422)
+
+    secret = "The code 1234-5678 opens it."
+    raw = requests.post(
+        f"{stack.envoy.url}/v1/messages",
+        json={"model": MODEL, "max_tokens": 256, "stream": True,
+              "messages": user(REPLY_WITH_PREFIX + secret)},
+        headers={"x-api-key": stack.key, "anthropic-version": "2023-06-01"},
+        timeout=30,
+    )
+    assert raw.status_code == 200
+    assert "1234" not in raw.text and "5678" not in raw.text, raw.text
+    assert "event: error" in raw.text and '"firewall_error"' in raw.text, raw.text
+    assert "message_stop" not in raw.text
+    request_id = raw.headers["x-request-id"]
+
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with anthropic_client(stack).messages.stream(
+            model=MODEL, max_tokens=256, messages=user(REPLY_WITH_PREFIX + secret)
+        ) as stream:
+            for _ in stream.text_stream:
+                pass
+    assert "No launch codes" in str(caught.value)
+    assert "1234" not in str(caught.value)
+
+    row = stack.usage(request_id)[request_id]
+    assert row["error_type"] == "firewall_error"
+    assert row["firewall_actions"] == ["block:response:No launch codes"]

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use tokenrouter_engine::firewall::formats::{self, ChatStreamFilter};
+use tokenrouter_engine::firewall::formats::{self, StreamFilter};
 use tokenrouter_engine::firewall::{self, Inspection, Scope, Verdict};
 use tokenrouter_engine::money::{cost_picos, Price};
 use tokenrouter_engine::request::{ClientApi, ClientRequest};
@@ -87,8 +87,9 @@ enum ResponseWatch {
         body: Vec<u8>,
     },
     /// Response rules apply to a stream: text passes through the firewall's stream filter;
-    /// `None` when this API's streams cannot be inspected (the client gets an error event).
-    GuardedSse(ClientStreamObserver, Option<Box<ChatStreamFilter>>),
+    /// `None` for an API that does not stream (embeddings, models; the client gets an error
+    /// event).
+    GuardedSse(ClientStreamObserver, Option<Box<StreamFilter>>),
     Ignored,
 }
 
@@ -486,7 +487,7 @@ impl HttpContext for Edge {
             let strip = routed.stream && !routed.client_wants_usage;
             ResponseWatch::GuardedSse(
                 ClientStreamObserver::new(api, strip),
-                ChatStreamFilter::new(api, &self.key_id, &self.request_id).map(Box::new),
+                StreamFilter::new(api, &self.key_id, &self.request_id).map(Box::new),
             )
         } else if guarded {
             host::set_response_header("content-length", None);

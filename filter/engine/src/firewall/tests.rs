@@ -1,6 +1,8 @@
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
-use super::formats::{self, ChatStreamFilter};
+use super::formats::{self, StreamFilter};
 use super::stream::{StreamGuard, TextStream};
 use super::*;
 use crate::request::ClientApi;
@@ -583,8 +585,8 @@ fn chunk(content: &str) -> String {
 const FINISH: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
 
 /// Feeds `sse` in byte chunks of `size`; returns the client's bytes.
-fn run_sse(fw: &Firewall, sse: &str, size: usize) -> (String, ChatStreamFilter) {
-    let mut f = ChatStreamFilter::new(ClientApi::ChatCompletions, "k", "req_1").unwrap();
+fn run_sse(fw: &Firewall, sse: &str, size: usize) -> (String, StreamFilter) {
+    let mut f = StreamFilter::new(ClientApi::ChatCompletions, "k", "req_1").unwrap();
     let mut out = Vec::new();
     let bytes = sse.as_bytes();
     let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
@@ -734,9 +736,368 @@ fn sse_tool_call_arguments_and_stream_without_finish() {
 }
 
 #[test]
-fn streams_of_other_apis_are_not_inspected_yet() {
-    assert!(ChatStreamFilter::new(ClientApi::Responses, "k", "r").is_none());
-    assert!(ChatStreamFilter::new(ClientApi::ChatCompletions, "k", "r").is_some());
+fn only_apis_that_do_not_stream_have_no_stream_filter() {
+    for api in [
+        ClientApi::ChatCompletions,
+        ClientApi::Responses,
+        ClientApi::Messages,
+    ] {
+        assert!(StreamFilter::new(api, "k", "r").is_some(), "{api:?}");
+    }
+    assert!(StreamFilter::new(ClientApi::Embeddings, "k", "r").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses and Messages streams, as the translators write them
+
+use crate::translate::canonical::{Event, Finish};
+use crate::translate::{anthropic, openai_responses};
+
+/// A reply's text in four deltas that split an email address and a warned word, then a tool
+/// call whose arguments split a masked word.
+fn reply_events() -> Vec<Event> {
+    vec![
+        Event::Text("Mail jane.d".into()),
+        Event::Text("oe@exam".into()),
+        Event::Text("ple.com today, inappro".into()),
+        Event::Text("priate".into()),
+        Event::ToolCallStart {
+            index: 0,
+            id: "call_1".into(),
+            name: "login".into(),
+        },
+        Event::ToolCallArgs {
+            index: 0,
+            arguments: "{\"pw\":\"hun".into(),
+        },
+        Event::ToolCallArgs {
+            index: 0,
+            arguments: "ter2\"}".into(),
+        },
+        Event::Finish(Finish::ToolCalls),
+        Event::Usage(crate::usage::Usage {
+            input: 3,
+            output: 9,
+            ..Default::default()
+        }),
+        Event::End,
+    ]
+}
+
+fn card_events() -> Vec<Event> {
+    vec![
+        Event::Text("Your card: 4532-".into()),
+        Event::Text("1234-5678".into()),
+        Event::Text("-9010, thanks".into()),
+        Event::Finish(Finish::Stop),
+        Event::End,
+    ]
+}
+
+fn responses_sse(events: Vec<Event>) -> String {
+    let mut w = openai_responses::StreamEncoder::new("resp_1".into(), "m".into(), 1);
+    let mut out = Vec::new();
+    for e in events {
+        w.event(e, &mut out);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn messages_sse(events: Vec<Event>) -> String {
+    let mut w = anthropic::StreamEncoder::new("msg_1".into(), "m".into());
+    let mut out = Vec::new();
+    for e in events {
+        w.event(e, &mut out);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Feeds `sse` to a filter for `api` in byte chunks of `size`; returns the client's bytes.
+fn run_stream(fw: &Firewall, api: ClientApi, sse: &str, size: usize) -> (String, StreamFilter) {
+    let mut f = StreamFilter::new(api, "k", "req_1").unwrap();
+    let mut out = Vec::new();
+    let chunks: Vec<&[u8]> = sse.as_bytes().chunks(size).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        out.extend(f.feed(fw, c, i + 1 == chunks.len()));
+    }
+    (String::from_utf8(out).unwrap(), f)
+}
+
+/// `(event name, data)` of every event; the name must equal the data's `type`.
+fn named_events(sse: &str) -> Vec<(String, Value)> {
+    sse.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (name, data) = e
+                .strip_prefix("event: ")
+                .and_then(|e| e.split_once("\ndata: "))
+                .unwrap_or_else(|| panic!("not an event: {e:?}"));
+            let v: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["type"], name, "{e}");
+            (name.to_string(), v)
+        })
+        .collect()
+}
+
+fn mask_rules() -> Firewall {
+    let mut email = rule(
+        1,
+        "email",
+        1,
+        "response",
+        "regex",
+        r"[a-z.]+@[a-z]+\.[a-z]{2,}",
+        "mask",
+    );
+    email.replacement = "[EMAIL]".into();
+    firewall(&[
+        email,
+        rule(2, "pw", 1, "response", "substring", "hunter2", "mask"),
+        rule(3, "w", 1, "response", "substring", "inappropriate", "warn"),
+    ])
+}
+
+fn card_rule() -> Firewall {
+    firewall(&[rule(
+        9,
+        "Block Cards",
+        100,
+        "response",
+        "regex",
+        r"\d{4}[\s-]?\d{4}[\s-]?\d{4}[\s-]?\d{4}",
+        "block",
+    )])
+}
+
+const MASKED_TEXT: &str = "Mail [EMAIL] today, inappropriate";
+const MASKED_ARGS: &str = "{\"pw\":\"[REDACTED]\"}";
+
+#[test]
+fn responses_stream_is_masked_in_deltas_and_whole_texts_at_every_chunk_size() {
+    let fw = mask_rules();
+    let sse = responses_sse(reply_events());
+    for size in 1..=sse.len() {
+        let (out, f) = run_stream(&fw, ClientApi::Responses, &sse, size);
+        assert!(
+            !out.contains("jane") && !out.contains("hunter2"),
+            "leak at {size}: {out}"
+        );
+        let events = named_events(&out);
+        let seqs: Vec<u64> = events
+            .iter()
+            .map(|(_, v)| v["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..events.len() as u64).collect::<Vec<_>>(),
+            "chunk {size}"
+        );
+        let (mut text, mut args) = (String::new(), String::new());
+        let mut whole = Vec::new();
+        for (name, v) in &events {
+            match name.as_str() {
+                "response.output_text.delta" => {
+                    assert_eq!(v["item_id"], "msg_1");
+                    text.push_str(v["delta"].as_str().unwrap());
+                }
+                "response.function_call_arguments.delta" => {
+                    assert_eq!(v["item_id"], "fc_1");
+                    assert_eq!(v["output_index"], 1);
+                    args.push_str(v["delta"].as_str().unwrap());
+                }
+                "response.output_text.done" => whole.push(v["text"].clone()),
+                "response.content_part.done" => whole.push(v["part"]["text"].clone()),
+                "response.function_call_arguments.done" => whole.push(v["arguments"].clone()),
+                "response.output_item.done" if v["output_index"] == 0 => {
+                    whole.push(v["item"]["content"][0]["text"].clone())
+                }
+                "response.output_item.done" => whole.push(v["item"]["arguments"].clone()),
+                "response.completed" => {
+                    let output = &v["response"]["output"];
+                    whole.push(output[0]["content"][0]["text"].clone());
+                    whole.push(output[1]["arguments"].clone());
+                    assert_eq!(v["response"]["usage"]["output_tokens"], 9);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(text, MASKED_TEXT, "chunk {size}: {out}");
+        assert_eq!(args, MASKED_ARGS, "chunk {size}: {out}");
+        assert_eq!(
+            whole,
+            [
+                MASKED_TEXT,
+                MASKED_TEXT,
+                MASKED_TEXT,
+                MASKED_ARGS,
+                MASKED_ARGS,
+                MASKED_TEXT,
+                MASKED_ARGS
+            ],
+            "chunk {size}"
+        );
+        assert_eq!(events.last().unwrap().0, "response.completed");
+        assert_eq!(names(&f.verdict(&fw)), ["email", "pw", "w"]);
+    }
+}
+
+#[test]
+fn responses_stream_holds_back_only_what_a_match_needs() {
+    // Substring rules only: the longest pattern ("inappropriate", 13 bytes) − 1 is held.
+    let fw = firewall(&[rule(
+        1,
+        "w",
+        1,
+        "response",
+        "substring",
+        "inappropriate",
+        "warn",
+    )]);
+    let text = "x".repeat(100);
+    let sse = responses_sse(vec![Event::Text(text.clone()), Event::End]);
+    let (out, _) = run_stream(&fw, ClientApi::Responses, &sse, sse.len());
+    let deltas: Vec<String> = named_events(&out)
+        .into_iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, v)| v["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas, ["x".repeat(88), "x".repeat(12)]);
+}
+
+#[test]
+fn responses_stream_block_ends_with_error_and_response_failed_and_leaks_nothing() {
+    let fw = card_rule();
+    let sse = responses_sse(card_events());
+    for size in 1..=sse.len() {
+        let (out, f) = run_stream(&fw, ClientApi::Responses, &sse, size);
+        assert!(f.blocked());
+        assert!(
+            !out.contains("4532") && !out.contains("9010"),
+            "leak at {size}: {out}"
+        );
+        let events = named_events(&out);
+        let n = events.len();
+        let (error, failed) = (&events[n - 2], &events[n - 1]);
+        assert_eq!(error.0, "error", "chunk {size}: {out}");
+        assert_eq!(error.1["code"], "firewall_error");
+        assert!(error.1["message"].as_str().unwrap().contains("Block Cards"));
+        assert_eq!(failed.0, "response.failed");
+        assert_eq!(failed.1["response"]["status"], "failed");
+        assert_eq!(failed.1["response"]["id"], "resp_1");
+        assert_eq!(failed.1["response"]["error"]["code"], "firewall_error");
+        let seqs: Vec<u64> = events
+            .iter()
+            .map(|(_, v)| v["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+        let text: String = events
+            .iter()
+            .filter(|(name, _)| name == "response.output_text.delta")
+            .map(|(_, v)| v["delta"].as_str().unwrap())
+            .collect();
+        assert!("Your card: ".starts_with(&text), "{text:?}");
+        assert!(!out.contains("response.completed"));
+    }
+}
+
+#[test]
+fn messages_stream_is_masked_at_every_chunk_size() {
+    let fw = mask_rules();
+    let sse = messages_sse(reply_events());
+    for size in 1..=sse.len() {
+        let (out, f) = run_stream(&fw, ClientApi::Messages, &sse, size);
+        assert!(
+            !out.contains("jane") && !out.contains("hunter2"),
+            "leak at {size}: {out}"
+        );
+        let events = named_events(&out);
+        let mut blocks: BTreeMap<u64, String> = BTreeMap::new();
+        let mut stopped = Vec::new();
+        for (name, v) in &events {
+            let index = v["index"].as_u64().unwrap_or(u64::MAX);
+            match name.as_str() {
+                "content_block_delta" => {
+                    assert!(!stopped.contains(&index), "delta after its block's stop");
+                    let delta = &v["delta"];
+                    let piece = delta["text"].as_str().or(delta["partial_json"].as_str());
+                    blocks.entry(index).or_default().push_str(piece.unwrap());
+                }
+                "content_block_stop" => stopped.push(index),
+                _ => {}
+            }
+        }
+        assert_eq!(blocks[&0], MASKED_TEXT, "chunk {size}: {out}");
+        assert_eq!(blocks[&1], MASKED_ARGS, "chunk {size}: {out}");
+        assert_eq!(stopped, [0, 1]);
+        assert_eq!(events.last().unwrap().0, "message_stop");
+        assert_eq!(names(&f.verdict(&fw)), ["email", "pw", "w"]);
+    }
+}
+
+#[test]
+fn messages_stream_block_ends_with_an_error_event_and_leaks_nothing() {
+    let fw = card_rule();
+    let sse = messages_sse(card_events());
+    for size in 1..=sse.len() {
+        let (out, f) = run_stream(&fw, ClientApi::Messages, &sse, size);
+        assert!(f.blocked());
+        assert!(
+            !out.contains("4532") && !out.contains("9010"),
+            "leak at {size}: {out}"
+        );
+        let events = named_events(&out);
+        let (name, error) = events.last().unwrap();
+        assert_eq!(name, "error", "chunk {size}: {out}");
+        assert_eq!(error["error"]["type"], "firewall_error");
+        assert_eq!(error["error"]["code"], 422);
+        assert_eq!(error["request_id"], "req_1");
+        assert!(error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Block Cards"));
+        assert!(!out.contains("message_stop"));
+    }
+}
+
+#[test]
+fn responses_and_messages_replies_are_walked() {
+    let fw = mask_rules();
+    let reply = || crate::translate::canonical::Reply {
+        text: "Mail jane.doe@example.com".into(),
+        tool_calls: vec![crate::translate::canonical::ToolCall {
+            id: "call_1".into(),
+            name: "login".into(),
+            arguments: "{\"pw\":\"hunter2\",\"nested\":{\"list\":[\"hunter2\"]}}".into(),
+        }],
+        finish: Some(Finish::ToolCalls),
+        usage: crate::usage::Usage::default(),
+    };
+    let mut responses = openai_responses::write_reply("resp_1", "m", 1, reply());
+    let mut messages = anthropic::write_reply("msg_1", "m", reply());
+    for (api, body) in [
+        (ClientApi::Responses, &mut responses),
+        (ClientApi::Messages, &mut messages),
+    ] {
+        let mut inspection = Inspection::new(&fw, "k");
+        formats::response_walker(api)(body, &mut |scope, text| {
+            inspection.check_in_place(scope, text)
+        });
+        assert_eq!(names(&inspection.verdict()), ["email", "pw"], "{api:?}");
+        let text = body.to_string();
+        assert!(
+            !text.contains("jane") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(text.contains("Mail [EMAIL]"), "{text}");
+    }
+    assert_eq!(
+        responses["output"][1]["arguments"],
+        "{\"pw\":\"[REDACTED]\",\"nested\":{\"list\":[\"[REDACTED]\"]}}"
+    );
+    assert_eq!(
+        messages["content"][1]["input"]["nested"]["list"][0],
+        "[REDACTED]"
+    );
 }
 
 #[test]
