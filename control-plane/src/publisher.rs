@@ -1,20 +1,45 @@
 //! Turns a stored [`ConfigState`] into what the edges receive, and publishes it.
 //!
 //! One component builds both outputs from the same state — the `config.v1.Snapshot` for
-//! FilterSync and the [`ClusterSet`] for ADS — so they can never disagree. Every snapshot is
-//! validated by the engine (`Snapshot::from_proto`, the very code the filter runs) before it is
-//! committed (through the store's check) and again before it is published.
+//! FilterSync and the [`ClusterSet`] for ADS — so they can never disagree.
+//!
+//! Validation happens twice, at different grains. Before commit, [`Publisher::check`] runs the
+//! engine's own per-entity checks on what a write changes (`snapshot::provider_entry`,
+//! `model_entry`, `firewall::validate` and the rule count), which with the store's unique indexes
+//! is everything `Snapshot::from_proto` would refuse — at a cost independent of the number of
+//! keys and rules. (`Firewall::compile` also builds Aho-Corasick automata over all patterns;
+//! their only failure is running out of 32-bit state ids, which `MAX_RULES` ×
+//! `MAX_PATTERN_BYTES` stays far below.)
+//! Before publishing, [`Publisher::build`] validates the whole snapshot with `from_proto` (the
+//! very code the filter runs), so an edge is never sent something it would refuse.
+//!
+//! Publishing is coalesced by [`Coalescer`]: a background task reads the configuration, builds
+//! and publishes it at most once per [`PUBLISH_INTERVAL`] while writes keep arriving, always the
+//! latest committed version. A committed write is published within `build + PUBLISH_INTERVAL +
+//! build` (a build already running, the pause, then the build that includes it); an isolated
+//! write (none in the last interval) within one build.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokenrouter_engine::snapshot::{Snapshot as EngineSnapshot, SCHEMA};
+use tokenrouter_engine::firewall::{self, MAX_RULES};
+use tokenrouter_engine::snapshot::{self, Snapshot as EngineSnapshot, SCHEMA};
 use tokenrouter_proto::config::v1 as pb;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::crypto::{provider_aad, Sealer};
 use crate::metrics::Metrics;
-use crate::store::ConfigState;
+use crate::store::{ConfigState, Proposed, ProviderRow, Store, StoreError};
 use crate::xds::{ClusterSet, ProviderCluster};
+
+/// Shortest pause between two full snapshot builds while writes keep arriving. Bursts of
+/// writes share one build; a lone write is published at once.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Wait before retrying a publish that failed (database error, or a committed configuration
+/// that does not build — which the pre-commit checks are there to prevent).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Cluster name of a provider (ARCHITECTURE.md, "Provider clusters").
 pub fn cluster_name(provider: &str) -> String {
@@ -66,36 +91,44 @@ impl Publisher {
         }
     }
 
+    /// A provider as the snapshot and ADS carry it (credential decrypted).
+    fn provider(&self, p: &ProviderRow) -> Result<(pb::Provider, ProviderCluster), String> {
+        let credential = match &p.credential_sealed {
+            Some(sealed) => {
+                let plain = self
+                    .sealer
+                    .open(sealed, &provider_aad(&p.name))
+                    .map_err(|e| format!("provider {}: {e}", p.name))?;
+                String::from_utf8(plain)
+                    .map_err(|_| format!("provider {}: credential is not UTF-8", p.name))?
+            }
+            None => String::new(),
+        };
+        let cluster = cluster_name(&p.name);
+        let provider_cluster = ProviderCluster {
+            name: p.name.clone(),
+            cluster: cluster.clone(),
+            base_url: p.base_url.clone(),
+        };
+        let provider = pb::Provider {
+            name: p.name.clone(),
+            kind: p.kind.clone(),
+            base_url: p.base_url.clone(),
+            cluster,
+            credential,
+            enabled: p.enabled,
+        };
+        Ok((provider, provider_cluster))
+    }
+
     /// Builds and validates both outputs. The error is a message fit for the operator.
     pub fn build(&self, state: &ConfigState) -> Result<Built, String> {
         let mut providers = Vec::new();
         let mut clusters = Vec::new();
         for p in state.providers.iter().filter(|p| p.enabled) {
-            let credential = match &p.credential_sealed {
-                Some(sealed) => {
-                    let plain = self
-                        .sealer
-                        .open(sealed, &provider_aad(&p.name))
-                        .map_err(|e| format!("provider {}: {e}", p.name))?;
-                    String::from_utf8(plain)
-                        .map_err(|_| format!("provider {}: credential is not UTF-8", p.name))?
-                }
-                None => String::new(),
-            };
-            let cluster = cluster_name(&p.name);
-            clusters.push(ProviderCluster {
-                name: p.name.clone(),
-                cluster: cluster.clone(),
-                base_url: p.base_url.clone(),
-            });
-            providers.push(pb::Provider {
-                name: p.name.clone(),
-                kind: p.kind.clone(),
-                base_url: p.base_url.clone(),
-                cluster,
-                credential,
-                enabled: p.enabled,
-            });
+            let (provider, cluster) = self.provider(p)?;
+            clusters.push(cluster);
+            providers.push(provider);
         }
         let snapshot = pb::Snapshot {
             schema: SCHEMA,
@@ -132,9 +165,32 @@ impl Publisher {
         })
     }
 
-    /// The store's pre-commit check: the state must build into a valid snapshot.
-    pub fn check(&self, state: &ConfigState) -> Result<(), String> {
-        self.build(state).map(drop)
+    /// The store's pre-commit check: what a write changes must pass the engine's checks for
+    /// that entity (see the module docs for why that suffices).
+    pub fn check(&self, proposed: Proposed<'_>) -> Result<(), String> {
+        match proposed {
+            // A key's only constraints are a 32-byte hash (its type) and a unique hash (an index).
+            Proposed::Key(_) | Proposed::Removal => Ok(()),
+            // Disabled providers are left out of the snapshot, so they cannot break it.
+            Proposed::Provider(p) if !p.enabled => Ok(()),
+            Proposed::Provider(p) => {
+                let (provider, _) = self.provider(p)?;
+                snapshot::provider_entry(provider)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Proposed::Models(models) => models.iter().try_for_each(|m| {
+                snapshot::model_entry(m.clone())
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+            Proposed::FirewallRule { count, .. } if count > MAX_RULES => Err(format!(
+                "{count} firewall rules; at most {MAX_RULES} are accepted"
+            )),
+            Proposed::FirewallRule { rule, .. } => firewall::validate(&rule.to_proto())
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
     }
 
     /// Builds and publishes `state` unless a newer version is already out. Returns whether it
@@ -169,6 +225,79 @@ impl Publisher {
     /// Version currently published (0 before the first publish).
     pub fn version(&self) -> u64 {
         self.snapshots.borrow().version
+    }
+}
+
+/// Publishes committed versions from a background task, coalescing bursts of writes (module
+/// docs). The task stops when the `Coalescer` is dropped or the store is closed.
+#[derive(Debug)]
+pub struct Coalescer {
+    /// Newest committed version; the task publishes until the publisher has caught up with it.
+    committed: watch::Sender<u64>,
+    publisher: Arc<Publisher>,
+}
+
+impl Coalescer {
+    /// Starts the publishing task. `publisher` should already hold the stored configuration.
+    pub fn spawn(store: Arc<dyn Store>, publisher: Arc<Publisher>) -> Coalescer {
+        let (committed, receiver) = watch::channel(publisher.version());
+        tokio::spawn(run(store, publisher.clone(), receiver));
+        Coalescer {
+            committed,
+            publisher,
+        }
+    }
+
+    /// Records a committed version; it will be published (with any later ones) shortly.
+    pub fn committed(&self, version: u64) {
+        self.committed.send_if_modified(|newest| {
+            let newer = version > *newest;
+            if newer {
+                *newest = version;
+            }
+            newer
+        });
+    }
+
+    /// Waits until every version committed so far is published (or superseded).
+    pub async fn settled(&self) {
+        let mut published = self.publisher.snapshots();
+        let target = *self.committed.borrow();
+        // The sender lives in `self.publisher`, so the channel cannot close while we wait.
+        let _ = published.wait_for(|s| s.version >= target).await;
+    }
+}
+
+/// The publishing loop: wait for a commit newer than what is out, pause so that at least
+/// [`PUBLISH_INTERVAL`] separates two builds, then read, build and publish the latest state.
+async fn run(
+    store: Arc<dyn Store>,
+    publisher: Arc<Publisher>,
+    mut committed: watch::Receiver<u64>,
+) {
+    let mut last_build: Option<Instant> = None;
+    loop {
+        if committed
+            .wait_for(|&newest| newest > publisher.version())
+            .await
+            .is_err()
+        {
+            return; // The coalescer was dropped: nothing more will be committed through it.
+        }
+        if let Some(done) = last_build {
+            tokio::time::sleep_until(done + PUBLISH_INTERVAL).await;
+        }
+        let outcome = match store.load_config().await {
+            Ok(state) => publisher.publish(&state),
+            Err(StoreError::Database(sqlx::Error::PoolClosed)) => return,
+            Err(e) => Err(format!("reading the configuration: {e}")),
+        };
+        last_build = Some(Instant::now());
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "configuration not published; retrying");
+            // Retry after a while, or as soon as a newer commit may have fixed it.
+            let _ = tokio::time::timeout(RETRY_AFTER, committed.changed()).await;
+        }
     }
 }
 
@@ -207,6 +336,37 @@ mod tests {
         (Publisher::new(sealer, Arc::new(Metrics::default())), state)
     }
 
+    /// How long one publish takes on a real database: `TOKENROUTER_PROFILE_DB=<dir with
+    /// tokenrouter.db, a copy: the store migrates it> cargo test --release -p tokenrouter-control-plane --lib publish_cost --
+    /// --ignored --nocapture` (e.g. the benchmark's `target/bench/run/cp-large`).
+    #[tokio::test]
+    #[ignore = "profiling aid: needs TOKENROUTER_PROFILE_DB"]
+    async fn publish_cost() {
+        use crate::store::{SqliteStore, Store};
+        use std::time::Instant;
+        let dir = std::env::var("TOKENROUTER_PROFILE_DB").unwrap();
+        let url = format!("sqlite://{dir}/tokenrouter.db?mode=rwc");
+        let store = SqliteStore::open(&url).await.unwrap();
+        let publisher = Publisher::new(Sealer::new(&[0; 32]), Arc::new(Metrics::default()));
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut state = store.load_config().await.unwrap();
+            let loaded = t.elapsed();
+            // The benchmark's master key is not ours: leave the credentials out.
+            state
+                .providers
+                .iter_mut()
+                .for_each(|p| p.credential_sealed = None);
+            let built = publisher.build(&state).unwrap();
+            let total = t.elapsed();
+            let bytes = prost::Message::encoded_len(&built.snapshot);
+            println!(
+                "{} keys: load {loaded:?}, load+build+validate {total:?}, snapshot {bytes} bytes",
+                state.keys.len()
+            );
+        }
+    }
+
     #[test]
     fn snapshot_and_clusters_agree() {
         let (p, s) = state(3);
@@ -240,15 +400,79 @@ mod tests {
 
     #[test]
     fn invalid_configurations_are_refused() {
-        let (p, mut s) = state(1);
-        s.providers[0].kind = "nonsense".into();
-        assert!(p.check(&s).is_err());
-        let (p, mut s) = state(1);
-        s.providers[0].credential_sealed = Some(vec![0; 40]);
-        assert!(p.check(&s).unwrap_err().contains("could not be decrypted"));
-        // Disabled providers are left out, so they cannot break the snapshot.
-        s.providers[0].enabled = false;
-        let built = p.build(&s).unwrap();
-        assert!(built.snapshot.providers.is_empty() && built.clusters.providers.is_empty());
+        type Breaks = fn(&mut ProviderRow);
+        let cases: [(&str, Breaks, &str); 4] = [
+            ("kind", |p| p.kind = "nonsense".into(), "unknown kind"),
+            ("url", |p| p.base_url = "ftp://x".into(), "provider up"),
+            (
+                "name",
+                |p| {
+                    p.name = "Bad Name".into();
+                    p.credential_sealed = None;
+                },
+                "not valid",
+            ),
+            (
+                "credential",
+                |p| p.credential_sealed = Some(vec![0; 40]),
+                "could not be decrypted",
+            ),
+        ];
+        for (case, breaks, expected) in cases {
+            let (p, mut s) = state(1);
+            breaks(&mut s.providers[0]);
+            // The pre-commit check on the one provider and the full build agree.
+            let err = p.check(Proposed::Provider(&s.providers[0])).unwrap_err();
+            assert!(err.contains(expected), "{case}: {err}");
+            assert!(p.build(&s).is_err(), "{case}");
+            // Disabled providers are left out, so they cannot break the snapshot.
+            s.providers[0].enabled = false;
+            assert!(
+                p.check(Proposed::Provider(&s.providers[0])).is_ok(),
+                "{case}"
+            );
+            let built = p.build(&s).unwrap();
+            assert!(built.snapshot.providers.is_empty() && built.clusters.providers.is_empty());
+        }
+    }
+
+    #[test]
+    fn checks_of_models_and_rules_are_the_engines() {
+        let (p, s) = state(1);
+        assert!(p.check(Proposed::Models(&s.models)).is_ok());
+        let mut bad = s.models.clone();
+        bad[0].input_price_micros_per_mtok = -1;
+        assert!(p
+            .check(Proposed::Models(&bad))
+            .unwrap_err()
+            .contains("negative price"));
+        let rule = |pattern: &str| crate::store::FirewallRuleRow {
+            id: 1,
+            name: "r".into(),
+            priority: 0,
+            is_enabled: true,
+            scope: "prompt".into(),
+            match_type: "regex".into(),
+            pattern: pattern.into(),
+            action: "block".into(),
+            replacement: String::new(),
+            key_id: String::new(),
+            max_match_chars: 0,
+            check: "none".into(),
+            template: String::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let cases = [
+            ("a+b", 1, true),
+            ("(", 1, false),
+            ("a+b", MAX_RULES, true),
+            ("a+b", MAX_RULES + 1, false),
+        ];
+        for (pattern, count, valid) in cases {
+            let r = rule(pattern);
+            let proposed = Proposed::FirewallRule { rule: &r, count };
+            assert_eq!(p.check(proposed).is_ok(), valid, "{pattern} × {count}");
+        }
     }
 }

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 
 use crate::crypto::{provider_aad, Sealer};
 use crate::metrics::Metrics;
-use crate::publisher::Publisher;
+use crate::publisher::{Coalescer, Publisher};
 use crate::store::{
-    Changed, ConfigChange, KeyRow, KeyStatus, LogEntry, LogQuery, ProviderRow, Store, StoreError,
+    Changed, ConfigChange, KeyRow, KeyStatus, LogEntry, LogQuery, Proposed, ProviderRow, Store,
+    StoreError,
 };
 use crate::xds::ClusterSet;
 
@@ -89,41 +90,53 @@ pub struct Service {
     store: Arc<dyn Store>,
     sealer: Sealer,
     publisher: Arc<Publisher>,
+    /// Publishes committed writes in the background, one build per burst.
+    coalescer: Arc<Coalescer>,
     metrics: Arc<Metrics>,
 }
 
 impl Service {
-    /// Seeds the catalogue on first start and publishes the stored configuration.
+    /// Seeds the catalogue on first start, publishes the stored configuration (refusing to
+    /// start if it is invalid) and starts publishing later writes. Needs a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, sealer: Sealer) -> Result<Service> {
         let metrics = Arc::new(Metrics::default());
-        let service = Service {
-            store,
-            publisher: Arc::new(Publisher::new(sealer.clone(), metrics.clone())),
-            sealer,
-            metrics,
-        };
+        let publisher = Arc::new(Publisher::new(sealer.clone(), metrics.clone()));
         let builtin = tokenrouter_engine::catalogue::builtin()
             .map_err(|e| ServiceError::Internal(format!("built-in catalogue: {e}")))?;
-        service.write(ConfigChange::SeedModels(builtin)).await?;
-        let state = service.store.load_config().await?;
-        service
-            .publisher
+        let checker = publisher.clone();
+        let check = move |proposed: Proposed<'_>| checker.check(proposed);
+        store
+            .change_config(ConfigChange::SeedModels(builtin), &check)
+            .await?;
+        let state = store.load_config().await?;
+        publisher
             .publish(&state)
             .map_err(|e| ServiceError::Internal(format!("stored configuration is invalid: {e}")))?;
-        Ok(service)
+        Ok(Service {
+            coalescer: Arc::new(Coalescer::spawn(store.clone(), publisher.clone())),
+            store,
+            publisher,
+            sealer,
+            metrics,
+        })
     }
 
-    /// One configuration write: validated before commit, published after.
+    /// One configuration write: validated before commit, published shortly after (see
+    /// `crate::publisher` for the bound); returns once committed.
     async fn write(&self, change: ConfigChange) -> Result<Changed> {
         let publisher = self.publisher.clone();
-        let check = move |state: &crate::store::ConfigState| publisher.check(state);
+        let check = move |proposed: Proposed<'_>| publisher.check(proposed);
         let outcome = self.store.change_config(change, &check).await?;
-        if let Some(state) = &outcome.state {
-            self.publisher.publish(state).map_err(|e| {
-                ServiceError::Internal(format!("committed configuration failed to build: {e}"))
-            })?;
+        if let Some(version) = outcome.version {
+            self.coalescer.committed(version);
         }
         Ok(outcome.changed)
+    }
+
+    /// Waits until every write committed so far has been published to the snapshot and
+    /// cluster channels.
+    pub async fn settled(&self) {
+        self.coalescer.settled().await;
     }
 
     pub async fn create_key(&self, name: &str, workspace: &str) -> Result<(KeyRow, String)> {
@@ -391,11 +404,13 @@ pub(crate) mod tests {
         assert_eq!(key.sha256, keys::hash_key(&raw));
         assert_eq!(key.workspace_id, DEFAULT_WORKSPACE);
         assert!(key.id.starts_with("key_"));
+        svc.settled().await;
         assert!(snaps.has_changed().unwrap());
         assert_eq!(snaps.borrow_and_update().keys.len(), 1);
 
         let revoked = svc.revoke_key(&key.id).await.unwrap();
         assert_eq!(revoked.status, KeyStatus::Revoked);
+        svc.settled().await;
         let snap = snaps.borrow_and_update().clone();
         assert!(snap.keys[0].revoked);
         assert!(snap.version > v0 + 1);
@@ -404,6 +419,7 @@ pub(crate) mod tests {
             svc.revoke_key(&key.id).await.unwrap().status,
             KeyStatus::Revoked
         );
+        svc.settled().await;
         assert!(!snaps.has_changed().unwrap());
         assert!(matches!(
             svc.revoke_key("key_nope").await,
@@ -444,6 +460,7 @@ pub(crate) mod tests {
             !sealed.windows(5).any(|w| w == b"sk-up"),
             "stored encrypted"
         );
+        svc.settled().await;
         let snap = svc.snapshots().borrow().clone();
         assert_eq!(snap.providers[0].credential, "sk-up");
         assert_eq!(
@@ -460,12 +477,14 @@ pub(crate) mod tests {
         replacement.replace = true;
         replacement.api_key = String::new();
         svc.add_provider(replacement).await.unwrap();
+        svc.settled().await;
         let snap = svc.snapshots().borrow().clone();
         assert_eq!(snap.providers.len(), 1);
         assert_eq!(snap.providers[0].kind, "anthropic");
         assert_eq!(snap.providers[0].credential, "");
 
         svc.remove_provider("p").await.unwrap();
+        svc.settled().await;
         assert!(svc.snapshots().borrow().providers.is_empty());
         assert!(svc.clusters().borrow().providers.is_empty());
         assert!(matches!(
@@ -512,6 +531,7 @@ pub(crate) mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
+        svc.settled().await;
         let snap = svc.snapshots().borrow().clone();
         assert_eq!(snap.version, v0 + 16);
         assert_eq!(snap.keys.len(), 16);
@@ -532,10 +552,126 @@ pub(crate) mod tests {
         svc.add_provider(provider("p", "openai", "http://127.0.0.1:9/v1"))
             .await
             .unwrap();
+        svc.settled().await;
         let before = svc.snapshots().borrow().clone();
         drop(svc);
         let again = open().await;
         let after = again.snapshots().borrow().clone();
         assert_eq!(before, after);
+    }
+    /// A burst of concurrent writes: every one commits, the publisher ends on the newest
+    /// version with everything in it, it never goes backwards, and bursts share builds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_is_published_whole_in_order_and_coalesced() {
+        const TASKS: usize = 8;
+        const KEYS_PER_TASK: usize = 25;
+        let (svc, _dir) = service().await;
+        let v0 = svc.snapshots().borrow().version;
+        let mut snaps = svc.snapshots();
+        let mut clusters = svc.clusters();
+        let watcher = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while snaps.changed().await.is_ok() {
+                let version = snaps.borrow_and_update().version;
+                seen.push(version);
+                if version == v0 + (TASKS * KEYS_PER_TASK) as u64 + 1 {
+                    break;
+                }
+            }
+            seen
+        });
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    for i in 0..KEYS_PER_TASK {
+                        svc.create_key(&format!("k{t}-{i}"), "").await?;
+                    }
+                    Ok::<_, ServiceError>(())
+                })
+            })
+            .collect();
+        svc.add_provider(provider("p", "openai", "http://127.0.0.1:9/v1"))
+            .await
+            .unwrap();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        svc.settled().await;
+        let seen = watcher.await.unwrap();
+        let writes = TASKS * KEYS_PER_TASK + 1;
+        let newest = v0 + writes as u64;
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&newest));
+        assert!(
+            seen.len() < writes,
+            "{} builds for {writes} writes",
+            seen.len()
+        );
+        let snap = svc.snapshots().borrow().clone();
+        assert_eq!(snap.version, newest);
+        assert_eq!(snap.keys.len(), TASKS * KEYS_PER_TASK);
+        assert_eq!(snap.providers.len(), 1);
+        let set = clusters.borrow_and_update().clone();
+        assert_eq!((set.version, set.providers.len()), (newest, 1));
+    }
+
+    /// A write the engine would refuse is rolled back whole: no version, no row, no publish.
+    /// (The service's own validation catches these first; this drives the store's check.)
+    #[tokio::test]
+    async fn invalid_writes_are_refused_whole() {
+        let (svc, _dir) = service().await;
+        let v0 = svc.snapshots().borrow().version;
+        let row = |name: &str, kind: &str, url: &str, sealed: Option<Vec<u8>>| ProviderRow {
+            name: name.into(),
+            kind: kind.into(),
+            base_url: url.into(),
+            credential_sealed: sealed,
+            enabled: true,
+            created_at_ms: 1,
+        };
+        let put = |row| ConfigChange::PutProvider {
+            row,
+            replace: false,
+        };
+        let bad_rule = crate::store::FirewallRuleRow {
+            id: 0,
+            name: "r".into(),
+            priority: 0,
+            is_enabled: true,
+            scope: "prompt".into(),
+            match_type: "regex".into(),
+            pattern: "(".into(),
+            action: "block".into(),
+            replacement: String::new(),
+            key_id: String::new(),
+            max_match_chars: 0,
+            check: String::new(),
+            template: String::new(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        };
+        let cases = [
+            ("kind", put(row("p", "nonsense", "http://x", None))),
+            ("url", put(row("p", "openai", "ftp://x", None))),
+            ("name", put(row("Bad Name", "openai", "http://x", None))),
+            (
+                "credential",
+                put(row("p", "openai", "http://x", Some(vec![0; 40]))),
+            ),
+            ("rule", ConfigChange::CreateFirewallRule(bad_rule)),
+        ];
+        for (case, change) in cases {
+            let err = svc.write(change).await.unwrap_err();
+            assert!(
+                matches!(&err, ServiceError::InvalidArgument(m) if m.contains("rejected")),
+                "{case}: {err:?}"
+            );
+        }
+        let state = svc.store.load_config().await.unwrap();
+        assert_eq!(state.version, v0, "nothing committed");
+        assert!(state.providers.is_empty() && state.firewall_rules.is_empty());
+        svc.settled().await;
+        assert_eq!(svc.snapshots().borrow().version, v0);
     }
 }

@@ -5,13 +5,14 @@
 //! - [`fake`]: the fake provider (hyper, in-process, its own threads);
 //! - [`load`]: oha (installed into `target/bench-tools`) and its JSON report;
 //! - [`client`]: a keep-alive HTTP/1.1 client for streaming TTFB/TTLB and revoke propagation;
-//! - [`admin`]: seeding through the control plane's gRPC Admin API (keys, provider, revokes)
-//!   and the hooks for routing/firewall rules;
+//! - [`admin`]: seeding through the control plane's gRPC Admin API (keys, provider, revokes,
+//!   firewall rules) and the hook for routing rules;
 //! - [`report`]: statistics and the BENCHMARKS.md renderer;
 //! - this file: the plan ([`Plan`]), the candidates' processes ([`Stacks`]) and the run.
 //!
 //! Candidates: `direct` (the fake), `bare` (Envoy, static route to the fake, no filter), `tr`
-//! (Envoy from `tokenrouter envoy-bootstrap` + `tokenrouter serve` with 100 keys), `tr-large`
+//! (Envoy from `tokenrouter envoy-bootstrap` + `tokenrouter serve` with 100 keys and 10 firewall
+//! rules), `tr-large`
 //! (the same with the large key set, for the scaling figure), `litellm` (LiteLLM proxy, one
 //! worker). Every round runs each step for every candidate, in a rotating order, so that the
 //! candidates share the machine's noise; figures are medians over rounds with min–max.
@@ -36,7 +37,7 @@ use bytes::Bytes;
 use crate::{Paths, Supervisor};
 use admin::{Admin, Key, RulesSeeding};
 use load::{Load, LoadResult, Oha};
-use report::{Candidate, Metric, Report};
+use report::{Candidate, FirewallStep, Metric, Report};
 
 /// The admin token of the benchmark's control planes (loopback only, throw-away data).
 const ADMIN_TOKEN: &str = "bench-admin-token";
@@ -54,6 +55,22 @@ const SMALL_KEYS: usize = 100;
 const PROPAGATION_CONNECTIONS: usize = 8;
 /// LiteLLM, installed into its own venv (it pins many packages).
 const LITELLM_REQUIREMENT: &str = "litellm[proxy]";
+/// Firewall rules in the "realistic config" of the issue.
+const SMALL_FIREWALL_RULES: usize = 10;
+/// Enabled firewall rules at each step of the firewall scaling figure.
+const FIREWALL_STEPS: [usize; 4] = [0, 10, 100, 1000];
+/// Marks around the section a `--only` run merges into an existing report.
+const PARTIAL_BEGIN: &str = "<!-- partial-run:begin -->";
+const PARTIAL_END: &str = "<!-- partial-run:end -->";
+
+/// Parts of the run `--only` can select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// The firewall scaling figure (0, 10, 100, 1 000 enabled rules).
+    Firewall,
+    /// Creating the large key set, the keys scaling row and revoke propagation at that size.
+    Keys,
+}
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -77,6 +94,14 @@ pub struct BenchArgs {
     /// Where to write the report [default: <repo>/BENCHMARKS.md].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run only these parts (comma-separated: firewall, keys) and merge their tables into the
+    /// existing report as a labelled section, keeping the full run's figures for the rest.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Phase>,
+    /// Wall-time budget in seconds for creating the large key set [default: 300; 60 with
+    /// --quick].
+    #[arg(long)]
+    keys_budget: Option<u64>,
 }
 
 /// Durations and sizes of one run.
@@ -111,7 +136,9 @@ impl Plan {
             quick,
             rounds: args.rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
             large_keys: args.keys.unwrap_or(if quick { 10_000 } else { 100_000 }),
-            keys_budget: secs(300, 60_000),
+            keys_budget: args
+                .keys_budget
+                .map_or(secs(300, 60_000), Duration::from_secs),
             latency_duration: secs(4, 2_000),
             // LiteLLM (one worker) saturated at 50-100 req/s on this 2-core machine: a quarter of that
             // is a rate every candidate sustains without queueing.
@@ -126,6 +153,9 @@ impl Plan {
 }
 
 pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
+    if !args.only.is_empty() {
+        return bench_only(paths, args);
+    }
     let started = Instant::now();
     let plan = Plan::new(args);
     let work = paths.target.join("bench");
@@ -197,11 +227,18 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
         ),
         (
             "firewall rules",
-            rt.block_on(small_admin.seed_firewall_rules(10))?,
+            rt.block_on(small_admin.seed_firewall_rules(0, SMALL_FIREWALL_RULES))?,
         ),
     ] {
-        if let RulesSeeding::Unavailable(reason) = seeding {
-            report.unavailable.push((label.into(), reason.into()));
+        match seeding {
+            RulesSeeding::Seeded(s) => println!(
+                "created {} {label} in {:.1}s",
+                s.count,
+                s.elapsed.as_secs_f64()
+            ),
+            RulesSeeding::Unavailable(reason) => {
+                report.unavailable.push((label.into(), reason.into()));
+            }
         }
     }
     let (Some(small_key), Some(large_key)) = (small_keys.first(), large_keys.first()) else {
@@ -282,6 +319,9 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
         }
         drop(envoys);
     }
+
+    println!("==> firewall scaling");
+    report.firewall_scaling = firewall_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
 
     report.load_after = loadavg();
     report.elapsed = started.elapsed();
@@ -513,6 +553,271 @@ fn run_round(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Firewall scaling and `--only` runs
+
+/// The firewall scaling figure: its own control plane (one key) and tokenrouter Envoy
+/// (`--concurrency 1`); for each of [`FIREWALL_STEPS`], rules are added up to that count, the
+/// step waits until they are live, then measures latency at one connection, `plan.rounds` times.
+fn firewall_scaling(
+    rt: &tokio::runtime::Runtime,
+    oha: &Oha,
+    plan: &Plan,
+    stacks: &mut Stacks,
+    base_url: &str,
+) -> Result<Vec<FirewallStep>> {
+    let cp = stacks.control_plane("firewall")?;
+    let admin = rt.block_on(Admin::connect(&cp.grpc, ADMIN_TOKEN))?;
+    rt.block_on(admin.add_provider(PROVIDER, base_url))?;
+    let key = rt.block_on(admin.create_key("bench-firewall".into()))?;
+    let mut children = Supervisor::default();
+    let (addr, _) = stacks.tr_envoy(&mut children, &cp, "firewall", 1)?;
+    let body = Bytes::from(request_body(TR_MODEL, false));
+    wait_until(
+        Duration::from_secs(120),
+        &format!("Envoy at {addr} to answer 200"),
+        &mut children,
+        || first_status(addr, Some(&key.raw), &body) == Some(200),
+    )?;
+    let target = Target {
+        candidate: Candidate::Tr,
+        addr,
+        key: Some(key.raw.clone()),
+        model: TR_MODEL,
+    };
+    let mut steps = Vec::new();
+    let mut seeded = 0;
+    for rules in FIREWALL_STEPS {
+        rt.block_on(admin.seed_firewall_rules(seeded, rules - seeded))?;
+        seeded = rules;
+        // Snapshots are published in version order, so a key created after the rules
+        // authenticates only once a snapshot holding the rules is live on the worker.
+        let live = rt.block_on(admin.create_key(format!("bench-firewall-live-{rules}")))?;
+        wait_until(
+            Duration::from_secs(30),
+            &format!("the snapshot with {rules} firewall rules to be live"),
+            &mut children,
+            || first_status(addr, Some(&live.raw), &body) == Some(200),
+        )?;
+        warm_up(oha, std::slice::from_ref(&target))?;
+        let mut step = FirewallStep {
+            rules,
+            ..FirewallStep::default()
+        };
+        for _ in 0..plan.rounds {
+            let r = oha.run(&Load {
+                url: target.url(),
+                body: target.body(false),
+                key: target.key.clone(),
+                connections: 1,
+                duration: plan.latency_duration,
+                rate: None,
+            })?;
+            check(&target, &r)?;
+            println!(
+                "{rules:>5} firewall rules, 1 conn: p50 {:.0} µs p99 {:.0} µs",
+                r.p50_us, r.p99_us
+            );
+            step.p50_us.push(r.p50_us);
+            step.p99_us.push(r.p99_us);
+        }
+        steps.push(step);
+    }
+    Ok(steps)
+}
+
+/// `--only`: runs the selected parts and merges their tables into the existing report as one
+/// labelled section (the rest of the report keeps the figures of the full run that wrote it).
+fn bench_only(paths: &Paths, args: &BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let plan = Plan::new(args);
+    let work = paths.target.join("bench");
+    let _ = fs::remove_dir_all(work.join("run"));
+    fs::create_dir_all(work.join("run"))
+        .with_context(|| format!("cannot create {}", work.display()))?;
+    let mut report = Report::new(plan.clone());
+    report.load_before = loadavg();
+    println!("==> tools: wasm target, Envoy, release build, oha");
+    crate::ensure_toolchain()?;
+    crate::ensure_venv(paths, false)?;
+    crate::build(paths, true)?;
+    let oha = Oha::ensure(paths)?;
+    let fake = fake::start()?;
+    wait_http_ok(fake, Duration::from_secs(5))?;
+    let base_url = format!("http://{fake}/v1");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot build the benchmark's runtime")?;
+    let mut stacks = Stacks::new(paths, &work, fake);
+    if args.only.contains(&Phase::Keys) {
+        println!("==> keys: scaling and propagation");
+        keys_only(&rt, &oha, &plan, &mut stacks, &base_url, &mut report)?;
+    }
+    if args.only.contains(&Phase::Firewall) {
+        println!("==> firewall scaling");
+        report.firewall_scaling = firewall_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
+    }
+    report.load_after = loadavg();
+    report.elapsed = started.elapsed();
+    report.machine = report::machine(&rustc_version());
+    let only: Vec<&str> = args
+        .only
+        .iter()
+        .map(|p| match p {
+            Phase::Firewall => "firewall",
+            Phase::Keys => "keys",
+        })
+        .collect();
+    let section = format!(
+        "{PARTIAL_BEGIN}\n{}{PARTIAL_END}",
+        report.render_partial(&only.join(","))
+    );
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| paths.root.join("BENCHMARKS.md"));
+    let existing = fs::read_to_string(&out).unwrap_or_default();
+    fs::write(&out, merge_partial(&existing, &section))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "\nxtask bench --only {}: merged into {} ({:.0}s)",
+        only.join(","),
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The keys part of a `--only` run: the 100-key and the large configuration, each with its own
+/// control plane and tokenrouter Envoy; latency and saturated throughput at one worker in
+/// rotating rounds, then revoke propagation at two workers.
+fn keys_only(
+    rt: &tokio::runtime::Runtime,
+    oha: &Oha,
+    plan: &Plan,
+    stacks: &mut Stacks,
+    base_url: &str,
+    report: &mut Report,
+) -> Result<()> {
+    let small = stacks.control_plane("small")?;
+    let large = stacks.control_plane("large")?;
+    let small_admin = rt.block_on(Admin::connect(&small.grpc, ADMIN_TOKEN))?;
+    let large_admin = rt.block_on(Admin::connect(&large.grpc, ADMIN_TOKEN))?;
+    rt.block_on(small_admin.add_provider(PROVIDER, base_url))?;
+    rt.block_on(large_admin.add_provider(PROVIDER, base_url))?;
+    let (small_keys, seeded) =
+        rt.block_on(small_admin.seed_keys(0, SMALL_KEYS, Duration::from_secs(120)))?;
+    report.seeding.push(("small".into(), seeded));
+    println!("creating {} keys through the Admin API…", plan.large_keys);
+    let (large_keys, seeded) =
+        rt.block_on(large_admin.seed_keys(0, plan.large_keys, plan.keys_budget))?;
+    println!(
+        "created {} keys in {:.1}s",
+        seeded.count,
+        seeded.elapsed.as_secs_f64()
+    );
+    report.seeding.push(("large".into(), seeded));
+    report.unavailable.push((
+        "routing rules".into(),
+        "the Admin API has no routing rules yet".into(),
+    ));
+    let (Some(small_key), Some(large_key)) = (small_keys.first(), large_keys.first()) else {
+        bail!("no key could be created");
+    };
+    let body = Bytes::from(request_body(TR_MODEL, false));
+    for concurrency in [1, 2] {
+        let mut children = Supervisor::default();
+        let (tr, _) = stacks.tr_envoy(&mut children, &small, "small", concurrency)?;
+        let (tr_large, tr_large_admin) =
+            stacks.tr_envoy(&mut children, &large, "large", concurrency)?;
+        for (addr, key) in [(tr, small_key), (tr_large, large_key)] {
+            wait_until(
+                Duration::from_secs(120),
+                &format!("Envoy at {addr} to answer 200"),
+                &mut children,
+                || first_status(addr, Some(&key.raw), &body) == Some(200),
+            )?;
+        }
+        if concurrency == 2 {
+            let unused: Vec<Key> = large_keys.iter().skip(1).cloned().collect();
+            report.propagation.push((
+                format!("{} keys", large_keys.len()),
+                propagation(
+                    rt,
+                    &large_admin,
+                    tr_large,
+                    tr_large_admin,
+                    &unused,
+                    plan.propagation_trials,
+                )?,
+            ));
+            continue;
+        }
+        let candidates = [
+            Target {
+                candidate: Candidate::Tr,
+                addr: tr,
+                key: Some(small_key.raw.clone()),
+                model: TR_MODEL,
+            },
+            Target {
+                candidate: Candidate::TrLarge,
+                addr: tr_large,
+                key: Some(large_key.raw.clone()),
+                model: TR_MODEL,
+            },
+        ];
+        warm_up(oha, &candidates)?;
+        for round in 0..plan.rounds {
+            for i in 0..candidates.len() {
+                let target = &candidates[(i + round) % candidates.len()];
+                let load = |connections, duration| Load {
+                    url: target.url(),
+                    body: target.body(false),
+                    key: target.key.clone(),
+                    connections,
+                    duration,
+                    rate: None,
+                };
+                let r = oha.run(&load(1, plan.latency_duration))?;
+                check(target, &r)?;
+                report.add(Metric::Latency1P50, target.candidate, r.p50_us);
+                let s = oha.run(&load(plan.saturation_connections, plan.saturation_duration))?;
+                check(target, &s)?;
+                report.add(Metric::Saturated1Rps, target.candidate, s.rps);
+                println!(
+                    "{:>9}: p50 {:.0} µs, saturated {:.0} req/s",
+                    target.candidate.name(),
+                    r.p50_us,
+                    s.rps
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `existing` with `section` in place of the previous partial section, or inserted before the
+/// Scaling section (at the end when there is none).
+fn merge_partial(existing: &str, section: &str) -> String {
+    if let (Some(begin), Some(end)) = (existing.find(PARTIAL_BEGIN), existing.find(PARTIAL_END)) {
+        if begin < end {
+            let after = &existing[end + PARTIAL_END.len()..];
+            return format!("{}{section}{after}", &existing[..begin]);
+        }
+    }
+    match existing.find("\n## Scaling") {
+        Some(at) => format!(
+            "{}{section}\n\n{}",
+            &existing[..at + 1],
+            &existing[at + 1..]
+        ),
+        None => format!("{existing}\n{section}\n"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Propagation
 
 /// One revoke → first 401 on every polling connection.
@@ -520,7 +825,7 @@ fn run_round(
 pub struct PropagationTrial {
     /// From sending RevokeKey to the last connection's first 401.
     pub all_workers_ms: f64,
-    /// The RevokeKey call itself (commit + publish).
+    /// The RevokeKey call itself (the commit; publishing follows in the background).
     pub admin_call_ms: f64,
     /// Polling connections per Envoy worker (from Envoy's per-worker listener stats).
     pub connections_per_worker: Vec<u64>,
@@ -759,30 +1064,9 @@ impl<'p> Stacks<'p> {
         self.spawn_envoy(&mut children, "bare", &config, concurrency)?;
         pids.insert(Candidate::Bare, last_pid(&children)?);
 
-        let mut tr_envoy = |cp: &ControlPlane, name: &str| -> Result<(SocketAddr, SocketAddr)> {
-            let listen = free_addr()?;
-            let admin = free_addr()?;
-            let config = self
-                .work
-                .join(format!("tr-{name}-envoy-c{concurrency}.yaml"));
-            crate::run(
-                Command::new(self.paths.tokenrouter(true))
-                    .args(["--api-url", &format!("http://{}", cp.grpc), "--data-dir"])
-                    .arg(&cp.data_dir)
-                    .args(["envoy-bootstrap", "--listen", &listen.to_string()])
-                    .args(["--admin", &admin.to_string(), "--control", &cp.grpc])
-                    .args(["--node-id", &format!("bench-{name}-c{concurrency}")])
-                    .arg("--wasm")
-                    .arg(self.paths.wasm())
-                    .arg("--out")
-                    .arg(&config)
-                    .env("TOKENROUTER_ADMIN_TOKEN", ADMIN_TOKEN),
-            )?;
-            self.spawn_envoy(&mut children, &format!("tr-{name}"), &config, concurrency)?;
-            Ok((listen, admin))
-        };
-        let (tr, tr_admin) = tr_envoy(small, "small")?;
-        let (tr_large, tr_large_admin) = tr_envoy(large, "large")?;
+        let (tr, tr_admin) = self.tr_envoy(&mut children, small, "small", concurrency)?;
+        let (tr_large, tr_large_admin) =
+            self.tr_envoy(&mut children, large, "large", concurrency)?;
         // The pids, in spawn order after bare Envoy.
         let spawned: Vec<u32> = children.children.iter().map(|(_, c)| c.id()).collect();
         if let [_, small_pid, large_pid] = spawned.as_slice() {
@@ -812,6 +1096,37 @@ impl<'p> Stacks<'p> {
             pids,
             _children: children,
         })
+    }
+
+    /// Starts a tokenrouter Envoy (bootstrap rendered by `tokenrouter envoy-bootstrap`) in
+    /// front of `cp`; returns its listener and admin addresses. It does not wait for it.
+    fn tr_envoy(
+        &self,
+        children: &mut Supervisor,
+        cp: &ControlPlane,
+        name: &str,
+        concurrency: usize,
+    ) -> Result<(SocketAddr, SocketAddr)> {
+        let listen = free_addr()?;
+        let admin = free_addr()?;
+        let config = self
+            .work
+            .join(format!("tr-{name}-envoy-c{concurrency}.yaml"));
+        crate::run(
+            Command::new(self.paths.tokenrouter(true))
+                .args(["--api-url", &format!("http://{}", cp.grpc), "--data-dir"])
+                .arg(&cp.data_dir)
+                .args(["envoy-bootstrap", "--listen", &listen.to_string()])
+                .args(["--admin", &admin.to_string(), "--control", &cp.grpc])
+                .args(["--node-id", &format!("bench-{name}-c{concurrency}")])
+                .arg("--wasm")
+                .arg(self.paths.wasm())
+                .arg("--out")
+                .arg(&config)
+                .env("TOKENROUTER_ADMIN_TOKEN", ADMIN_TOKEN),
+        )?;
+        self.spawn_envoy(children, &format!("tr-{name}"), &config, concurrency)?;
+        Ok((listen, admin))
     }
 
     fn spawn_envoy(
@@ -1154,4 +1469,33 @@ fn commands(oha: &Oha, plan: &Plan) -> Vec<String> {
     .iter()
     .map(|l| crate::display(&oha.command(l)).replace(&oha.bin().display().to_string(), "oha"))
     .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_sections_are_inserted_then_replaced() {
+        let full = "# Benchmarks\n\n## Latency\n\nx\n\n## Scaling\n\ny\n";
+        let first = format!("{PARTIAL_BEGIN}\none{PARTIAL_END}");
+        let second = format!("{PARTIAL_BEGIN}\ntwo{PARTIAL_END}");
+        let cases = [
+            (
+                full.to_string(),
+                &first,
+                format!("# Benchmarks\n\n## Latency\n\nx\n\n{first}\n\n## Scaling\n\ny\n"),
+            ),
+            (
+                merge_partial(full, &first),
+                &second,
+                format!("# Benchmarks\n\n## Latency\n\nx\n\n{second}\n\n## Scaling\n\ny\n"),
+            ),
+            (String::new(), &first, format!("\n{first}\n")),
+        ];
+        for (existing, section, expected) in cases {
+            assert_eq!(merge_partial(&existing, section), expected);
+        }
+    }
 }

@@ -265,6 +265,7 @@ mod tests {
             .unwrap();
         assert!(created.id > 0);
         assert_eq!(created.name, "Block Cards");
+        svc.settled().await;
         let snap = snaps.borrow_and_update().clone();
         assert_eq!(snap.firewall_rules.len(), 1);
         assert_eq!(snap.firewall_rules[0].id, created.id);
@@ -292,9 +293,11 @@ mod tests {
         assert_eq!(updated.action, "warn");
         assert_eq!(updated.pattern, created.pattern);
         assert_eq!(updated.created_at_ms, created.created_at_ms);
+        svc.settled().await;
         assert!(!snaps.borrow_and_update().firewall_rules[0].enabled);
 
         svc.delete_firewall_rule(created.id).await.unwrap();
+        svc.settled().await;
         assert!(snaps.borrow_and_update().firewall_rules.is_empty());
         assert!(matches!(
             svc.delete_firewall_rule(created.id).await,
@@ -349,6 +352,7 @@ mod tests {
             Err(ServiceError::InvalidArgument(_))
         ));
         assert_eq!(svc.get_firewall_rule(ok.id).await.unwrap(), ok);
+        svc.settled().await;
         assert_eq!(svc.snapshots().borrow().version, v0 + 1);
     }
 
@@ -402,6 +406,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(email.scope, "prompt");
+        svc.settled().await;
         assert_eq!(svc.snapshots().borrow().firewall_rules.len(), 2);
     }
 }

@@ -2,9 +2,12 @@
 //! (`migrations/<backend>/`).
 //!
 //! Every configuration write goes through [`Store::change_config`]: the backend bumps the config
-//! version, applies the change, reads the whole configuration back and hands it to a check supplied
-//! by the service (which builds and validates the snapshot) — all in one transaction, so a change
-//! whose snapshot would be refused is never committed.
+//! version, applies the change and hands what it would commit ([`Proposed`]: the changed entity,
+//! or the whole collection where validity depends on more than one entity) to a check supplied by
+//! the service — all in one transaction, so a change the engine would refuse is never committed.
+//! The cost of a write is independent of the configuration's size: nothing reads every key
+//! inside a write. The full configuration is read ([`Store::load_config`]) only to publish it,
+//! outside any write transaction (`crate::publisher::Coalescer`).
 
 pub mod sqlite;
 
@@ -122,7 +125,7 @@ impl FirewallRuleRow {
     }
 }
 
-/// The whole configuration at one version, read inside the transaction that produced it.
+/// The whole configuration at one version (read in one transaction, so the two agree).
 #[derive(Clone, Debug, Default)]
 pub struct ConfigState {
     pub version: u64,
@@ -172,16 +175,38 @@ pub enum Changed {
     FirewallRuleRemoved(i64),
 }
 
-/// Outcome of [`Store::change_config`]: what changed, and the new configuration when something
-/// was committed (`None` for a no-op such as a repeated revoke).
+/// Outcome of [`Store::change_config`]: what changed, and the version committed (`None` for a
+/// no-op such as a repeated revoke, which commits nothing).
 #[derive(Debug)]
 pub struct ChangeOutcome {
     pub changed: Changed,
-    pub state: Option<ConfigState>,
+    pub version: Option<u64>,
 }
 
-/// Called with the would-be configuration before commit; an `Err` rolls the change back.
-pub type Check = dyn Fn(&ConfigState) -> Result<(), String> + Send + Sync;
+/// What a write would commit, as the pre-commit [`Check`] sees it: just enough to decide whether
+/// the resulting configuration is valid, given the invariants the database itself enforces
+/// (unique key hashes, unique provider names, unique `(kind, id)` models, unique rule names).
+#[derive(Clone, Copy, Debug)]
+pub enum Proposed<'a> {
+    /// A created or revoked key. The only cross-key rule, hash uniqueness, is a unique index.
+    Key(&'a KeyRow),
+    /// An added or replaced provider; its name is the primary key.
+    Provider(&'a ProviderRow),
+    /// Models seeded into the empty catalogue.
+    Models(&'a [pb::Model]),
+    /// A created or updated firewall rule and how many rules exist after the write. Beyond the
+    /// rule itself, the engine's only rule-set constraints are the rule count and unique ids
+    /// (the primary key).
+    FirewallRule {
+        rule: &'a FirewallRuleRow,
+        count: usize,
+    },
+    /// A removal (provider, firewall rule): fewer valid entries stay a valid configuration.
+    Removal,
+}
+
+/// Called before commit with what the write would commit; an `Err` rolls the change back.
+pub type Check = dyn Fn(Proposed<'_>) -> Result<(), String> + Send + Sync;
 
 /// A stored usage record with the time the control plane received it.
 #[derive(Clone, Debug, PartialEq)]
@@ -220,14 +245,15 @@ pub enum StoreError {
 #[async_trait]
 pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Applies one configuration write in a transaction that also bumps the config version,
-    /// runs `check` on the resulting configuration and commits only if it passes.
+    /// runs `check` on what it would commit and commits only if it passes. Writes are
+    /// serialised: concurrent calls wait their turn rather than fail.
     async fn change_config(
         &self,
         change: ConfigChange,
         check: &Check,
     ) -> Result<ChangeOutcome, StoreError>;
 
-    /// The current configuration.
+    /// The current configuration, read in one transaction so the version matches the rows.
     async fn load_config(&self) -> Result<ConfigState, StoreError>;
 
     async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError>;

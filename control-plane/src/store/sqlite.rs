@@ -1,6 +1,12 @@
 //! The embedded default: SQLite through sqlx, in WAL mode, migrations from `migrations/sqlite/`.
+//!
+//! Writes (configuration changes and usage batches) are serialised in the process by a FIFO
+//! mutex and run in `BEGIN IMMEDIATE` transactions, so they queue in arrival order instead of
+//! racing for SQLite's write lock; the `busy_timeout` covers writers outside this process (the
+//! CLI on the same file). Reads run concurrently with a write (WAL).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,13 +17,22 @@ use tokenrouter_proto::sync::v1::UsageRecord;
 
 use super::{
     ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
-    LogEntry, LogQuery, ProviderRow, Store, StoreError,
+    LogEntry, LogQuery, Proposed, ProviderRow, Store, StoreError,
 };
+
+/// Starts a write transaction holding SQLite's write lock from its first statement, so a write
+/// never fails on a read → write lock upgrade.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// SQLite-backed [`Store`].
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Held for the whole of every write transaction. SQLite has one writer at a time anyway;
+    /// queueing here (tokio's mutex is fair) instead of in SQLite's busy handler (which polls
+    /// with sleeps and gives up after `busy_timeout`) keeps concurrent writers from failing
+    /// with "database is locked" and serves them in order.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -35,7 +50,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 }
 
@@ -46,29 +64,51 @@ impl Store for SqliteStore {
         change: ConfigChange,
         check: &Check,
     ) -> Result<ChangeOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Bump first: the write lock is taken by the first statement, so concurrent writers
-        // queue here rather than failing on a read → write upgrade.
-        sqlx::query("UPDATE config_version SET version = version + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let version: i64 = sqlx::query(
+            "UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
         let changed = match apply(&mut tx, change).await? {
             Applied::Committed(changed) => changed,
             Applied::Nothing(changed) => {
                 tx.rollback().await?;
                 return Ok(ChangeOutcome {
                     changed,
-                    state: None,
+                    version: None,
                 });
             }
         };
-        let state = load_config(&mut tx).await?;
         // Dropping `tx` on a refusal rolls the change back.
-        check(&state).map_err(StoreError::Rejected)?;
+        let verdict = match &changed {
+            Changed::Key(key) => check(Proposed::Key(key)),
+            Changed::Provider(provider) => check(Proposed::Provider(provider)),
+            Changed::ModelsSeeded(_) => {
+                let models = load_models(&mut tx).await?;
+                check(Proposed::Models(&models))
+            }
+            Changed::FirewallRule(rule) => {
+                let count: i64 = sqlx::query("SELECT COUNT(*) FROM firewall_rules")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+                check(Proposed::FirewallRule {
+                    rule,
+                    count: usize::try_from(count).unwrap_or(usize::MAX),
+                })
+            }
+            Changed::ProviderRemoved(_) | Changed::FirewallRuleRemoved(_) => {
+                check(Proposed::Removal)
+            }
+        };
+        verdict.map_err(StoreError::Rejected)?;
         tx.commit().await?;
         Ok(ChangeOutcome {
             changed,
-            state: Some(state),
+            version: Some(to_u64(version)),
         })
     }
 
@@ -105,7 +145,8 @@ impl Store for SqliteStore {
         records: &[UsageRecord],
         received_at_ms: i64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let mut inserted = 0;
         for r in records {
             let done = sqlx::query(
@@ -612,7 +653,7 @@ mod tests {
         }
     }
 
-    fn ok(_: &ConfigState) -> Result<(), String> {
+    fn ok(_: Proposed<'_>) -> Result<(), String> {
         Ok(())
     }
 
@@ -635,7 +676,8 @@ mod tests {
             .change_config(ConfigChange::CreateKey(key("key_a", 1)), &ok)
             .await
             .unwrap();
-        let state = out.state.unwrap();
+        assert_eq!(out.version, Some(v0 + 1));
+        let state = store.load_config().await.unwrap();
         assert_eq!(state.version, v0 + 1);
         assert_eq!(state.keys.len(), 1);
 
@@ -649,14 +691,14 @@ mod tests {
             at_ms: 9,
         };
         let out = store.change_config(revoke(), &ok).await.unwrap();
-        assert_eq!(out.state.unwrap().version, v0 + 2);
+        assert_eq!(out.version, Some(v0 + 2));
         let Changed::Key(k) = out.changed else {
             panic!("not a key")
         };
         assert_eq!((k.status, k.revoked_at_ms), (KeyStatus::Revoked, Some(9)));
         // Revoking again is a no-op: no new version.
         let again = store.change_config(revoke(), &ok).await.unwrap();
-        assert!(again.state.is_none());
+        assert!(again.version.is_none());
         assert_eq!(store.load_config().await.unwrap().version, v0 + 2);
 
         let missing = store
@@ -671,11 +713,45 @@ mod tests {
         assert!(matches!(missing, Err(StoreError::NotFound(_))));
     }
 
+    /// Regression: 16 concurrent writes used to fail with SQLite's "database is locked" once
+    /// each write held the lock long enough. Now they queue: all commit, each its own version.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_queue_instead_of_failing() {
+        let (store, _dir) = temp_store().await;
+        let store = Arc::new(store);
+        let v0 = store.load_config().await.unwrap().version;
+        // A slow check keeps each write transaction open, as a large configuration used to.
+        let slow = |_: Proposed<'_>| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        };
+        let writes: Vec<_> = (0..16u8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let change = ConfigChange::CreateKey(key(&format!("key_{i}"), i));
+                    let version = store.change_config(change, &slow).await?.version;
+                    // Usage batches share the writer queue.
+                    store.insert_usage(&[record(&format!("r{i}"))], 1).await?;
+                    Ok::<_, StoreError>(version)
+                })
+            })
+            .collect();
+        let mut versions = Vec::new();
+        for w in writes {
+            versions.push(w.await.unwrap().unwrap().unwrap());
+        }
+        versions.sort_unstable();
+        let expected: Vec<u64> = (v0 + 1..=v0 + 16).collect();
+        assert_eq!(versions, expected);
+        assert_eq!(store.load_config().await.unwrap().keys.len(), 16);
+    }
+
     #[tokio::test]
     async fn rejected_change_is_rolled_back() {
         let (store, _dir) = temp_store().await;
         let before = store.load_config().await.unwrap();
-        let refuse = |_: &ConfigState| Err("no".to_string());
+        let refuse = |_: Proposed<'_>| Err("no".to_string());
         let out = store
             .change_config(ConfigChange::CreateKey(key("key_a", 1)), &refuse)
             .await;
@@ -737,7 +813,7 @@ mod tests {
             .change_config(ConfigChange::SeedModels(builtin.clone()), &ok)
             .await
             .unwrap();
-        assert!(again.state.is_none());
+        assert!(again.version.is_none());
         assert_eq!(store.list_models().await.unwrap(), builtin);
     }
 

@@ -114,65 +114,28 @@ impl Snapshot {
         let mut providers = Vec::with_capacity(p.providers.len());
         let mut provider_by_name = HashMap::new();
         for pr in p.providers {
-            let kind = ProviderKind::parse(&pr.kind).ok_or_else(|| {
-                ConfigError(format!("provider {}: unknown kind {:?}", pr.name, pr.kind))
-            })?;
-            let base_url = BaseUrl::parse(&pr.base_url)
-                .map_err(|e| ConfigError(format!("provider {}: {e}", pr.name)))?;
-            if !valid_name(&pr.name) {
-                return Err(ConfigError(format!(
-                    "provider name {:?} is not valid",
-                    pr.name
-                )));
-            }
+            let entry = provider_entry(pr)?;
             if provider_by_name
-                .insert(pr.name.clone(), providers.len())
+                .insert(entry.name.clone(), providers.len())
                 .is_some()
             {
-                return Err(ConfigError(format!("provider {} appears twice", pr.name)));
+                return Err(ConfigError(format!(
+                    "provider {} appears twice",
+                    entry.name
+                )));
             }
-            providers.push(ProviderEntry {
-                name: pr.name,
-                kind,
-                base_url,
-                cluster: pr.cluster,
-                credential: pr.credential,
-                enabled: pr.enabled,
-            });
+            providers.push(entry);
         }
         let mut models = HashMap::with_capacity(p.models.len());
         let mut model_kinds: HashMap<String, Vec<ProviderKind>> = HashMap::new();
         for m in p.models {
-            let kind = ProviderKind::parse(&m.provider_kind).ok_or_else(|| {
-                ConfigError(format!(
-                    "model {}: unknown provider kind {:?}",
-                    m.id, m.provider_kind
-                ))
-            })?;
-            let entry = ModelEntry {
-                id: m.id.clone(),
-                kind,
-                upstream_model: if m.upstream_model.is_empty() {
-                    m.id.clone()
-                } else {
-                    m.upstream_model
-                },
-                price: Price {
-                    input: m.input_price_micros_per_mtok,
-                    output: m.output_price_micros_per_mtok,
-                    cached_input: m.cached_input_price_micros_per_mtok,
-                },
-                context_window: m.context_window,
-                enabled: m.enabled,
-            };
-            if entry.price.input < 0 || entry.price.output < 0 || entry.price.cached_input < 0 {
-                return Err(ConfigError(format!("model {}: negative price", m.id)));
-            }
-            model_kinds.entry(m.id.clone()).or_default().push(kind);
-            if models.insert((kind, m.id.clone()), entry).is_some() {
+            let entry = model_entry(m)?;
+            let kind = entry.kind;
+            model_kinds.entry(entry.id.clone()).or_default().push(kind);
+            if let Some(twice) = models.insert((kind, entry.id.clone()), entry) {
                 return Err(ConfigError(format!(
                     "model {} appears twice for {kind}",
-                    m.id
+                    twice.id
                 )));
             }
         }
@@ -234,6 +197,61 @@ impl Snapshot {
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
+}
+
+/// Validates one provider on its own: everything [`Snapshot::from_proto`] checks about a
+/// provider except that its name is unique in the snapshot. The control plane runs it on the
+/// provider a write changes, instead of rebuilding the whole snapshot.
+pub fn provider_entry(pr: pb::Provider) -> Result<ProviderEntry, ConfigError> {
+    let kind = ProviderKind::parse(&pr.kind)
+        .ok_or_else(|| ConfigError(format!("provider {}: unknown kind {:?}", pr.name, pr.kind)))?;
+    let base_url = BaseUrl::parse(&pr.base_url)
+        .map_err(|e| ConfigError(format!("provider {}: {e}", pr.name)))?;
+    if !valid_name(&pr.name) {
+        return Err(ConfigError(format!(
+            "provider name {:?} is not valid",
+            pr.name
+        )));
+    }
+    Ok(ProviderEntry {
+        name: pr.name,
+        kind,
+        base_url,
+        cluster: pr.cluster,
+        credential: pr.credential,
+        enabled: pr.enabled,
+    })
+}
+
+/// Validates one catalogue model on its own: everything [`Snapshot::from_proto`] checks about a
+/// model except that `(kind, id)` is unique in the snapshot.
+pub fn model_entry(m: pb::Model) -> Result<ModelEntry, ConfigError> {
+    let kind = ProviderKind::parse(&m.provider_kind).ok_or_else(|| {
+        ConfigError(format!(
+            "model {}: unknown provider kind {:?}",
+            m.id, m.provider_kind
+        ))
+    })?;
+    let price = Price {
+        input: m.input_price_micros_per_mtok,
+        output: m.output_price_micros_per_mtok,
+        cached_input: m.cached_input_price_micros_per_mtok,
+    };
+    if price.input < 0 || price.output < 0 || price.cached_input < 0 {
+        return Err(ConfigError(format!("model {}: negative price", m.id)));
+    }
+    Ok(ModelEntry {
+        upstream_model: if m.upstream_model.is_empty() {
+            m.id.clone()
+        } else {
+            m.upstream_model
+        },
+        id: m.id,
+        kind,
+        price,
+        context_window: m.context_window,
+        enabled: m.enabled,
+    })
 }
 
 /// Provider names become cluster names and the first segment of `provider/model`.

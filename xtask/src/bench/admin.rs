@@ -1,6 +1,6 @@
 //! Seeding the tokenrouter candidate through the control plane's gRPC Admin API (never the
-//! database): keys (concurrently), the provider, revokes; and the hooks where routing and
-//! firewall rules will be seeded once the Admin API has them.
+//! database): keys (concurrently), the provider, revokes, firewall rules; and the hook where
+//! routing rules will be seeded once the Admin API has them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,11 +13,12 @@ use tokio::sync::Mutex;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-/// Key creations in flight at once. The store serialises writes, so more buys nothing (and
-/// more makes SQLite's "database is locked" answers, see [`CREATE_RETRIES`], more frequent).
+/// Key creations in flight at once. The store serialises writes, so more buys little beyond
+/// overlapping the gRPC round trips.
 pub const SEED_CONCURRENCY: usize = 4;
-/// Retries of a `CreateKey` that failed with `Internal`: concurrent writes sometimes fail with
-/// SQLite's "database is locked" (a control-plane finding the report counts and shows).
+/// Retries of a `CreateKey` that failed with `Internal`. Concurrent writes used to fail with
+/// SQLite's "database is locked"; the control plane now queues them, and the report still
+/// counts retries to show it.
 const CREATE_RETRIES: usize = 5;
 
 /// A created key: its id (to revoke it) and its raw value (to use it).
@@ -198,21 +199,64 @@ impl Admin {
         ))
     }
 
-    /// Seeds `n` firewall rules (same contract as [`Admin::seed_routing_rules`]): rules that
-    /// scan the prompt and do not match the benchmark's body. The Admin API's
-    /// `CreateFirewallRule` is landing alongside this runner: call it here, `n` times.
-    pub async fn seed_firewall_rules(&self, _n: usize) -> Result<RulesSeeding> {
-        Ok(RulesSeeding::Unavailable(
-            "the runner does not seed them yet (CreateFirewallRule is being built alongside)",
-        ))
+    /// Seeds firewall rules `bench-fw-<first>…` until `n` more exist: enabled prompt-scope
+    /// rules, a realistic mix of substring and regex patterns (see [`firewall_rule`]), none of
+    /// which matches the benchmark's request, so every rule is scanned and none acts.
+    pub async fn seed_firewall_rules(&self, first: usize, n: usize) -> Result<RulesSeeding> {
+        let started = Instant::now();
+        for i in first..first + n {
+            let message = firewall_rule(i);
+            let name = message.name.clone();
+            self.client
+                .clone()
+                .create_firewall_rule(self.request(message))
+                .await
+                .with_context(|| format!("CreateFirewallRule {name}"))?;
+        }
+        Ok(RulesSeeding::Seeded(Seeded {
+            count: n,
+            elapsed: started.elapsed(),
+            retried: 0,
+        }))
+    }
+}
+
+/// The `i`-th benchmark firewall rule. Patterns rotate through shapes a deployment writes
+/// (code names and ticket ids as substrings; account numbers, internal hosts, tokens and
+/// document markers as bounded regexes) and embed `i`, so no two rules are identical and none
+/// matches the benchmark's prompt ("You are a helpful assistant." / "Write one sentence about
+/// the sea."). Actions rotate through block, mask and warn.
+pub fn firewall_rule(i: usize) -> pb::CreateFirewallRuleRequest {
+    let (match_type, pattern) = match i % 6 {
+        0 => ("substring", format!("project-nightingale-{i}")),
+        1 => ("substring", format!("TICKET-{i:05}")),
+        2 => ("regex", format!(r"\bacct-{i}-\d{{8}}\b")),
+        3 => (
+            "regex",
+            format!(r"(?i)\bhost{i}\.corp\.example\.(?:com|net)\b"),
+        ),
+        4 => ("regex", format!(r"\btok_{i}_[A-Za-z0-9]{{16,32}}\b")),
+        _ => ("regex", format!(r"(?i)internal use only[ -]{i}\b")),
+    };
+    let action = ["block", "mask", "warn"][i % 3];
+    pb::CreateFirewallRuleRequest {
+        name: format!("bench-fw-{i}"),
+        priority: i32::try_from(i % 100).unwrap_or(0),
+        is_enabled: true,
+        scope: "prompt".into(),
+        r#type: match_type.into(),
+        pattern,
+        action: action.into(),
+        replacement: String::new(),
+        key_id: String::new(),
+        max_match_chars: 0,
+        check: String::new(),
     }
 }
 
 /// Whether rules could be seeded.
 #[derive(Debug)]
 pub enum RulesSeeding {
-    // Built by the hooks above once the Admin API can write rules.
-    #[allow(dead_code)]
     Seeded(Seeded),
     /// The feature does not exist yet: the row is reported as not available, with this reason.
     Unavailable(&'static str),
@@ -221,4 +265,60 @@ pub enum RulesSeeding {
 fn is_internal(e: &anyhow::Error) -> bool {
     e.downcast_ref::<tonic::Status>()
         .is_some_and(|status| status.code() == tonic::Code::Internal)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use tokenrouter_engine::firewall::{Firewall, Scope};
+    use tokenrouter_proto::config::v1 as config;
+
+    use super::firewall_rule;
+
+    fn as_config(i: usize) -> config::FirewallRule {
+        let r = firewall_rule(i);
+        config::FirewallRule {
+            id: i64::try_from(i).unwrap() + 1,
+            name: r.name,
+            priority: r.priority,
+            enabled: r.is_enabled,
+            scope: r.scope,
+            r#type: r.r#type,
+            pattern: r.pattern,
+            action: r.action,
+            replacement: r.replacement,
+            key_id: r.key_id,
+            max_match_chars: r.max_match_chars,
+            check: r.check,
+        }
+    }
+
+    /// The 1 000 seeded rules compile, match nothing in the benchmark's prompt, and do match
+    /// what they are written for (so the scan is real work, not a no-op).
+    #[test]
+    fn bench_rules_are_valid_and_miss_the_prompt() {
+        let rules: Vec<_> = (0..1000).map(as_config).collect();
+        let firewall = Firewall::compile(&rules).unwrap();
+        let body = super::super::request_body(super::super::TR_MODEL, false);
+        for text in [
+            "You are a helpful assistant.",
+            "Write one sentence about the sea.",
+            body.as_str(),
+        ] {
+            let (verdict, masked) = firewall.scan(Scope::Prompt, "key_1", text);
+            assert!(verdict.is_empty() && masked.is_none(), "{text}");
+        }
+        let cases = [
+            (0, "about project-nightingale-0 today"),
+            (1, "see TICKET-00001"),
+            (2, "pay acct-2-12345678 now"),
+            (3, "ssh HOST3.corp.example.com"),
+            (4, "tok_4_abcdefghijklmnop"),
+            (5, "Internal use only-5"),
+        ];
+        for (i, text) in cases {
+            let (verdict, _) = firewall.scan(Scope::Prompt, "key_1", text);
+            assert!(!verdict.is_empty(), "rule {i} should match {text:?}");
+        }
+    }
 }

@@ -37,7 +37,9 @@ impl Candidate {
         match self {
             Candidate::Direct => "direct to the fake provider",
             Candidate::Bare => "bare Envoy (no filter)",
-            Candidate::Tr => "tokenrouter (Envoy + filter + control plane, 100 keys)",
+            Candidate::Tr => {
+                "tokenrouter (Envoy + filter + control plane, 100 keys, 10 firewall rules)"
+            }
             Candidate::TrLarge => "tokenrouter, large key set",
             Candidate::LiteLlm => "LiteLLM proxy (1 worker)",
         }
@@ -79,6 +81,14 @@ impl Stat {
             max: sorted[sorted.len() - 1],
         })
     }
+}
+
+/// One step of the firewall scaling figure: p50/p99 at one connection, one value per round.
+#[derive(Clone, Debug, Default)]
+pub struct FirewallStep {
+    pub rules: usize,
+    pub p50_us: Vec<f64>,
+    pub p99_us: Vec<f64>,
 }
 
 /// Percentile by linear interpolation between closest ranks.
@@ -127,6 +137,8 @@ pub struct Report {
     /// Why LiteLLM was not measured, if it was not.
     pub litellm_missing: Option<String>,
     pub propagation: Vec<(String, Vec<PropagationTrial>)>,
+    /// Latency at one connection against the number of enabled firewall rules (0 first).
+    pub firewall_scaling: Vec<FirewallStep>,
     /// (process, VmRSS in KiB).
     pub memory: Vec<(String, u64)>,
     pub commands: Vec<String>,
@@ -150,6 +162,7 @@ impl Report {
             unavailable: Vec::new(),
             litellm_missing: None,
             propagation: Vec::new(),
+            firewall_scaling: Vec::new(),
             memory: Vec::new(),
             commands: Vec::new(),
             load_before: String::new(),
@@ -297,7 +310,7 @@ impl Report {
                     "the same Envoy binary, static route to the fake, only the router filter"
                         .to_string()
                 }
-                Candidate::Tr => "Envoy rendered by `tokenrouter envoy-bootstrap`, `tokenrouter serve` (release), 100 keys, provider `bench` (`openai-compatible`) → the fake, model `bench/gpt-4o-mini`; auth, routing, usage logging to the control plane all on".to_string(),
+                Candidate::Tr => "Envoy rendered by `tokenrouter envoy-bootstrap`, `tokenrouter serve` (release), 100 keys, 10 firewall rules (prompt scope, matching nothing), provider `bench` (`openai-compatible`) → the fake, model `bench/gpt-4o-mini`; auth, routing, usage logging to the control plane all on".to_string(),
                 Candidate::TrLarge => format!(
                     "the same with {} keys (its own control plane); scaling figure only",
                     self.large_keys_reached().unwrap_or(self.plan.large_keys)
@@ -393,6 +406,14 @@ impl Report {
                 } else {
                     verdict(s.median <= 1.2)
                 },
+            );
+        }
+        if let Some(s) = self.firewall_ratio(1000, 10) {
+            row(
+                md,
+                "1 000 firewall rules ≤ 1.2 × 10 firewall rules (p50, 1 connection)",
+                format!("{} × ({}–{})", f2(s.median), f2(s.min), f2(s.max)),
+                verdict(s.median <= 1.2),
             );
         }
         for (what, reason) in &self.unavailable {
@@ -591,12 +612,22 @@ impl Report {
                 f2(s.max)
             )),
         );
+        if let Some(s) = self.firewall_ratio(1000, 10) {
+            let _ = writeln!(
+                md,
+                "| firewall rules | 10 | 1 000 | {} × ({}–{}) | — (see below) |",
+                f2(s.median),
+                f2(s.min),
+                f2(s.max)
+            );
+        }
         for (what, reason) in &self.unavailable {
             let _ = writeln!(
                 md,
                 "| {what} | 10 | 1 000 | not yet available ({reason}) | — |"
             );
         }
+        self.render_firewall_scaling(md);
         md.push_str(
             "\nKeys are created through the control plane's gRPC Admin API (`CreateKey`, 4 in \
              flight), never in the database. How long that took:\n\n\
@@ -624,6 +655,93 @@ impl Report {
             );
         }
         md.push('\n');
+    }
+
+    /// The section a `--only` run merges into an existing report: what it measured, with
+    /// headings one level down and a note on where the rest of the report comes from.
+    pub fn render_partial(&self, only: &str) -> String {
+        let date = self
+            .machine
+            .iter()
+            .find(|(name, _)| name == "date")
+            .map_or("", |(_, value)| value.as_str());
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "## Partial run: `cargo xtask bench --only {only}` ({date}, {} round(s){}, {:.0} s)\n\n\
+             **The tables in this section come from this later run of only these parts**; every \
+             other table in this file is from the full run named at the top and was not \
+             re-measured. The machine is shared with other work and noisy, so absolute figures \
+             move between runs; load average (1/5/15 min) before this run: {}; after: {}.\n",
+            self.plan.rounds,
+            if self.plan.quick { ", --quick" } else { "" },
+            self.elapsed.as_secs_f64(),
+            self.load_before,
+            self.load_after,
+        );
+        let mut body = String::new();
+        if self.seeding.is_empty() {
+            self.render_firewall_scaling(&mut body);
+        } else {
+            self.render_scaling(&mut body);
+            self.render_propagation(&mut body);
+        }
+        for line in body.lines() {
+            if line.starts_with('#') {
+                md.push('#');
+            }
+            md.push_str(line);
+            md.push('\n');
+        }
+        md
+    }
+
+    /// p50 with `a` rules ÷ p50 with `b` rules, round by round.
+    fn firewall_ratio(&self, a: usize, b: usize) -> Option<Stat> {
+        let step = |n| self.firewall_scaling.iter().find(|s| s.rules == n);
+        let (a, b) = (step(a)?, step(b)?);
+        let ratios: Vec<f64> = a.p50_us.iter().zip(&b.p50_us).map(|(a, b)| a / b).collect();
+        Stat::of(&ratios)
+    }
+
+    /// The firewall scaling table (nothing when it was not measured).
+    pub fn render_firewall_scaling(&self, md: &mut String) {
+        if self.firewall_scaling.is_empty() {
+            return;
+        }
+        md.push_str(
+            "\n### Firewall rules: latency against the number of enabled rules\n\n\
+             One tokenrouter Envoy (`--concurrency 1`) and its own control plane (one key); \
+             rules are added through `CreateFirewallRule` between steps (prompt scope, a mix of \
+             substring and regex rules, `firewall_rule` in `xtask/src/bench/admin.rs`, none of \
+             which matches the request, so every rule is scanned and none acts). Each step waits \
+             until a key created after its rules authenticates (so the rules are live), then \
+             measures one connection back to back; the rounds of a step run one after another.\n\n\
+             | enabled rules | p50 µs | p99 µs | p50 ÷ 0 rules |\n| --- | --- | --- | --- |\n",
+        );
+        for step in &self.firewall_scaling {
+            let ratio = self.firewall_ratio(step.rules, 0).map_or("—".into(), |s| {
+                format!("{} × ({}–{})", f2(s.median), f2(s.min), f2(s.max))
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {ratio} |",
+                step.rules,
+                stat_us(Stat::of(&step.p50_us)),
+                stat_us(Stat::of(&step.p99_us)),
+            );
+        }
+        if let Some(s) = self.firewall_ratio(1000, 10) {
+            let _ = writeln!(
+                md,
+                "
+1 000 rules ÷ 10 rules (p50): {} × ({}–{}); target ≤ 1.2 ×: {}.",
+                f2(s.median),
+                f2(s.min),
+                f2(s.max),
+                if s.median <= 1.2 { "met" } else { "**missed**" }
+            );
+        }
     }
 
     fn render_propagation(&self, md: &mut String) {
@@ -701,7 +819,8 @@ impl Report {
             "\n## How to run\n\n```sh\n\
              cargo xtask bench            # full run (~15 min on 2 cores), writes BENCHMARKS.md\n\
              cargo xtask bench --quick    # 1 round, short steps, 60 s of key creation: checks the setup\n\
-             cargo xtask bench --help     # --rounds, --keys, --no-litellm, --no-criterion, --out\n\
+             cargo xtask bench --help     # --rounds, --keys, --keys-budget, --no-litellm, --no-criterion, --out\n\
+             cargo xtask bench --only keys,firewall  # re-measure those parts; merged into the report as a labelled section\n\
              ```\n\n\
              It installs what it needs: Envoy (`target/venv`), oha (`cargo install --locked oha \
              --root target/bench-tools`), LiteLLM (`pip install 'litellm[proxy]'` into \
