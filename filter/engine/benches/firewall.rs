@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use tokenrouter_engine::firewall::formats::{self, ChatStreamFilter};
+use tokenrouter_engine::firewall::formats::{self, StreamFilter};
 use tokenrouter_engine::firewall::{Firewall, Inspection, Scope};
 use tokenrouter_engine::request::ClientApi;
 use tokenrouter_proto::config::v1 as pb;
@@ -141,7 +141,7 @@ fn scan(c: &mut Criterion) {
         .collect();
     group.bench_function("stream_50_chunks_mixed_100", |b| {
         b.iter_batched(
-            || ChatStreamFilter::new(ClientApi::ChatCompletions, "key", "req").unwrap(),
+            || StreamFilter::new(ClientApi::ChatCompletions, "key", "req").unwrap(),
             |mut filter| {
                 let last = chunks.len() - 1;
                 for (i, chunk) in chunks.iter().enumerate() {

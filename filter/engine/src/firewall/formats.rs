@@ -489,10 +489,6 @@ pub struct StreamFilter {
     blocked: bool,
 }
 
-/// The filter's name from when it served Chat Completions only; `benches/firewall.rs` still
-/// uses it.
-pub type ChatStreamFilter = StreamFilter;
-
 impl StreamFilter {
     /// A filter for `api`'s streams; `None` when that API's streams cannot be inspected.
     pub fn new(api: ClientApi, key_id: &str, request_id: &str) -> Option<StreamFilter> {

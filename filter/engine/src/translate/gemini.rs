@@ -92,15 +92,21 @@ impl From<UsageMetadata> for Usage {
 /// `…/models/{model}:generateContent`, or `:streamGenerateContent?alt=sse` for streams; the
 /// base URL may end in `/v1beta` (or `/v1`) or name the host only.
 pub fn path(base: &BaseUrl, model: &str, stream: bool) -> String {
-    let prefix = if base.path.ends_with("/v1beta") || base.path.ends_with("/v1") {
-        base.path.clone()
-    } else {
-        format!("{}/v1beta", base.path)
-    };
+    let prefix = api_prefix(base);
     if stream {
         format!("{prefix}/models/{model}:streamGenerateContent?alt=sse")
     } else {
         format!("{prefix}/models/{model}:generateContent")
+    }
+}
+
+/// The API version prefix of Gemini paths: the base URL's own `/v1beta` or `/v1`, else
+/// `/v1beta` after the base path.
+pub fn api_prefix(base: &BaseUrl) -> String {
+    if base.path.ends_with("/v1beta") || base.path.ends_with("/v1") {
+        base.path.clone()
+    } else {
+        format!("{}/v1beta", base.path)
     }
 }
 

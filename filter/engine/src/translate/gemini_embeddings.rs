@@ -116,14 +116,11 @@ impl Translator for GeminiEmbeddings {
                 r
             })
             .collect();
-        let base = target.base_url;
-        let prefix = if base.path.ends_with("/v1beta") || base.path.ends_with("/v1") {
-            base.path.clone()
-        } else {
-            format!("{}/v1beta", base.path)
-        };
         Ok(UpstreamRequest {
-            path: format!("{prefix}/models/{model}:batchEmbedContents"),
+            path: format!(
+                "{}/models/{model}:batchEmbedContents",
+                super::gemini::api_prefix(target.base_url)
+            ),
             body: Some(serde_json::to_vec(&json!({ "requests": requests })).unwrap_or_default()),
             ..UpstreamRequest::default()
         })
