@@ -148,12 +148,14 @@ impl Publisher {
             models: state.models.clone(),
             settings: Some(pb::Settings {
                 max_request_body_bytes: 0,
+                ..pb::Settings::default()
             }),
             firewall_rules: state
                 .firewall_rules
                 .iter()
                 .map(crate::store::FirewallRuleRow::to_proto)
                 .collect(),
+            ..pb::Snapshot::default()
         };
         EngineSnapshot::from_proto(snapshot.clone()).map_err(|e| e.to_string())?;
         Ok(Built {

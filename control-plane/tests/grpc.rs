@@ -45,7 +45,7 @@ async fn snapshot_where(
     loop {
         match next(down).await {
             Down::Snapshot(s) if want(&s) => return s,
-            Down::Snapshot(_) => {}
+            Down::Snapshot(_) | Down::Scores(_) => {}
             Down::Ack(a) => panic!("unexpected ack {a:?}"),
         }
     }

@@ -157,7 +157,8 @@ impl Sync {
                     self.flush();
                 }
             }
-            None => {}
+            // Live scores: handled by the routing work in progress.
+            Some(control_message::Msg::Scores(_)) | None => {}
         }
     }
 

@@ -235,6 +235,7 @@ impl Store for SqliteStore {
                         node_id: row.try_get("node_id")?,
                         firewall_actions: parse_json_list(row.try_get("firewall_actions")?),
                         warnings: parse_json_list(row.try_get("warnings")?),
+                        ..UsageRecord::default()
                     },
                     received_at_ms: row.try_get("received_at_ms")?,
                 })
@@ -598,6 +599,7 @@ async fn load_models(conn: &mut SqliteConnection) -> Result<Vec<pb::Model>, Stor
             context_window: u32::try_from(row.try_get::<i64, _>("context_window")?)
                 .unwrap_or(u32::MAX),
             enabled: row.try_get("enabled")?,
+            ..pb::Model::default()
         })
     })
     .collect()

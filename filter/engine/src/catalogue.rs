@@ -17,10 +17,32 @@ struct Entry {
     output_usd_per_mtok: String,
     cached_input_usd_per_mtok: String,
     context_window: u32,
-    #[allow(dead_code)] // kept in the JSON for auditing prices
+    #[serde(default)]
+    max_output_tokens: u32,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    tools: bool,
+    #[serde(default)]
+    vision: bool,
+    #[serde(default)]
+    json_mode: bool,
+    #[serde(default = "yes")]
+    streaming: bool,
+    #[serde(default)]
+    embeddings: bool,
+    /// 0–100.
+    #[serde(default)]
+    quality: u32,
+    /// simple | medium | complex | reasoning.
+    #[serde(default)]
+    tier: String,
     source: String,
-    #[allow(dead_code)]
     as_of: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Why a catalogue could not be read.
@@ -56,6 +78,17 @@ pub fn parse(json: &str) -> Result<Vec<Model>, CatalogueError> {
                 )?,
                 context_window: e.context_window,
                 enabled: true,
+                tools: e.tools,
+                vision: e.vision,
+                json_mode: e.json_mode,
+                streaming: e.streaming && !e.embeddings,
+                embeddings: e.embeddings,
+                quality: e.quality.min(100),
+                tier: e.tier.clone(),
+                max_output_tokens: e.max_output_tokens,
+                price_source: e.source.clone(),
+                price_as_of: e.as_of.clone(),
+                display_name: e.display_name.clone(),
                 id: e.id,
                 provider_kind: e.provider_kind,
             })

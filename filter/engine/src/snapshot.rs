@@ -311,6 +311,7 @@ pub(crate) mod tests {
             models: crate::catalogue::builtin().unwrap(),
             settings: Some(pb::Settings {
                 max_request_body_bytes: 1000,
+                ..pb::Settings::default()
             }),
             ..pb::Snapshot::default()
         }

@@ -70,6 +70,7 @@ pub fn log_row(e: LogEntry) -> api::LogRow {
         received_at_unix_ms: e.received_at_ms,
         firewall_actions: r.firewall_actions,
         warnings: r.warnings,
+        ..api::LogRow::default()
     }
 }
 
@@ -172,6 +173,7 @@ impl Admin for AdminApi {
                     cached_input_price_micros_per_mtok: m.cached_input_price_micros_per_mtok,
                     context_window: m.context_window,
                     enabled: m.enabled,
+                    ..api::ModelInfo::default()
                 })
                 .collect(),
         }))
@@ -240,5 +242,89 @@ impl Admin for AdminApi {
         request: Request<api::EnableFirewallTemplateRequest>,
     ) -> Result<Response<api::FirewallRule>, Status> {
         super::firewall::enable_template(&self.service, request.into_inner()).await
+    }
+
+    async fn upsert_model(
+        &self,
+        _request: Request<api::UpsertModelRequest>,
+    ) -> Result<Response<api::ModelInfo>, Status> {
+        Err(Status::unimplemented("upsert_model: being built"))
+    }
+
+    async fn update_model(
+        &self,
+        _request: Request<api::UpdateModelRequest>,
+    ) -> Result<Response<api::ModelInfo>, Status> {
+        Err(Status::unimplemented("update_model: being built"))
+    }
+
+    async fn create_routing_rule(
+        &self,
+        _request: Request<api::CreateRoutingRuleRequest>,
+    ) -> Result<Response<api::RoutingRule>, Status> {
+        Err(Status::unimplemented("create_routing_rule: being built"))
+    }
+
+    async fn list_routing_rules(
+        &self,
+        _request: Request<api::ListRoutingRulesRequest>,
+    ) -> Result<Response<api::ListRoutingRulesResponse>, Status> {
+        Err(Status::unimplemented("list_routing_rules: being built"))
+    }
+
+    async fn get_routing_rule(
+        &self,
+        _request: Request<api::GetRoutingRuleRequest>,
+    ) -> Result<Response<api::RoutingRule>, Status> {
+        Err(Status::unimplemented("get_routing_rule: being built"))
+    }
+
+    async fn update_routing_rule(
+        &self,
+        _request: Request<api::UpdateRoutingRuleRequest>,
+    ) -> Result<Response<api::RoutingRule>, Status> {
+        Err(Status::unimplemented("update_routing_rule: being built"))
+    }
+
+    async fn delete_routing_rule(
+        &self,
+        _request: Request<api::DeleteRoutingRuleRequest>,
+    ) -> Result<Response<api::DeleteRoutingRuleResponse>, Status> {
+        Err(Status::unimplemented("delete_routing_rule: being built"))
+    }
+
+    async fn set_routing_config(
+        &self,
+        _request: Request<api::SetRoutingConfigRequest>,
+    ) -> Result<Response<api::RoutingConfig>, Status> {
+        Err(Status::unimplemented("set_routing_config: being built"))
+    }
+
+    async fn get_routing_config(
+        &self,
+        _request: Request<api::GetRoutingConfigRequest>,
+    ) -> Result<Response<api::RoutingConfig>, Status> {
+        Err(Status::unimplemented("get_routing_config: being built"))
+    }
+
+    async fn list_routing_configs(
+        &self,
+        _request: Request<api::ListRoutingConfigsRequest>,
+    ) -> Result<Response<api::ListRoutingConfigsResponse>, Status> {
+        Err(Status::unimplemented("list_routing_configs: being built"))
+    }
+
+    async fn delete_routing_config(
+        &self,
+        _request: Request<api::DeleteRoutingConfigRequest>,
+    ) -> Result<Response<api::DeleteRoutingConfigResponse>, Status> {
+        Err(Status::unimplemented("delete_routing_config: being built"))
+    }
+
+    async fn preview_decision(
+        &self,
+        _request: Request<api::PreviewDecisionRequest>,
+    ) -> Result<Response<api::PreviewDecisionResponse>, Status> {
+        Err(Status::unimplemented("preview_decision: being built"))
     }
 }
