@@ -11,6 +11,9 @@ use tokenrouter_proto::config::v1 as pb;
 
 use crate::firewall::Firewall;
 use crate::money::Price;
+use crate::routing::complexity::Tier;
+use crate::routing::config::KeyConfig;
+use crate::routing::rules::Rule;
 use crate::upstream::{BaseUrl, ProviderKind};
 
 /// Snapshot wire schema this engine understands.
@@ -48,6 +51,15 @@ pub struct ModelEntry {
     pub price: Price,
     pub context_window: u32,
     pub enabled: bool,
+    pub tools: bool,
+    pub vision: bool,
+    pub json_mode: bool,
+    pub streaming: bool,
+    pub embeddings: bool,
+    /// 0–100.
+    pub quality: u32,
+    /// Hardest prompt tier the model is fit for (`None`: not set, fit for any).
+    pub tier: Option<Tier>,
 }
 
 /// Why a snapshot was refused. The previous snapshot stays active.
@@ -76,6 +88,17 @@ pub struct Snapshot {
     model_kinds: HashMap<String, Vec<ProviderKind>>,
     /// Firewall rules, compiled once per version.
     firewall: Firewall,
+    /// Routing rules, enabled or not, higher priority first (then lower id).
+    routing_rules: Vec<Rule>,
+    /// Key id → its routing configuration.
+    routing_configs: HashMap<String, KeyConfig>,
+    /// Provider names in attempt order → chain cluster (explicitly materialised chains).
+    chain_clusters: HashMap<Vec<String>, String>,
+    /// Kind → ids of its catalogue models, in catalogue order.
+    kind_models: HashMap<ProviderKind, Vec<String>>,
+    pub max_attempts: u32,
+    pub per_try_timeout_ms: u32,
+    pub auto_chain_len: u32,
 }
 
 impl Snapshot {
@@ -128,10 +151,12 @@ impl Snapshot {
         }
         let mut models = HashMap::with_capacity(p.models.len());
         let mut model_kinds: HashMap<String, Vec<ProviderKind>> = HashMap::new();
+        let mut kind_models: HashMap<ProviderKind, Vec<String>> = HashMap::new();
         for m in p.models {
             let entry = model_entry(m)?;
             let kind = entry.kind;
             model_kinds.entry(entry.id.clone()).or_default().push(kind);
+            kind_models.entry(kind).or_default().push(entry.id.clone());
             if let Some(twice) = models.insert((kind, entry.id.clone()), entry) {
                 return Err(ConfigError(format!(
                     "model {} appears twice for {kind}",
@@ -141,9 +166,49 @@ impl Snapshot {
         }
         let firewall =
             Firewall::compile(&p.firewall_rules).map_err(|e| ConfigError(e.to_string()))?;
-        let max_request_body_bytes = match p.settings.map(|s| s.max_request_body_bytes) {
-            Some(n) if n > 0 => n,
+        if p.routing_rules.len() > crate::routing::rules::MAX_RULES {
+            return Err(ConfigError(format!(
+                "{} routing rules; at most {} are accepted",
+                p.routing_rules.len(),
+                crate::routing::rules::MAX_RULES
+            )));
+        }
+        let mut routing_rules = p
+            .routing_rules
+            .iter()
+            .map(crate::routing::rules::compile)
+            .collect::<Result<Vec<_>, _>>()?;
+        routing_rules.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        let mut routing_configs = HashMap::with_capacity(p.routing_configs.len());
+        for c in &p.routing_configs {
+            let compiled = crate::routing::config::compile(c)?;
+            if routing_configs
+                .insert(compiled.key_id.clone(), compiled)
+                .is_some()
+            {
+                return Err(ConfigError(format!(
+                    "key {} has two routing configurations",
+                    c.key_id
+                )));
+            }
+        }
+        let chain_clusters = p
+            .chain_clusters
+            .into_iter()
+            .map(|c| (c.providers, c.cluster))
+            .collect();
+        let settings = p.settings.unwrap_or_default();
+        let max_request_body_bytes = match settings.max_request_body_bytes {
+            n if n > 0 => n,
             _ => DEFAULT_MAX_REQUEST_BODY_BYTES,
+        };
+        let max_attempts = match settings.max_attempts {
+            0 => crate::routing::DEFAULT_MAX_ATTEMPTS,
+            n => n.min(crate::routing::MAX_ATTEMPTS),
+        };
+        let per_try_timeout_ms = match settings.per_try_timeout_ms {
+            0 => crate::routing::DEFAULT_PER_TRY_TIMEOUT_MS,
+            n => n,
         };
         Ok(Snapshot {
             version: p.version,
@@ -154,6 +219,13 @@ impl Snapshot {
             models,
             model_kinds,
             firewall,
+            routing_rules,
+            routing_configs,
+            chain_clusters,
+            kind_models,
+            max_attempts,
+            per_try_timeout_ms,
+            auto_chain_len: settings.auto_chain_len.min(max_attempts),
         })
     }
 
@@ -187,6 +259,35 @@ impl Snapshot {
     /// Kinds whose catalogue has this bare model id.
     pub fn kinds_of_model(&self, id: &str) -> &[ProviderKind] {
         self.model_kinds.get(id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Routing rules, higher priority first.
+    pub fn routing_rules(&self) -> &[Rule] {
+        &self.routing_rules
+    }
+
+    /// The key's routing configuration, active or not.
+    pub fn routing_config(&self, key_id: &str) -> Option<&KeyConfig> {
+        self.routing_configs.get(key_id)
+    }
+
+    /// The chain cluster materialised for these provider names in this order, if any.
+    pub fn explicit_chain(&self, providers: &[&str]) -> Option<&str> {
+        let key: Vec<String> = providers.iter().map(|p| (*p).to_string()).collect();
+        self.chain_clusters.get(&key).map(String::as_str)
+    }
+
+    /// Every enabled provider, in registration order.
+    pub fn enabled_providers(&self) -> impl Iterator<Item = &ProviderEntry> {
+        self.providers.iter().filter(|p| p.enabled)
+    }
+
+    /// Catalogue models of a kind (ids), in catalogue order.
+    pub fn models_of_kind(&self, kind: ProviderKind) -> &[String] {
+        self.kind_models
+            .get(&kind)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The compiled firewall rules.
@@ -240,6 +341,15 @@ pub fn model_entry(m: pb::Model) -> Result<ModelEntry, ConfigError> {
     if price.input < 0 || price.output < 0 || price.cached_input < 0 {
         return Err(ConfigError(format!("model {}: negative price", m.id)));
     }
+    let tier = match m.tier.as_str() {
+        "" => None,
+        t => Some(Tier::parse(t).ok_or_else(|| {
+            ConfigError(format!(
+                "model {}: tier {t:?} is not simple, medium, complex or reasoning",
+                m.id
+            ))
+        })?),
+    };
     Ok(ModelEntry {
         upstream_model: if m.upstream_model.is_empty() {
             m.id.clone()
@@ -251,6 +361,13 @@ pub fn model_entry(m: pb::Model) -> Result<ModelEntry, ConfigError> {
         price,
         context_window: m.context_window,
         enabled: m.enabled,
+        tools: m.tools,
+        vision: m.vision,
+        json_mode: m.json_mode,
+        streaming: m.streaming,
+        embeddings: m.embeddings,
+        quality: m.quality.min(100),
+        tier,
     })
 }
 

@@ -1,5 +1,28 @@
-//! Resolving the request's `model` to a provider, its Envoy cluster, the upstream model name and
-//! the price to charge.
+//! The routing engine: from a request to an ordered chain of attempts (provider, model) and
+//! the trace of why. Plain Rust: the edge filter, the control plane's preview and the tests all
+//! run this same code (ARCHITECTURE.md, "Routing").
+//!
+//! Order of decisions: the `model` form and `router_mode` give the mode; routing rules run next
+//! (priority order, higher first; a field set by a higher rule is not overridden by a lower one);
+//! then, in this precedence, a provider pinned by the request (compliance), the rules'
+//! `set_provider`/`set_model`, the key's active routing configuration, and finally the mode's
+//! ranking of every eligible catalogue model (auto) or of the providers serving the named model.
+
+pub mod complexity;
+pub mod config;
+pub mod features;
+pub mod rules;
+pub mod scores;
+pub mod trace;
+
+mod decide;
+
+pub use complexity::Tier;
+pub use decide::{
+    chain_children, chain_cluster_name, decide, Decision, RouteInput, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PER_TRY_TIMEOUT_MS, MAX_ATTEMPTS,
+};
+pub use scores::ScoreBoard;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::money::Price;
@@ -7,10 +30,45 @@ use crate::request::ClientApi;
 use crate::snapshot::{ProviderEntry, Snapshot};
 use crate::upstream::ProviderKind;
 
+/// How auto routing ranks candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Cost,
+    Quality,
+    Latency,
+    /// The documented blend: 40 % cost, 40 % quality, 20 % latency, discounted by error rate.
+    Balance,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Cost, Mode::Quality, Mode::Latency, Mode::Balance];
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cost" => Some(Mode::Cost),
+            "quality" => Some(Mode::Quality),
+            "latency" => Some(Mode::Latency),
+            "balance" | "balanced" => Some(Mode::Balance),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Cost => "cost",
+            Mode::Quality => "quality",
+            Mode::Latency => "latency",
+            Mode::Balance => "balance",
+        }
+    }
+}
+
 /// Where one attempt goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target<'s> {
     pub provider: &'s ProviderEntry,
+    /// Catalogue id (for the log), or the upstream model when uncatalogued.
+    pub model_id: String,
     /// Model name the provider receives.
     pub upstream_model: String,
     pub price: Price,
@@ -51,7 +109,7 @@ pub fn check_pair(api: ClientApi, target: &Target<'_>) -> Result<(), GatewayErro
     }
 }
 
-fn resolve_pinned<'s>(
+pub(crate) fn resolve_pinned<'s>(
     snapshot: &'s Snapshot,
     provider_name: &str,
     model_id: &str,
@@ -82,12 +140,14 @@ fn resolve_pinned<'s>(
         // An Azure deployment keeps its own name even when priced from OpenAI's catalogue.
         Some(m) if m.enabled && provider.kind == ProviderKind::Azure => Ok(Target {
             provider,
+            model_id: m.id.clone(),
             upstream_model: model_id.to_string(),
             price: m.price,
             catalogued: true,
         }),
         Some(m) if m.enabled => Ok(Target {
             provider,
+            model_id: m.id.clone(),
             upstream_model: m.upstream_model.clone(),
             price: m.price,
             catalogued: true,
@@ -98,6 +158,7 @@ fn resolve_pinned<'s>(
         )),
         None if provider.kind.accepts_any_model() => Ok(Target {
             provider,
+            model_id: model_id.to_string(),
             upstream_model: model_id.to_string(),
             price: Price::default(),
             catalogued: false,
@@ -124,6 +185,7 @@ fn resolve_bare<'s>(snapshot: &'s Snapshot, model: &str) -> Result<Target<'s>, G
         if let Some(provider) = snapshot.providers_of_kind(kind).next() {
             return Ok(Target {
                 provider,
+                model_id: m.id.clone(),
                 upstream_model: m.upstream_model.clone(),
                 price: m.price,
                 catalogued: true,
