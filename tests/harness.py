@@ -220,8 +220,17 @@ class CliError(Exception):
 class ControlPlane:
     """``tokenrouter serve`` on free ports, with a data directory that survives restarts."""
 
-    def __init__(self, binaries: Binaries, workdir: Path, *, admin_token: str | None) -> None:
+    def __init__(
+        self,
+        binaries: Binaries,
+        workdir: Path,
+        *,
+        admin_token: str | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.bin = binaries.tokenrouter
+        # Extra environment of the `serve` process (e.g. TOKENROUTER_PER_TRY_TIMEOUT_MS).
+        self.extra_env = dict(env or {})
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +267,7 @@ class ControlPlane:
             "--data-dir",
             str(self.data_dir),
         ]
-        self.proc = spawn(args, env=self._env(), log_path=self.log_path)
+        self.proc = spawn(args, env=self._env(**self.extra_env), log_path=self.log_path)
         wait_for(self._healthy, timeout, interval=0.1, what=f"{self.rest_url}/healthz")
         return self
 
@@ -535,10 +544,16 @@ class Harness:
         self._fakes.append(fake)
         return fake
 
-    def control_plane(self, *, generated_token: bool = False, start: bool = True) -> ControlPlane:
+    def control_plane(
+        self,
+        *,
+        generated_token: bool = False,
+        start: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> ControlPlane:
         token = None if generated_token else secrets.token_hex(16)
         workdir = self.workdir / f"cp{next(self._counter)}"
-        control_plane = ControlPlane(self.binaries, workdir, admin_token=token)
+        control_plane = ControlPlane(self.binaries, workdir, admin_token=token, env=env)
         self._control_planes.append(control_plane)
         return control_plane.start() if start else control_plane
 

@@ -448,3 +448,115 @@ def test_responses_and_messages_image_input(matrix: Matrix, provider: str) -> No
     assert message.content[0].text == "echo: and this one"
     sent = [json.dumps(r.body) for r in matrix.received(provider)]
     assert len(sent) == 2 and all(PIXEL_PNG in body for body in sent)
+
+
+# --------------------------------------------------------------------------------------------
+# The seeds' curl examples (getting started guide), verbatim, through the whole stack
+
+
+def seed_input(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "input_text", "text": text}]}]
+
+
+SEED_REQUESTS = {
+    "standard": {
+        "model": "auto:balance",
+        "input": seed_input("Summarize what TokenRouter does in one sentence."),
+    },
+    "auto_routing": {
+        "model": "auto:quality",
+        "metadata": {"workspace": "docs-demo", "priority": "launch"},
+        "input": seed_input("Draft an onboarding email for new customers."),
+    },
+    "modes": {
+        "model": "auto:latency",
+        "router_mode": "latency",
+        "input": seed_input("Respond quickly with a short acknowledgement."),
+    },
+    "tools": {
+        "model": "auto:quality",
+        "tools": [
+            {
+                "type": "function",
+                "name": "lookup_customer",
+                "description": "Fetch CRM profile by email",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"email": {"type": "string", "format": "email"}},
+                    "required": ["email"],
+                    "additionalProperties": False,
+                },
+            }
+        ],
+        "tool_choice": "auto",
+        "input": seed_input("Find the CRM record for sara@acme.dev and suggest next steps."),
+    },
+}
+
+
+def seed_post(matrix: Matrix, body: dict[str, Any], **headers: str) -> requests.Response:
+    return requests.post(
+        f"{matrix.envoy.url}/v1/responses",
+        json=body,
+        headers={
+            "Authorization": f"Bearer {matrix.key}",
+            "Content-Type": "application/json",
+            "OpenAI-Beta": "responses=v1",
+            **headers,
+        },
+        timeout=30,
+        stream=bool(body.get("stream")),
+    )
+
+
+@pytest.mark.parametrize("example", list(SEED_REQUESTS))
+def test_seed_curl_examples(matrix: Matrix, example: str) -> None:
+    r = seed_post(matrix, SEED_REQUESTS[example])
+    assert r.status_code == 200, r.text
+    response = r.json()
+    assert response["object"] == "response" and response["status"] == "completed"
+    assert r.headers["x-request-id"].startswith("req_")
+    assert r.headers["x-tokenrouter-mode"] == {
+        "standard": "balance", "auto_routing": "quality", "modes": "latency", "tools": "quality"
+    }[example]
+    provider = r.headers["x-tokenrouter-provider"]
+    assert provider in PROVIDERS
+    kinds = [item["type"] for item in response["output"]]
+    if example == "tools":
+        [call] = [i for i in response["output"] if i["type"] == "function_call"]
+        assert call["name"] == "lookup_customer"
+        assert json.loads(call["arguments"])
+    else:
+        assert kinds == ["message"], kinds
+        assert response["output"][0]["content"][0]["text"]
+    assert response["usage"]["input_tokens"] > 0
+    # The provider got one request in its own wire format (and never the gateway key).
+    [sent] = matrix.received(provider)
+    assert matrix.key not in json.dumps(sent.headers) and matrix.key not in json.dumps(sent.body)
+    assert not [h for h in sent.headers if h.startswith("x-tr-")]
+    model = r.headers["x-tokenrouter-model"]
+    expected_path = {
+        "openai": "/v1/chat/completions",
+        "claude": "/v1/messages",
+        "azure": f"/openai/deployments/{model}/chat/completions",
+    }.get(provider, f"/v1beta/models/{model}:generateContent")
+    assert sent.path == expected_path
+
+
+def test_seed_stream_example(matrix: Matrix) -> None:
+    body = {
+        "model": "auto:balance",
+        "stream": True,
+        "input": seed_input("Stream a short haiku about resilient infrastructure."),
+    }
+    r = seed_post(matrix, body, Accept="text/event-stream")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [
+        line.split(":", 1)[1].strip()
+        for line in r.iter_lines(decode_unicode=True)
+        if line and line.startswith("event:")
+    ]
+    assert events[0] == "response.created"
+    assert "response.output_text.delta" in events
+    assert events[-1] == "response.completed"

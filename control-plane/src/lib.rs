@@ -9,6 +9,8 @@
 //! - [`service`]: domain logic with validated inputs; every config write is published.
 //! - [`publisher`]: stored configuration → validated `Snapshot` + xDS [`xds::ClusterSet`],
 //!   on two watch channels that always carry the same version.
+//! - [`scores`]: live provider scores (latency, errors, 429 cool-downs) from ingested usage,
+//!   pushed to every edge over FilterSync.
 //! - [`store`]: the [`store::Store`] trait and its SQLite backend (migrations in `migrations/`).
 //! - [`xds`]: the ADS server (CDS); [`bootstrap`]: the Envoy bootstrap template.
 //! - [`config`], [`crypto`]: data directory, admin token, master key; credential sealing.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod crypto;
 pub mod metrics;
 pub mod publisher;
+pub mod scores;
 pub mod server;
 pub mod service;
 pub mod store;

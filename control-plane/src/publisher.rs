@@ -5,9 +5,10 @@
 //!
 //! Validation happens twice, at different grains. Before commit, [`Publisher::check`] runs the
 //! engine's own per-entity checks on what a write changes (`snapshot::provider_entry`,
-//! `model_entry`, `firewall::validate` and the rule count), which with the store's unique indexes
-//! is everything `Snapshot::from_proto` would refuse — at a cost independent of the number of
-//! keys and rules. (`Firewall::compile` also builds Aho-Corasick automata over all patterns;
+//! `model_entry`, `firewall::validate`, `routing::rules::validate`, `routing::config::validate`
+//! and the rule counts), which with the store's unique indexes is everything
+//! `Snapshot::from_proto` would refuse — at a cost independent of the number of keys and rules.
+//! (`Firewall::compile` also builds Aho-Corasick automata over all patterns;
 //! their only failure is running out of 32-bit state ids, which `MAX_RULES` ×
 //! `MAX_PATTERN_BYTES` stays far below.)
 //! Before publishing, [`Publisher::build`] validates the whole snapshot with `from_proto` (the
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokenrouter_engine::firewall::{self, MAX_RULES};
+use tokenrouter_engine::routing;
 use tokenrouter_engine::snapshot::{self, Snapshot as EngineSnapshot, SCHEMA};
 use tokenrouter_proto::config::v1 as pb;
 use tokio::sync::watch;
@@ -30,8 +32,8 @@ use tokio::time::Instant;
 
 use crate::crypto::{provider_aad, Sealer};
 use crate::metrics::Metrics;
-use crate::store::{ConfigState, Proposed, ProviderRow, Store, StoreError};
-use crate::xds::{ClusterSet, ProviderCluster};
+use crate::store::{ConfigState, Proposed, ProviderRow, RoutingRuleRow, Store, StoreError};
+use crate::xds::{ChainCluster, ClusterSet, ProviderCluster};
 
 /// Shortest pause between two full snapshot builds while writes keep arriving. Bursts of
 /// writes share one build; a lone write is published at once.
@@ -41,9 +43,21 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(25);
 /// that does not build — which the pre-commit checks are there to prevent).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Most implied chain clusters (ordered tuples of distinct providers) materialised; fewer
+/// positions are used when the providers would need more.
+pub const MAX_IMPLIED_CHAINS: usize = 512;
+
 /// Cluster name of a provider (ARCHITECTURE.md, "Provider clusters").
 pub fn cluster_name(provider: &str) -> String {
     format!("tr_provider_{provider}")
+}
+
+/// Routing rules as the snapshot carries them: higher priority first, then lower id (the
+/// order the edge evaluates them in).
+fn routing_rules(rows: &[RoutingRuleRow]) -> Vec<pb::RoutingRule> {
+    let mut rules: Vec<pb::RoutingRule> = rows.iter().map(RoutingRuleRow::to_proto).collect();
+    rules.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+    rules
 }
 
 /// Both outputs of one configuration version.
@@ -61,6 +75,8 @@ pub struct Publisher {
     /// cannot interleave and an older version never replaces a newer one.
     order: Mutex<()>,
     metrics: Arc<Metrics>,
+    /// Time an attempt may take to answer before failover (`TOKENROUTER_PER_TRY_TIMEOUT_MS`).
+    per_try_timeout_ms: u32,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -78,16 +94,17 @@ impl Publisher {
             schema: SCHEMA,
             ..pb::Snapshot::default()
         }));
-        let (clusters, _) = watch::channel(ClusterSet {
-            version: 0,
-            providers: Vec::new(),
-        });
+        let (clusters, _) = watch::channel(ClusterSet::default());
         Publisher {
             sealer,
             snapshots,
             clusters,
             order: Mutex::new(()),
             metrics,
+            per_try_timeout_ms: std::env::var("TOKENROUTER_PER_TRY_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(routing::DEFAULT_PER_TRY_TIMEOUT_MS),
         }
     }
 
@@ -155,14 +172,74 @@ impl Publisher {
                 .iter()
                 .map(crate::store::FirewallRuleRow::to_proto)
                 .collect(),
+            routing_rules: routing_rules(&state.routing_rules),
+            routing_configs: state
+                .routing_configs
+                .iter()
+                .map(crate::store::RoutingConfigRow::to_proto)
+                .collect(),
             ..pb::Snapshot::default()
         };
+        let mut snapshot = snapshot;
+        let names: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let settings = pb::Settings {
+            max_request_body_bytes: 0,
+            max_attempts: routing::DEFAULT_MAX_ATTEMPTS,
+            per_try_timeout_ms: self.per_try_timeout_ms,
+            auto_chain_len: routing::auto_chain_len(
+                name_refs.len(),
+                routing::DEFAULT_MAX_ATTEMPTS,
+                MAX_IMPLIED_CHAINS,
+            ),
+        };
+        snapshot.settings = Some(settings);
+        // The chains key configurations need beyond the implied ones are found by the engine
+        // on the validated snapshot, then added to it.
+        let explicit = routing::config_chains(
+            &EngineSnapshot::from_proto(snapshot.clone()).map_err(|e| e.to_string())?,
+        );
+        snapshot.chain_clusters = explicit
+            .iter()
+            .map(|providers| {
+                let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
+                pb::ChainCluster {
+                    providers: providers.clone(),
+                    cluster: routing::chain_cluster_name(&refs),
+                }
+            })
+            .collect();
         EngineSnapshot::from_proto(snapshot.clone()).map_err(|e| e.to_string())?;
+        let mut chains = Vec::new();
+        let mut slots = Vec::new();
+        let implied = routing::implied_chains(&name_refs, settings.auto_chain_len);
+        for providers in implied.iter().chain(explicit.iter()) {
+            let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
+            let children = routing::chain_children(&refs);
+            for (child, provider) in children.iter().zip(&refs) {
+                if child.contains('~')
+                    && !slots.iter().any(|s: &ProviderCluster| &s.cluster == child)
+                {
+                    if let Some(base) = clusters.iter().find(|c| c.name == *provider) {
+                        slots.push(ProviderCluster {
+                            cluster: child.clone(),
+                            ..base.clone()
+                        });
+                    }
+                }
+            }
+            chains.push(ChainCluster {
+                cluster: routing::chain_cluster_name(&refs),
+                children,
+            });
+        }
+        clusters.extend(slots);
         Ok(Built {
             snapshot,
             clusters: ClusterSet {
                 version: state.version,
                 providers: clusters,
+                chains,
             },
         })
     }
@@ -192,6 +269,18 @@ impl Publisher {
             Proposed::FirewallRule { rule, .. } => firewall::validate(&rule.to_proto())
                 .map(drop)
                 .map_err(|e| e.to_string()),
+            Proposed::RoutingRule { count, .. } if count > routing::rules::MAX_RULES => {
+                Err(format!(
+                    "{count} routing rules; at most {} are accepted",
+                    routing::rules::MAX_RULES
+                ))
+            }
+            Proposed::RoutingRule { rule, .. } => {
+                routing::rules::validate(&rule.to_proto()).map_err(|e| e.to_string())
+            }
+            Proposed::RoutingConfig(config) => {
+                routing::config::validate(&config.to_proto()).map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -333,7 +422,7 @@ mod tests {
                 created_at_ms: 1,
             }],
             models: tokenrouter_engine::catalogue::builtin().unwrap(),
-            firewall_rules: Vec::new(),
+            ..ConfigState::default()
         };
         (Publisher::new(sealer, Arc::new(Metrics::default())), state)
     }
@@ -436,6 +525,76 @@ mod tests {
             let built = p.build(&s).unwrap();
             assert!(built.snapshot.providers.is_empty() && built.clusters.providers.is_empty());
         }
+    }
+
+    #[test]
+    fn routing_rules_and_configs_are_checked_and_published_in_order() {
+        let (p, mut s) = state(1);
+        let rule = |id: i64, priority: i32, action: &str| RoutingRuleRow {
+            id,
+            name: format!("r{id}"),
+            priority,
+            is_enabled: id != 2,
+            match_json: r#"{"task":"coding"}"#.into(),
+            action_json: action.into(),
+            key_id: String::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let valid = r#"{"set_model":"gpt-4o"}"#;
+        let cases = [
+            (rule(1, 0, valid), 1, true),
+            (rule(1, 0, "{"), 1, false),
+            (rule(1, 0, valid), routing::rules::MAX_RULES, true),
+            (rule(1, 0, valid), routing::rules::MAX_RULES + 1, false),
+        ];
+        for (r, count, ok) in cases {
+            let verdict = p.check(Proposed::RoutingRule { rule: &r, count });
+            assert_eq!(
+                verdict.is_ok(),
+                ok,
+                "{} × {count}: {verdict:?}",
+                r.action_json
+            );
+        }
+        let err = p
+            .check(Proposed::RoutingRule {
+                rule: &rule(1, 0, valid),
+                count: 1001,
+            })
+            .unwrap_err();
+        assert!(err.contains("at most 1000"), "{err}");
+
+        let config = crate::store::RoutingConfigRow {
+            key_id: "key_1".into(),
+            active: true,
+            strategy: "fallback".into(),
+            backends: vec![pb::Backend {
+                model: "up/gpt-4o".into(),
+                priority: 0,
+                weight: 1,
+            }],
+            rules: Vec::new(),
+            updated_at_ms: 0,
+        };
+        assert!(p.check(Proposed::RoutingConfig(&config)).is_ok());
+        let no_backends = crate::store::RoutingConfigRow {
+            backends: Vec::new(),
+            ..config.clone()
+        };
+        assert!(p.check(Proposed::RoutingConfig(&no_backends)).is_err());
+
+        s.routing_rules = vec![rule(1, 10, valid), rule(2, 50, valid), rule(3, 10, valid)];
+        s.routing_configs = vec![config];
+        let built = p.build(&s).unwrap().snapshot;
+        let order: Vec<(i64, bool)> = built
+            .routing_rules
+            .iter()
+            .map(|r| (r.id, r.enabled))
+            .collect();
+        assert_eq!(order, [(2, false), (1, true), (3, true)]);
+        assert_eq!(built.routing_configs.len(), 1);
+        assert_eq!(built.routing_configs[0].backends[0].model, "up/gpt-4o");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! The API layers only convert wire types to and from these calls.
 
 mod firewall;
+mod models;
+mod routing;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +20,7 @@ use tokio::sync::watch;
 use crate::crypto::{provider_aad, Sealer};
 use crate::metrics::Metrics;
 use crate::publisher::{Coalescer, Publisher};
+use crate::scores::{ScoreKeeper, SystemClock};
 use crate::store::{
     Changed, ConfigChange, KeyRow, KeyStatus, LogEntry, LogQuery, Proposed, ProviderRow, Store,
     StoreError,
@@ -63,6 +66,8 @@ impl From<StoreError> for ServiceError {
 type Result<T> = std::result::Result<T, ServiceError>;
 
 pub use firewall::{FirewallRulePatch, NewFirewallRule, TemplateOverrides};
+pub use models::{parse_price, ModelPatch, NewModel};
+pub use routing::{NewRoutingRule, RoutingRulePatch};
 
 /// A provider to register.
 #[derive(Clone)]
@@ -93,10 +98,12 @@ pub struct Service {
     /// Publishes committed writes in the background, one build per burst.
     coalescer: Arc<Coalescer>,
     metrics: Arc<Metrics>,
+    /// Live provider scores from the usage ingested here, pushed to every edge.
+    scores: Arc<ScoreKeeper>,
 }
 
 impl Service {
-    /// Seeds the catalogue on first start, publishes the stored configuration (refusing to
+    /// Adds the built-in models the catalogue lacks, publishes the stored configuration (refusing to
     /// start if it is invalid) and starts publishing later writes. Needs a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, sealer: Sealer) -> Result<Service> {
         let metrics = Arc::new(Metrics::default());
@@ -112,8 +119,11 @@ impl Service {
         publisher
             .publish(&state)
             .map_err(|e| ServiceError::Internal(format!("stored configuration is invalid: {e}")))?;
+        let scores = Arc::new(ScoreKeeper::new(Arc::new(SystemClock)));
+        scores.spawn_ticker();
         Ok(Service {
             coalescer: Arc::new(Coalescer::spawn(store.clone(), publisher.clone())),
+            scores,
             store,
             publisher,
             sealer,
@@ -262,10 +272,6 @@ impl Service {
         Ok(())
     }
 
-    pub async fn list_models(&self) -> Result<Vec<pb::Model>> {
-        Ok(self.store.list_models().await?)
-    }
-
     /// Newest first. `limit` 0 means the default; above the maximum is clamped.
     pub async fn list_logs(
         &self,
@@ -300,7 +306,8 @@ impl Service {
     }
 
     /// Stores one usage batch (one transaction; resent records are skipped). Records without a
-    /// request id cannot be deduplicated and are dropped. Returns how many records were new.
+    /// request id cannot be deduplicated and are dropped. Returns how many records were new;
+    /// only those feed the live scores, so a resent batch is not counted twice.
     pub async fn ingest_usage(&self, records: &[UsageRecord]) -> Result<u64> {
         let valid: Vec<UsageRecord> = records
             .iter()
@@ -315,7 +322,10 @@ impl Service {
         }
         let stored = self.store.insert_usage(&valid, now_ms()).await;
         match stored {
-            Ok(n) => {
+            Ok(new) => {
+                self.scores
+                    .observe(new.iter().filter_map(|&i| valid.get(i)));
+                let n = new.len() as u64;
                 Metrics::add(&self.metrics.usage_records_ingested, n);
                 Metrics::add(&self.metrics.usage_batches_acked, 1);
                 Ok(n)
@@ -325,6 +335,11 @@ impl Service {
                 Err(e.into())
             }
         }
+    }
+
+    /// Every published set of live provider scores, starting with the current one.
+    pub fn scores(&self) -> watch::Receiver<Arc<pb::Scores>> {
+        self.scores.subscribe()
     }
 
     /// Every published snapshot, starting with the current one.

@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
+use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateClusterConfig;
 use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -73,13 +74,25 @@ pub struct ProviderCluster {
     pub base_url: String,
 }
 
+/// A failover chain: an aggregate cluster over provider clusters, tried in order (one attempt
+/// each, `previous_priorities` moving every retry to the next member).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainCluster {
+    /// `tr_chain_<a>+<b>…`.
+    pub cluster: String,
+    /// Member clusters in attempt order.
+    pub children: Vec<String>,
+}
+
 /// The set Envoys should have, with the config version it belongs to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterSet {
     /// Configuration version; sent as the xDS `version_info`.
     pub version: u64,
-    /// Every provider that should have a cluster.
+    /// Every provider cluster (and slot copy of one) that should exist.
     pub providers: Vec<ProviderCluster>,
+    /// Failover chains over them.
+    pub chains: Vec<ChainCluster>,
 }
 
 /// Errors building xDS resources.
@@ -249,10 +262,12 @@ fn plugin_config(plugin_name: &str, wasm_path: &str, configuration: String) -> P
     }
 }
 
-fn upstream_http_filters(p: &ProviderCluster, wasm_path: &str) -> Vec<HttpFilter> {
+/// The upstream filter chain: the wasm upstream filter for `provider` (empty: a chain cluster,
+/// where each attempt's provider comes from the edge's attempt list), then the codec.
+fn upstream_http_filters(provider: &str, wasm_path: &str) -> Vec<HttpFilter> {
     let configuration = format!(
         r#"{{"role":"upstream","provider":{}}}"#,
-        serde_json::Value::String(p.name.clone())
+        serde_json::Value::String(provider.to_string())
     );
     let wasm = Wasm {
         config: Some(plugin_config(
@@ -373,7 +388,7 @@ pub fn provider_cluster(
     };
     let protocol_options = HttpProtocolOptions {
         upstream_protocol_options: Some(upstream_protocol_options),
-        http_filters: upstream_http_filters(p, wasm_path),
+        http_filters: upstream_http_filters(&p.name, wasm_path),
         ..Default::default()
     };
     let mut typed_extension_protocol_options: HashMap<String, Any> = HashMap::new();
@@ -417,6 +432,51 @@ pub fn provider_cluster(
         typed_extension_protocol_options,
         ..Default::default()
     })
+}
+
+/// The aggregate cluster of one failover chain.
+///
+/// Envoy runs the upstream HTTP filters of the cluster the route named — the aggregate, not
+/// the member an attempt lands on (checked on Envoy 1.40) — so the aggregate carries the wasm
+/// upstream filter itself, without a provider: each attempt's provider is entry `n` of the
+/// edge's attempt list. Connections, endpoints and TLS stay the members' own.
+pub fn chain_cluster(c: &ChainCluster, wasm_path: &str) -> Cluster {
+    let config = AggregateClusterConfig {
+        clusters: c.children.clone(),
+    };
+    let protocol_options = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                            Http1ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        http_filters: upstream_http_filters("", wasm_path),
+        ..Default::default()
+    };
+    let mut typed_extension_protocol_options: HashMap<String, Any> = HashMap::new();
+    typed_extension_protocol_options.insert(
+        HTTP_PROTOCOL_OPTIONS_KEY.to_string(),
+        pack_any(protocol_options),
+    );
+    Cluster {
+        name: c.cluster.clone(),
+        connect_timeout: Some(duration_secs(5)),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
+            cluster::CustomClusterType {
+                name: "envoy.clusters.aggregate".to_string(),
+                typed_config: Some(pack_any(config)),
+            },
+        )),
+        typed_extension_protocol_options,
+        ..Default::default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -578,6 +638,9 @@ impl AdsStream {
                     Ok(c) => resources.push(pack_any(c)),
                     Err(e) => tracing::warn!(error = %e, "skipping provider cluster"),
                 }
+            }
+            for c in &current.chains {
+                resources.push(pack_any(chain_cluster(c, &node.wasm_path)));
             }
             (
                 current.version.to_string(),
@@ -1029,7 +1092,40 @@ mod tests {
                 .enumerate()
                 .map(|(i, n)| provider(n, &format!("http://127.0.0.{}:8000", i + 1)))
                 .collect(),
+            chains: Vec::new(),
         }
+    }
+
+    #[test]
+    fn chains_are_aggregate_clusters_in_order() {
+        let c = chain_cluster(
+            &ChainCluster {
+                cluster: "tr_chain_a+b".into(),
+                children: vec!["tr_provider_a".into(), "tr_provider_b".into()],
+            },
+            WASM,
+        );
+        let opts = protocol_options(&c);
+        check_filters(&opts, "");
+        assert_eq!(c.lb_policy, cluster::LbPolicy::ClusterProvided as i32);
+        let Some(cluster::ClusterDiscoveryType::ClusterType(t)) = c.cluster_discovery_type else {
+            panic!("not a custom cluster type")
+        };
+        assert_eq!(t.name, "envoy.clusters.aggregate");
+        let config =
+            AggregateClusterConfig::decode(t.typed_config.unwrap().value.as_slice()).unwrap();
+        assert_eq!(config.clusters, ["tr_provider_a", "tr_provider_b"]);
+        let mut s = AdsStream::new();
+        let mut set = set(1, &["a", "b"]);
+        set.chains.push(ChainCluster {
+            cluster: "tr_chain_a+b".into(),
+            children: vec!["tr_provider_a".into(), "tr_provider_b".into()],
+        });
+        let r = s.on_request(&first_request(), &set).unwrap();
+        assert_eq!(
+            cluster_names(&r[0]),
+            ["tr_provider_a", "tr_provider_b", "tr_chain_a+b"]
+        );
     }
 
     fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
@@ -1191,6 +1287,7 @@ mod tests {
         let v = ClusterSet {
             version: 1,
             providers: vec![provider("o", "https://api.example.com")],
+            chains: Vec::new(),
         };
         let r = s.on_request(&req, &v).unwrap();
         let c = Cluster::decode(r[0].resources[0].value.as_slice()).unwrap();

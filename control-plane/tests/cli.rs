@@ -6,10 +6,18 @@ mod common;
 
 use common::{TestServer, TOKEN};
 use serde_json::Value;
+use tokenrouter_proto::sync::v1::control_message::Msg as Down;
+use tokenrouter_proto::sync::v1::edge_message::Msg as Up;
+use tokenrouter_proto::sync::v1::filter_sync_client::FilterSyncClient;
+use tokenrouter_proto::sync::v1::{Attempt, EdgeMessage, UsageBatch, UsageRecord};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 struct Run {
     code: i32,
     json: Value,
+    stdout: String,
     stderr: String,
 }
 
@@ -32,6 +40,7 @@ async fn cli(args: &[&str], env: &[(&str, &str)]) -> Run {
     Run {
         code: out.status.code().unwrap_or(-1),
         json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stdout,
         stderr: String::from_utf8(out.stderr).unwrap(),
     }
 }
@@ -246,6 +255,133 @@ async fn verbs_print_json_and_exit_with_the_contract_codes() {
     server.stop().await;
 }
 
+/// Stores usage records through FilterSync, as an edge would, and waits for the ack.
+async fn ingest(server: &TestServer, records: Vec<UsageRecord>) {
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let auth = |mut r: tonic::Request<()>| {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        Ok::<_, tonic::Status>(r)
+    };
+    let (up, rx) = mpsc::channel::<EdgeMessage>(1);
+    up.send(EdgeMessage {
+        msg: Some(Up::Usage(UsageBatch {
+            batch_id: 7,
+            records,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut down = FilterSyncClient::with_interceptor(channel, auth)
+        .sync(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let acked = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(m) = down.message().await.unwrap() {
+            if let Some(Down::Ack(a)) = m.msg {
+                return a.batch_id;
+            }
+        }
+        panic!("stream ended before the ack")
+    })
+    .await
+    .unwrap();
+    assert_eq!(acked, 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_show_the_route_mode_and_tier() {
+    let server = TestServer::start().await;
+    let attempt = |provider: &str, status: u32, error: &str| Attempt {
+        provider: provider.into(),
+        model: "m".into(),
+        status,
+        latency_ms: 50,
+        error: error.into(),
+    };
+    let failover = UsageRecord {
+        request_id: "req-failover".into(),
+        started_at_unix_ms: 1_700_000_000_000,
+        provider: "claude".into(),
+        model: "m".into(),
+        status: 200,
+        mode: "latency".into(),
+        tier: "complex".into(),
+        rule_trace: r#"[{"rule":"eu"}]"#.into(),
+        attempts: vec![
+            attempt("openai", 503, "http_503"),
+            attempt("claude", 200, ""),
+        ],
+        ttfb_ms: 75,
+        ..UsageRecord::default()
+    };
+    let direct = UsageRecord {
+        request_id: "req-direct".into(),
+        started_at_unix_ms: 1_700_000_001_000,
+        provider: "openai".into(),
+        model: "m".into(),
+        status: 200,
+        attempts: vec![attempt("openai", 200, "")],
+        ..UsageRecord::default()
+    };
+    ingest(&server, vec![failover, direct]).await;
+    let url = server.url();
+    let base = ["--api-url", url.as_str(), "--admin-token", TOKEN, "logs"];
+
+    let table = cli(&base, &[]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "STARTED", "REQUEST", "KEY", "ROUTE", "MODEL", "STATUS", "MODE", "TIER", "IN", "OUT",
+            "COST", "LATENCY"
+        ]
+    );
+    // Newest first; the route shows each attempt only when there was a failover.
+    assert!(lines[1].contains("req-direct"), "{}", table.stdout);
+    let direct_route = &lines[1][lines[0].find("ROUTE").unwrap()..];
+    assert!(direct_route.starts_with("openai "), "{}", table.stdout);
+    assert!(
+        lines[2].contains("openai:503 → claude:200")
+            && lines[2].contains("latency")
+            && lines[2].contains("complex"),
+        "{}",
+        table.stdout
+    );
+
+    let mut json_args = base.to_vec();
+    json_args.push("--json");
+    let json = cli(&json_args, &[]).await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let row = &json.json[1];
+    assert_eq!(row["request_id"], "req-failover");
+    assert_eq!(row["mode"], "latency");
+    assert_eq!(row["tier"], "complex");
+    assert_eq!(row["rule_trace"], r#"[{"rule":"eu"}]"#);
+    assert_eq!(row["ttfb_ms"], 75);
+    assert_eq!(
+        row["attempts"],
+        serde_json::json!([
+            {"provider": "openai", "model": "m", "status": 503, "latency_ms": 50,
+             "error": "http_503"},
+            {"provider": "claude", "model": "m", "status": 200, "latency_ms": 50,
+             "error": null},
+        ])
+    );
+    let direct = &json.json[0];
+    assert!(direct["mode"].is_null() && direct["rule_trace"].is_null());
+    assert_eq!(direct["attempts"].as_array().map(Vec::len), Some(1));
+
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn envoy_bootstrap_is_local_and_uses_the_data_dir_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,4 +415,489 @@ async fn envoy_bootstrap_is_local_and_uses_the_data_dir_token() {
     assert!(yaml.contains(token.trim()));
     let cwd = std::env::current_dir().unwrap();
     assert!(yaml.contains(cwd.join("filter.wasm").to_str().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_rules_and_routing_verbs() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let run = |extra: &[&str]| {
+        let args: Vec<String> = ["--api-url", url.as_str(), "--admin-token", TOKEN]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&refs, &[]).await
+        }
+    };
+    let error_type = |r: &Run| r.json["error"]["type"].as_str().map(str::to_string);
+
+    // models: the table, the JSON objects, update, add.
+    let table = run(&["models"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let header = table.stdout.lines().next().unwrap();
+    for column in [
+        "MODEL",
+        "CONTEXT",
+        "INPUT/1M",
+        "CAPABILITIES",
+        "QUALITY",
+        "TIER",
+        "STATUS",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("openai/gpt-4o "))
+        .unwrap();
+    for cell in [
+        "128000",
+        "$2.5",
+        "tools,vision,json,stream",
+        "complex",
+        "enabled",
+    ] {
+        assert!(line.contains(cell), "{line}");
+    }
+    let listed = run(&["models", "list", "--json"]).await;
+    let mini = listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "openai/gpt-4o-mini")
+        .unwrap()
+        .clone();
+    assert_eq!(mini["model"], "gpt-4o-mini");
+    assert_eq!(mini["input_usd_per_mtok"], "0.15");
+    assert_eq!(
+        (mini["tier"].as_str(), mini["tools"].as_bool()),
+        (Some("medium"), Some(true))
+    );
+
+    let updated = run(&[
+        "models",
+        "update",
+        "openai/gpt-4o",
+        "--input-price",
+        "2.00",
+        "--disable",
+        "--quality",
+        "80",
+        "--json",
+    ])
+    .await;
+    assert_eq!(updated.code, 0, "{}", updated.stderr);
+    assert_eq!(updated.json["input_price_micros_per_mtok"], 2_000_000);
+    assert_eq!(
+        (
+            updated.json["enabled"].as_bool(),
+            updated.json["quality"].as_u64()
+        ),
+        (Some(false), Some(80))
+    );
+    let human = run(&["models", "update", "openai/gpt-4o", "--enable"]).await;
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(
+        human
+            .stdout
+            .starts_with("updated model openai/gpt-4o (GPT-4o)"),
+        "{}",
+        human.stdout
+    );
+    let bad_tier = run(&[
+        "models",
+        "update",
+        "openai/gpt-4o",
+        "--tier",
+        "genius",
+        "--json",
+    ])
+    .await;
+    assert_eq!(
+        (bad_tier.code, error_type(&bad_tier).as_deref()),
+        (1, Some("invalid_argument"))
+    );
+    let unknown = run(&["models", "update", "openai/gpt-9", "--enable", "--json"]).await;
+    assert_eq!(
+        (unknown.code, error_type(&unknown).as_deref()),
+        (1, Some("not_found"))
+    );
+    let no_kind = run(&["models", "update", "gpt-4o", "--enable", "--json"]).await;
+    assert_eq!(
+        (no_kind.code, error_type(&no_kind).as_deref()),
+        (1, Some("usage_error"))
+    );
+
+    let added = run(&[
+        "models",
+        "add",
+        "openai-compatible/qwen3-32b",
+        "--input-price",
+        "0.10",
+        "--output-price",
+        "0.30",
+        "--context-window",
+        "32768",
+        "--tools",
+        "--quality",
+        "60",
+        "--tier",
+        "medium",
+        "--json",
+    ])
+    .await;
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    assert_eq!(added.json["id"], "openai-compatible/qwen3-32b");
+    assert_eq!(added.json["output_price_micros_per_mtok"], 300_000);
+    assert_eq!(added.json["streaming"], true);
+    // The shape `models --json` prints is the shape `models add --json-file` reads.
+    let mut edited = mini.clone();
+    edited["quality"] = 63.into();
+    let file = server.dir.path().join("models.json");
+    std::fs::write(
+        &file,
+        serde_json::json!([edited, {"id": "mistral/open-mixtral", "input_usd_per_mtok": "0.7",
+            "output_usd_per_mtok": "0.7", "context_window": 32000, "tier": "medium"}])
+        .to_string(),
+    )
+    .unwrap();
+    let from_file = run(&[
+        "models",
+        "add",
+        "--json-file",
+        file.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(from_file.code, 0, "{}", from_file.stderr);
+    let saved = from_file.json.as_array().unwrap();
+    assert_eq!(
+        (saved[0]["quality"].as_u64(), saved[1]["model"].as_str()),
+        (Some(63), Some("open-mixtral"))
+    );
+    std::fs::write(&file, r#"{"id": "openai/x", "colour": "red"}"#).unwrap();
+    let bad_file = run(&[
+        "models",
+        "add",
+        "--json-file",
+        file.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(
+        (bad_file.code, error_type(&bad_file).as_deref()),
+        (1, Some("invalid_argument"))
+    );
+
+    // rules: create, list, get, update, delete.
+    let created = run(&[
+        "rules",
+        "create",
+        "--name",
+        "Coding Tasks → OpenAI",
+        "--priority",
+        "100",
+        "--match",
+        r#"{"task":"coding"}"#,
+        "--action",
+        r#"{"set_provider":"openai","set_model":"gpt-4o"}"#,
+        "--json",
+    ])
+    .await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert_eq!(
+        created.json["match_json"],
+        serde_json::json!({"task": "coding"})
+    );
+    assert_eq!(created.json["is_enabled"], true);
+    let id = created.json["id"].as_i64().unwrap().to_string();
+    let second = run(&[
+        "rules",
+        "create",
+        "--name",
+        "Simple Tasks → Cost Mode",
+        "--priority",
+        "50",
+        "--match",
+        r#"{"contains":["summarize","list"]}"#,
+        "--action",
+        r#"{"set_mode":"cost"}"#,
+        "--disabled",
+    ])
+    .await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(
+        second.stdout.starts_with("created routing rule"),
+        "{}",
+        second.stdout
+    );
+    let list = run(&["rules", "list", "--json"]).await;
+    let names: Vec<&str> = list
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Coding Tasks → OpenAI", "Simple Tasks → Cost Mode"]);
+    let list = run(&["rules", "list"]).await;
+    assert!(
+        list.stdout.starts_with("ID  PRIORITY  NAME"),
+        "{}",
+        list.stdout
+    );
+    let got = run(&["rules", "get", &id, "--json"]).await;
+    assert_eq!(got.json["action_json"]["set_model"], "gpt-4o");
+    let updated = run(&[
+        "rules",
+        "update",
+        &id,
+        "--priority",
+        "5",
+        "--disable",
+        "--json",
+    ])
+    .await;
+    assert_eq!(
+        (
+            updated.json["priority"].as_i64(),
+            updated.json["is_enabled"].as_bool()
+        ),
+        (Some(5), Some(false))
+    );
+    let invalid = run(&[
+        "rules", "create", "--name", "x", "--match", "[1]", "--action", "{}", "--json",
+    ])
+    .await;
+    assert_eq!(
+        (invalid.code, error_type(&invalid).as_deref()),
+        (1, Some("invalid_argument"))
+    );
+    let dup = run(&[
+        "rules",
+        "create",
+        "--name",
+        "Coding Tasks → OpenAI",
+        "--match",
+        "{}",
+        "--action",
+        r#"{"set_mode":"cost"}"#,
+        "--json",
+    ])
+    .await;
+    assert_eq!(
+        (dup.code, error_type(&dup).as_deref()),
+        (1, Some("already_exists"))
+    );
+    let deleted = run(&["rules", "delete", &id, "--json"]).await;
+    assert_eq!(
+        deleted.json,
+        serde_json::json!({"removed": id.parse::<i64>().unwrap()})
+    );
+    for verb in [["get", id.as_str()], ["delete", id.as_str()]] {
+        let gone = run(&["rules", verb[0], verb[1], "--json"]).await;
+        assert_eq!(
+            (gone.code, error_type(&gone).as_deref()),
+            (1, Some("not_found")),
+            "{verb:?}"
+        );
+    }
+
+    // routing: set, get, list, deactivate, activate, delete.
+    let key = run(&[
+        "keys",
+        "create",
+        "--name",
+        "checkout-service-prod",
+        "--json",
+    ])
+    .await;
+    let key_id = key.json["id"].as_str().unwrap().to_string();
+    let set = run(&[
+        "routing",
+        "set",
+        "--key-id",
+        &key_id,
+        "--strategy",
+        "split",
+        "--backend",
+        "openai/gpt-4o-mini",
+        "--weight",
+        "3",
+        "--backend",
+        "anthropic/claude-sonnet-4-5",
+        "--weight",
+        "1",
+        "--json",
+    ])
+    .await;
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    assert_eq!(
+        set.json["backends"],
+        serde_json::json!([
+            {"model": "openai/gpt-4o-mini", "priority": 0, "weight": 3},
+            {"model": "anthropic/claude-sonnet-4-5", "priority": 1, "weight": 1}
+        ])
+    );
+    assert_eq!(
+        (set.json["strategy"].as_str(), set.json["active"].as_bool()),
+        (Some("split"), Some(true))
+    );
+    let mismatch = run(&[
+        "routing",
+        "set",
+        "--key-id",
+        &key_id,
+        "--strategy",
+        "split",
+        "--backend",
+        "gpt-4o-mini",
+        "--backend",
+        "o3-mini",
+        "--weight",
+        "3",
+        "--json",
+    ])
+    .await;
+    assert_eq!(
+        (mismatch.code, error_type(&mismatch).as_deref()),
+        (1, Some("usage_error"))
+    );
+    let bad_backend = run(&[
+        "routing",
+        "set",
+        "--key-id",
+        &key_id,
+        "--strategy",
+        "fallback",
+        "--backend",
+        "nobody/gpt-4o",
+        "--json",
+    ])
+    .await;
+    assert_eq!(
+        (bad_backend.code, error_type(&bad_backend).as_deref()),
+        (1, Some("invalid_argument"))
+    );
+    assert!(bad_backend.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nobody/gpt-4o"));
+    let no_key = run(&[
+        "routing",
+        "set",
+        "--key-id",
+        "key_missing",
+        "--strategy",
+        "fallback",
+        "--backend",
+        "gpt-4o-mini",
+    ])
+    .await;
+    assert_eq!(no_key.code, 1);
+    assert!(
+        no_key
+            .stderr
+            .starts_with("error: key key_missing not found"),
+        "{}",
+        no_key.stderr
+    );
+
+    let get = run(&["routing", "get", &key_id]).await;
+    assert_eq!(get.code, 0, "{}", get.stderr);
+    assert!(get.stdout.contains("split, active"), "{}", get.stdout);
+    assert!(
+        get.stdout.contains("anthropic/claude-sonnet-4-5"),
+        "{}",
+        get.stdout
+    );
+    let off = run(&["routing", "deactivate", &key_id, "--json"]).await;
+    assert_eq!((off.code, off.json["active"].as_bool()), (0, Some(false)));
+    let on = run(&["routing", "activate", &key_id]).await;
+    assert_eq!(on.code, 0, "{}", on.stderr);
+    assert!(on.stdout.contains("activated"), "{}", on.stdout);
+
+    let file = server.dir.path().join("routing.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "strategy": "rules",
+            "backends": [{"model": "gpt-4o-mini"}],
+            "rules": [{"name": "team a", "match_json": {"headers": {"x-team": "a"}},
+                       "backends": [{"model": "anthropic/claude-haiku-4-5"}]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let from_file = run(&[
+        "routing",
+        "set",
+        "--key-id",
+        &key_id,
+        "--json-file",
+        file.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(from_file.code, 0, "{}", from_file.stderr);
+    assert_eq!(
+        from_file.json["rules"][0]["match_json"]["headers"]["x-team"],
+        "a"
+    );
+    let list = run(&["routing", "list", "--json"]).await;
+    assert_eq!(list.json.as_array().map(Vec::len), Some(1));
+    assert_eq!(list.json[0]["strategy"], "rules");
+    let list = run(&["routing", "list"]).await;
+    let header: Vec<&str> = list
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["KEY", "STRATEGY", "ACTIVE", "BACKENDS", "RULES"]);
+
+    let deleted = run(&["routing", "delete", &key_id, "--json"]).await;
+    assert_eq!(deleted.json, serde_json::json!({"removed": key_id}));
+    for verb in ["get", "delete", "activate"] {
+        let gone = run(&["routing", verb, &key_id, "--json"]).await;
+        assert_eq!(
+            (gone.code, error_type(&gone).as_deref()),
+            (1, Some("not_found")),
+            "{verb}"
+        );
+    }
+
+    // Unreachable control plane → 2, for each new verb family.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down_url = format!("http://{closed}");
+    for verb in [
+        &["models", "update", "openai/gpt-4o", "--enable"][..],
+        &["rules", "list"],
+        &["routing", "list"],
+    ] {
+        let mut args = vec![
+            "--api-url",
+            down_url.as_str(),
+            "--admin-token",
+            "t",
+            "--json",
+        ];
+        args.extend_from_slice(verb);
+        let down = cli(&args, &[]).await;
+        assert_eq!(
+            (down.code, error_type(&down).as_deref()),
+            (2, Some("network_error")),
+            "{verb:?}"
+        );
+    }
+    server.stop().await;
 }

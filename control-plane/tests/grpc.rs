@@ -13,7 +13,9 @@ use tokenrouter_proto::config::v1::Snapshot;
 use tokenrouter_proto::sync::v1::control_message::Msg as Down;
 use tokenrouter_proto::sync::v1::edge_message::Msg as Up;
 use tokenrouter_proto::sync::v1::filter_sync_client::FilterSyncClient;
-use tokenrouter_proto::sync::v1::{ControlMessage, EdgeMessage, Hello, UsageBatch, UsageRecord};
+use tokenrouter_proto::sync::v1::{
+    Attempt, ControlMessage, EdgeMessage, Hello, UsageBatch, UsageRecord,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -259,6 +261,115 @@ async fn admin_and_filter_sync_end_to_end() {
     drop(up);
 }
 
+fn attempt(provider: &str, model: &str, status: u32, latency_ms: u64) -> Attempt {
+    Attempt {
+        provider: provider.into(),
+        model: model.into(),
+        status,
+        latency_ms,
+        error: if status == 200 {
+            String::new()
+        } else {
+            format!("http_{status}")
+        },
+    }
+}
+
+/// Usage with failed attempts changes the live scores, which reach the connected edge: after
+/// the first snapshot it gets the current scores, then every change.
+#[tokio::test]
+async fn scores_from_ingested_usage_reach_the_edge() {
+    let server = TestServer::start().await;
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (up, rx) = mpsc::channel::<EdgeMessage>(8);
+    let mut down = FilterSyncClient::with_interceptor(channel, bearer(TOKEN))
+        .sync(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let Down::Snapshot(_) = next(&mut down).await else {
+        panic!("first message is not a snapshot")
+    };
+    let Down::Scores(initial) = next(&mut down).await else {
+        panic!("the scores do not follow the first snapshot")
+    };
+    assert!(initial.scores.is_empty(), "{initial:?}");
+    assert!(initial.version > 0);
+
+    // One request failed over from openai (503) to demo; another got a 429 with Retry-After.
+    let failover = UsageRecord {
+        latency_ms: 160,
+        attempts: vec![
+            attempt("openai", "gpt-4o", 503, 40),
+            attempt("demo", "echo", 200, 120),
+        ],
+        ..record("req-1", "key_a")
+    };
+    let limited = UsageRecord {
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        status: 429,
+        error_type: "rate_limit_error".into(),
+        retry_after_s: 20,
+        attempts: vec![attempt("openai", "gpt-4o", 429, 10)],
+        ..record("req-2", "key_a")
+    };
+    let sent_at = tokenrouter_control_plane::service::now_ms();
+    up.send(EdgeMessage {
+        msg: Some(Up::Usage(UsageBatch {
+            batch_id: 1,
+            records: vec![failover, limited],
+        })),
+    })
+    .await
+    .unwrap();
+    let scores = loop {
+        match next(&mut down).await {
+            Down::Scores(s) if !s.scores.is_empty() => break s,
+            Down::Scores(_) | Down::Ack(_) => {}
+            Down::Snapshot(s) => panic!("unexpected snapshot {}", s.version),
+        }
+    };
+    assert!(scores.version > initial.version);
+    let get = |provider: &str, model: &str| {
+        scores
+            .scores
+            .iter()
+            .find(|s| s.provider == provider && s.model == model)
+            .unwrap_or_else(|| panic!("no score for {provider}/{model}: {scores:?}"))
+    };
+    for model in ["", "gpt-4o"] {
+        let openai = get("openai", model);
+        assert_eq!(
+            (
+                openai.samples,
+                openai.error_rate_permille,
+                openai.latency_p50_ms
+            ),
+            (2, 1000, 0)
+        );
+        assert!(
+            openai.cooldown_until_unix_ms >= sent_at + 20_000
+                && openai.cooldown_until_unix_ms <= sent_at + 25_000,
+            "{openai:?}"
+        );
+    }
+    let demo = get("demo", "echo");
+    assert_eq!(
+        (demo.samples, demo.error_rate_permille, demo.latency_p50_ms),
+        (1, 0, 120)
+    );
+    assert_eq!(demo.cooldown_until_unix_ms, 0);
+
+    drop(down);
+    drop(up);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn demo_provider_speaks_openai() {
     let server = TestServer::start().await;
@@ -324,6 +435,385 @@ async fn reflection_lists_the_services() {
         "tokenrouter.sync.v1.FilterSync",
     ] {
         assert!(names.contains(&want), "{names:?}");
+    }
+    server.stop().await;
+}
+
+/// Opens a FilterSync stream as an edge would; the current snapshot comes first.
+async fn edge(channel: &Channel) -> (mpsc::Sender<EdgeMessage>, Streaming<ControlMessage>) {
+    let (up, rx) = mpsc::channel::<EdgeMessage>(8);
+    up.send(EdgeMessage {
+        msg: Some(Up::Hello(Hello {
+            node_id: "node-a".into(),
+            have_version: 0,
+            max_schema: 1,
+        })),
+    })
+    .await
+    .unwrap();
+    let down = FilterSyncClient::with_interceptor(channel.clone(), bearer(TOKEN))
+        .sync(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (up, down)
+}
+
+#[tokio::test]
+async fn model_catalogue_admin_and_publish() {
+    let server = TestServer::start().await;
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut adm = AdminClient::with_interceptor(channel.clone(), bearer(TOKEN));
+    let (_up, mut down) = edge(&channel).await;
+
+    let models = adm
+        .list_models(admin::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let gpt = models.iter().find(|m| m.id == "gpt-4o").unwrap();
+    assert_eq!(
+        (
+            gpt.input_usd_per_mtok.as_str(),
+            gpt.input_price_micros_per_mtok
+        ),
+        ("2.5", 2_500_000)
+    );
+    assert_eq!((gpt.tier.as_str(), gpt.quality), ("complex", 78));
+    assert!(gpt.tools && gpt.vision && gpt.json_mode && gpt.streaming && !gpt.embeddings);
+    assert_eq!(gpt.max_output_tokens, 16_384);
+    assert_eq!(gpt.display_name, "GPT-4o");
+    assert!(gpt.price_source.starts_with("https://") && gpt.price_as_of.len() == 10);
+    for (kind, id) in [
+        ("deepseek", "deepseek-reasoner"),
+        ("openai", "o3-mini"),
+        ("anthropic", "claude-sonnet-4-20250514"),
+        (
+            "openai-compatible",
+            "meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8",
+        ),
+    ] {
+        assert!(
+            models.iter().any(|m| m.provider_kind == kind && m.id == id),
+            "{kind}/{id}"
+        );
+    }
+
+    // Update: only the fields given change; the edge gets the new price.
+    let updated = adm
+        .update_model(admin::UpdateModelRequest {
+            provider_kind: "openai".into(),
+            id: "gpt-4o".into(),
+            input_usd_per_mtok: Some("2.00".into()),
+            enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.input_price_micros_per_mtok, 2_000_000);
+    assert_eq!(updated.output_usd_per_mtok, "10");
+    assert!(!updated.enabled && updated.updated_at_unix_ms > 0);
+    let snap = snapshot_where(&mut down, |s| {
+        s.models
+            .iter()
+            .any(|m| m.id == "gpt-4o" && m.input_price_micros_per_mtok == 2_000_000)
+    })
+    .await;
+    assert!(
+        !snap
+            .models
+            .iter()
+            .find(|m| m.id == "gpt-4o")
+            .unwrap()
+            .enabled
+    );
+
+    // Upsert: a new model reaches the edge with every field.
+    let added = adm
+        .upsert_model(admin::UpsertModelRequest {
+            model: Some(admin::ModelInfo {
+                id: "qwen3-32b".into(),
+                provider_kind: "openai-compatible".into(),
+                input_usd_per_mtok: "0.10".into(),
+                output_usd_per_mtok: "0.30".into(),
+                context_window: 32_768,
+                enabled: true,
+                tools: true,
+                streaming: true,
+                quality: 60,
+                tier: "medium".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added.output_price_micros_per_mtok, 300_000);
+    let snap = snapshot_where(&mut down, |s| s.models.iter().any(|m| m.id == "qwen3-32b")).await;
+    let pushed = snap.models.iter().find(|m| m.id == "qwen3-32b").unwrap();
+    assert_eq!(
+        (pushed.tier.as_str(), pushed.quality, pushed.tools),
+        ("medium", 60, true)
+    );
+
+    // Errors.
+    let cases = [
+        (
+            admin::UpdateModelRequest {
+                provider_kind: "openai".into(),
+                id: "gpt-9".into(),
+                ..Default::default()
+            },
+            Code::NotFound,
+            "not found",
+        ),
+        (
+            admin::UpdateModelRequest {
+                provider_kind: "openai".into(),
+                id: "gpt-4o".into(),
+                tier: Some("genius".into()),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "genius",
+        ),
+        (
+            admin::UpdateModelRequest {
+                provider_kind: "openai".into(),
+                id: "gpt-4o".into(),
+                output_usd_per_mtok: Some("ten".into()),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "not a price",
+        ),
+    ];
+    for (request, code, want) in cases {
+        let err = adm.update_model(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(want), "{}", err.message());
+    }
+    let err = adm
+        .upsert_model(admin::UpsertModelRequest { model: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn routing_rules_and_configs_admin_and_publish() {
+    let server = TestServer::start().await;
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut adm = AdminClient::with_interceptor(channel.clone(), bearer(TOKEN));
+    let (_up, mut down) = edge(&channel).await;
+
+    // Routing rules: create → pushed; list, get, update, delete; errors.
+    let create = |name: &str, priority| admin::CreateRoutingRuleRequest {
+        name: name.into(),
+        priority,
+        is_enabled: true,
+        match_json: r#"{"task":"coding"}"#.into(),
+        action_json: r#"{"set_provider":"openai","set_model":"gpt-4o"}"#.into(),
+        key_id: String::new(),
+    };
+    let coding = adm
+        .create_routing_rule(create("Coding Tasks → OpenAI", 100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(coding.id > 0 && coding.is_enabled && coding.created_at_unix_ms > 0);
+    let cheap = adm
+        .create_routing_rule(create("Simple Tasks → Cost Mode", 50))
+        .await
+        .unwrap()
+        .into_inner();
+    let snap = snapshot_where(&mut down, |s| s.routing_rules.len() == 2).await;
+    assert_eq!(snap.routing_rules[0].id, coding.id, "higher priority first");
+    assert_eq!(snap.routing_rules[0].match_json, coding.match_json);
+
+    let updated = adm
+        .update_routing_rule(admin::UpdateRoutingRuleRequest {
+            id: coding.id,
+            priority: Some(10),
+            is_enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((updated.priority, updated.is_enabled), (10, false));
+    assert_eq!(updated.action_json, coding.action_json);
+    let snap = snapshot_where(&mut down, |s| {
+        s.routing_rules.first().map(|r| r.id) == Some(cheap.id)
+    })
+    .await;
+    assert!(!snap.routing_rules[1].enabled);
+    let got = adm
+        .get_routing_rule(admin::GetRoutingRuleRequest { id: coding.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, updated);
+    let listed = adm
+        .list_routing_rules(admin::ListRoutingRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(listed.len(), 2);
+
+    let err = adm
+        .create_routing_rule(admin::CreateRoutingRuleRequest {
+            match_json: r#"{"colour":"red"}"#.into(),
+            ..create("bad", 1)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("colour"), "{}", err.message());
+    let err = adm
+        .create_routing_rule(create("Simple Tasks → Cost Mode", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = adm
+        .get_routing_rule(admin::GetRoutingRuleRequest { id: 999 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = adm
+        .update_routing_rule(admin::UpdateRoutingRuleRequest {
+            id: 999,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    adm.delete_routing_rule(admin::DeleteRoutingRuleRequest { id: cheap.id })
+        .await
+        .unwrap();
+    let err = adm
+        .delete_routing_rule(admin::DeleteRoutingRuleRequest { id: cheap.id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    snapshot_where(&mut down, |s| s.routing_rules.len() == 1).await;
+
+    // Routing configurations: one per key.
+    let key = adm
+        .create_key(admin::CreateKeyRequest {
+            name: "checkout-service-prod".into(),
+            workspace_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    let backend = |model: &str, priority| admin::Backend {
+        model: model.into(),
+        priority,
+        weight: 1,
+    };
+    let config = |key_id: &str, backends: Vec<admin::Backend>| admin::SetRoutingConfigRequest {
+        config: Some(admin::RoutingConfig {
+            key_id: key_id.into(),
+            active: true,
+            strategy: "fallback".into(),
+            backends,
+            ..Default::default()
+        }),
+    };
+    let err = adm
+        .set_routing_config(config("key_missing", vec![backend("gpt-4o-mini", 0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = adm
+        .set_routing_config(config(&key.id, vec![backend("openai/gpt-5-ultra", 0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("openai/gpt-5-ultra"),
+        "{}",
+        err.message()
+    );
+    let err = adm
+        .set_routing_config(config(&key.id, Vec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let saved = adm
+        .set_routing_config(config(
+            &key.id,
+            vec![
+                backend("gpt-4o-mini", 0),
+                backend("anthropic/claude-sonnet-4-5", 1),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(saved.active && saved.updated_at_unix_ms > 0);
+    let snap = snapshot_where(&mut down, |s| !s.routing_configs.is_empty()).await;
+    assert_eq!(snap.routing_configs[0].key_id, key.id);
+    assert_eq!(snap.routing_configs[0].backends.len(), 2);
+
+    let mut inactive = config(&key.id, saved.backends.clone());
+    if let Some(c) = inactive.config.as_mut() {
+        c.active = false;
+    }
+    adm.set_routing_config(inactive).await.unwrap();
+    snapshot_where(&mut down, |s| {
+        s.routing_configs.first().is_some_and(|c| !c.active)
+    })
+    .await;
+    let got = adm
+        .get_routing_config(admin::GetRoutingConfigRequest {
+            key_id: key.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!got.active);
+    let all = adm
+        .list_routing_configs(admin::ListRoutingConfigsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .configs;
+    assert_eq!(all.len(), 1);
+    adm.delete_routing_config(admin::DeleteRoutingConfigRequest {
+        key_id: key.id.clone(),
+    })
+    .await
+    .unwrap();
+    snapshot_where(&mut down, |s| s.routing_configs.is_empty()).await;
+    for err in [
+        adm.get_routing_config(admin::GetRoutingConfigRequest {
+            key_id: key.id.clone(),
+        })
+        .await
+        .unwrap_err(),
+        adm.delete_routing_config(admin::DeleteRoutingConfigRequest {
+            key_id: key.id.clone(),
+        })
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::NotFound);
     }
     server.stop().await;
 }

@@ -12,11 +12,14 @@ use tokenrouter_engine::firewall::formats::{self, StreamFilter};
 use tokenrouter_engine::firewall::{self, Inspection, Scope, Verdict};
 use tokenrouter_engine::money::{cost_picos, Price};
 use tokenrouter_engine::request::{ClientApi, ClientRequest};
+use tokenrouter_engine::routing::{self, features, RouteInput, ScoreBoard};
+use tokenrouter_engine::upstream::ProviderKind;
 use tokenrouter_engine::usage::{self, ChunkOutput, ClientStreamObserver, Usage};
-use tokenrouter_engine::{auth, models, routing, ErrorKind, GatewayError, Snapshot};
+use tokenrouter_engine::{auth, models, ErrorKind, GatewayError, Snapshot};
 use tokenrouter_proto::sync::v1::UsageRecord;
 
-use crate::{host, vm};
+use crate::upstream::{ATTEMPT_HEADER, BYOK_HEADERS};
+use crate::{attempts, host, vm};
 
 /// Largest non-streaming response body we copy to read its `usage` (the body itself is never
 /// held back from the client).
@@ -54,23 +57,44 @@ enum Stage {
         max_body: u64,
     },
     /// Sent to a provider.
-    Routed(Routed),
+    Routed(Box<Routed>),
     /// Answered by the gateway itself with a success (`GET /v1/models`).
     Served { status: u16 },
     /// Answered by the gateway itself.
     Replied { status: u16, error: ErrorKind },
 }
 
-struct Routed {
-    /// The snapshot the request was routed with; its firewall checks the response.
-    snapshot: Rc<Snapshot>,
+/// One attempt of the chain as the edge keeps it.
+struct Planned {
     provider: String,
     model: String,
     price: Price,
+}
+
+struct Routed {
+    /// The snapshot the request was routed with; its firewall checks the response.
+    snapshot: Rc<Snapshot>,
+    /// The chain, in attempt order.
+    chain: Vec<Planned>,
+    /// Index in `chain` of the attempt that answered (known with the response headers).
+    served: usize,
+    mode: Option<&'static str>,
+    tier: Option<&'static str>,
+    /// Full rule trace (JSON) for the log, and its bounded header form.
+    trace_json: String,
+    trace_header: Option<String>,
+    /// Milliseconds from the request to the response headers.
+    ttfb_ms: u64,
     stream: bool,
     client_wants_usage: bool,
     status: u16,
     response: ResponseWatch,
+}
+
+impl Routed {
+    fn served(&self) -> Option<&Planned> {
+        self.chain.get(self.served).or_else(|| self.chain.last())
+    }
 }
 
 /// How the response body is watched for usage (and, when response rules apply, checked).
@@ -90,6 +114,8 @@ enum ResponseWatch {
     /// `None` for an API that does not stream (embeddings, models; the client gets an error
     /// event).
     GuardedSse(ClientStreamObserver, Option<Box<StreamFilter>>),
+    /// Envoy's own plain-text error reply, replaced by this JSON envelope.
+    Replace(Vec<u8>),
     Ignored,
 }
 
@@ -199,9 +225,15 @@ impl Edge {
             );
             return Ok(Action::Pause);
         }
-        // The gateway key goes no further than this filter.
+        // The gateway key goes no further than this filter, and internal headers are the
+        // filter's own: a client's are dropped.
         host::set_request_header("authorization", None);
         host::set_request_header("x-api-key", None);
+        for name in host::request_header_names() {
+            if name.starts_with("x-tr-") {
+                host::set_request_header(&name, None);
+            }
+        }
         if end_of_stream {
             return Err(GatewayError::invalid(
                 "The request has no body; expected a JSON object.",
@@ -250,16 +282,75 @@ impl Edge {
                 return Err(e);
             }
         }
-        let target = routing::resolve(&snapshot, &request.model)?;
-        routing::check_pair(api, &target)?;
-        let new_body = request.upstream_body(&target.upstream_model);
-        let provider = &target.provider;
-        host::set_request_header("x-tr-cluster", Some(&provider.cluster));
-        host::set_request_header("x-tr-provider", Some(&provider.name));
-        host::set_request_header("x-tr-model", Some(&target.upstream_model));
+        let feats = features::features(api, request.body_mut(), body.len());
+        let header = |name: &str| host::request_header(name);
+        let byok: Vec<ProviderKind> = BYOK_HEADERS
+            .iter()
+            .filter(|(_, h)| host::request_header(h).is_some())
+            .filter_map(|(k, _)| ProviderKind::parse(k))
+            .collect();
+        let scores = vm::scores().unwrap_or_else(|| Rc::new(ScoreBoard::default()));
+        let random = REQUEST_IDS.with(|(a, _, n)| a.hash_one(n.get() ^ 0x5eed));
+        let decision = {
+            let metadata = request.metadata.clone();
+            let input = RouteInput {
+                api,
+                model: &request.model,
+                router_mode: request.router_mode.as_deref(),
+                metadata: metadata.as_ref(),
+                features: &feats,
+                stream: request.stream,
+                key_id: &self.key_id,
+                header: &header,
+                byok: &byok,
+                random,
+                now_ms: host::now_ms(),
+            };
+            routing::decide(&snapshot, &scores, &input)?
+        };
+        self.warnings.extend(decision.warnings.iter().cloned());
+        let Some(first) = decision.attempts.first() else {
+            return Err(GatewayError::new(
+                ErrorKind::Routing,
+                "No eligible providers available for this request.",
+            ));
+        };
+        let new_body = request.upstream_body(&first.upstream_model);
+        let retries = decision.attempts.len().saturating_sub(1);
+        host::set_request_header("x-tr-cluster", Some(&decision.cluster));
+        host::set_request_header(
+            "x-tr-attempts",
+            Some(&routing::attempts_header(&decision.attempts)),
+        );
         host::set_request_header("x-tr-request-id", Some(&self.request_id));
+        // Providers see the gateway's request id; the upstream filter finds the plan by it.
+        host::set_request_header("x-request-id", Some(&self.request_id));
+        attempts::plan(
+            &self.request_id,
+            attempts::Plan {
+                chain: decision
+                    .attempts
+                    .iter()
+                    .map(|t| (t.provider.name.clone(), t.upstream_model.clone()))
+                    .collect(),
+                client_api: api.as_str().to_string(),
+                stream: request.stream,
+                body_len: Some(new_body.len()),
+                byok: BYOK_HEADERS
+                    .iter()
+                    .filter_map(|(kind, h)| {
+                        host::request_header(h).map(|v| ((*kind).to_string(), v))
+                    })
+                    .collect(),
+            },
+        );
         host::set_request_header("x-tr-client-api", Some(api.as_str()));
         host::set_request_header("x-tr-stream", Some(if request.stream { "1" } else { "0" }));
+        host::set_request_header("x-envoy-max-retries", Some(&retries.to_string()));
+        host::set_request_header(
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+            Some(&snapshot.per_try_timeout_ms.to_string()),
+        );
         host::set_request_header("content-length", Some(&new_body.len().to_string()));
         if !host::set_request_body(size, &new_body) {
             return Err(GatewayError::new(
@@ -268,16 +359,29 @@ impl Edge {
             ));
         }
         host::clear_route_cache();
-        self.stage = Stage::Routed(Routed {
+        let chain = decision
+            .attempts
+            .iter()
+            .map(|t| Planned {
+                provider: t.provider.name.clone(),
+                model: t.upstream_model.clone(),
+                price: t.price,
+            })
+            .collect();
+        self.stage = Stage::Routed(Box::new(Routed {
             snapshot: Rc::clone(&snapshot),
-            provider: provider.name.clone(),
-            model: target.upstream_model.clone(),
-            price: target.price,
+            chain,
+            served: 0,
+            mode: decision.mode.map(|m| m.as_str()),
+            tier: decision.tier.map(|t| t.as_str()),
+            trace_json: decision.trace.to_json(),
+            trace_header: decision.trace.header_value(),
+            ttfb_ms: 0,
             stream: request.stream,
             client_wants_usage: request.client_wants_usage,
             status: 0,
             response: ResponseWatch::NotStarted,
-        });
+        }));
         Ok(Action::Continue)
     }
 
@@ -306,11 +410,20 @@ impl Edge {
                     _ => None,
                 }
                 .unwrap_or_default();
-                r.provider = routed.provider.clone();
-                r.model = routed.model.clone();
+                let served = routed.served();
+                r.provider = served.map(|p| p.provider.clone()).unwrap_or_default();
+                r.model = served.map(|p| p.model.clone()).unwrap_or_default();
                 r.status = u32::from(routed.status);
                 r.stream = routed.stream;
-                fill_usage(&mut r, &usage, &routed.price);
+                r.mode = routed.mode.unwrap_or_default().to_string();
+                r.tier = routed.tier.unwrap_or_default().to_string();
+                r.rule_trace = routed.trace_json.clone();
+                r.ttfb_ms = routed.ttfb_ms;
+                let (tried, retry_after) = attempts::take(&self.request_id, host::now_ms());
+                r.attempts = tried;
+                r.retry_after_s = retry_after;
+                let price = served.map(|p| p.price).unwrap_or_default();
+                fill_usage(&mut r, &usage, &price);
                 if routed.status >= 400 || routed.status == 0 {
                     r.error_type = ErrorKind::Provider.type_str().into();
                 }
@@ -326,26 +439,22 @@ impl Edge {
                 r.status = 499;
             }
         }
-        if let Stage::Routed(Routed {
-            snapshot,
-            response: ResponseWatch::GuardedSse(_, Some(filter)),
-            ..
-        }) = &self.stage
-        {
-            // A stream's verdict is complete only now; its headers went out long ago.
-            let verdict = filter.verdict(snapshot.firewall());
-            r.firewall_actions.extend(verdict.labels());
-            r.warnings.extend(verdict.warnings());
-            if filter.blocked() {
+        if let Stage::Routed(routed) = &self.stage {
+            let Routed {
+                snapshot, response, ..
+            } = routed.as_ref();
+            if let ResponseWatch::GuardedSse(_, Some(filter)) = response {
+                // A stream's verdict is complete only now; its headers went out long ago.
+                let verdict = filter.verdict(snapshot.firewall());
+                r.firewall_actions.extend(verdict.labels());
+                r.warnings.extend(verdict.warnings());
+                if filter.blocked() {
+                    r.error_type = ErrorKind::Firewall.type_str().into();
+                }
+            }
+            if let ResponseWatch::GuardedSse(_, None) = response {
                 r.error_type = ErrorKind::Firewall.type_str().into();
             }
-        }
-        if let Stage::Routed(Routed {
-            response: ResponseWatch::GuardedSse(_, None),
-            ..
-        }) = &self.stage
-        {
-            r.error_type = ErrorKind::Firewall.type_str().into();
         }
         r.firewall_actions
             .splice(0..0, self.firewall_applied.iter().cloned());
@@ -354,6 +463,35 @@ impl Edge {
             r.error_type = ErrorKind::Firewall.type_str().into();
         }
         r
+    }
+
+    /// Response headers every routed request gets: request id, the provider and model that
+    /// answered, mode, tier, rule trace, attempts, firewall and warnings.
+    fn set_route_headers(&self) {
+        let Stage::Routed(routed) = &self.stage else {
+            return;
+        };
+        host::set_response_header("x-request-id", Some(&self.request_id));
+        if let Some(p) = routed.served() {
+            host::set_response_header("x-tokenrouter-provider", Some(&p.provider));
+            host::set_response_header("x-tokenrouter-model", Some(&p.model));
+        }
+        host::set_response_header(
+            "x-tokenrouter-attempts",
+            Some(&(routed.served + 1).to_string()),
+        );
+        if let Some(m) = routed.mode {
+            host::set_response_header("x-tokenrouter-mode", Some(m));
+        }
+        if let Some(t) = routed.tier {
+            host::set_response_header("x-tokenrouter-tier", Some(t));
+        }
+        if let Some(trace) = &routed.trace_header {
+            host::set_response_header("x-tokenrouter-rule-trace", Some(trace));
+        }
+        for (name, value) in self.firewall_headers() {
+            host::set_response_header(name, Some(&value));
+        }
     }
 
     /// The end of a held JSON response: checks it, then masks it or replaces it with a 422.
@@ -470,6 +608,46 @@ impl HttpContext for Edge {
         routed.status = host::response_header(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        routed.ttfb_ms = u64::try_from(host::now_ms().saturating_sub(self.started_ms)).unwrap_or(0);
+        // Which attempt answered: the upstream filter's mark, else Envoy's count (a reply the
+        // router made itself after the last attempt failed).
+        let from_provider = host::response_header(ATTEMPT_HEADER);
+        let number = from_provider
+            .as_deref()
+            .or(host::response_header("x-envoy-attempt-count").as_deref())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1);
+        routed.served = number
+            .saturating_sub(1)
+            .min(routed.chain.len().saturating_sub(1));
+        host::set_response_header(ATTEMPT_HEADER, None);
+        host::set_response_header("x-envoy-attempt-count", None);
+        if from_provider.is_none() && routed.status >= 500 {
+            // Envoy's own reply (connect failure, reset, per-try timeout on the last attempt):
+            // the seeds' envelope, naming the provider.
+            let provider = routed
+                .served()
+                .map(|p| p.provider.clone())
+                .unwrap_or_default();
+            let kind = if routed.status == 504 {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Provider
+            };
+            let e = GatewayError {
+                kind,
+                message: format!(
+                    "Provider '{provider}' did not answer (connect failure, reset or timeout) after {number} attempt(s)."
+                ),
+                provider: Some(provider.clone()),
+                raw: None,
+            };
+            host::set_response_header("content-type", Some("application/json"));
+            host::set_response_header("content-length", None);
+            routed.response = ResponseWatch::Replace(e.to_json(&self.request_id));
+            self.set_route_headers();
+            return Action::Continue;
+        }
         let sse = host::response_header("content-type")
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
         // A response without a body has no text to check (and no body callback to resume it).
@@ -504,13 +682,8 @@ impl HttpContext for Edge {
                 overflowed: false,
             }
         };
-        host::set_response_header("x-request-id", Some(&self.request_id));
-        host::set_response_header("x-tokenrouter-provider", Some(&routed.provider));
-        host::set_response_header("x-tokenrouter-model", Some(&routed.model));
         let hold = matches!(routed.response, ResponseWatch::GuardedJson { .. });
-        for (name, value) in self.firewall_headers() {
-            host::set_response_header(name, Some(&value));
-        }
+        self.set_route_headers();
         if hold {
             // Held until the body is checked: a blocked answer becomes a 422.
             return Action::Pause;
@@ -565,6 +738,14 @@ impl HttpContext for Edge {
                     return Action::Pause;
                 }
                 self.check_json_response(body_size);
+            }
+            ResponseWatch::Replace(envelope) => {
+                if !end_of_stream {
+                    host::set_response_body(body_size, &[]);
+                    return Action::Continue;
+                }
+                let envelope = std::mem::take(envelope);
+                host::set_response_body(body_size, &envelope);
             }
             ResponseWatch::NotStarted | ResponseWatch::Ignored => {}
         }

@@ -11,6 +11,13 @@ pub fn request_header(name: &str) -> Option<String> {
         .flatten()
 }
 
+/// Names of the request headers (lower-case, as Envoy keeps them).
+pub fn request_header_names() -> Vec<String> {
+    hostcalls::get_map(MapType::HttpRequestHeaders)
+        .map(|m| m.into_iter().map(|(k, _)| k).collect())
+        .unwrap_or_default()
+}
+
 pub fn set_request_header(name: &str, value: Option<&str>) {
     if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
         log::warn!("setting request header {name} failed: {e:?}");

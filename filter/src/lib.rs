@@ -2,16 +2,18 @@
 //!
 //! One module, three roles chosen by the plugin configuration's `role`:
 //! - `sync` (bootstrap singleton on the main thread): holds the gRPC stream to the control plane,
-//!   writes snapshots into shared data, ships usage records from the shared queue.
+//!   writes snapshots and live provider scores into shared data, ships usage records from
+//!   the shared queue.
 //! - `edge` (downstream HTTP filter): auth, body parse, routing, response metadata, usage.
 //! - `upstream` (cluster HTTP filter, once per attempt): credential, authority and path.
 //!
 //! # Layout
 //! - [`host`]: checked wrappers over proxy-wasm host calls (the SDK's trait defaults panic).
-//! - [`vm`]: per-VM cache of the decoded snapshot and the usage queue handle.
+//! - [`vm`]: per-VM cache of the decoded snapshot and scores, and the usage queue handle.
 //! - [`root`]: the root context; parses the role and creates HTTP contexts.
 //! - [`edge`], [`upstream`], [`sync`]: one module per role.
 
+pub mod attempts;
 pub mod edge;
 pub mod host;
 pub mod root;
@@ -23,6 +25,10 @@ pub mod vm;
 pub const SNAPSHOT_KEY: &str = "tokenrouter.snapshot";
 /// Shared data key holding the snapshot version (u64 little-endian), written after the snapshot.
 pub const SNAPSHOT_VERSION_KEY: &str = "tokenrouter.snapshot.version";
+/// Shared data key holding the encoded live scores (`config.v1.Scores`).
+pub const SCORES_KEY: &str = "tokenrouter.scores";
+/// Shared data key holding the scores version (u64 little-endian), written after the scores.
+pub const SCORES_VERSION_KEY: &str = "tokenrouter.scores.version";
 /// Shared queue carrying encoded `UsageRecord`s from workers to the sync singleton.
 pub const USAGE_QUEUE: &str = "tokenrouter.usage";
 /// vm_id every tokenrouter wasm instance uses (shared data and queues are scoped by it).

@@ -67,6 +67,7 @@ impl RootContext for Root {
                 max_request_body_bytes,
             } => {
                 vm::refresh_snapshot();
+                vm::refresh_scores();
                 Root::Edge(edge::EdgeConfig {
                     metrics: edge::Metrics::define(),
                     max_request_body_bytes,
@@ -99,6 +100,8 @@ impl RootContext for Root {
             Root::Sync(s) => s.on_tick(),
             Root::Edge(_) => {
                 vm::refresh_snapshot();
+                // Only the edge routes, so only it reads the scores.
+                vm::refresh_scores();
                 vm::flush_usage_backlog();
             }
             Root::Upstream { .. } => vm::refresh_snapshot(),

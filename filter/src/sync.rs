@@ -2,10 +2,11 @@
 //! Envoy and the control plane.
 //!
 //! Down the stream come snapshots, which are validated by the engine and written to shared data
-//! (snapshot first, then its version), and acks of usage batches. Up the stream go a hello and
-//! usage batches drained from the shared queue. A batch stays in `inflight` until acknowledged and
-//! is resent after a reconnect or a timeout; the control plane stores records idempotently by
-//! request id, so a resend never double-counts.
+//! (snapshot first, then its version), live provider scores (written the same way under their
+//! own keys) and acks of usage batches. Up the stream go a hello and usage batches drained from
+//! the shared queue. A batch stays in `inflight` until acknowledged and is resent after a
+//! reconnect or a timeout; the control plane stores records idempotently by request id, so a
+//! resend never double-counts.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -54,6 +55,8 @@ pub struct Sync {
     stream: Option<u32>,
     /// Snapshot version last written to shared data (sent in the hello).
     have_version: u64,
+    /// Scores version last written to shared data; for the log only.
+    scores_version: u64,
     pending: VecDeque<UsageRecord>,
     inflight: BTreeMap<u64, Inflight>,
     next_batch: u64,
@@ -72,6 +75,7 @@ impl Sync {
             queue,
             stream: None,
             have_version: 0,
+            scores_version: 0,
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
             next_batch: 1,
@@ -157,8 +161,8 @@ impl Sync {
                     self.flush();
                 }
             }
-            // Live scores: handled by the routing work in progress.
-            Some(control_message::Msg::Scores(_)) | None => {}
+            Some(control_message::Msg::Scores(scores)) => self.install_scores(scores),
+            None => {}
         }
     }
 
@@ -181,6 +185,27 @@ impl Sync {
             self.have_version = version;
         } else {
             log::error!("cannot write snapshot {version} to shared data");
+        }
+    }
+
+    /// Publishes live scores to the workers. Scores without a version are refused and the
+    /// previous ones stay (a message that does not decode never gets here: it is logged and
+    /// dropped whole in `on_message`).
+    fn install_scores(&mut self, scores: tokenrouter_proto::config::v1::Scores) {
+        let version = scores.version;
+        if version == 0 {
+            log::error!(
+                "scores without a version refused, keeping {}",
+                self.scores_version
+            );
+            return;
+        }
+        if host::set_shared_data(crate::SCORES_KEY, &scores.encode_to_vec())
+            && host::set_shared_data(crate::SCORES_VERSION_KEY, &version.to_le_bytes())
+        {
+            self.scores_version = version;
+        } else {
+            log::error!("cannot write scores {version} to shared data");
         }
     }
 

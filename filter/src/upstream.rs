@@ -6,27 +6,42 @@
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use tokenrouter_engine::request::ClientApi;
+use tokenrouter_engine::routing;
 use tokenrouter_engine::snapshot::ProviderEntry;
 use tokenrouter_engine::translate::{translator_for, AttemptTarget, Translator, UpstreamRequest};
 use tokenrouter_engine::usage::ChunkOutput;
 use tokenrouter_engine::{ErrorKind, GatewayError};
 
-use crate::{host, vm};
+use crate::{attempts, host, vm};
 
-/// Headers the edge sets for Envoy and this filter only.
-pub const INTERNAL_HEADERS: [&str; 6] = [
+/// Headers the edge (or Envoy's router) sets for Envoy and this filter only; no provider sees
+/// them.
+pub const INTERNAL_HEADERS: [&str; 9] = [
     "x-tr-cluster",
-    "x-tr-provider",
-    "x-tr-model",
+    "x-tr-attempts",
     "x-tr-request-id",
     "x-tr-client-api",
     "x-tr-stream",
+    "x-envoy-attempt-count",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-expected-rq-timeout-ms",
 ];
+
+/// Bring-your-own-key headers (provider kind → header). The one of the attempt's provider kind
+/// replaces the stored credential for that attempt; all are removed before the provider is
+/// called, and none is ever logged or stored.
+pub const BYOK_HEADERS: [(&str, &str); 5] = routing::BYOK_HEADER_KINDS;
+
+/// Response header telling the edge which attempt (1-based) answered.
+pub const ATTEMPT_HEADER: &str = "x-tr-attempt";
 
 /// What the attempt needs once the body is in (read from the internal headers).
 struct Attempt {
     provider: ProviderEntry,
     upstream_model: String,
+    /// The model the edge wrote into the body (the first attempt's).
+    body_model: String,
     request_id: String,
     stream: bool,
 }
@@ -38,6 +53,8 @@ pub struct Upstream {
     translator: Option<Box<dyn Translator>>,
     /// Set while the body is awaited (the translator reads it).
     pending: Option<Attempt>,
+    request_id: String,
+    number: u32,
 }
 
 impl Upstream {
@@ -46,33 +63,103 @@ impl Upstream {
             provider,
             translator: None,
             pending: None,
+            request_id: String::new(),
+            number: 0,
         }
     }
 
     fn start(&mut self, end_of_stream: bool) -> Result<Action, GatewayError> {
         let header = |name: &str| host::request_header(name).unwrap_or_default();
-        let request_id = header("x-tr-request-id");
-        let api =
-            ClientApi::parse(&header("x-tr-client-api")).unwrap_or(ClientApi::ChatCompletions);
-        let attempt = Attempt {
-            provider: self.provider_entry()?,
-            upstream_model: header("x-tr-model"),
+        // The edge's plan (same worker, same VM); the internal headers only for the first
+        // attempt of a request whose plan is not here (they are gone on retries).
+        let request_id =
+            host::request_header("x-tr-request-id").unwrap_or_else(|| header("x-request-id"));
+        let plan = attempts::planned(&request_id).unwrap_or_else(|| attempts::Plan {
+            chain: routing::parse_attempts_header(&header("x-tr-attempts")),
+            client_api: header("x-tr-client-api"),
             stream: header("x-tr-stream") == "1",
-            request_id,
+            body_len: None,
+            byok: BYOK_HEADERS
+                .iter()
+                .filter_map(|(kind, h)| host::request_header(h).map(|v| ((*kind).to_string(), v)))
+                .collect(),
+        });
+        let api = ClientApi::parse(&plan.client_api).unwrap_or(ClientApi::ChatCompletions);
+        let chain = plan.chain.clone();
+        let number: u32 = header("x-envoy-attempt-count").parse().unwrap_or(1).max(1);
+        // Attempt n is chain entry n - 1. In a provider's own cluster the entry must name that
+        // provider (should Envoy ever reach it out of order, its first entry is used); in a
+        // chain cluster (no provider configured) the entry names the attempt's provider.
+        let own = if self.provider.is_empty() {
+            chain
+                .get(number as usize - 1)
+                .map(|(p, _)| p.clone())
+                .unwrap_or_default()
+        } else {
+            self.provider.clone()
         };
+        let mut provider = self.provider_entry(&own)?;
+        let entry = chain
+            .get(number as usize - 1)
+            .filter(|(p, _)| *p == provider.name)
+            .or_else(|| chain.iter().find(|(p, _)| *p == provider.name))
+            .ok_or_else(|| {
+                GatewayError::new(
+                    ErrorKind::ServiceUnavailable,
+                    format!(
+                        "Attempt {number} reached provider '{}' outside its chain.",
+                        provider.name
+                    ),
+                )
+            })?;
+        let attempt = Attempt {
+            upstream_model: entry.1.clone(),
+            body_model: chain.first().map(|(_, m)| m.clone()).unwrap_or_default(),
+            stream: plan.stream,
+            request_id,
+            provider: provider.clone(),
+        };
+        self.request_id = attempt.request_id.clone();
+        self.number = number;
+        attempts::start(
+            &attempt.request_id,
+            &provider.name,
+            &attempt.upstream_model,
+            host::now_ms(),
+        );
         for h in INTERNAL_HEADERS {
             host::set_request_header(h, None);
         }
-        host::set_request_header("authorization", None);
-        host::set_request_header("x-api-key", None);
-        let translator = translator_for(api, attempt.provider.kind)?;
-        let provider = &attempt.provider;
+        // Every attempt gets the same header map (Envoy's retries share it): credentials of an
+        // earlier attempt's provider go before this one's is set.
+        for h in ["authorization", "x-api-key", "api-key", "x-goog-api-key"] {
+            host::set_request_header(h, None);
+        }
+        for (kind, key) in &plan.byok {
+            if kind == provider.kind.catalogue_kind().as_str() && !key.trim().is_empty() {
+                provider.credential = key.trim().to_string();
+            }
+        }
+        for (_, name) in BYOK_HEADERS {
+            host::set_request_header(name, None);
+        }
+        let translator = translator_for(api, provider.kind)?;
+        if let Some(len) = plan.body_len {
+            host::set_request_header("content-length", Some(&len.to_string()));
+        }
         host::set_request_header(":authority", Some(&provider.base_url.authority()));
         if !provider.credential.is_empty() {
             let (name, value) = provider.kind.credential_header(&provider.credential);
             host::set_request_header(name, Some(&value));
         }
-        let needs_body = translator.needs_request_body() && !end_of_stream;
+        let attempt = Attempt {
+            provider,
+            ..attempt
+        };
+        // A pass-through attempt to another model than the body names rewrites the body.
+        let needs_body = (translator.needs_request_body()
+            || attempt.upstream_model != attempt.body_model)
+            && !end_of_stream;
         self.translator = Some(translator);
         if needs_body {
             self.pending = Some(attempt);
@@ -82,19 +169,16 @@ impl Upstream {
         Ok(Action::Continue)
     }
 
-    fn provider_entry(&self) -> Result<ProviderEntry, GatewayError> {
+    fn provider_entry(&self, name: &str) -> Result<ProviderEntry, GatewayError> {
         if vm::snapshot().is_none() {
             vm::refresh_snapshot();
         }
         vm::snapshot()
-            .and_then(|s| s.provider(&self.provider).cloned())
+            .and_then(|s| s.provider(name).cloned())
             .ok_or_else(|| {
                 GatewayError::new(
                     ErrorKind::ServiceUnavailable,
-                    format!(
-                        "Provider '{}' is not configured on this gateway.",
-                        self.provider
-                    ),
+                    format!("Provider '{name}' is not configured on this gateway."),
                 )
             })
     }
@@ -137,6 +221,12 @@ impl Upstream {
         for (name, value) in &set_headers {
             host::set_request_header(name, Some(value));
         }
+        let new_body = match (new_body, body) {
+            (None, Some((b, _))) if attempt.upstream_model != attempt.body_model => {
+                routing::with_model(b, &attempt.upstream_model)
+            }
+            (new_body, _) => new_body,
+        };
         if let (Some(new_body), Some((_, size))) = (new_body, body) {
             host::set_request_header("content-length", Some(&new_body.len().to_string()));
             if !host::set_request_body(size, &new_body) {
@@ -199,6 +289,12 @@ impl HttpContext for Upstream {
         let status = host::response_header(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        let retry_after = (status == 429)
+            .then(|| host::response_header("retry-after"))
+            .flatten()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        attempts::answered(&self.request_id, status, retry_after, host::now_ms());
+        host::set_response_header(ATTEMPT_HEADER, Some(&self.number.to_string()));
         let content_type = host::response_header("content-type");
         let mutation = translator.response_headers(status, content_type.as_deref());
         for name in &mutation.remove_headers {

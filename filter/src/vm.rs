@@ -1,5 +1,6 @@
-//! Per-VM state: the decoded snapshot (a cache of shared data, refreshed on a tick, so the
-//! request path makes no shared-data call) and the handle of the usage queue.
+//! Per-VM state: the decoded snapshot and live provider scores (caches of shared data,
+//! refreshed on a tick, so the request path makes no shared-data call) and the handle of the
+//! usage queue.
 //!
 //! Every root context of the VM (the edge filter and each provider cluster's upstream filter)
 //! shares this through a thread-local; each VM runs on exactly one thread.
@@ -8,8 +9,11 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use prost::Message;
 use proxy_wasm::hostcalls;
+use tokenrouter_engine::routing::ScoreBoard;
 use tokenrouter_engine::Snapshot;
+use tokenrouter_proto::config::v1 as pb;
 
 use crate::host;
 
@@ -21,6 +25,9 @@ struct VmState {
     snapshot: Option<Rc<Snapshot>>,
     /// Version of `snapshot`, or of the last refused one, so it is not decoded again.
     seen_version: u64,
+    scores: Option<Rc<ScoreBoard>>,
+    /// Version of `scores`, or of the last undecodable one, so it is not decoded again.
+    seen_scores_version: u64,
     queue: Option<u32>,
     backlog: VecDeque<Vec<u8>>,
 }
@@ -34,12 +41,46 @@ pub fn snapshot() -> Option<Rc<Snapshot>> {
     STATE.with(|s| s.borrow().snapshot.clone())
 }
 
-/// Re-reads shared data when its version changed. Cheap when it did not (8 bytes).
-pub fn refresh_snapshot() {
-    let Some(version) = host::shared_data(crate::SNAPSHOT_VERSION_KEY)
+/// The live provider scores, if any have arrived.
+pub fn scores() -> Option<Rc<ScoreBoard>> {
+    STATE.with(|s| s.borrow().scores.clone())
+}
+
+/// A version key (8 bytes, little-endian) from shared data.
+fn shared_version(key: &str) -> Option<u64> {
+    host::shared_data(key)
         .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map(u64::from_le_bytes)
-    else {
+}
+
+/// Re-reads the scores when their version changed. Cheap when it did not (8 bytes). Scores that
+/// do not decode are logged and the previous ones kept.
+pub fn refresh_scores() {
+    let Some(version) = shared_version(crate::SCORES_VERSION_KEY) else {
+        return;
+    };
+    if STATE.with(|s| s.borrow().seen_scores_version) == version {
+        return;
+    }
+    let Some(bytes) = host::shared_data(crate::SCORES_KEY) else {
+        return;
+    };
+    let board = pb::Scores::decode(bytes.as_slice()).map(ScoreBoard::from_proto);
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.seen_scores_version = version;
+        match board {
+            Ok(board) => s.scores = Some(Rc::new(board)),
+            Err(e) => {
+                log::error!("scores version {version} undecodable, keeping the previous: {e}")
+            }
+        }
+    });
+}
+
+/// Re-reads shared data when its version changed. Cheap when it did not (8 bytes).
+pub fn refresh_snapshot() {
+    let Some(version) = shared_version(crate::SNAPSHOT_VERSION_KEY) else {
         return;
     };
     if STATE.with(|s| s.borrow().seen_version) == version {

@@ -179,6 +179,8 @@ class _AnthropicHandler(_Handler):
     def do_POST(self) -> None:
         request = self._read_request()
         self.server.fake.record(request)
+        if self.fault():
+            return
         if not self._authorized(request):
             return
         if request.path != "/v1/messages":
@@ -212,6 +214,15 @@ class _AnthropicHandler(_Handler):
 
     def _send_error(self, status: int, message: str, type_: str, code: str | None) -> None:
         self._send_json(status, anthropic_error(type_, message))
+
+    def _send_fault(self, status: int, headers: dict[str, str]) -> None:
+        if status == 429:
+            payload = anthropic_error("rate_limit_error", "Number of request tokens has exceeded your rate limit.")
+        elif status == 529:
+            payload = anthropic_error("overloaded_error", "Overloaded")
+        else:
+            payload = anthropic_error("api_error", "Internal server error")
+        self._send_json(status, payload, headers)
 
     def _authorized(self, request: RecordedRequest) -> bool:
         api_key = self.server.fake.api_key

@@ -146,6 +146,8 @@ class _GeminiHandler(_Handler):
     def do_POST(self) -> None:
         request = self._read_request()
         self.server.fake.record(request)
+        if self.fault():
+            return
         if not self._authorized(request):
             return
         match = PATH.match(request.path)
@@ -200,6 +202,10 @@ class _GeminiHandler(_Handler):
 
     def _send_gemini_error(self, status: int, message: str) -> None:
         self._send_json(status, gemini_error(status, message))
+
+    def _send_fault(self, status: int, headers: dict[str, str]) -> None:
+        message = "Resource has been exhausted (e.g. check quota)." if status == 429 else "The model is overloaded. Please try again later."
+        self._send_json(status, gemini_error(status, message), headers)
 
     def _authorized(self, request: RecordedRequest) -> bool:
         api_key = self.server.fake.api_key

@@ -161,6 +161,7 @@ class FakeOpenAI:
         # test can put one email address across several SSE events).
         self.chars_per_chunk = chars_per_chunk
         self._requests: list[RecordedRequest] = []
+        self._faults: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.fake = self
@@ -220,6 +221,18 @@ class FakeOpenAI:
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
+
+    def inject(self, *faults: dict[str, Any]) -> None:
+        """Queues faults for the next POST requests, one each, in order:
+        ``{"status": 503}`` / ``{"status": 429, "retry_after": 2}`` (the provider's own error
+        body), ``{"hang": seconds}`` (no answer, then the connection closes) or
+        ``{"reset": True}`` (the connection closes without an answer)."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def next_fault(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self._faults.pop(0) if self._faults else None
 
     def expected_usage(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         return usage_for(messages, self.cached_tokens)
@@ -281,6 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = self._read_request()
         self.server.fake.record(request)
+        if self.fault():
+            return
         if not self._authorized(request):
             return
         path = request.path.split("?", 1)[0]
@@ -335,11 +350,46 @@ class _Handler(BaseHTTPRequestHandler):
             body += self.rfile.read(size)
             self.rfile.readline()  # the CRLF after each chunk
 
+    # injected faults
+
+    def fault(self) -> bool:
+        """Applies the next injected fault, if any; True when the request was answered by it."""
+        fault = self.server.fake.next_fault()
+        if fault is None:
+            return False
+        if "delay" in fault:
+            time.sleep(float(fault["delay"]))
+            return False
+        if "hang" in fault:
+            time.sleep(float(fault["hang"]))
+            self.close_connection = True
+            return True
+        if fault.get("reset"):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return True
+        status = int(fault["status"])
+        headers = {}
+        if "retry_after" in fault:
+            headers["Retry-After"] = str(fault["retry_after"])
+        self._send_fault(status, headers)
+        return True
+
+    def _send_fault(self, status: int, headers: dict[str, str]) -> None:
+        """The provider's documented error body for an injected status."""
+        if status == 429:
+            payload = openai_error("Rate limit reached for requests", "requests", "rate_limit_exceeded")
+        else:
+            payload = openai_error("The server had an error while processing your request.", "server_error", None)
+        self._send_json(status, payload, headers)
+
     # responses
 
-    def _send_json(self, status: int, payload: Any) -> None:
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")

@@ -13,7 +13,10 @@ mod keys;
 mod logs;
 mod models;
 mod output;
+mod preview;
 mod providers;
+mod routing;
+mod rules;
 mod serve;
 
 use std::path::PathBuf;
@@ -90,10 +93,20 @@ enum Command {
     /// Firewall rules: block, mask or warn on prompts, responses and metadata.
     #[command(subcommand)]
     Firewall(firewall::FirewallCommand),
-    /// The model catalogue with prices.
-    Models,
+    /// The model catalogue: list it (prices, capabilities, quality, tier, status), change a
+    /// model, add one.
+    Models(models::ModelsArgs),
+    /// Routing rules: match requests (task, text, metadata, mode, model, headers) and set the
+    /// provider, model or mode.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
+    /// Per-key routing configurations: fallback chains, traffic splits, advanced rules.
+    #[command(subcommand)]
+    Routing(routing::RoutingCommand),
     /// Recent gateway requests, newest first.
     Logs(logs::LogsArgs),
+    /// Where a request would go and why (mode, tier, attempts, rule trace), without sending it.
+    Preview(preview::PreviewArgs),
     /// Render the Envoy bootstrap (local; needs no running control plane).
     EnvoyBootstrap(envoy::EnvoyBootstrapArgs),
 }
@@ -136,8 +149,11 @@ pub fn main() -> ExitCode {
             Command::Keys(cmd) => keys::run(cmd, &globals, &out).await,
             Command::Providers(cmd) => providers::run(cmd, &globals, &out).await,
             Command::Firewall(cmd) => firewall::run(cmd, &globals, &out).await,
-            Command::Models => models::run(&globals, &out).await,
+            Command::Models(args) => models::run(args, &globals, &out).await,
+            Command::Rules(cmd) => rules::run(cmd, &globals, &out).await,
+            Command::Routing(cmd) => routing::run(cmd, &globals, &out).await,
             Command::Logs(args) => logs::run(args, &globals, &out).await,
+            Command::Preview(args) => preview::run(args, &globals, &out).await,
             Command::EnvoyBootstrap(args) => envoy::run(args, &globals, &out),
         }
     });

@@ -125,6 +125,80 @@ impl FirewallRuleRow {
     }
 }
 
+/// A catalogue model as stored: the snapshot's model, and when it was last changed through the
+/// API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelRow {
+    pub model: pb::Model,
+    /// 0 = as seeded from the built-in catalogue and never edited since.
+    pub updated_at_ms: i64,
+}
+
+/// A routing rule as stored (seed 003's `routing_rules`). The engine validates it
+/// (`routing::rules::validate`) before it is written; the snapshot carries it as
+/// `config.v1.RoutingRule`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutingRuleRow {
+    /// Assigned by the store on creation (0 before); never reused.
+    pub id: i64,
+    pub name: String,
+    /// Higher first.
+    pub priority: i32,
+    pub is_enabled: bool,
+    /// JSON object, as the SDK sends it.
+    pub match_json: String,
+    /// JSON object, as the SDK sends it.
+    pub action_json: String,
+    /// Empty = every key.
+    pub key_id: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl RoutingRuleRow {
+    /// The rule as the snapshot (and the engine's validator) takes it.
+    pub fn to_proto(&self) -> pb::RoutingRule {
+        pb::RoutingRule {
+            id: self.id,
+            name: self.name.clone(),
+            priority: self.priority,
+            enabled: self.is_enabled,
+            match_json: self.match_json.clone(),
+            action_json: self.action_json.clone(),
+            key_id: self.key_id.clone(),
+        }
+    }
+}
+
+/// A key's routing configuration as stored (one per key). The engine validates it
+/// (`routing::config::validate`) before it is written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutingConfigRow {
+    /// The key it belongs to; the key must exist.
+    pub key_id: String,
+    /// Inactive configurations are kept (and pushed) but not enforced.
+    pub active: bool,
+    /// fallback | split | rules.
+    pub strategy: String,
+    pub backends: Vec<pb::Backend>,
+    /// `rules` strategy only.
+    pub rules: Vec<pb::ConfigRule>,
+    pub updated_at_ms: i64,
+}
+
+impl RoutingConfigRow {
+    /// The configuration as the snapshot (and the engine's validator) takes it.
+    pub fn to_proto(&self) -> pb::RoutingConfig {
+        pb::RoutingConfig {
+            key_id: self.key_id.clone(),
+            active: self.active,
+            strategy: self.strategy.clone(),
+            backends: self.backends.clone(),
+            rules: self.rules.clone(),
+        }
+    }
+}
+
 /// The whole configuration at one version (read in one transaction, so the two agree).
 #[derive(Clone, Debug, Default)]
 pub struct ConfigState {
@@ -135,6 +209,10 @@ pub struct ConfigState {
     pub models: Vec<pb::Model>,
     /// Firewall rules, enabled or not, by id.
     pub firewall_rules: Vec<FirewallRuleRow>,
+    /// Routing rules, enabled or not, by id.
+    pub routing_rules: Vec<RoutingRuleRow>,
+    /// Routing configurations, active or not, by key id.
+    pub routing_configs: Vec<RoutingConfigRow>,
 }
 
 /// One configuration write.
@@ -153,8 +231,15 @@ pub enum ConfigChange {
     RemoveProvider {
         name: String,
     },
-    /// Fills the model table when it is empty (first start); otherwise changes nothing.
+    /// Inserts the built-in models the table lacks (every start). An existing row is never
+    /// overwritten, except that the columns added with capabilities are filled in on rows
+    /// seeded before they existed (`price_source` still empty, never edited).
     SeedModels(Vec<pb::Model>),
+    /// Inserts the model, or replaces every field of the one with the same `(kind, id)` (which
+    /// keeps its place in catalogue order).
+    UpsertModel(ModelRow),
+    /// Replaces the model with the same `(kind, id)`; `NotFound` when there is none.
+    UpdateModel(ModelRow),
     /// Inserts a rule; the store assigns its id. A taken name is `AlreadyExists`.
     CreateFirewallRule(FirewallRuleRow),
     /// Replaces the rule with this id (its creation time is kept).
@@ -162,17 +247,35 @@ pub enum ConfigChange {
     DeleteFirewallRule {
         id: i64,
     },
+    /// Inserts a routing rule; the store assigns its id. A taken name is `AlreadyExists`.
+    CreateRoutingRule(RoutingRuleRow),
+    /// Replaces the routing rule with this id (its creation time is kept).
+    UpdateRoutingRule(RoutingRuleRow),
+    DeleteRoutingRule {
+        id: i64,
+    },
+    /// Creates or replaces the key's configuration; `NotFound` when the key does not exist.
+    SetRoutingConfig(RoutingConfigRow),
+    DeleteRoutingConfig {
+        key_id: String,
+    },
 }
 
 /// What a configuration write did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Changed {
     Key(KeyRow),
     Provider(ProviderRow),
     ProviderRemoved(String),
-    ModelsSeeded(usize),
+    /// The models inserted or filled in, in catalogue order (empty: nothing to do).
+    ModelsSeeded(Vec<pb::Model>),
+    Model(ModelRow),
     FirewallRule(FirewallRuleRow),
     FirewallRuleRemoved(i64),
+    RoutingRule(RoutingRuleRow),
+    RoutingRuleRemoved(i64),
+    RoutingConfig(RoutingConfigRow),
+    RoutingConfigRemoved(String),
 }
 
 /// Outcome of [`Store::change_config`]: what changed, and the version committed (`None` for a
@@ -192,7 +295,7 @@ pub enum Proposed<'a> {
     Key(&'a KeyRow),
     /// An added or replaced provider; its name is the primary key.
     Provider(&'a ProviderRow),
-    /// Models seeded into the empty catalogue.
+    /// Models seeded, added or changed (`(kind, id)` is the primary key).
     Models(&'a [pb::Model]),
     /// A created or updated firewall rule and how many rules exist after the write. Beyond the
     /// rule itself, the engine's only rule-set constraints are the rule count and unique ids
@@ -201,7 +304,17 @@ pub enum Proposed<'a> {
         rule: &'a FirewallRuleRow,
         count: usize,
     },
-    /// A removal (provider, firewall rule): fewer valid entries stay a valid configuration.
+    /// A created or updated routing rule and how many routing rules exist after the write
+    /// (names and ids are unique indexes).
+    RoutingRule {
+        rule: &'a RoutingRuleRow,
+        count: usize,
+    },
+    /// A set routing configuration (one per key: the primary key; the key exists: checked in
+    /// the same transaction).
+    RoutingConfig(&'a RoutingConfigRow),
+    /// A removal (provider, firewall or routing rule, routing configuration): fewer valid
+    /// entries stay a valid configuration.
     Removal,
 }
 
@@ -258,17 +371,23 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError>;
     async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
-    async fn list_models(&self) -> Result<Vec<pb::Model>, StoreError>;
+    /// Catalogue order.
+    async fn list_models(&self) -> Result<Vec<ModelRow>, StoreError>;
     /// Firewall rules by id.
     async fn list_firewall_rules(&self) -> Result<Vec<FirewallRuleRow>, StoreError>;
+    /// Routing rules by id.
+    async fn list_routing_rules(&self) -> Result<Vec<RoutingRuleRow>, StoreError>;
+    /// Routing configurations by key id.
+    async fn list_routing_configs(&self) -> Result<Vec<RoutingConfigRow>, StoreError>;
 
-    /// Stores a batch in one transaction; records whose request id is already stored are
-    /// skipped. Returns how many were new.
+    /// Stores a batch in one transaction; records whose request id is already stored (or
+    /// repeated earlier in the batch) are skipped. Returns the positions in `records` of those
+    /// that were new, in order: only they may be counted (scores, metrics).
     async fn insert_usage(
         &self,
         records: &[UsageRecord],
         received_at_ms: i64,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Vec<usize>, StoreError>;
 
     /// Request logs, newest first. An unknown cursor is `NotFound`.
     async fn list_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokenrouter_proto::config::v1 as pb;
-use tokenrouter_proto::sync::v1::UsageRecord;
+use tokenrouter_proto::sync::v1::{Attempt, UsageRecord};
 
 use super::{
     ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
-    LogEntry, LogQuery, Proposed, ProviderRow, Store, StoreError,
+    LogEntry, LogQuery, ModelRow, Proposed, ProviderRow, RoutingConfigRow, RoutingRuleRow, Store,
+    StoreError,
 };
 
 /// Starts a write transaction holding SQLite's write lock from its first statement, so a write
@@ -86,10 +88,8 @@ impl Store for SqliteStore {
         let verdict = match &changed {
             Changed::Key(key) => check(Proposed::Key(key)),
             Changed::Provider(provider) => check(Proposed::Provider(provider)),
-            Changed::ModelsSeeded(_) => {
-                let models = load_models(&mut tx).await?;
-                check(Proposed::Models(&models))
-            }
+            Changed::ModelsSeeded(models) => check(Proposed::Models(models)),
+            Changed::Model(row) => check(Proposed::Models(std::slice::from_ref(&row.model))),
             Changed::FirewallRule(rule) => {
                 let count: i64 = sqlx::query("SELECT COUNT(*) FROM firewall_rules")
                     .fetch_one(&mut *tx)
@@ -100,9 +100,21 @@ impl Store for SqliteStore {
                     count: usize::try_from(count).unwrap_or(usize::MAX),
                 })
             }
-            Changed::ProviderRemoved(_) | Changed::FirewallRuleRemoved(_) => {
-                check(Proposed::Removal)
+            Changed::RoutingRule(rule) => {
+                let count: i64 = sqlx::query("SELECT COUNT(*) FROM routing_rules")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+                check(Proposed::RoutingRule {
+                    rule,
+                    count: usize::try_from(count).unwrap_or(usize::MAX),
+                })
             }
+            Changed::RoutingConfig(config) => check(Proposed::RoutingConfig(config)),
+            Changed::ProviderRemoved(_)
+            | Changed::FirewallRuleRemoved(_)
+            | Changed::RoutingRuleRemoved(_)
+            | Changed::RoutingConfigRemoved(_) => check(Proposed::Removal),
         };
         verdict.map_err(StoreError::Rejected)?;
         tx.commit().await?;
@@ -130,9 +142,9 @@ impl Store for SqliteStore {
         load_providers(&mut conn).await
     }
 
-    async fn list_models(&self) -> Result<Vec<pb::Model>, StoreError> {
+    async fn list_models(&self) -> Result<Vec<ModelRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        load_models(&mut conn).await
+        load_model_rows(&mut conn).await
     }
 
     async fn list_firewall_rules(&self) -> Result<Vec<FirewallRuleRow>, StoreError> {
@@ -140,21 +152,33 @@ impl Store for SqliteStore {
         load_firewall_rules(&mut conn).await
     }
 
+    async fn list_routing_rules(&self) -> Result<Vec<RoutingRuleRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_routing_rules(&mut conn).await
+    }
+
+    async fn list_routing_configs(&self) -> Result<Vec<RoutingConfigRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_routing_configs(&mut conn).await
+    }
+
     async fn insert_usage(
         &self,
         records: &[UsageRecord],
         received_at_ms: i64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<usize>, StoreError> {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let mut inserted = 0;
-        for r in records {
+        let mut inserted = Vec::new();
+        for (i, r) in records.iter().enumerate() {
             let done = sqlx::query(
                 "INSERT INTO request_logs (request_id, started_at_ms, key_id, client_api, \
                  requested_model, provider, model, status, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, latency_ms, cost_picos, stream, error_type, \
-                 node_id, received_at_ms, firewall_actions, warnings) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 node_id, received_at_ms, firewall_actions, warnings, mode, tier, rule_trace, \
+                 attempts_json, ttfb_ms, retry_after_s) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+                 ?, ?) \
                  ON CONFLICT (request_id) DO NOTHING",
             )
             .bind(&r.request_id)
@@ -177,9 +201,17 @@ impl Store for SqliteStore {
             .bind(received_at_ms)
             .bind(json_list(&r.firewall_actions))
             .bind(json_list(&r.warnings))
+            .bind(&r.mode)
+            .bind(&r.tier)
+            .bind(&r.rule_trace)
+            .bind(attempts_json(&r.attempts))
+            .bind(to_i64(r.ttfb_ms))
+            .bind(i64::from(r.retry_after_s))
             .execute(&mut *tx)
             .await?;
-            inserted += done.rows_affected();
+            if done.rows_affected() > 0 {
+                inserted.push(i);
+            }
         }
         tx.commit().await?;
         Ok(inserted)
@@ -202,7 +234,8 @@ impl Store for SqliteStore {
             "SELECT request_id, started_at_ms, key_id, client_api, requested_model, provider, \
              model, status, input_tokens, output_tokens, cached_tokens, reasoning_tokens, \
              latency_ms, cost_picos, stream, error_type, node_id, received_at_ms, \
-             firewall_actions, warnings \
+             firewall_actions, warnings, mode, tier, rule_trace, attempts_json, ttfb_ms, \
+             retry_after_s \
              FROM request_logs \
              WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR rowid < ?2) \
              ORDER BY rowid DESC LIMIT ?3",
@@ -235,7 +268,13 @@ impl Store for SqliteStore {
                         node_id: row.try_get("node_id")?,
                         firewall_actions: parse_json_list(row.try_get("firewall_actions")?),
                         warnings: parse_json_list(row.try_get("warnings")?),
-                        ..UsageRecord::default()
+                        mode: row.try_get("mode")?,
+                        tier: row.try_get("tier")?,
+                        rule_trace: row.try_get("rule_trace")?,
+                        attempts: parse_attempts(row.try_get("attempts_json")?),
+                        ttfb_ms: to_u64(row.try_get("ttfb_ms")?),
+                        retry_after_s: u32::try_from(row.try_get::<i64, _>("retry_after_s")?)
+                            .unwrap_or(0),
                     },
                     received_at_ms: row.try_get("received_at_ms")?,
                 })
@@ -361,36 +400,78 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             Applied::Committed(Changed::ProviderRemoved(name))
         }
         ConfigChange::SeedModels(models) => {
-            let count: i64 = sqlx::query("SELECT COUNT(*) FROM models")
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get(0)?;
-            if count > 0 {
-                Applied::Nothing(Changed::ModelsSeeded(0))
-            } else {
-                for m in &models {
-                    sqlx::query(
-                        "INSERT INTO models (provider_kind, id, upstream_model, \
-                         input_price_micros_per_mtok, output_price_micros_per_mtok, \
-                         cached_input_price_micros_per_mtok, context_window, enabled) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            let mut seeded = Vec::new();
+            for m in models {
+                let inserted = bind_model(sqlx::query(&insert_model_sql(false)), &m)
+                    .bind(0_i64)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                // A row seeded before the capability columns existed gets them once; prices,
+                // context window and status stay as they are.
+                let filled = inserted == 0
+                    && sqlx::query(
+                        "UPDATE models SET tools = ?, vision = ?, json_mode = ?, streaming = ?, \
+                         embeddings = ?, quality = ?, tier = ?, max_output_tokens = ?, \
+                         price_source = ?, price_as_of = ?, display_name = ? \
+                         WHERE provider_kind = ? AND id = ? AND price_source = '' \
+                         AND updated_at_ms = 0",
                     )
+                    .bind(m.tools)
+                    .bind(m.vision)
+                    .bind(m.json_mode)
+                    .bind(m.streaming)
+                    .bind(m.embeddings)
+                    .bind(i64::from(m.quality))
+                    .bind(&m.tier)
+                    .bind(i64::from(m.max_output_tokens))
+                    .bind(&m.price_source)
+                    .bind(&m.price_as_of)
+                    .bind(&m.display_name)
                     .bind(&m.provider_kind)
                     .bind(&m.id)
-                    .bind(&m.upstream_model)
-                    .bind(m.input_price_micros_per_mtok)
-                    .bind(m.output_price_micros_per_mtok)
-                    .bind(m.cached_input_price_micros_per_mtok)
-                    .bind(i64::from(m.context_window))
-                    .bind(m.enabled)
                     .execute(&mut *conn)
-                    .await
-                    .map_err(|e| {
-                        unique_violation(e, || format!("model {}/{}", m.provider_kind, m.id))
-                    })?;
+                    .await?
+                    .rows_affected()
+                        > 0;
+                if inserted > 0 || filled {
+                    seeded.push(m);
                 }
-                Applied::Committed(Changed::ModelsSeeded(models.len()))
             }
+            if seeded.is_empty() {
+                Applied::Nothing(Changed::ModelsSeeded(seeded))
+            } else {
+                Applied::Committed(Changed::ModelsSeeded(seeded))
+            }
+        }
+        ConfigChange::UpsertModel(row) => {
+            // ON CONFLICT … DO UPDATE keeps the rowid, so a replaced model keeps its place in
+            // catalogue order.
+            bind_model(sqlx::query(&insert_model_sql(true)), &row.model)
+                .bind(row.updated_at_ms)
+                .execute(&mut *conn)
+                .await?;
+            Applied::Committed(Changed::Model(row))
+        }
+        ConfigChange::UpdateModel(row) => {
+            let sets: Vec<String> = MODEL_FIELDS.iter().map(|f| format!("{f} = ?")).collect();
+            let sql = format!(
+                "UPDATE models SET {}, updated_at_ms = ? WHERE provider_kind = ? AND id = ?",
+                sets.join(", ")
+            );
+            let done = bind_model_fields(sqlx::query(&sql), &row.model)
+                .bind(row.updated_at_ms)
+                .bind(&row.model.provider_kind)
+                .bind(&row.model.id)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "model {}/{}",
+                    row.model.provider_kind, row.model.id
+                )));
+            }
+            Applied::Committed(Changed::Model(row))
         }
         ConfigChange::CreateFirewallRule(mut rule) => {
             let done = bind_rule(
@@ -444,6 +525,103 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             }
             Applied::Committed(Changed::FirewallRuleRemoved(id))
         }
+        ConfigChange::CreateRoutingRule(mut rule) => {
+            let done = bind_routing_rule(
+                sqlx::query(
+                    "INSERT INTO routing_rules (name, priority, is_enabled, match_json, \
+                     action_json, key_id, created_at_ms, updated_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ),
+                &rule,
+            )
+            .bind(rule.created_at_ms)
+            .bind(rule.updated_at_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| unique_violation(e, || format!("routing rule named {:?}", rule.name)))?;
+            rule.id = done.last_insert_rowid();
+            Applied::Committed(Changed::RoutingRule(rule))
+        }
+        ConfigChange::UpdateRoutingRule(mut rule) => {
+            let created: i64 = sqlx::query("SELECT created_at_ms FROM routing_rules WHERE id = ?")
+                .bind(rule.id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("routing rule {}", rule.id)))?
+                .try_get(0)?;
+            rule.created_at_ms = created;
+            bind_routing_rule(
+                sqlx::query(
+                    "UPDATE routing_rules SET name = ?, priority = ?, is_enabled = ?, \
+                     match_json = ?, action_json = ?, key_id = ?, updated_at_ms = ? WHERE id = ?",
+                ),
+                &rule,
+            )
+            .bind(rule.updated_at_ms)
+            .bind(rule.id)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| unique_violation(e, || format!("routing rule named {:?}", rule.name)))?;
+            Applied::Committed(Changed::RoutingRule(rule))
+        }
+        ConfigChange::DeleteRoutingRule { id } => {
+            let done = sqlx::query("DELETE FROM routing_rules WHERE id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("routing rule {id}")));
+            }
+            Applied::Committed(Changed::RoutingRuleRemoved(id))
+        }
+        ConfigChange::SetRoutingConfig(config) => {
+            // The key must exist; checked in the write transaction, and it stays true (keys
+            // are revoked, never deleted).
+            let key = sqlx::query("SELECT 1 FROM api_keys WHERE id = ?")
+                .bind(&config.key_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if key.is_none() {
+                return Err(StoreError::NotFound(format!("key {}", config.key_id)));
+            }
+            let rules: Vec<ConfigRuleJson> = config
+                .rules
+                .iter()
+                .map(|r| ConfigRuleJson {
+                    name: r.name.clone(),
+                    match_json: r.match_json.clone(),
+                    backends: backends_json(&r.backends),
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO routing_configs (key_id, active, strategy, backends_json, \
+                 rules_json, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (key_id) DO UPDATE SET active = excluded.active, \
+                 strategy = excluded.strategy, backends_json = excluded.backends_json, \
+                 rules_json = excluded.rules_json, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(&config.key_id)
+            .bind(config.active)
+            .bind(&config.strategy)
+            .bind(encode_json(&backends_json(&config.backends))?)
+            .bind(encode_json(&rules)?)
+            .bind(config.updated_at_ms)
+            .execute(&mut *conn)
+            .await?;
+            Applied::Committed(Changed::RoutingConfig(config))
+        }
+        ConfigChange::DeleteRoutingConfig { key_id } => {
+            let done = sqlx::query("DELETE FROM routing_configs WHERE key_id = ?")
+                .bind(&key_id)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "routing configuration of key {key_id}"
+                )));
+            }
+            Applied::Committed(Changed::RoutingConfigRemoved(key_id))
+        }
     };
     Ok(applied)
 }
@@ -459,6 +637,8 @@ async fn load_config(conn: &mut SqliteConnection) -> Result<ConfigState, StoreEr
         providers: load_providers(conn).await?,
         models: load_models(conn).await?,
         firewall_rules: load_firewall_rules(conn).await?,
+        routing_rules: load_routing_rules(conn).await?,
+        routing_configs: load_routing_configs(conn).await?,
     })
 }
 
@@ -524,6 +704,47 @@ fn parse_json_list(text: String) -> Vec<String> {
     serde_json::from_str(&text).unwrap_or_default()
 }
 
+/// One attempt in `request_logs.attempts_json`.
+#[derive(Serialize, Deserialize)]
+struct AttemptJson {
+    provider: String,
+    model: String,
+    /// 0 = no response.
+    status: u32,
+    latency_ms: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    error: String,
+}
+
+/// A record's attempts as a JSON array of objects (request log column `attempts_json`).
+fn attempts_json(attempts: &[Attempt]) -> String {
+    let rows: Vec<AttemptJson> = attempts
+        .iter()
+        .map(|a| AttemptJson {
+            provider: a.provider.clone(),
+            model: a.model.clone(),
+            status: a.status,
+            latency_ms: a.latency_ms,
+            error: a.error.clone(),
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_attempts(text: String) -> Vec<Attempt> {
+    serde_json::from_str::<Vec<AttemptJson>>(&text)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| Attempt {
+            provider: a.provider,
+            model: a.model,
+            status: a.status,
+            latency_ms: a.latency_ms,
+            error: a.error,
+        })
+        .collect()
+}
+
 const KEY_SELECT: &str = "SELECT id, name, key_prefix, sha256, workspace_id, status, \
                           created_at_ms, revoked_at_ms FROM api_keys";
 
@@ -577,29 +798,239 @@ async fn load_providers(conn: &mut SqliteConnection) -> Result<Vec<ProviderRow>,
     .collect()
 }
 
+/// The `models` columns beyond the primary key `(provider_kind, id)`, in
+/// [`bind_model_fields`] order.
+const MODEL_FIELDS: [&str; 17] = [
+    "upstream_model",
+    "input_price_micros_per_mtok",
+    "output_price_micros_per_mtok",
+    "cached_input_price_micros_per_mtok",
+    "context_window",
+    "enabled",
+    "tools",
+    "vision",
+    "json_mode",
+    "streaming",
+    "embeddings",
+    "quality",
+    "tier",
+    "max_output_tokens",
+    "price_source",
+    "price_as_of",
+    "display_name",
+];
+
+/// `INSERT` of a whole model (bind with [`bind_model`], then `updated_at_ms`); on a taken
+/// `(kind, id)` either replace every field (`replace`) or do nothing.
+fn insert_model_sql(replace: bool) -> String {
+    let on_conflict = if replace {
+        let sets: Vec<String> = MODEL_FIELDS
+            .iter()
+            .chain(&["updated_at_ms"])
+            .map(|f| format!("{f} = excluded.{f}"))
+            .collect();
+        format!("UPDATE SET {}", sets.join(", "))
+    } else {
+        "NOTHING".to_string()
+    };
+    format!(
+        "INSERT INTO models (provider_kind, id, {}, updated_at_ms) VALUES (?, ?, {}?) \
+         ON CONFLICT (provider_kind, id) DO {on_conflict}",
+        MODEL_FIELDS.join(", "),
+        "?, ".repeat(MODEL_FIELDS.len()),
+    )
+}
+
+/// Binds the primary key, then [`MODEL_FIELDS`].
+fn bind_model<'q>(query: Query<'q>, m: &'q pb::Model) -> Query<'q> {
+    bind_model_fields(query.bind(&m.provider_kind).bind(&m.id), m)
+}
+
+fn bind_model_fields<'q>(query: Query<'q>, m: &'q pb::Model) -> Query<'q> {
+    query
+        .bind(&m.upstream_model)
+        .bind(m.input_price_micros_per_mtok)
+        .bind(m.output_price_micros_per_mtok)
+        .bind(m.cached_input_price_micros_per_mtok)
+        .bind(i64::from(m.context_window))
+        .bind(m.enabled)
+        .bind(m.tools)
+        .bind(m.vision)
+        .bind(m.json_mode)
+        .bind(m.streaming)
+        .bind(m.embeddings)
+        .bind(i64::from(m.quality))
+        .bind(&m.tier)
+        .bind(i64::from(m.max_output_tokens))
+        .bind(&m.price_source)
+        .bind(&m.price_as_of)
+        .bind(&m.display_name)
+}
+
 async fn load_models(conn: &mut SqliteConnection) -> Result<Vec<pb::Model>, StoreError> {
+    Ok(load_model_rows(conn)
+        .await?
+        .into_iter()
+        .map(|r| r.model)
+        .collect())
+}
+
+async fn load_model_rows(conn: &mut SqliteConnection) -> Result<Vec<ModelRow>, StoreError> {
     // rowid = seeding order = catalogue order, which bare-model resolution relies on.
+    let u32_of = |row: &sqlx::sqlite::SqliteRow, column: &str| -> Result<u32, StoreError> {
+        Ok(u32::try_from(row.try_get::<i64, _>(column)?).unwrap_or(u32::MAX))
+    };
+    sqlx::query(&format!(
+        "SELECT provider_kind, id, {}, updated_at_ms FROM models ORDER BY rowid",
+        MODEL_FIELDS.join(", ")
+    ))
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(ModelRow {
+            model: pb::Model {
+                id: row.try_get("id")?,
+                provider_kind: row.try_get("provider_kind")?,
+                upstream_model: row.try_get("upstream_model")?,
+                input_price_micros_per_mtok: row.try_get("input_price_micros_per_mtok")?,
+                output_price_micros_per_mtok: row.try_get("output_price_micros_per_mtok")?,
+                cached_input_price_micros_per_mtok: row
+                    .try_get("cached_input_price_micros_per_mtok")?,
+                context_window: u32_of(row, "context_window")?,
+                enabled: row.try_get("enabled")?,
+                tools: row.try_get("tools")?,
+                vision: row.try_get("vision")?,
+                json_mode: row.try_get("json_mode")?,
+                streaming: row.try_get("streaming")?,
+                embeddings: row.try_get("embeddings")?,
+                quality: u32_of(row, "quality")?,
+                tier: row.try_get("tier")?,
+                max_output_tokens: u32_of(row, "max_output_tokens")?,
+                price_source: row.try_get("price_source")?,
+                price_as_of: row.try_get("price_as_of")?,
+                display_name: row.try_get("display_name")?,
+            },
+            updated_at_ms: row.try_get("updated_at_ms")?,
+        })
+    })
+    .collect()
+}
+
+async fn load_routing_rules(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<RoutingRuleRow>, StoreError> {
     sqlx::query(
-        "SELECT provider_kind, id, upstream_model, input_price_micros_per_mtok, \
-         output_price_micros_per_mtok, cached_input_price_micros_per_mtok, context_window, \
-         enabled FROM models ORDER BY rowid",
+        "SELECT id, name, priority, is_enabled, match_json, action_json, key_id, created_at_ms, \
+         updated_at_ms FROM routing_rules ORDER BY id",
     )
     .fetch_all(&mut *conn)
     .await?
     .iter()
     .map(|row| {
-        Ok(pb::Model {
+        Ok(RoutingRuleRow {
             id: row.try_get("id")?,
-            provider_kind: row.try_get("provider_kind")?,
-            upstream_model: row.try_get("upstream_model")?,
-            input_price_micros_per_mtok: row.try_get("input_price_micros_per_mtok")?,
-            output_price_micros_per_mtok: row.try_get("output_price_micros_per_mtok")?,
-            cached_input_price_micros_per_mtok: row
-                .try_get("cached_input_price_micros_per_mtok")?,
-            context_window: u32::try_from(row.try_get::<i64, _>("context_window")?)
-                .unwrap_or(u32::MAX),
-            enabled: row.try_get("enabled")?,
-            ..pb::Model::default()
+            name: row.try_get("name")?,
+            priority: row.try_get("priority")?,
+            is_enabled: row.try_get("is_enabled")?,
+            match_json: row.try_get("match_json")?,
+            action_json: row.try_get("action_json")?,
+            key_id: row.try_get("key_id")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+        })
+    })
+    .collect()
+}
+
+/// Binds a routing rule's columns from `name` to `key_id`, in table order.
+fn bind_routing_rule<'q>(query: Query<'q>, r: &'q RoutingRuleRow) -> Query<'q> {
+    query
+        .bind(&r.name)
+        .bind(r.priority)
+        .bind(r.is_enabled)
+        .bind(&r.match_json)
+        .bind(&r.action_json)
+        .bind(&r.key_id)
+}
+
+/// A backend as stored in `routing_configs.backends_json` (and inside `rules_json`).
+#[derive(Serialize, Deserialize)]
+struct BackendJson {
+    model: String,
+    priority: i32,
+    weight: u32,
+}
+
+/// A rule of the `rules` strategy as stored in `routing_configs.rules_json`.
+#[derive(Serialize, Deserialize)]
+struct ConfigRuleJson {
+    name: String,
+    match_json: String,
+    backends: Vec<BackendJson>,
+}
+
+fn backends_json(backends: &[pb::Backend]) -> Vec<BackendJson> {
+    backends
+        .iter()
+        .map(|b| BackendJson {
+            model: b.model.clone(),
+            priority: b.priority,
+            weight: b.weight,
+        })
+        .collect()
+}
+
+fn backends_proto(backends: Vec<BackendJson>) -> Vec<pb::Backend> {
+    backends
+        .into_iter()
+        .map(|b| pb::Backend {
+            model: b.model,
+            priority: b.priority,
+            weight: b.weight,
+        })
+        .collect()
+}
+
+fn encode_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("encoding JSON: {e}")))
+}
+
+async fn load_routing_configs(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<RoutingConfigRow>, StoreError> {
+    sqlx::query(
+        "SELECT key_id, active, strategy, backends_json, rules_json, updated_at_ms \
+         FROM routing_configs ORDER BY key_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| {
+        let key_id: String = row.try_get("key_id")?;
+        let corrupt = |column: &str, e: serde_json::Error| {
+            StoreError::Corrupt(format!("routing configuration of {key_id}: {column}: {e}"))
+        };
+        let backends: Vec<BackendJson> =
+            serde_json::from_str(&row.try_get::<String, _>("backends_json")?)
+                .map_err(|e| corrupt("backends_json", e))?;
+        let rules: Vec<ConfigRuleJson> =
+            serde_json::from_str(&row.try_get::<String, _>("rules_json")?)
+                .map_err(|e| corrupt("rules_json", e))?;
+        Ok(RoutingConfigRow {
+            active: row.try_get("active")?,
+            strategy: row.try_get("strategy")?,
+            backends: backends_proto(backends),
+            rules: rules
+                .into_iter()
+                .map(|r| pb::ConfigRule {
+                    name: r.name,
+                    match_json: r.match_json,
+                    backends: backends_proto(r.backends),
+                })
+                .collect(),
+            updated_at_ms: row.try_get("updated_at_ms")?,
+            key_id,
         })
     })
     .collect()
@@ -810,13 +1241,299 @@ mod tests {
             .change_config(ConfigChange::SeedModels(builtin.clone()), &ok)
             .await
             .unwrap();
-        assert_eq!(out.changed, Changed::ModelsSeeded(builtin.len()));
+        assert_eq!(out.changed, Changed::ModelsSeeded(builtin.clone()));
         let again = store
             .change_config(ConfigChange::SeedModels(builtin.clone()), &ok)
             .await
             .unwrap();
         assert!(again.version.is_none());
-        assert_eq!(store.list_models().await.unwrap(), builtin);
+        let rows = store.list_models().await.unwrap();
+        assert!(rows.iter().all(|r| r.updated_at_ms == 0));
+        let models: Vec<pb::Model> = rows.into_iter().map(|r| r.model).collect();
+        assert_eq!(
+            models, builtin,
+            "every column round-trips, in catalogue order"
+        );
+    }
+
+    fn model(id: &str) -> pb::Model {
+        pb::Model {
+            id: id.into(),
+            provider_kind: "openai".into(),
+            upstream_model: id.into(),
+            input_price_micros_per_mtok: 1,
+            output_price_micros_per_mtok: 2,
+            cached_input_price_micros_per_mtok: 3,
+            context_window: 1000,
+            enabled: true,
+            tools: true,
+            vision: true,
+            json_mode: true,
+            streaming: true,
+            embeddings: false,
+            quality: 70,
+            tier: "complex".into(),
+            max_output_tokens: 100,
+            price_source: "https://example.com/pricing".into(),
+            price_as_of: "2025-01-01".into(),
+            display_name: id.to_uppercase(),
+        }
+    }
+
+    /// Every start inserts the built-in models the table lacks; rows that exist keep the
+    /// operator's values, and rows from before the capability columns get those filled once.
+    #[tokio::test]
+    async fn seeding_adds_missing_models_and_keeps_operator_edits() {
+        let (store, _dir) = temp_store().await;
+        let v1 = vec![model("a"), model("b")];
+        store
+            .change_config(ConfigChange::SeedModels(v1), &ok)
+            .await
+            .unwrap();
+        // The operator edits "a"; "b" is a row as migrated from before 0003 (no capabilities).
+        let mut edited = model("a");
+        edited.input_price_micros_per_mtok = 999;
+        edited.enabled = false;
+        edited.quality = 5;
+        store
+            .change_config(
+                ConfigChange::UpdateModel(ModelRow {
+                    model: edited.clone(),
+                    updated_at_ms: 7,
+                }),
+                &ok,
+            )
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE models SET tools = 0, quality = 0, tier = '', price_source = '', \
+             input_price_micros_per_mtok = 42 WHERE id = 'b'",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+
+        // A newer catalogue: new values for all three, and a new model "c".
+        let newer: Vec<pb::Model> = ["a", "b", "c"]
+            .iter()
+            .map(|id| pb::Model {
+                quality: 88,
+                input_price_micros_per_mtok: 5,
+                ..model(id)
+            })
+            .collect();
+        let out = store
+            .change_config(ConfigChange::SeedModels(newer.clone()), &ok)
+            .await
+            .unwrap();
+        let Changed::ModelsSeeded(seeded) = out.changed else {
+            panic!("not a seed")
+        };
+        let ids: Vec<&str> = seeded.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+        let rows = store.list_models().await.unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.model.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"], "new models come last");
+        assert_eq!(rows[0].model, edited, "operator edits win");
+        assert_eq!(rows[0].updated_at_ms, 7);
+        let b = &rows[1].model;
+        assert_eq!((b.quality, b.tier.as_str(), b.tools), (88, "complex", true));
+        assert_eq!(
+            b.input_price_micros_per_mtok, 42,
+            "prices are never overwritten"
+        );
+        assert_eq!(rows[2].model, newer[2]);
+
+        // The fill happens once: a later catalogue changes nothing that exists.
+        let out = store
+            .change_config(ConfigChange::SeedModels(newer), &ok)
+            .await
+            .unwrap();
+        assert!(out.version.is_none());
+    }
+
+    #[tokio::test]
+    async fn models_upsert_and_update() {
+        let (store, _dir) = temp_store().await;
+        let row = |m: pb::Model| ModelRow {
+            model: m,
+            updated_at_ms: 3,
+        };
+        let missing = store
+            .change_config(ConfigChange::UpdateModel(row(model("a"))), &ok)
+            .await;
+        assert!(
+            matches!(missing, Err(StoreError::NotFound(_))),
+            "{missing:?}"
+        );
+        for id in ["a", "b"] {
+            store
+                .change_config(ConfigChange::UpsertModel(row(model(id))), &ok)
+                .await
+                .unwrap();
+        }
+        let changed = pb::Model {
+            embeddings: true,
+            streaming: false,
+            tier: "simple".into(),
+            ..model("a")
+        };
+        let out = store
+            .change_config(ConfigChange::UpsertModel(row(changed.clone())), &ok)
+            .await
+            .unwrap();
+        assert_eq!(out.changed, Changed::Model(row(changed.clone())));
+        let rows = store.list_models().await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], row(changed), "replaced in place");
+        // A refused model is rolled back.
+        let refuse = |_: Proposed<'_>| Err("no".to_string());
+        let out = store
+            .change_config(ConfigChange::UpsertModel(row(model("z"))), &refuse)
+            .await;
+        assert!(matches!(out, Err(StoreError::Rejected(_))));
+        assert_eq!(store.list_models().await.unwrap().len(), 2);
+    }
+
+    fn routing_rule(name: &str) -> RoutingRuleRow {
+        RoutingRuleRow {
+            id: 0,
+            name: name.into(),
+            priority: 100,
+            is_enabled: true,
+            match_json: r#"{"task":"coding"}"#.into(),
+            action_json: r#"{"set_model":"gpt-4o"}"#.into(),
+            key_id: String::new(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn routing_rules_crud() {
+        let (store, _dir) = temp_store().await;
+        let counted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = counted.clone();
+        let count = move |p: Proposed<'_>| {
+            if let Proposed::RoutingRule { count, .. } = p {
+                seen.lock().unwrap().push(count);
+            }
+            Ok(())
+        };
+        let Changed::RoutingRule(a) = store
+            .change_config(ConfigChange::CreateRoutingRule(routing_rule("a")), &count)
+            .await
+            .unwrap()
+            .changed
+        else {
+            panic!("not a rule")
+        };
+        assert!(a.id > 0);
+        store
+            .change_config(ConfigChange::CreateRoutingRule(routing_rule("b")), &count)
+            .await
+            .unwrap();
+        assert_eq!(*counted.lock().unwrap(), [1, 2]);
+        let dup = store
+            .change_config(ConfigChange::CreateRoutingRule(routing_rule("a")), &ok)
+            .await;
+        assert!(matches!(dup, Err(StoreError::AlreadyExists(_))), "{dup:?}");
+
+        let mut changed = RoutingRuleRow {
+            priority: -5,
+            is_enabled: false,
+            key_id: "key_x".into(),
+            created_at_ms: 99,
+            updated_at_ms: 50,
+            ..a.clone()
+        };
+        store
+            .change_config(ConfigChange::UpdateRoutingRule(changed.clone()), &ok)
+            .await
+            .unwrap();
+        changed.created_at_ms = a.created_at_ms;
+        let listed = store.list_routing_rules().await.unwrap();
+        assert_eq!(listed[0], changed, "creation time kept");
+        assert_eq!(store.load_config().await.unwrap().routing_rules, listed);
+
+        let rename_to_taken = RoutingRuleRow {
+            name: "b".into(),
+            ..changed.clone()
+        };
+        let taken = store
+            .change_config(ConfigChange::UpdateRoutingRule(rename_to_taken), &ok)
+            .await;
+        assert!(matches!(taken, Err(StoreError::AlreadyExists(_))));
+        store
+            .change_config(ConfigChange::DeleteRoutingRule { id: a.id }, &ok)
+            .await
+            .unwrap();
+        for change in [
+            ConfigChange::DeleteRoutingRule { id: a.id },
+            ConfigChange::UpdateRoutingRule(changed),
+        ] {
+            let gone = store.change_config(change, &ok).await;
+            assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
+        }
+        assert_eq!(store.list_routing_rules().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn routing_configs_set_replace_delete() {
+        let (store, _dir) = temp_store().await;
+        let backend = |model: &str, weight| pb::Backend {
+            model: model.into(),
+            priority: 0,
+            weight,
+        };
+        let config = RoutingConfigRow {
+            key_id: "key_a".into(),
+            active: true,
+            strategy: "rules".into(),
+            backends: vec![backend("openai/gpt-4o", 3), backend("é/ü", 1)],
+            rules: vec![pb::ConfigRule {
+                name: "code".into(),
+                match_json: r#"{"headers":{"x-team":"a"}}"#.into(),
+                backends: vec![backend("gpt-4o-mini", 0)],
+            }],
+            updated_at_ms: 5,
+        };
+        let no_key = store
+            .change_config(ConfigChange::SetRoutingConfig(config.clone()), &ok)
+            .await;
+        assert!(matches!(no_key, Err(StoreError::NotFound(_))), "{no_key:?}");
+        store
+            .change_config(ConfigChange::CreateKey(key("key_a", 1)), &ok)
+            .await
+            .unwrap();
+        store
+            .change_config(ConfigChange::SetRoutingConfig(config.clone()), &ok)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list_routing_configs().await.unwrap(),
+            std::slice::from_ref(&config)
+        );
+        let replaced = RoutingConfigRow {
+            active: false,
+            strategy: "split".into(),
+            rules: Vec::new(),
+            ..config
+        };
+        store
+            .change_config(ConfigChange::SetRoutingConfig(replaced.clone()), &ok)
+            .await
+            .unwrap();
+        let state = store.load_config().await.unwrap();
+        assert_eq!(state.routing_configs, [replaced]);
+
+        let delete = || ConfigChange::DeleteRoutingConfig {
+            key_id: "key_a".into(),
+        };
+        store.change_config(delete(), &ok).await.unwrap();
+        assert!(store.list_routing_configs().await.unwrap().is_empty());
+        let gone = store.change_config(delete(), &ok).await;
+        assert!(matches!(gone, Err(StoreError::NotFound(_))));
     }
 
     #[tokio::test]
@@ -842,17 +1559,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn routing_columns_of_the_request_log_round_trip() {
+        let (store, _dir) = temp_store().await;
+        let mut r = record("routed");
+        r.input_tokens = 7;
+        r.mode = "latency".into();
+        r.tier = "complex".into();
+        r.rule_trace = r#"[{"rule":"eu","id":3,"matched":true}]"#.into();
+        r.attempts = vec![
+            Attempt {
+                provider: "openai".into(),
+                model: "gpt-4o".into(),
+                status: 503,
+                latency_ms: 40,
+                error: "http_503".into(),
+            },
+            Attempt {
+                provider: "azure".into(),
+                model: "gpt-4o".into(),
+                status: 0,
+                latency_ms: 60_000,
+                error: "timeout".into(),
+            },
+            Attempt {
+                provider: "claude".into(),
+                model: "sonnet-é".into(),
+                status: 200,
+                latency_ms: 700,
+                error: String::new(),
+            },
+        ];
+        r.ttfb_ms = 812;
+        r.retry_after_s = 30;
+        store
+            .insert_usage(&[r.clone(), record("plain")], 1)
+            .await
+            .unwrap();
+        let rows = store
+            .list_logs(&LogQuery {
+                limit: 10,
+                ..LogQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows[1].record, r);
+        let plain = &rows[0].record;
+        assert!(plain.attempts.is_empty() && plain.rule_trace.is_empty());
+        assert!(plain.mode.is_empty() && plain.tier.is_empty());
+        assert_eq!((plain.ttfb_ms, plain.retry_after_s), (0, 0));
+    }
+
+    #[tokio::test]
     async fn usage_batches_are_idempotent() {
         let (store, _dir) = temp_store().await;
         let batch = vec![record("r1"), record("r2")];
-        assert_eq!(store.insert_usage(&batch, 100).await.unwrap(), 2);
-        assert_eq!(store.insert_usage(&batch, 200).await.unwrap(), 0);
+        assert_eq!(store.insert_usage(&batch, 100).await.unwrap(), [0, 1]);
+        assert!(store.insert_usage(&batch, 200).await.unwrap().is_empty());
         assert_eq!(
             store
-                .insert_usage(&[record("r2"), record("r3")], 300)
+                .insert_usage(&[record("r2"), record("r3"), record("r3")], 300)
                 .await
                 .unwrap(),
-            1
+            [1],
+            "only the first r3 is new"
         );
         let all = store
             .list_logs(&LogQuery {

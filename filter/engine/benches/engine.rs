@@ -7,6 +7,7 @@
 //! - `auth/*`: key extraction + SHA-256 + snapshot lookup, with 100 and 100 000 keys;
 //! - `request/*`: parse of a realistic Chat Completions body and its rewrite for the upstream;
 //! - `routing/*`: `provider/model` and bare-model resolution;
+//! - `complexity/*`: the prompt complexity classifier over a 2 KB prompt with a code block;
 //! - `usage/*`: the SSE usage observer over a 50-chunk stream (fed as the provider sent it).
 //!
 //! Benches that another module adds (firewall, translation) belong in this file as new groups.
@@ -19,6 +20,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tokenrouter_engine::auth::authenticate;
 use tokenrouter_engine::keys::hash_key;
 use tokenrouter_engine::request::ChatRequest;
+use tokenrouter_engine::routing::complexity::classify;
 use tokenrouter_engine::routing::resolve;
 use tokenrouter_engine::snapshot::SCHEMA;
 use tokenrouter_engine::usage::OpenAiStreamObserver;
@@ -129,6 +131,30 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
+/// A 2 KB prompt: a system prompt, a question with constraints and a code block (what an auto
+/// request carries to the classifier).
+fn prompt_2kb() -> String {
+    let mut p = String::from(
+        "You are a senior engineer who reviews code for correctness and performance.\n\
+         Refactor the function below so that it is testable, keep the public signature, and \
+         explain why each change is needed. It must not allocate in the loop.\n```python\n",
+    );
+    while p.len() < 2000 {
+        p.push_str("def total(orders):\n    return sum(o['price'] * o['qty'] for o in orders)\n");
+    }
+    p.push_str("```\nWhat is the time complexity after your change?");
+    p
+}
+
+fn complexity(c: &mut Criterion) {
+    let prompt = prompt_2kb();
+    let mut group = c.benchmark_group("complexity");
+    group.bench_function("classify_2kb", |b| {
+        b.iter(|| classify(black_box(&prompt), black_box(3), black_box(false)).tier)
+    });
+    group.finish();
+}
+
 fn usage(c: &mut Criterion) {
     let chunks = sse_chunks();
     let mut group = c.benchmark_group("usage");
@@ -148,5 +174,5 @@ fn usage(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, auth, request, routing, usage);
+criterion_group!(benches, auth, request, routing, complexity, usage);
 criterion_main!(benches);

@@ -1,6 +1,6 @@
 //! The `GET /v1/models` reply: the catalogue in OpenAI's list shape
 //! (`{"object":"list","data":[{"id","object":"model","created","owned_by",…}]}`), each entry
-//! extended with its pricing, context window, capabilities and status.
+//! extended with its pricing, context window, capabilities, quality, tier and status.
 
 use serde_json::{json, Value};
 
@@ -11,8 +11,8 @@ use crate::upstream::ProviderKind;
 
 /// The client APIs a model can be used with: embedding models serve embeddings (on kinds that
 /// have them), every other model the three chat APIs (translated for every kind).
-pub fn capabilities(model: &ModelEntry) -> Vec<ClientApi> {
-    if model.id.contains("embed") {
+pub fn client_apis(model: &ModelEntry) -> Vec<ClientApi> {
+    if model.embeddings {
         let serves = crate::translate::translator_for(ClientApi::Embeddings, model.kind).is_ok();
         return if serves {
             vec![ClientApi::Embeddings]
@@ -25,6 +25,26 @@ pub fn capabilities(model: &ModelEntry) -> Vec<ClientApi> {
         ClientApi::Responses,
         ClientApi::Messages,
     ]
+}
+
+/// What a model offers, as listed in `capabilities`: the client APIs it serves, then the
+/// catalogue's capability flags that hold (`tools`, `vision`, `json_mode`, `streaming`,
+/// `embeddings`; `embeddings` is both an API and a flag and is listed once).
+pub fn capabilities(model: &ModelEntry) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = client_apis(model).iter().map(|a| a.as_str()).collect();
+    let flags = [
+        (model.tools, "tools"),
+        (model.vision, "vision"),
+        (model.json_mode, "json_mode"),
+        (model.streaming, "streaming"),
+        (model.embeddings, "embeddings"),
+    ];
+    for (on, name) in flags {
+        if on && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// The JSON body of `GET /v1/models`. `id` is `<kind>/<model>`, which `model` always resolves;
@@ -59,7 +79,9 @@ pub fn list_json(snapshot: &Snapshot) -> Vec<u8> {
                     "output_usd_per_mtok": format_micros_usd(m.price.output),
                     "cached_input_usd_per_mtok": format_micros_usd(cached),
                 },
-                "capabilities": capabilities(m).iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                "capabilities": capabilities(m),
+                "quality": m.quality,
+                "tier": m.tier.map(|t| t.as_str()),
                 "enabled": m.enabled,
                 "available": m.enabled && !providers.is_empty(),
             })
@@ -94,8 +116,40 @@ mod tests {
         assert_eq!(mini["available"], true);
         assert_eq!(
             mini["capabilities"],
-            json!(["chat.completions", "responses", "messages"])
+            json!([
+                "chat.completions",
+                "responses",
+                "messages",
+                "tools",
+                "vision",
+                "json_mode",
+                "streaming"
+            ])
         );
+        assert_eq!(mini["context_window"], 128_000);
+        assert_eq!(mini["quality"], 62);
+        assert_eq!(mini["tier"], "medium");
+        assert_eq!(mini["pricing"]["cached_input_usd_per_mtok"], "0.075");
+        let reasoner = data
+            .iter()
+            .find(|m| m["id"] == "deepseek/deepseek-reasoner")
+            .unwrap();
+        assert_eq!(
+            reasoner["capabilities"],
+            json!(["chat.completions", "responses", "messages", "streaming"])
+        );
+        assert_eq!(reasoner["tier"], "reasoning");
+        let embedding = data
+            .iter()
+            .find(|m| m["id"] == "openai/text-embedding-3-small")
+            .unwrap();
+        assert_eq!(embedding["capabilities"], json!(["embeddings"]));
+        // Gemini serves embeddings through its own API (translated).
+        let gecko = data
+            .iter()
+            .find(|m| m["id"] == "gemini/text-embedding-004")
+            .unwrap();
+        assert_eq!(gecko["capabilities"], json!(["embeddings"]));
         // Catalogued, but no anthropic provider is registered in the sample.
         let claude = data
             .iter()

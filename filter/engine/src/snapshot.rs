@@ -266,6 +266,11 @@ impl Snapshot {
         &self.routing_rules
     }
 
+    /// Every key's routing configuration.
+    pub fn routing_configs(&self) -> impl Iterator<Item = &KeyConfig> {
+        self.routing_configs.values()
+    }
+
     /// The key's routing configuration, active or not.
     pub fn routing_config(&self, key_id: &str) -> Option<&KeyConfig> {
         self.routing_configs.get(key_id)

@@ -1,5 +1,6 @@
 //! `tokenrouter.admin.v1.Admin`: the operator API over the service layer.
 
+use std::sync::Arc;
 use tokenrouter_engine::money::format_picos_usd;
 use tokenrouter_proto::admin::v1 as api;
 use tokenrouter_proto::admin::v1::admin_server::Admin;
@@ -14,11 +15,15 @@ use crate::store::{KeyRow, LogEntry, ProviderRow};
 #[derive(Clone, Debug)]
 pub struct AdminApi {
     service: Service,
+    previews: Arc<super::preview::SnapshotCache>,
 }
 
 impl AdminApi {
     pub fn new(service: Service) -> AdminApi {
-        AdminApi { service }
+        AdminApi {
+            service,
+            previews: Arc::default(),
+        }
     }
 }
 
@@ -70,7 +75,21 @@ pub fn log_row(e: LogEntry) -> api::LogRow {
         received_at_unix_ms: e.received_at_ms,
         firewall_actions: r.firewall_actions,
         warnings: r.warnings,
-        ..api::LogRow::default()
+        mode: r.mode,
+        tier: r.tier,
+        rule_trace: r.rule_trace,
+        attempts: r
+            .attempts
+            .into_iter()
+            .map(|a| api::LogAttempt {
+                provider: a.provider,
+                model: a.model,
+                status: a.status,
+                latency_ms: a.latency_ms,
+                error: a.error,
+            })
+            .collect(),
+        ttfb_ms: r.ttfb_ms,
     }
 }
 
@@ -160,23 +179,7 @@ impl Admin for AdminApi {
         &self,
         _request: Request<api::ListModelsRequest>,
     ) -> Result<Response<api::ListModelsResponse>, Status> {
-        let models = self.service.list_models().await.map_err(status)?;
-        Ok(Response::new(api::ListModelsResponse {
-            models: models
-                .into_iter()
-                .map(|m| api::ModelInfo {
-                    id: m.id,
-                    provider_kind: m.provider_kind,
-                    upstream_model: m.upstream_model,
-                    input_price_micros_per_mtok: m.input_price_micros_per_mtok,
-                    output_price_micros_per_mtok: m.output_price_micros_per_mtok,
-                    cached_input_price_micros_per_mtok: m.cached_input_price_micros_per_mtok,
-                    context_window: m.context_window,
-                    enabled: m.enabled,
-                    ..api::ModelInfo::default()
-                })
-                .collect(),
-        }))
+        super::models::list(&self.service).await
     }
 
     async fn list_logs(
@@ -246,85 +249,85 @@ impl Admin for AdminApi {
 
     async fn upsert_model(
         &self,
-        _request: Request<api::UpsertModelRequest>,
+        request: Request<api::UpsertModelRequest>,
     ) -> Result<Response<api::ModelInfo>, Status> {
-        Err(Status::unimplemented("upsert_model: being built"))
+        super::models::upsert(&self.service, request.into_inner()).await
     }
 
     async fn update_model(
         &self,
-        _request: Request<api::UpdateModelRequest>,
+        request: Request<api::UpdateModelRequest>,
     ) -> Result<Response<api::ModelInfo>, Status> {
-        Err(Status::unimplemented("update_model: being built"))
+        super::models::update(&self.service, request.into_inner()).await
     }
 
     async fn create_routing_rule(
         &self,
-        _request: Request<api::CreateRoutingRuleRequest>,
+        request: Request<api::CreateRoutingRuleRequest>,
     ) -> Result<Response<api::RoutingRule>, Status> {
-        Err(Status::unimplemented("create_routing_rule: being built"))
+        super::routing::create_rule(&self.service, request.into_inner()).await
     }
 
     async fn list_routing_rules(
         &self,
         _request: Request<api::ListRoutingRulesRequest>,
     ) -> Result<Response<api::ListRoutingRulesResponse>, Status> {
-        Err(Status::unimplemented("list_routing_rules: being built"))
+        super::routing::list_rules(&self.service).await
     }
 
     async fn get_routing_rule(
         &self,
-        _request: Request<api::GetRoutingRuleRequest>,
+        request: Request<api::GetRoutingRuleRequest>,
     ) -> Result<Response<api::RoutingRule>, Status> {
-        Err(Status::unimplemented("get_routing_rule: being built"))
+        super::routing::get_rule(&self.service, request.into_inner().id).await
     }
 
     async fn update_routing_rule(
         &self,
-        _request: Request<api::UpdateRoutingRuleRequest>,
+        request: Request<api::UpdateRoutingRuleRequest>,
     ) -> Result<Response<api::RoutingRule>, Status> {
-        Err(Status::unimplemented("update_routing_rule: being built"))
+        super::routing::update_rule(&self.service, request.into_inner()).await
     }
 
     async fn delete_routing_rule(
         &self,
-        _request: Request<api::DeleteRoutingRuleRequest>,
+        request: Request<api::DeleteRoutingRuleRequest>,
     ) -> Result<Response<api::DeleteRoutingRuleResponse>, Status> {
-        Err(Status::unimplemented("delete_routing_rule: being built"))
+        super::routing::delete_rule(&self.service, request.into_inner().id).await
     }
 
     async fn set_routing_config(
         &self,
-        _request: Request<api::SetRoutingConfigRequest>,
+        request: Request<api::SetRoutingConfigRequest>,
     ) -> Result<Response<api::RoutingConfig>, Status> {
-        Err(Status::unimplemented("set_routing_config: being built"))
+        super::routing::set_config(&self.service, request.into_inner()).await
     }
 
     async fn get_routing_config(
         &self,
-        _request: Request<api::GetRoutingConfigRequest>,
+        request: Request<api::GetRoutingConfigRequest>,
     ) -> Result<Response<api::RoutingConfig>, Status> {
-        Err(Status::unimplemented("get_routing_config: being built"))
+        super::routing::get_config(&self.service, &request.into_inner().key_id).await
     }
 
     async fn list_routing_configs(
         &self,
         _request: Request<api::ListRoutingConfigsRequest>,
     ) -> Result<Response<api::ListRoutingConfigsResponse>, Status> {
-        Err(Status::unimplemented("list_routing_configs: being built"))
+        super::routing::list_configs(&self.service).await
     }
 
     async fn delete_routing_config(
         &self,
-        _request: Request<api::DeleteRoutingConfigRequest>,
+        request: Request<api::DeleteRoutingConfigRequest>,
     ) -> Result<Response<api::DeleteRoutingConfigResponse>, Status> {
-        Err(Status::unimplemented("delete_routing_config: being built"))
+        super::routing::delete_config(&self.service, &request.into_inner().key_id).await
     }
 
     async fn preview_decision(
         &self,
-        _request: Request<api::PreviewDecisionRequest>,
+        request: Request<api::PreviewDecisionRequest>,
     ) -> Result<Response<api::PreviewDecisionResponse>, Status> {
-        Err(Status::unimplemented("preview_decision: being built"))
+        super::preview::preview(&self.service, &self.previews, request.into_inner())
     }
 }

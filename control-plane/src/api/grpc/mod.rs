@@ -3,6 +3,9 @@
 
 pub mod admin;
 pub mod firewall;
+pub mod models;
+pub mod preview;
+pub mod routing;
 pub mod sync;
 
 use std::sync::Arc;

@@ -1,12 +1,13 @@
 //! `tokenrouter.sync.v1.FilterSync/Sync`: one long-lived stream per Envoy (its singleton wasm
-//! service). Down: the current snapshot at once, then every newer one, and usage acks. Up: a
-//! hello, then usage batches, each acknowledged only after its transaction committed.
+//! service). Down: the current snapshot at once, then the current live scores, then every newer
+//! snapshot and scores, and usage acks. Up: a hello, then usage batches, each acknowledged only
+//! after its transaction committed.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokenrouter_proto::config::v1::Snapshot;
+use tokenrouter_proto::config::v1::{Scores, Snapshot};
 use tokenrouter_proto::sync::v1::control_message::Msg as Down;
 use tokenrouter_proto::sync::v1::edge_message::Msg as Up;
 use tokenrouter_proto::sync::v1::filter_sync_server::FilterSync;
@@ -51,6 +52,7 @@ impl FilterSync for SyncApi {
         let stream = EdgeStream {
             service: self.service.clone(),
             snapshots: self.service.snapshots(),
+            scores: self.service.scores(),
             stop: self.stop.clone(),
             out: tx,
             peer,
@@ -65,6 +67,8 @@ impl FilterSync for SyncApi {
 struct EdgeStream {
     service: Service,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Live provider scores; sent after the first snapshot and on every change.
+    scores: watch::Receiver<Arc<Scores>>,
     stop: watch::Receiver<bool>,
     out: Outbound,
     /// For the log only.
@@ -78,6 +82,7 @@ enum Event {
     /// Shutdown, or the edge or the publisher went away.
     Closed,
     NewSnapshot,
+    NewScores,
     Message(Result<Option<EdgeMessage>, Status>),
 }
 
@@ -103,7 +108,12 @@ impl EdgeStream {
         tracing::info!(peer = %self.peer, "sync stream opened");
         let current = self.snapshots.borrow_and_update().clone();
         if self.send_snapshot(current).await.is_ok() {
-            self.serve(&mut inbound).await;
+            // Always, even when empty: an edge that reconnects to a restarted control plane
+            // replaces the scores it held.
+            let scores = self.scores.borrow_and_update().clone();
+            if self.send_scores(scores).await.is_ok() {
+                self.serve(&mut inbound).await;
+            }
         }
         tracing::info!(peer = %self.peer, node = %self.node_id, "sync stream closed");
     }
@@ -116,6 +126,10 @@ impl EdgeStream {
                     Ok(()) => Event::NewSnapshot,
                     Err(_) => Event::Closed,
                 },
+                changed = self.scores.changed() => match changed {
+                    Ok(()) => Event::NewScores,
+                    Err(_) => Event::Closed,
+                },
                 message = inbound.message() => Event::Message(message),
                 () = self.out.closed() => Event::Closed,
             };
@@ -124,6 +138,10 @@ impl EdgeStream {
                 Event::NewSnapshot => {
                     let snapshot = self.snapshots.borrow_and_update().clone();
                     self.send_snapshot(snapshot).await.is_ok()
+                }
+                Event::NewScores => {
+                    let scores = self.scores.borrow_and_update().clone();
+                    self.send_scores(scores).await.is_ok()
                 }
                 Event::Message(Ok(Some(EdgeMessage {
                     msg: Some(Up::Hello(hello)),
@@ -162,6 +180,16 @@ impl EdgeStream {
         self.out.send(Ok(message)).await.map_err(drop)?;
         Metrics::add(&self.service.metrics().snapshots_sent, 1);
         tracing::debug!(peer = %self.peer, version, "snapshot sent");
+        Ok(())
+    }
+
+    async fn send_scores(&self, scores: Arc<Scores>) -> Result<(), ()> {
+        let version = scores.version;
+        let message = ControlMessage {
+            msg: Some(Down::Scores(Scores::clone(&scores))),
+        };
+        self.out.send(Ok(message)).await.map_err(drop)?;
+        tracing::debug!(peer = %self.peer, version, "scores sent");
         Ok(())
     }
 

@@ -783,6 +783,154 @@ fn cluster_for(snapshot: &Snapshot, attempts: &[Target<'_>]) -> (String, usize) 
     (first.provider.cluster.clone(), 1)
 }
 
+/// Most orders enumerated for one backend list (ties within a priority level permute).
+const MAX_ORDERS: usize = 120;
+
+/// Every chain of provider names a key configuration can produce that needs an explicitly
+/// materialised chain cluster (more than one provider, and either a provider repeats or the
+/// chain is longer than the implied tuples). The control plane materialises exactly these.
+pub fn config_chains(snapshot: &Snapshot) -> Vec<Vec<String>> {
+    use super::config::{Backend, Strategy};
+    let max = snapshot.max_attempts.max(1) as usize;
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let apis = [
+        ClientApi::ChatCompletions,
+        ClientApi::Responses,
+        ClientApi::Messages,
+        ClientApi::Embeddings,
+    ];
+    for cfg in snapshot.routing_configs() {
+        let mut lists: Vec<(&[Backend], bool)> =
+            vec![(&cfg.backends, cfg.strategy == Strategy::Split)];
+        for r in &cfg.rules {
+            lists.push((&r.backends, false));
+        }
+        for (backends, split) in lists {
+            let mut orders: Vec<Vec<&Backend>> = Vec::new();
+            if split {
+                for first in 0..backends.len() {
+                    let mut rest: Vec<&Backend> = backends
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != first)
+                        .map(|(_, b)| b)
+                        .collect();
+                    rest.sort_by_key(|b| std::cmp::Reverse(b.weight));
+                    let mut o = vec![&backends[first]];
+                    o.extend(rest);
+                    orders.push(o);
+                }
+            } else {
+                let mut sorted: Vec<&Backend> = backends.iter().collect();
+                sorted.sort_by_key(|b| b.priority);
+                orders.push(Vec::new());
+                let mut i = 0;
+                while i < sorted.len() {
+                    let level: Vec<&Backend> = sorted[i..]
+                        .iter()
+                        .take_while(|b| b.priority == sorted[i].priority)
+                        .copied()
+                        .collect();
+                    i += level.len();
+                    let perms = permutations(&level);
+                    let mut next = Vec::new();
+                    for o in &orders {
+                        for p in &perms {
+                            if next.len() >= MAX_ORDERS {
+                                break;
+                            }
+                            let mut o = o.clone();
+                            o.extend(p.iter().copied());
+                            next.push(o);
+                        }
+                    }
+                    orders = next;
+                }
+            }
+            for order in orders {
+                for api in apis {
+                    let names: Vec<String> = order
+                        .iter()
+                        .filter_map(|b| resolve(snapshot, &b.model).ok())
+                        .filter(|t| pair_ok(api, t))
+                        .take(max)
+                        .map(|t| t.provider.name.clone())
+                        .collect();
+                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let single = refs.iter().all(|n| Some(n) == refs.first());
+                    let distinct = refs.iter().enumerate().all(|(i, n)| !refs[..i].contains(n));
+                    let implied = distinct && refs.len() <= snapshot.auto_chain_len as usize;
+                    if !single && !implied && !out.contains(&names) {
+                        out.push(names);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn permutations<'a, T>(items: &[&'a T]) -> Vec<Vec<&'a T>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut out = Vec::new();
+    for i in 0..items.len() {
+        let mut rest = items.to_vec();
+        let first = rest.remove(i);
+        for mut p in permutations(&rest) {
+            if out.len() >= MAX_ORDERS {
+                return out;
+            }
+            p.insert(0, first);
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Length of the implied chains (every ordered tuple of distinct providers) a control plane
+/// materialises for `providers` enabled providers: the attempt limit, but at most three and
+/// never more than `max_clusters` chain clusters.
+pub fn auto_chain_len(providers: usize, max_attempts: u32, max_clusters: usize) -> u32 {
+    let tuples = |len: usize| -> usize {
+        (2..=len)
+            .map(|l| {
+                (0..l)
+                    .map(|i| providers.saturating_sub(i))
+                    .product::<usize>()
+            })
+            .sum()
+    };
+    let mut len = (max_attempts.clamp(1, 3)) as usize;
+    while len > 1 && tuples(len) > max_clusters {
+        len -= 1;
+    }
+    len as u32
+}
+
+/// Every implied chain (ordered tuples of distinct providers, 2..=len).
+pub fn implied_chains(providers: &[&str], len: u32) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<Vec<&str>> = providers.iter().map(|p| vec![*p]).collect();
+    while let Some(prefix) = stack.pop() {
+        if prefix.len() >= 2 {
+            out.push(prefix.iter().map(|p| (*p).to_string()).collect());
+        }
+        if prefix.len() < len as usize {
+            for p in providers {
+                if !prefix.contains(p) {
+                    let mut next = prefix.clone();
+                    next.push(p);
+                    stack.push(next);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -802,6 +950,7 @@ mod tests {
     }
 
     /// (kind, id, input $/Mtok ×1e6, output, quality, tier, tools, vision)
+    #[allow(clippy::too_many_arguments)]
     fn model(
         kind: &str,
         id: &str,
@@ -1051,9 +1200,9 @@ mod tests {
         // router_mode wins over the suffix.
         let mut r = chat("auto:quality", text);
         r.body.insert("router_mode".into(), json!("cost"));
-        assert_eq!(
-            chain(&run(&s, &scores, &r).unwrap())[0],
-            "openai/gpt-4o-mini"
+        assert_ne!(
+            run(&s, &scores, &r).unwrap().attempts[0].provider.name,
+            "claude"
         );
     }
 
@@ -1138,9 +1287,9 @@ mod tests {
         // Not among equivalents: a BYOK key does not beat a clearly better candidate.
         let mut r = chat("auto:cost", "hi");
         r.byok = vec![ProviderKind::Anthropic];
-        assert_eq!(
-            chain(&run(&s, &scores, &r).unwrap())[0],
-            "openai/gpt-4o-mini"
+        assert_ne!(
+            run(&s, &scores, &r).unwrap().attempts[0].provider.name,
+            "claude"
         );
     }
 
@@ -1364,6 +1513,31 @@ mod tests {
         let s = snap(p);
         let d = run(&s, &ScoreBoard::default(), &chat("auto", "hi")).unwrap();
         assert_eq!(d.attempts.len(), 1);
+    }
+
+    #[test]
+    fn chain_enumeration() {
+        assert_eq!(auto_chain_len(3, 3, 512), 3);
+        assert_eq!(auto_chain_len(10, 3, 512), 2);
+        assert_eq!(auto_chain_len(40, 3, 512), 1);
+        assert_eq!(auto_chain_len(3, 1, 512), 1);
+        let chains = implied_chains(&["a", "b", "c"], 3);
+        assert_eq!(chains.len(), 6 + 6);
+        assert!(chains.contains(&vec!["c".to_string(), "a".into(), "b".into()]));
+        let mut p = snapshot();
+        p.routing_configs = vec![key_config(
+            "fallback",
+            &[
+                ("claude/claude-haiku-4-5", 0, 1),
+                ("claude/claude-sonnet-4-5", 1, 1),
+                ("openai/gpt-4o", 2, 1),
+            ],
+        )];
+        let s = snap(p);
+        assert_eq!(
+            config_chains(&s),
+            vec![vec!["claude".to_string(), "claude".into(), "openai".into()]]
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ mod decide;
 
 pub use complexity::Tier;
 pub use decide::{
-    chain_children, chain_cluster_name, decide, Decision, RouteInput, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PER_TRY_TIMEOUT_MS, MAX_ATTEMPTS,
+    auto_chain_len, chain_children, chain_cluster_name, config_chains, decide, implied_chains,
+    Decision, RouteInput, DEFAULT_MAX_ATTEMPTS, DEFAULT_PER_TRY_TIMEOUT_MS, MAX_ATTEMPTS,
 };
 pub use scores::ScoreBoard;
 
@@ -305,3 +305,126 @@ mod tests {
         assert_eq!(resolve(&s, "gpt-4o-mini").unwrap_err().status(), 422);
     }
 }
+
+/// The `x-tr-attempts` header the edge hands the upstream filters: the chain as a JSON array of
+/// `[provider, upstream model]` pairs (ASCII-escaped), attempt `n` being entry `n - 1`.
+pub fn attempts_header(attempts: &[Target<'_>]) -> String {
+    let pairs: Vec<[&str; 2]> = attempts
+        .iter()
+        .map(|t| [t.provider.name.as_str(), t.upstream_model.as_str()])
+        .collect();
+    trace::ascii_json(&serde_json::json!(pairs))
+}
+
+/// Reads `x-tr-attempts` (at most [`MAX_ATTEMPTS`] entries; anything else is empty).
+pub fn parse_attempts_header(value: &str) -> Vec<(String, String)> {
+    if value.len() > 16 * 1024 {
+        return Vec::new();
+    }
+    serde_json::from_str::<Vec<(String, String)>>(value)
+        .map(|mut v| {
+            v.truncate(MAX_ATTEMPTS as usize);
+            v
+        })
+        .unwrap_or_default()
+}
+
+/// The body with its `model` replaced (a failover attempt to another model of a pass-through
+/// provider). `None` when the body is not a JSON object.
+pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    v.insert("model".into(), serde_json::Value::String(model.to_string()));
+    serde_json::to_vec(&v).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod header_tests {
+    use super::*;
+    use crate::snapshot::tests::sample;
+
+    #[test]
+    fn attempts_header_round_trip() {
+        let s = Snapshot::from_proto(sample()).unwrap();
+        let a = resolve(&s, "openai/gpt-4o").unwrap();
+        let b = resolve(&s, "local/org/model \u{e9}\"x").unwrap();
+        let h = attempts_header(&[a, b]);
+        assert!(h.is_ascii());
+        assert_eq!(
+            parse_attempts_header(&h),
+            vec![
+                ("openai".to_string(), "gpt-4o".to_string()),
+                ("local".to_string(), "org/model \u{e9}\"x".to_string())
+            ]
+        );
+        assert!(parse_attempts_header("nonsense").is_empty());
+        assert_eq!(
+            with_model(br#"{"model":"a","x":1}"#, "b").unwrap(),
+            br#"{"model":"b","x":1}"#.to_vec()
+        );
+        assert!(with_model(b"[1]", "b").is_none());
+    }
+}
+
+/// The decision a request would get, without sending it: the edge's own steps (body parse,
+/// prompt firewall, features, BYOK headers, [`decide`]) on a body and headers. The control
+/// plane's preview calls this; `random` fixes the traffic-split draw.
+#[allow(clippy::too_many_arguments)]
+pub fn preview<'s>(
+    snapshot: &'s Snapshot,
+    scores: &ScoreBoard,
+    key_id: &str,
+    api: ClientApi,
+    body: &[u8],
+    headers: &std::collections::HashMap<String, String>,
+    random: u64,
+    now_ms: i64,
+) -> Result<Decision<'s>, GatewayError> {
+    use crate::firewall::{formats, Inspection, Scope};
+    let mut request = crate::request::ClientRequest::parse_api(api, body)?;
+    let fw = snapshot.firewall();
+    if fw.applies(Scope::Prompt, key_id) || fw.applies(Scope::Metadata, key_id) {
+        let mut inspection = Inspection::new(fw, key_id);
+        formats::request_walker(api)(request.body_mut(), &mut |scope, text| {
+            inspection.check_in_place(scope, text)
+        });
+        if let Some(e) = inspection.verdict().error() {
+            return Err(e);
+        }
+    }
+    let feats = features::features(api, request.body_mut(), body.len());
+    let lower: std::collections::HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let header = |name: &str| lower.get(name).cloned();
+    let byok: Vec<ProviderKind> = BYOK_HEADER_KINDS
+        .iter()
+        .filter(|(_, h)| lower.contains_key(*h))
+        .filter_map(|(k, _)| ProviderKind::parse(k))
+        .collect();
+    let input = RouteInput {
+        api,
+        model: &request.model,
+        router_mode: request.router_mode.as_deref(),
+        metadata: request.metadata.as_ref(),
+        features: &feats,
+        stream: request.stream,
+        key_id,
+        header: &header,
+        byok: &byok,
+        random,
+        now_ms,
+    };
+    decide(snapshot, scores, &input)
+}
+
+/// Bring-your-own-key headers by provider kind (the edge's upstream filter uses the one of the
+/// attempt's kind as that attempt's credential).
+pub const BYOK_HEADER_KINDS: [(&str, &str); 5] = [
+    ("openai", "x-openai-key"),
+    ("anthropic", "x-anthropic-key"),
+    ("gemini", "x-gemini-key"),
+    ("deepseek", "x-deepseek-key"),
+    ("mistral", "x-mistral-key"),
+];
