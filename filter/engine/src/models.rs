@@ -73,11 +73,15 @@ pub fn list_json(snapshot: &Snapshot) -> Vec<u8> {
                 "model": m.id,
                 "provider_kind": m.kind.as_str(),
                 "providers": providers,
+                "display_name": if m.display_name.is_empty() { &m.id } else { &m.display_name },
                 "context_window": m.context_window,
+                "max_output_tokens": m.max_output_tokens,
                 "pricing": {
                     "input_usd_per_mtok": format_micros_usd(m.price.input),
                     "output_usd_per_mtok": format_micros_usd(m.price.output),
                     "cached_input_usd_per_mtok": format_micros_usd(cached),
+                    "source": m.price_source,
+                    "as_of": m.price_as_of,
                 },
                 "capabilities": capabilities(m),
                 "quality": m.quality,
@@ -129,6 +133,10 @@ mod tests {
         assert_eq!(mini["context_window"], 128_000);
         assert_eq!(mini["quality"], 62);
         assert_eq!(mini["tier"], "medium");
+        assert!(mini["max_output_tokens"].as_u64().unwrap() > 0);
+        assert!(mini["pricing"]["source"].as_str().unwrap().starts_with("https://"));
+        assert!(!mini["pricing"]["as_of"].as_str().unwrap().is_empty());
+        assert!(!mini["display_name"].as_str().unwrap().is_empty());
         assert_eq!(mini["pricing"]["cached_input_usd_per_mtok"], "0.075");
         let reasoner = data
             .iter()

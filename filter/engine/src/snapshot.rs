@@ -60,6 +60,10 @@ pub struct ModelEntry {
     pub quality: u32,
     /// Hardest prompt tier the model is fit for (`None`: not set, fit for any).
     pub tier: Option<Tier>,
+    pub max_output_tokens: u32,
+    pub display_name: String,
+    pub price_source: String,
+    pub price_as_of: String,
 }
 
 /// Why a snapshot was refused. The previous snapshot stays active.
@@ -373,6 +377,10 @@ pub fn model_entry(m: pb::Model) -> Result<ModelEntry, ConfigError> {
         embeddings: m.embeddings,
         quality: m.quality.min(100),
         tier,
+        max_output_tokens: m.max_output_tokens,
+        display_name: m.display_name,
+        price_source: m.price_source,
+        price_as_of: m.price_as_of,
     })
 }
 

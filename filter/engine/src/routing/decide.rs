@@ -1207,6 +1207,21 @@ mod tests {
     }
 
     #[test]
+    fn auto_cost_picks_the_cheapest_model_of_the_prompts_tier() {
+        let s = snap(snapshot());
+        let scores = ScoreBoard::default();
+        let d = run(&s, &scores, &chat("auto:cost", "what's 2+2")).unwrap();
+        assert_eq!(d.tier, Some(Tier::Simple));
+        assert_eq!(chain(&d)[0], "gem/gemini-1.5-flash");
+        let hard = "Prove that there are infinitely many primes of the form 4k+3. \
+                    Derive each step rigorously and justify every lemma you use.";
+        let d = run(&s, &scores, &chat("auto:cost", hard)).unwrap();
+        assert_eq!(d.tier, Some(Tier::Reasoning), "{:?}", d.trace);
+        assert_eq!(chain(&d), ["claude/claude-sonnet-4-5"]);
+        assert!(d.trace.steps.iter().any(|st| st.step == "tier"));
+    }
+
+    #[test]
     fn capabilities_and_embeddings_filter_candidates() {
         let s = snap(snapshot());
         let scores = ScoreBoard::default();
