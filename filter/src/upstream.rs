@@ -242,7 +242,13 @@ impl Upstream {
     fn reject(&mut self, error: GatewayError, request_id: &str) -> Action {
         self.translator = None;
         self.pending = None;
-        host::send_json(error.status(), &error.to_json(request_id), &[]);
+        // Marked as this attempt's answer, so the edge passes the envelope on as it is.
+        let number = self.number.max(1).to_string();
+        host::send_json(
+            error.status(),
+            &error.to_json(request_id),
+            &[(ATTEMPT_HEADER, number.as_str())],
+        );
         Action::Pause
     }
 }
