@@ -139,6 +139,23 @@ def test_primary_fails_and_a_different_format_secondary_answers(fleet: Fleet, fa
     assert row["provider"] == "claude" and row["status"] == 200
     assert row["input_tokens"] > 0 and row["cost_usd"] != "0"
 
+    # Envoy's own stats count the fallback and the tokens by provider and model.
+    stats = wait_for(
+        lambda: (
+            s if "tokenrouter.fallbacks: 1" in (s := requests.get(
+                f"{fleet.envoy.admin_url}/stats?filter=tokenrouter", timeout=5
+            ).text) else None
+        ),
+        5,
+        interval=0.1,
+        what="the filter's counters",
+    )
+    assert "tokenrouter.failed_attempts: 1" in stats, stats
+    assert "tokenrouter.provider.claude.model.claude-haiku-4-5.requests: 1" in stats, stats
+    assert "tokenrouter.provider.claude.model.claude-haiku-4-5.input_tokens: " in stats
+    prometheus = requests.get(f"{fleet.envoy.admin_url}/stats/prometheus", timeout=5).text
+    assert "tokenrouter_fallbacks" in prometheus
+
 
 def test_streamed_failover_openai_to_anthropic(fleet: Fleet) -> None:
     fleet.set_routing(

@@ -25,19 +25,103 @@ use crate::{attempts, host, vm};
 /// held back from the client).
 const MAX_RESPONSE_COPY: usize = 8 * 1024 * 1024;
 
-/// Envoy stats the edge defines (visible on the admin `/stats` endpoint).
+/// Envoy stats the edge defines (admin `/stats`, `/stats/prometheus`; Envoy prefixes them with
+/// `wasmcustom.`).
 #[derive(Clone, Default)]
 pub struct Metrics {
     requests: Option<u32>,
     rejected: Option<u32>,
+    /// Requests answered by a later attempt than the first.
+    fallbacks: Option<u32>,
+    /// Attempts that failed (their request may still have succeeded).
+    failed_attempts: Option<u32>,
+    firewall_hits: Option<u32>,
+    /// Counters by provider and model, defined on first use (bounded).
+    by_model: Rc<std::cell::RefCell<std::collections::HashMap<String, Option<u32>>>>,
 }
+
+/// Most per-(provider, model) counters an edge defines.
+const MAX_MODEL_COUNTERS: usize = 4096;
 
 impl Metrics {
     pub fn define() -> Metrics {
         Metrics {
             requests: host::define_counter("tokenrouter.requests"),
             rejected: host::define_counter("tokenrouter.rejected"),
+            fallbacks: host::define_counter("tokenrouter.fallbacks"),
+            failed_attempts: host::define_counter("tokenrouter.failed_attempts"),
+            firewall_hits: host::define_counter("tokenrouter.firewall_hits"),
+            by_model: Rc::default(),
         }
+    }
+
+    /// `tokenrouter.provider.<provider>.model.<model>.<what>` (names reduced to
+    /// `[A-Za-z0-9_-]`, so a model's dots do not split the stat name).
+    fn model_counter(&self, provider: &str, model: &str, what: &str) -> Option<u32> {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(64)
+                .collect()
+        };
+        let name = format!(
+            "tokenrouter.provider.{}.model.{}.{what}",
+            clean(provider),
+            clean(model)
+        );
+        let mut map = self.by_model.borrow_mut();
+        if let Some(id) = map.get(&name) {
+            return *id;
+        }
+        if map.len() >= MAX_MODEL_COUNTERS {
+            return None;
+        }
+        let id = host::define_counter(&name);
+        map.insert(name, id);
+        id
+    }
+
+    /// Counts one finished request.
+    fn record(&self, r: &UsageRecord) {
+        host::increment(
+            self.failed_attempts,
+            r.attempts
+                .iter()
+                .filter(|a| a.status == 0 || a.status >= 400)
+                .count() as i64,
+        );
+        if r.attempts.len() > 1 && (200..300).contains(&r.status) {
+            host::increment(self.fallbacks, 1);
+        }
+        host::increment(self.firewall_hits, r.firewall_actions.len() as i64);
+        if r.provider.is_empty() {
+            return;
+        }
+        let count = |what: &str, by: i64| {
+            if by > 0 {
+                host::increment(self.model_counter(&r.provider, &r.model, what), by);
+            }
+        };
+        count("requests", 1);
+        if r.status >= 400 || r.status == 0 {
+            count("errors", 1);
+        }
+        count(
+            "input_tokens",
+            i64::try_from(r.input_tokens).unwrap_or(i64::MAX),
+        );
+        count(
+            "output_tokens",
+            i64::try_from(r.output_tokens).unwrap_or(i64::MAX),
+        );
+        // pico-dollars → micro-dollars
+        count("cost_micro_usd", r.cost_picos / 1_000_000);
     }
 }
 
@@ -753,7 +837,9 @@ impl HttpContext for Edge {
     }
 
     fn on_log(&mut self) {
-        vm::enqueue_usage(self.usage_record().encode_to_vec());
+        let record = self.usage_record();
+        self.config.metrics.record(&record);
+        vm::enqueue_usage(record.encode_to_vec());
     }
 }
 
