@@ -342,3 +342,32 @@ def test_preview_equals_the_live_decision(fleet: Fleet) -> None:
         "preview", "--key-id", fleet.key_id, "--body", json.dumps(chat("nope/model"))
     )
     assert refused["error"]["error"]["type"] == "not_found_error" or refused["attempts"]
+
+
+# --------------------------------------------------------------------------------------------
+# Bring your own key
+
+
+def test_byok_header_is_the_attempts_credential_and_is_never_kept(fleet: Fleet) -> None:
+    byok = "sk-byok-0123456789abcdef"
+    fleet.fakes["openai"].api_key = byok  # the stored credential no longer works
+    r = fleet.post("/v1/chat/completions", chat("openai/gpt-4o-mini"))
+    assert r.status_code == 401, r.text
+    r = fleet.post("/v1/chat/completions", chat("openai/gpt-4o-mini"), **{"X-OpenAI-Key": byok})
+    assert r.status_code == 200, r.text
+    sent = fleet.posts("openai")[-1]
+    assert sent.headers["authorization"] == f"Bearer {byok}"
+    assert "x-openai-key" not in sent.headers
+    # A BYOK key for another provider is not sent to this one.
+    r = fleet.post("/v1/chat/completions", chat("openai/gpt-4o-mini"), **{"X-Anthropic-Key": byok})
+    assert r.status_code == 401
+    assert fleet.posts("openai")[-1].headers["authorization"] == f"Bearer {PROVIDER_SECRET}"
+
+    request_id = r.headers["x-request-id"]
+    fleet.control_plane.wait_for_usage([request_id])
+    # Never stored or logged: not in any log row, the database files or the process logs.
+    assert byok not in json.dumps(fleet.control_plane.logs())
+    for path in fleet.control_plane.data_dir.rglob("*"):
+        if path.is_file():
+            assert byok.encode() not in path.read_bytes(), path
+    assert byok not in fleet.control_plane.log_path.read_text(errors="replace")
