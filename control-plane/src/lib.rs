@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`server`]: `run(grpc, rest, store, secrets, shutdown)` — the gRPC and REST servers.
 //! - [`api`]: wire ↔ domain only: [`api::grpc`] (Admin, FilterSync, bearer auth) and
-//!   [`api::rest`] (`/healthz`, `/metrics`, the demo provider in [`api::demo`]).
+//!   [`api::rest`] (the management API `/api/v1/*` with its OpenAPI document, `/healthz`,
+//!   `/metrics`, the demo provider in [`api::demo`]).
 //! - [`service`]: domain logic with validated inputs; every config write is published.
 //! - [`publisher`]: stored configuration → validated `Snapshot` + xDS [`xds::ClusterSet`],
 //!   on two watch channels that always carry the same version.

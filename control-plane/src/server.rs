@@ -49,7 +49,8 @@ pub async fn run(
 
     let auth = BearerAuth::new(secrets.admin_token.as_str());
     let admin_auth = auth.clone();
-    let sync_auth = auth;
+    let sync_auth = auth.clone();
+    let rest_auth = auth;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tokenrouter_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -73,7 +74,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
-    let rest_server = axum::serve(rest, rest::router(service.clone()))
+    let rest_server = axum::serve(rest, rest::router(service.clone(), rest_auth))
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future();
 

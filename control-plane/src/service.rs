@@ -23,7 +23,7 @@ use crate::publisher::{Coalescer, Publisher};
 use crate::scores::{ScoreKeeper, SystemClock};
 use crate::store::{
     Changed, ConfigChange, KeyRow, KeyStatus, LogEntry, LogQuery, Proposed, ProviderRow, Store,
-    StoreError,
+    StoreError, UsageQuery, UsageTotals,
 };
 use crate::xds::ClusterSet;
 
@@ -34,6 +34,9 @@ pub const DEFAULT_LOG_LIMIT: u32 = 50;
 pub const MAX_LOG_LIMIT: u32 = 1000;
 /// Workspace of keys created without one.
 pub const DEFAULT_WORKSPACE: &str = "default";
+/// The longest usage summary, in days (seed 002: `usage --days N`, 1-365).
+pub const MAX_USAGE_DAYS: u32 = 365;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// Errors the API layers map to status codes. `Internal` carries detail for the log only.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,27 @@ pub struct LogPage {
     pub entries: Vec<LogEntry>,
     /// Request id to pass as `before` for the next page; `None` on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// Which request logs to list; `None` matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct LogFilter {
+    pub key_id: Option<String>,
+    /// The served model or the model the client asked for.
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub status: Option<u32>,
+    /// Received at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Received before (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+/// Spend over the last `range_days` days: successful requests only (seed 002).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageSummary {
+    pub range_days: u32,
+    pub totals: UsageTotals,
 }
 
 /// The control plane's domain operations. Cheap to clone (shared state behind `Arc`s).
@@ -193,6 +217,20 @@ impl Service {
         Ok(self.store.list_keys().await?)
     }
 
+    pub async fn get_key(&self, id: &str) -> Result<KeyRow> {
+        let id = id.trim();
+        self.list_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| ServiceError::NotFound(format!("key {id} not found")))
+    }
+
+    /// The stored key a raw `sk-tr-…` key hashes to (active or revoked), if any.
+    pub async fn find_key_by_raw(&self, raw: &str) -> Result<Option<KeyRow>> {
+        Ok(self.store.find_key_by_hash(&keys::hash_key(raw)).await?)
+    }
+
     /// Revokes a key. Revoking a revoked key returns it unchanged.
     pub async fn revoke_key(&self, id: &str) -> Result<KeyRow> {
         let id = id.trim();
@@ -258,6 +296,15 @@ impl Service {
         Ok(self.store.list_providers().await?)
     }
 
+    pub async fn get_provider(&self, name: &str) -> Result<ProviderRow> {
+        let name = name.trim();
+        self.list_providers()
+            .await?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| ServiceError::NotFound(format!("provider {name} not found")))
+    }
+
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
         let name = name.trim();
         if name.is_empty() {
@@ -279,14 +326,41 @@ impl Service {
         key_id: Option<String>,
         before: Option<String>,
     ) -> Result<LogPage> {
+        let filter = LogFilter {
+            key_id,
+            ..LogFilter::default()
+        };
+        self.query_logs(limit, filter, before).await
+    }
+
+    /// [`Service::list_logs`] with every filter. Empty strings match everything.
+    pub async fn query_logs(
+        &self,
+        limit: u32,
+        filter: LogFilter,
+        before: Option<String>,
+    ) -> Result<LogPage> {
         let limit = match limit {
             0 => DEFAULT_LOG_LIMIT,
             n => n.min(MAX_LOG_LIMIT),
         };
+        if let (Some(since), Some(until)) = (filter.since_ms, filter.until_ms) {
+            if since > until {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "since ({since}) is after until ({until})"
+                )));
+            }
+        }
+        let set = |s: Option<String>| s.filter(|s| !s.is_empty());
         let query = LogQuery {
             limit,
-            key_id: key_id.filter(|k| !k.is_empty()),
-            before_request_id: before.filter(|b| !b.is_empty()),
+            key_id: set(filter.key_id),
+            model: set(filter.model),
+            provider: set(filter.provider),
+            status: filter.status,
+            since_ms: filter.since_ms,
+            until_ms: filter.until_ms,
+            before_request_id: set(before),
         };
         let entries = self.store.list_logs(&query).await.map_err(|e| match e {
             StoreError::NotFound(_) => {
@@ -302,6 +376,25 @@ impl Service {
         Ok(LogPage {
             entries,
             next_cursor,
+        })
+    }
+
+    /// Requests, tokens and cost of the successful (2xx) requests received in the last `days`
+    /// days (1 to [`MAX_USAGE_DAYS`]), of one key or of all.
+    pub async fn usage_summary(&self, days: u32, key_id: Option<String>) -> Result<UsageSummary> {
+        if !(1..=MAX_USAGE_DAYS).contains(&days) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "days must be between 1 and {MAX_USAGE_DAYS}"
+            )));
+        }
+        let query = UsageQuery {
+            since_ms: now_ms().saturating_sub(i64::from(days) * DAY_MS),
+            key_id: key_id.filter(|k| !k.is_empty()),
+        };
+        let totals = self.store.usage_totals(&query).await?;
+        Ok(UsageSummary {
+            range_days: days,
+            totals,
         })
     }
 
@@ -529,6 +622,69 @@ pub(crate) mod tests {
         assert_eq!(svc.list_logs(0, None, None).await.unwrap().entries.len(), 5);
         assert!(matches!(
             svc.list_logs(1, None, Some("zz".into())).await,
+            Err(ServiceError::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn usage_summary_counts_recent_successes() {
+        let (svc, _dir) = service().await;
+        let (key, raw) = svc.create_key("k", "").await.unwrap();
+        let record = |id: &str, status: u32| UsageRecord {
+            request_id: id.into(),
+            key_id: key.id.clone(),
+            status,
+            input_tokens: 3,
+            output_tokens: 4,
+            cost_picos: 180_000_000_000,
+            ..UsageRecord::default()
+        };
+        svc.ingest_usage(&[record("ok", 200), record("bad", 429)])
+            .await
+            .unwrap();
+        let summary = svc.usage_summary(7, None).await.unwrap();
+        assert_eq!(summary.range_days, 7);
+        assert_eq!(
+            summary.totals,
+            UsageTotals {
+                requests: 1,
+                input_tokens: 3,
+                output_tokens: 4,
+                cost_picos: 180_000_000_000,
+            }
+        );
+        let other = svc
+            .usage_summary(1, Some("key_other".into()))
+            .await
+            .unwrap();
+        assert_eq!(other.totals, UsageTotals::default());
+        for days in [0, 366] {
+            assert!(matches!(
+                svc.usage_summary(days, None).await,
+                Err(ServiceError::InvalidArgument(_))
+            ));
+        }
+        assert_eq!(svc.find_key_by_raw(&raw).await.unwrap(), Some(key.clone()));
+        assert_eq!(svc.find_key_by_raw("sk-tr-nope").await.unwrap(), None);
+        assert_eq!(svc.get_key(&key.id).await.unwrap(), key);
+        assert!(matches!(
+            svc.get_key("key_nope").await,
+            Err(ServiceError::NotFound(_))
+        ));
+        let filtered = LogFilter {
+            status: Some(429),
+            ..LogFilter::default()
+        };
+        let page = svc.query_logs(0, filtered, None).await.unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.entries[0].record.request_id, "bad");
+        let backwards = LogFilter {
+            since_ms: Some(2),
+            until_ms: Some(1),
+            ..LogFilter::default()
+        };
+        assert!(matches!(
+            svc.query_logs(0, backwards, None).await,
             Err(ServiceError::InvalidArgument(_))
         ));
     }

@@ -119,6 +119,15 @@ impl Service {
         Ok(self.store.list_models().await?)
     }
 
+    pub async fn get_model(&self, kind: &str, id: &str) -> Result<ModelRow> {
+        let (kind, id) = (kind.trim(), id.trim());
+        self.list_models()
+            .await?
+            .into_iter()
+            .find(|r| r.model.provider_kind == kind && r.model.id == id)
+            .ok_or_else(|| ServiceError::NotFound(format!("model {kind}/{id} not found")))
+    }
+
     async fn write_model(&self, change: ConfigChange) -> Result<ModelRow> {
         match self.write(change).await? {
             Changed::Model(row) => Ok(row),

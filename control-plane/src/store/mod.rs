@@ -328,13 +328,40 @@ pub struct LogEntry {
     pub received_at_ms: i64,
 }
 
-/// Which request logs to list, newest first.
+/// Which request logs to list, newest first. `None` filters match every row.
 #[derive(Clone, Debug, Default)]
 pub struct LogQuery {
     pub limit: u32,
     pub key_id: Option<String>,
+    /// The served (upstream) model or the model the client asked for.
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    /// HTTP status returned to the client.
+    pub status: Option<u32>,
+    /// Received at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Received before this time (Unix ms).
+    pub until_ms: Option<i64>,
     /// Only rows received before this request id.
     pub before_request_id: Option<String>,
+}
+
+/// Which request logs a usage summary adds up: successful (2xx) requests received at or after
+/// `since_ms`, of one key or of all.
+#[derive(Clone, Debug, Default)]
+pub struct UsageQuery {
+    pub since_ms: i64,
+    pub key_id: Option<String>,
+}
+
+/// Sums over the request logs a [`UsageQuery`] selects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Exact; an `i128` so no number of rows can overflow it.
+    pub cost_picos: i128,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -370,6 +397,8 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn load_config(&self) -> Result<ConfigState, StoreError>;
 
     async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError>;
+    /// The key with this SHA-256 (active or revoked), if any.
+    async fn find_key_by_hash(&self, sha256: &[u8; 32]) -> Result<Option<KeyRow>, StoreError>;
     async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
     /// Catalogue order.
     async fn list_models(&self) -> Result<Vec<ModelRow>, StoreError>;
@@ -391,6 +420,9 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     /// Request logs, newest first. An unknown cursor is `NotFound`.
     async fn list_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Request count, tokens and cost of the successful requests the query selects.
+    async fn usage_totals(&self, query: &UsageQuery) -> Result<UsageTotals, StoreError>;
 
     /// Closes the connections (waiting for queries in flight). Later calls fail.
     async fn close(&self);

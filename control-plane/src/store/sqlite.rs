@@ -19,7 +19,7 @@ use tokenrouter_proto::sync::v1::{Attempt, UsageRecord};
 use super::{
     ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
     LogEntry, LogQuery, ModelRow, Proposed, ProviderRow, RoutingConfigRow, RoutingRuleRow, Store,
-    StoreError,
+    StoreError, UsageQuery, UsageTotals,
 };
 
 /// Starts a write transaction holding SQLite's write lock from its first statement, so a write
@@ -137,6 +137,17 @@ impl Store for SqliteStore {
         load_keys(&mut conn).await
     }
 
+    async fn find_key_by_hash(&self, sha256: &[u8; 32]) -> Result<Option<KeyRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(&format!("{KEY_SELECT} WHERE sha256 = ?"))
+            .bind(&sha256[..])
+            .fetch_optional(&mut *conn)
+            .await?
+            .as_ref()
+            .map(key_from_row)
+            .transpose()
+    }
+
     async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         load_providers(&mut conn).await
@@ -238,11 +249,19 @@ impl Store for SqliteStore {
              retry_after_s \
              FROM request_logs \
              WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR rowid < ?2) \
+             AND (?4 IS NULL OR model = ?4 OR requested_model = ?4) \
+             AND (?5 IS NULL OR provider = ?5) AND (?6 IS NULL OR status = ?6) \
+             AND (?7 IS NULL OR received_at_ms >= ?7) AND (?8 IS NULL OR received_at_ms < ?8) \
              ORDER BY rowid DESC LIMIT ?3",
         )
         .bind(&query.key_id)
         .bind(before)
         .bind(i64::from(query.limit))
+        .bind(&query.model)
+        .bind(&query.provider)
+        .bind(query.status.map(i64::from))
+        .bind(query.since_ms)
+        .bind(query.until_ms)
         .fetch_all(&mut *conn)
         .await?;
         rows.iter()
@@ -280,6 +299,38 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn usage_totals(&self, query: &UsageQuery) -> Result<UsageTotals, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        // SQLite's SUM fails on i64 overflow, and one row may hold i64::MAX tokens. Each column
+        // is summed as a high part and a remainder (x = hi * 1e6 + lo), both far from overflow
+        // for any number of rows, and put together exactly here.
+        let row = sqlx::query(
+            "SELECT COUNT(*), \
+             COALESCE(SUM(input_tokens / 1000000), 0), COALESCE(SUM(input_tokens % 1000000), 0), \
+             COALESCE(SUM(output_tokens / 1000000), 0), COALESCE(SUM(output_tokens % 1000000), 0), \
+             COALESCE(SUM(cost_picos / 1000000), 0), COALESCE(SUM(cost_picos % 1000000), 0) \
+             FROM request_logs \
+             WHERE status BETWEEN 200 AND 299 AND received_at_ms >= ?1 \
+             AND (?2 IS NULL OR key_id = ?2)",
+        )
+        .bind(query.since_ms)
+        .bind(&query.key_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let split = |hi: usize| -> Result<i128, StoreError> {
+            let high: i64 = row.try_get(hi)?;
+            let low: i64 = row.try_get(hi + 1)?;
+            Ok(i128::from(high) * 1_000_000 + i128::from(low))
+        };
+        let tokens = |n: i128| u64::try_from(n.max(0)).unwrap_or(u64::MAX);
+        Ok(UsageTotals {
+            requests: to_u64(row.try_get(0)?),
+            input_tokens: tokens(split(1)?),
+            output_tokens: tokens(split(3)?),
+            cost_picos: split(5)?,
+        })
     }
 
     async fn close(&self) {
@@ -1641,6 +1692,7 @@ mod tests {
                 limit: 10,
                 key_id: Some("key_1".into()),
                 before_request_id: Some("r2".into()),
+                ..LogQuery::default()
             })
             .await
             .unwrap();
@@ -1651,6 +1703,7 @@ mod tests {
                 limit: 10,
                 key_id: Some("other".into()),
                 before_request_id: None,
+                ..LogQuery::default()
             })
             .await
             .unwrap();
@@ -1660,8 +1713,134 @@ mod tests {
                 limit: 10,
                 key_id: None,
                 before_request_id: Some("nope".into()),
+                ..LogQuery::default()
             })
             .await;
         assert!(matches!(bad, Err(StoreError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn log_filters_and_usage_totals() {
+        let (store, _dir) = temp_store().await;
+        let row = |id: &str, key: &str, provider: &str, status: u32, cost: i64| UsageRecord {
+            request_id: id.into(),
+            key_id: key.into(),
+            provider: provider.into(),
+            model: "gpt-4o".into(),
+            requested_model: format!("{provider}/gpt-4o"),
+            status,
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_picos: cost,
+            ..UsageRecord::default()
+        };
+        store
+            .insert_usage(&[row("a", "k1", "openai", 200, 1_500_000)], 1_000)
+            .await
+            .unwrap();
+        store
+            .insert_usage(
+                &[
+                    row("b", "k1", "claude", 500, 7),
+                    row("c", "k2", "openai", 201, 2_000_001),
+                ],
+                2_000,
+            )
+            .await
+            .unwrap();
+        let ids = |q: LogQuery| {
+            let store = &store;
+            async move {
+                let rows = store.list_logs(&LogQuery { limit: 10, ..q }).await.unwrap();
+                rows.into_iter()
+                    .map(|e| e.record.request_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let provider = |p: &str| LogQuery {
+            provider: Some(p.into()),
+            ..LogQuery::default()
+        };
+        assert_eq!(ids(provider("openai")).await, ["c", "a"]);
+        let status = LogQuery {
+            status: Some(500),
+            ..LogQuery::default()
+        };
+        assert_eq!(ids(status).await, ["b"]);
+        let model = |m: &str| LogQuery {
+            model: Some(m.into()),
+            ..LogQuery::default()
+        };
+        assert_eq!(ids(model("gpt-4o")).await.len(), 3);
+        assert_eq!(ids(model("claude/gpt-4o")).await, ["b"]);
+        let window = LogQuery {
+            since_ms: Some(1_500),
+            until_ms: Some(2_001),
+            key_id: Some("k1".into()),
+            ..LogQuery::default()
+        };
+        assert_eq!(ids(window).await, ["b"]);
+        let until = LogQuery {
+            until_ms: Some(2_000),
+            ..LogQuery::default()
+        };
+        assert_eq!(ids(until).await, ["a"]);
+
+        let all = store
+            .usage_totals(&UsageQuery {
+                since_ms: 0,
+                key_id: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            all,
+            UsageTotals {
+                requests: 2,
+                input_tokens: 20,
+                output_tokens: 10,
+                cost_picos: 3_500_001,
+            },
+            "the 500 is not counted"
+        );
+        let recent = store
+            .usage_totals(&UsageQuery {
+                since_ms: 1_500,
+                key_id: Some("k1".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(recent, UsageTotals::default());
+        // Sums that would overflow i64 are still exact.
+        let huge: Vec<UsageRecord> = (0..3)
+            .map(|i| UsageRecord {
+                input_tokens: u64::MAX,
+                cost_picos: i64::MAX,
+                ..row(&format!("h{i}"), "big", "openai", 200, 0)
+            })
+            .collect();
+        store.insert_usage(&huge, 3_000).await.unwrap();
+        let big = store
+            .usage_totals(&UsageQuery {
+                since_ms: 0,
+                key_id: Some("big".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(big.requests, 3);
+        assert_eq!(big.input_tokens, u64::MAX, "saturates instead of wrapping");
+        assert_eq!(big.cost_picos, 3 * i128::from(i64::MAX));
+    }
+
+    #[tokio::test]
+    async fn keys_are_found_by_hash() {
+        let (store, _dir) = temp_store().await;
+        let k = key("key_a", 1);
+        store
+            .change_config(ConfigChange::CreateKey(k.clone()), &ok)
+            .await
+            .unwrap();
+        assert_eq!(store.find_key_by_hash(&k.sha256).await.unwrap(), Some(k));
+        assert_eq!(store.find_key_by_hash(&[0; 32]).await.unwrap(), None);
     }
 }

@@ -134,7 +134,10 @@ mod tests {
         assert_eq!(mini["quality"], 62);
         assert_eq!(mini["tier"], "medium");
         assert!(mini["max_output_tokens"].as_u64().unwrap() > 0);
-        assert!(mini["pricing"]["source"].as_str().unwrap().starts_with("https://"));
+        assert!(mini["pricing"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://"));
         assert!(!mini["pricing"]["as_of"].as_str().unwrap().is_empty());
         assert!(!mini["display_name"].as_str().unwrap().is_empty());
         assert_eq!(mini["pricing"]["cached_input_usd_per_mtok"], "0.075");

@@ -41,19 +41,16 @@ impl BearerAuth {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+            .and_then(bearer_token);
         match presented {
-            Some(token)
-                if constant_time_eq(&Sha256::digest(token.as_bytes()).into(), &self.expected) =>
-            {
-                Ok(())
-            }
+            Some(token) if self.is_admin(token) => Ok(()),
             _ => Err(Status::unauthenticated("admin token required")),
         }
+    }
+
+    /// Whether `token` is the admin token, in time independent of where they differ.
+    pub fn is_admin(&self, token: &str) -> bool {
+        constant_time_eq(&Sha256::digest(token.as_bytes()).into(), &self.expected)
     }
 
     /// As a tonic interceptor.
@@ -61,6 +58,14 @@ impl BearerAuth {
         self.check(&request)?;
         Ok(request)
     }
+}
+
+/// The token of an `authorization: Bearer <token>` value (trimmed), if it is one.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -11,10 +11,10 @@ use tokenrouter_engine::Snapshot;
 use tokenrouter_proto::admin::v1 as api;
 use tonic::{Response, Status};
 
-use crate::service::Service;
+use crate::service::{Service, ServiceError};
 
 /// Largest body a preview takes.
-const MAX_PREVIEW_BODY: usize = 4 * 1024 * 1024;
+pub const MAX_PREVIEW_BODY: usize = 4 * 1024 * 1024;
 
 /// The last decoded snapshot, so previews do not rebuild it for every call.
 #[derive(Default)]
@@ -27,7 +27,7 @@ impl std::fmt::Debug for SnapshotCache {
 }
 
 impl SnapshotCache {
-    fn get(&self, service: &Service) -> Result<Arc<Snapshot>, Status> {
+    fn get(&self, service: &Service) -> Result<Arc<Snapshot>, ServiceError> {
         let proto = service.snapshots().borrow().clone();
         let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((version, snap)) = cached.as_ref() {
@@ -37,7 +37,7 @@ impl SnapshotCache {
         }
         let snap = Arc::new(
             Snapshot::from_proto((*proto).clone())
-                .map_err(|e| Status::internal(format!("published snapshot: {e}")))?,
+                .map_err(|e| ServiceError::Internal(format!("published snapshot: {e}")))?,
         );
         *cached = Some((proto.version, Arc::clone(&snap)));
         Ok(snap)
@@ -49,20 +49,32 @@ pub fn preview(
     cache: &SnapshotCache,
     r: api::PreviewDecisionRequest,
 ) -> Result<Response<api::PreviewDecisionResponse>, Status> {
+    decide(service, cache, r)
+        .map(Response::new)
+        .map_err(super::status)
+}
+
+/// The decision for one request; shared by the gRPC and REST APIs. A request the edge would
+/// refuse is an `Ok` carrying `error_json`; only a malformed preview request is an `Err`.
+pub fn decide(
+    service: &Service,
+    cache: &SnapshotCache,
+    r: api::PreviewDecisionRequest,
+) -> Result<api::PreviewDecisionResponse, ServiceError> {
     let client_api = if r.client_api.is_empty() {
         ClientApi::ChatCompletions
     } else {
         ClientApi::parse(&r.client_api)
             .filter(|a| *a != ClientApi::Models)
             .ok_or_else(|| {
-                Status::invalid_argument(format!(
+                ServiceError::InvalidArgument(format!(
                     "client_api {:?} is not chat.completions, responses, messages or embeddings",
                     r.client_api
                 ))
             })?
     };
     if r.body_json.len() > MAX_PREVIEW_BODY {
-        return Err(Status::invalid_argument(format!(
+        return Err(ServiceError::InvalidArgument(format!(
             "body_json is larger than {MAX_PREVIEW_BODY} bytes"
         )));
     }
@@ -103,5 +115,5 @@ pub fn preview(
             ..api::PreviewDecisionResponse::default()
         },
     };
-    Ok(Response::new(response))
+    Ok(response)
 }

@@ -1,0 +1,188 @@
+//! `/keys`: gateway keys. The raw key is in the create answer only; only its SHA-256 is kept.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::page::{paginate, Data, Page};
+use super::ApiState;
+use crate::store::{KeyRow, KeyStatus};
+
+/// A gateway key (never the raw key).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Key {
+    /// `key_<hex>`.
+    pub id: String,
+    pub name: String,
+    /// The raw key's first characters, e.g. `sk-tr-abcd`, for recognising it.
+    pub key_prefix: String,
+    pub status: KeyState,
+    pub workspace_id: String,
+    pub created_at_unix_ms: i64,
+    /// Null while active.
+    pub revoked_at_unix_ms: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Active,
+    Revoked,
+}
+
+impl From<KeyStatus> for KeyState {
+    fn from(s: KeyStatus) -> KeyState {
+        match s {
+            KeyStatus::Active => KeyState::Active,
+            KeyStatus::Revoked => KeyState::Revoked,
+        }
+    }
+}
+
+impl From<KeyRow> for Key {
+    fn from(k: KeyRow) -> Key {
+        Key {
+            status: k.status.into(),
+            id: k.id,
+            name: k.name,
+            key_prefix: k.key_prefix,
+            workspace_id: k.workspace_id,
+            created_at_unix_ms: k.created_at_ms,
+            revoked_at_unix_ms: k.revoked_at_ms,
+        }
+    }
+}
+
+/// A new key, with the raw key: shown exactly once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: Key,
+    /// The raw `sk-tr-…` key. Returned only here.
+    pub raw: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci", "workspace_id": "default"}))]
+pub struct CreateKey {
+    /// 1-100 characters.
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: String,
+    /// 1-64 of a-z, 0-9, `-`, `_`; empty or absent = `default`.
+    #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{0,64}$")]
+    pub workspace_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListKeys {
+    /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    pub status: Option<KeyState>,
+    pub workspace_id: Option<String>,
+}
+
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(get_key, delete_key))
+        .routes(routes!(revoke_key))
+}
+
+/// Create a key.
+#[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
+    responses((status = 201, description = "The key; `raw` is shown only here",
+        body = Data<CreatedKey>, links(
+            ("GetKey" = (operation_id = "get_key",
+                parameters(("id" = "$response.body#/data/id")))),
+            ("RevokeKey" = (operation_id = "revoke_key",
+                parameters(("id" = "$response.body#/data/id")))),
+            ("SetRoutingConfig" = (operation_id = "put_routing_config",
+                parameters(("key_id" = "$response.body#/data/id")))),
+        ))))]
+async fn create_key(
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<(StatusCode, Json<Data<CreatedKey>>), ApiError> {
+    let (key, raw) = state
+        .service
+        .create_key(&body.name, body.workspace_id.as_deref().unwrap_or(""))
+        .await?;
+    tracing::info!(id = %key.id, name = %key.name, "key created");
+    let created = CreatedKey {
+        key: key.into(),
+        raw,
+    };
+    Ok((StatusCode::CREATED, Json(Data::new(created))))
+}
+
+/// List keys, oldest first.
+#[utoipa::path(get, path = "/keys", tag = "keys", params(ListKeys),
+    responses((status = 200, description = "A page of keys", body = Page<Key>)))]
+async fn list_keys(
+    State(state): State<ApiState>,
+    ApiQuery(q): ApiQuery<ListKeys>,
+) -> Result<Json<Page<Key>>, ApiError> {
+    let keys: Vec<KeyRow> = state
+        .service
+        .list_keys()
+        .await?
+        .into_iter()
+        .filter(|k| q.status.is_none_or(|s| KeyState::from(k.status) == s))
+        .filter(|k| q.workspace_id.as_ref().is_none_or(|w| &k.workspace_id == w))
+        .collect();
+    let page = paginate(
+        keys,
+        q.limit,
+        q.cursor.as_deref(),
+        |k| k.id.clone(),
+        Key::from,
+    )?;
+    Ok(Json(page))
+}
+
+/// Retrieve a key.
+#[utoipa::path(get, path = "/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, description = "The key", body = Data<Key>)))]
+async fn get_key(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Data<Key>>, ApiError> {
+    let key = state.service.get_key(&id).await?;
+    Ok(Json(Data::new(key.into())))
+}
+
+/// Revoke a key (same as `POST /keys/{id}/revoke`); the key stays listed as revoked.
+#[utoipa::path(delete, path = "/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, description = "The revoked key", body = Data<Key>)))]
+async fn delete_key(
+    state: State<ApiState>,
+    id: ApiPath<String>,
+) -> Result<Json<Data<Key>>, ApiError> {
+    revoke_key(state, id).await
+}
+
+/// Revoke a key: requests with it get 401 from the next snapshot on. Idempotent.
+#[utoipa::path(post, path = "/keys/{id}/revoke", tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, description = "The revoked key", body = Data<Key>)))]
+async fn revoke_key(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Data<Key>>, ApiError> {
+    let key = state.service.revoke_key(&id).await?;
+    tracing::info!(id = %key.id, "key revoked");
+    Ok(Json(Data::new(key.into())))
+}
