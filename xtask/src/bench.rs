@@ -6,16 +6,20 @@
 //! - [`load`]: oha (installed into `target/bench-tools`) and its JSON report;
 //! - [`client`]: a keep-alive HTTP/1.1 client for streaming TTFB/TTLB and revoke propagation;
 //! - [`admin`]: seeding through the control plane's gRPC Admin API (keys, provider, revokes,
-//!   firewall rules) and the hook for routing rules;
+//!   routing rules, firewall rules);
 //! - [`report`]: statistics and the BENCHMARKS.md renderer;
 //! - this file: the plan ([`Plan`]), the candidates' processes ([`Stacks`]) and the run.
 //!
 //! Candidates: `direct` (the fake), `bare` (Envoy, static route to the fake, no filter), `tr`
-//! (Envoy from `tokenrouter envoy-bootstrap` + `tokenrouter serve` with 100 keys and 10 firewall
-//! rules), `tr-large`
+//! (Envoy from `tokenrouter envoy-bootstrap` + `tokenrouter serve` with 100 keys, 10 routing
+//! rules and 10 firewall rules), `tr-large`
 //! (the same with the large key set, for the scaling figure), `litellm` (LiteLLM proxy, one
 //! worker). Every round runs each step for every candidate, in a rotating order, so that the
 //! candidates share the machine's noise; figures are medians over rounds with min–max.
+//!
+//! Besides the candidates: the firewall and routing-rule scaling figures (latency at one
+//! connection against the number of enabled rules) and the prompt complexity classifier's
+//! accuracy test, whose summary line is copied into the report.
 
 mod admin;
 mod client;
@@ -35,9 +39,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 
 use crate::{Paths, Supervisor};
-use admin::{Admin, Key, RulesSeeding};
+use admin::{Admin, Key};
 use load::{Load, LoadResult, Oha};
-use report::{Candidate, FirewallStep, Metric, Report};
+use report::{Candidate, ClassifierFigures, Metric, Report, RulesStep};
 
 /// The admin token of the benchmark's control planes (loopback only, throw-away data).
 const ADMIN_TOKEN: &str = "bench-admin-token";
@@ -57,19 +61,45 @@ const PROPAGATION_CONNECTIONS: usize = 8;
 const LITELLM_REQUIREMENT: &str = "litellm[proxy]";
 /// Firewall rules in the "realistic config" of the issue.
 const SMALL_FIREWALL_RULES: usize = 10;
+/// Routing rules in the "realistic config" of the issue.
+const SMALL_ROUTING_RULES: usize = 10;
 /// Enabled firewall rules at each step of the firewall scaling figure.
 const FIREWALL_STEPS: [usize; 4] = [0, 10, 100, 1000];
-/// Marks around the section a `--only` run merges into an existing report.
-const PARTIAL_BEGIN: &str = "<!-- partial-run:begin -->";
+/// Enabled routing rules of each configuration of the routing scaling figure (the first is the
+/// reference of its ratios).
+const ROUTING_STEPS: [usize; 3] = [10, 100, 1000];
+/// The classifier's accuracy test (its `COMPLEXITY:` line is what the report copies), and the
+/// labelled prompts it reads.
+const CLASSIFIER_TEST: &str = "filter/engine/tests/complexity.rs";
+const CLASSIFIER_FIXTURE: &str = "filter/engine/tests/complexity/prompts.jsonl";
+/// Marks around the section a `--only` run merges into an existing report: the begin mark
+/// carries the selection (`<!-- partial-run:begin routing,classifier -->`; an older report's
+/// bare `<!-- partial-run:begin -->` is identified by its heading).
+const PARTIAL_BEGIN: &str = "<!-- partial-run:begin";
 const PARTIAL_END: &str = "<!-- partial-run:end -->";
 
 /// Parts of the run `--only` can select.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Phase {
     /// The firewall scaling figure (0, 10, 100, 1 000 enabled rules).
     Firewall,
     /// Creating the large key set, the keys scaling row and revoke propagation at that size.
     Keys,
+    /// The routing-rule scaling figure (10, 100, 1 000 enabled rules, interleaved rounds).
+    Routing,
+    /// The prompt complexity classifier's accuracy on its labelled prompts.
+    Classifier,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Firewall => "firewall",
+            Phase::Keys => "keys",
+            Phase::Routing => "routing",
+            Phase::Classifier => "classifier",
+        }
+    }
 }
 
 /// Options of `cargo xtask bench`.
@@ -94,8 +124,9 @@ pub struct BenchArgs {
     /// Where to write the report [default: <repo>/BENCHMARKS.md].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these parts (comma-separated: firewall, keys) and merge their tables into the
-    /// existing report as a labelled section, keeping the full run's figures for the rest.
+    /// Run only these parts (comma-separated: firewall, keys, routing, classifier) and merge
+    /// their tables into the existing report as a labelled section (one per selection; a rerun
+    /// of the same selection replaces it), keeping the full run's figures for the rest.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Phase>,
     /// Wall-time budget in seconds for creating the large key set [default: 300; 60 with
@@ -187,6 +218,8 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
         println!("==> engine micro-benchmarks (criterion)");
         report.criterion = run_criterion(paths, plan.quick)?;
     }
+    println!("==> prompt complexity classifier");
+    report.classifier = Some(classifier(paths)?);
 
     println!("==> fake provider");
     let fake = fake::start()?;
@@ -220,26 +253,21 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
         seeded.elapsed.as_secs_f64()
     );
     report.seeding.push(("large".into(), seeded));
-    for (label, seeding) in [
+    for (label, s) in [
         (
             "routing rules",
-            rt.block_on(small_admin.seed_routing_rules(10))?,
+            rt.block_on(small_admin.seed_routing_rules(0, SMALL_ROUTING_RULES))?,
         ),
         (
             "firewall rules",
             rt.block_on(small_admin.seed_firewall_rules(0, SMALL_FIREWALL_RULES))?,
         ),
     ] {
-        match seeding {
-            RulesSeeding::Seeded(s) => println!(
-                "created {} {label} in {:.1}s",
-                s.count,
-                s.elapsed.as_secs_f64()
-            ),
-            RulesSeeding::Unavailable(reason) => {
-                report.unavailable.push((label.into(), reason.into()));
-            }
-        }
+        println!(
+            "created {} {label} in {:.1}s",
+            s.count,
+            s.elapsed.as_secs_f64()
+        );
     }
     let (Some(small_key), Some(large_key)) = (small_keys.first(), large_keys.first()) else {
         bail!("no key could be created");
@@ -322,19 +350,14 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
 
     println!("==> firewall scaling");
     report.firewall_scaling = firewall_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
+    println!("==> routing-rule scaling");
+    report.routing_scaling = routing_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
 
     report.load_after = loadavg();
     report.elapsed = started.elapsed();
     report.commands = commands(&oha, &plan);
     report.machine = report::machine(&rustc_version());
-    let findings = paths
-        .root
-        .join("xtask")
-        .join("src")
-        .join("bench")
-        .join("findings.md");
-    report.findings = fs::read_to_string(&findings)
-        .with_context(|| format!("cannot read {}", findings.display()))?;
+    report.findings = read_findings(paths)?;
     let out = args
         .out
         .clone()
@@ -564,7 +587,7 @@ fn firewall_scaling(
     plan: &Plan,
     stacks: &mut Stacks,
     base_url: &str,
-) -> Result<Vec<FirewallStep>> {
+) -> Result<Vec<RulesStep>> {
     let cp = stacks.control_plane("firewall")?;
     let admin = rt.block_on(Admin::connect(&cp.grpc, ADMIN_TOKEN))?;
     rt.block_on(admin.add_provider(PROVIDER, base_url))?;
@@ -599,9 +622,9 @@ fn firewall_scaling(
             || first_status(addr, Some(&live.raw), &body) == Some(200),
         )?;
         warm_up(oha, std::slice::from_ref(&target))?;
-        let mut step = FirewallStep {
+        let mut step = RulesStep {
             rules,
-            ..FirewallStep::default()
+            ..RulesStep::default()
         };
         for _ in 0..plan.rounds {
             let r = oha.run(&Load {
@@ -623,6 +646,131 @@ fn firewall_scaling(
         steps.push(step);
     }
     Ok(steps)
+}
+
+/// The routing-rule scaling figure: one control plane and one tokenrouter Envoy
+/// (`--concurrency 1`) per entry of [`ROUTING_STEPS`], each seeded through `CreateRoutingRule`
+/// before its Envoy starts. Every round measures latency at one connection on each
+/// configuration, in an order that rotates between rounds, so that the ratios against the
+/// first configuration are taken within one round.
+fn routing_scaling(
+    rt: &tokio::runtime::Runtime,
+    oha: &Oha,
+    plan: &Plan,
+    stacks: &mut Stacks,
+    base_url: &str,
+) -> Result<Vec<RulesStep>> {
+    let body = Bytes::from(request_body(TR_MODEL, false));
+    let mut children = Supervisor::default();
+    let mut targets = Vec::new();
+    for rules in ROUTING_STEPS {
+        let cp = stacks.control_plane(&format!("routing-{rules}"))?;
+        let admin = rt.block_on(Admin::connect(&cp.grpc, ADMIN_TOKEN))?;
+        rt.block_on(admin.add_provider(PROVIDER, base_url))?;
+        let seeded = rt.block_on(admin.seed_routing_rules(0, rules))?;
+        println!(
+            "created {rules} routing rules in {:.1}s",
+            seeded.elapsed.as_secs_f64()
+        );
+        // Snapshots are published in version order, so a key created after the rules
+        // authenticates only once a snapshot holding them is live on the worker.
+        let key = rt.block_on(admin.create_key(format!("bench-routing-{rules}")))?;
+        let (addr, _) = stacks.tr_envoy(&mut children, &cp, &format!("routing-{rules}"), 1)?;
+        wait_until(
+            Duration::from_secs(120),
+            &format!("the Envoy with {rules} routing rules to answer 200"),
+            &mut children,
+            || first_status(addr, Some(&key.raw), &body) == Some(200),
+        )?;
+        check_rules_evaluated(addr, &key.raw, &body)?;
+        targets.push((
+            rules,
+            Target {
+                candidate: Candidate::Tr,
+                addr,
+                key: Some(key.raw),
+                model: TR_MODEL,
+            },
+        ));
+    }
+    let all: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
+    warm_up(oha, &all)?;
+    let mut steps: Vec<RulesStep> = ROUTING_STEPS
+        .iter()
+        .map(|&rules| RulesStep {
+            rules,
+            ..RulesStep::default()
+        })
+        .collect();
+    for round in 0..plan.rounds {
+        println!("--- round {}/{} (routing rules)", round + 1, plan.rounds);
+        for i in 0..targets.len() {
+            let at = (i + round) % targets.len();
+            let (rules, target) = &targets[at];
+            let r = oha.run(&Load {
+                url: target.url(),
+                body: target.body(false),
+                key: target.key.clone(),
+                connections: 1,
+                duration: plan.latency_duration,
+                rate: None,
+            })?;
+            check(target, &r)?;
+            println!(
+                "{rules:>5} routing rules, 1 conn: p50 {:.1} µs p99 {:.0} µs",
+                r.p50_us, r.p99_us
+            );
+            steps[at].p50_us.push(r.p50_us);
+            steps[at].p99_us.push(r.p99_us);
+        }
+    }
+    Ok(steps)
+}
+
+/// Fails unless the gateway's rule trace shows that its routing rules ran and none acted (the
+/// header lists the rules in priority order; with many rules it is cut at 4 KiB, so it cannot
+/// show them all).
+fn check_rules_evaluated(addr: SocketAddr, key: &str, body: &Bytes) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let timing = rt.block_on(async {
+        let mut conn = client::Conn::connect(addr).await?;
+        conn.post("/v1/chat/completions", Some(key), body).await
+    })?;
+    let trace = timing.rule_trace.unwrap_or_default();
+    if timing.status != 200 || !trace.contains(r#""rule":"bench-route-"#) {
+        bail!(
+            "the gateway at {addr} answered {} without evaluating the benchmark's routing rules (x-tokenrouter-rule-trace: {trace:?})",
+            timing.status
+        );
+    }
+    if trace.contains(r#""applied""#) {
+        bail!("a benchmark routing rule matched the benchmark's request: {trace}");
+    }
+    Ok(())
+}
+
+/// Runs the classifier's accuracy test (release) and reads its `COMPLEXITY:` line, its task
+/// detection line and, from the test's source, the prices and the hold-out paragraph the
+/// report quotes.
+fn classifier(paths: &Paths) -> Result<ClassifierFigures> {
+    let mut cmd = crate::cargo(paths);
+    cmd.args(["test", "-p", "tokenrouter-engine", "--release"])
+        .args(["--test", "complexity", "--", "--nocapture"]);
+    println!("$ {}", crate::display(&cmd));
+    let output = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run the complexity test")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    print!("{text}");
+    let source = fs::read_to_string(paths.root.join(CLASSIFIER_TEST))
+        .with_context(|| format!("cannot read {CLASSIFIER_TEST}"))?;
+    let mut figures = report::parse_classifier(&text, &source)
+        .with_context(|| format!("no COMPLEXITY: line in the output of {CLASSIFIER_TEST}"))?;
+    figures.passed = output.status.success();
+    Ok(figures)
 }
 
 /// `--only`: runs the selected parts and merges their tables into the existing report as one
@@ -658,31 +806,39 @@ fn bench_only(paths: &Paths, args: &BenchArgs) -> Result<()> {
         println!("==> firewall scaling");
         report.firewall_scaling = firewall_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
     }
+    if args.only.contains(&Phase::Routing) {
+        println!("==> routing-rule scaling");
+        report.routing_scaling = routing_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
+    }
+    if args.only.contains(&Phase::Classifier) {
+        println!("==> prompt complexity classifier");
+        report.classifier = Some(classifier(paths)?);
+    }
     report.load_after = loadavg();
     report.elapsed = started.elapsed();
     report.machine = report::machine(&rustc_version());
-    let only: Vec<&str> = args
-        .only
-        .iter()
-        .map(|p| match p {
-            Phase::Firewall => "firewall",
-            Phase::Keys => "keys",
-        })
-        .collect();
+    report.findings = read_findings(paths)?;
+    // One section per selection, whatever the order it was typed in.
+    let mut only: Vec<Phase> = args.only.clone();
+    only.sort();
+    only.dedup();
+    let only: Vec<&str> = only.iter().map(|p| p.name()).collect();
+    let only = only.join(",");
     let section = format!(
-        "{PARTIAL_BEGIN}\n{}{PARTIAL_END}",
-        report.render_partial(&only.join(","))
+        "{PARTIAL_BEGIN} {only} -->\n{}{PARTIAL_END}",
+        report.render_partial(&only)
     );
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| paths.root.join("BENCHMARKS.md"));
     let existing = fs::read_to_string(&out).unwrap_or_default();
-    fs::write(&out, merge_partial(&existing, &section))
-        .with_context(|| format!("cannot write {}", out.display()))?;
+    let merged = merge_partial(&existing, &only, &section);
+    let merged = report::replace_target_rows(&merged, &report.partial_target_rows());
+    let merged = report::replace_findings(&merged, &report.findings);
+    fs::write(&out, merged).with_context(|| format!("cannot write {}", out.display()))?;
     println!(
-        "\nxtask bench --only {}: merged into {} ({:.0}s)",
-        only.join(","),
+        "\nxtask bench --only {only}: merged into {} ({:.0}s)",
         out.display(),
         started.elapsed().as_secs_f64()
     );
@@ -718,10 +874,6 @@ fn keys_only(
         seeded.elapsed.as_secs_f64()
     );
     report.seeding.push(("large".into(), seeded));
-    report.unavailable.push((
-        "routing rules".into(),
-        "the Admin API has no routing rules yet".into(),
-    ));
     let (Some(small_key), Some(large_key)) = (small_keys.first(), large_keys.first()) else {
         bail!("no key could be created");
     };
@@ -798,14 +950,25 @@ fn keys_only(
     Ok(())
 }
 
-/// `existing` with `section` in place of the previous partial section, or inserted before the
-/// Scaling section (at the end when there is none).
-fn merge_partial(existing: &str, section: &str) -> String {
-    if let (Some(begin), Some(end)) = (existing.find(PARTIAL_BEGIN), existing.find(PARTIAL_END)) {
-        if begin < end {
-            let after = &existing[end + PARTIAL_END.len()..];
-            return format!("{}{section}{after}", &existing[..begin]);
+/// `existing` with `section` in place of the partial section of the same selection `only`;
+/// a new selection's section goes after the existing partial sections, else before the Scaling
+/// section (at the end when there is none).
+fn merge_partial(existing: &str, only: &str, section: &str) -> String {
+    let mut last_end = None;
+    let mut from = 0;
+    while let Some(begin) = existing[from..].find(PARTIAL_BEGIN).map(|b| b + from) {
+        let Some(end) = existing[begin..].find(PARTIAL_END).map(|e| e + begin) else {
+            break;
+        };
+        let end = end + PARTIAL_END.len();
+        if partial_selection(&existing[begin..end]) == only {
+            return format!("{}{section}{}", &existing[..begin], &existing[end..]);
         }
+        last_end = Some(end);
+        from = end;
+    }
+    if let Some(end) = last_end {
+        return format!("{}\n\n{section}{}", &existing[..end], &existing[end..]);
     }
     match existing.find("\n## Scaling") {
         Some(at) => format!(
@@ -815,6 +978,37 @@ fn merge_partial(existing: &str, section: &str) -> String {
         ),
         None => format!("{existing}\n{section}\n"),
     }
+}
+
+/// The `--only` selection of a partial section: from its begin mark, or from its heading
+/// ("`cargo xtask bench --only keys,firewall`") when the mark has none.
+fn partial_selection(section: &str) -> String {
+    let mark = section[PARTIAL_BEGIN.len()..]
+        .split("-->")
+        .next()
+        .unwrap_or("")
+        .trim();
+    if !mark.is_empty() {
+        return mark.to_string();
+    }
+    section
+        .split("--only ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// The hand-written findings the report copies.
+fn read_findings(paths: &Paths) -> Result<String> {
+    let findings = paths
+        .root
+        .join("xtask")
+        .join("src")
+        .join("bench")
+        .join("findings.md");
+    fs::read_to_string(&findings).with_context(|| format!("cannot read {}", findings.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1479,23 +1673,44 @@ mod tests {
     #[test]
     fn partial_sections_are_inserted_then_replaced() {
         let full = "# Benchmarks\n\n## Latency\n\nx\n\n## Scaling\n\ny\n";
-        let first = format!("{PARTIAL_BEGIN}\none{PARTIAL_END}");
-        let second = format!("{PARTIAL_BEGIN}\ntwo{PARTIAL_END}");
+        let section = |only: &str, body: &str| {
+            format!("{PARTIAL_BEGIN} {only} -->\n## Partial run: `cargo xtask bench --only {only}`\n{body}{PARTIAL_END}")
+        };
+        let legacy = format!(
+            "<!-- partial-run:begin -->\n## Partial run: `cargo xtask bench --only keys,firewall` (date)\nold{PARTIAL_END}"
+        );
+        let (first, second) = (section("keys", "one"), section("keys", "two"));
+        let routing = section("routing,classifier", "r");
+        let with_legacy = format!("# B\n\n{legacy}\n\n## Scaling\n\ny\n");
         let cases = [
             (
                 full.to_string(),
+                "keys",
                 &first,
                 format!("# Benchmarks\n\n## Latency\n\nx\n\n{first}\n\n## Scaling\n\ny\n"),
             ),
             (
-                merge_partial(full, &first),
+                merge_partial(full, "keys", &first),
+                "keys",
                 &second,
                 format!("# Benchmarks\n\n## Latency\n\nx\n\n{second}\n\n## Scaling\n\ny\n"),
             ),
-            (String::new(), &first, format!("\n{first}\n")),
+            (String::new(), "keys", &first, format!("\n{first}\n")),
+            (
+                with_legacy.clone(),
+                "routing,classifier",
+                &routing,
+                format!("# B\n\n{legacy}\n\n{routing}\n\n## Scaling\n\ny\n"),
+            ),
+            (
+                merge_partial(&with_legacy, "routing,classifier", &routing),
+                "keys,firewall",
+                &first,
+                format!("# B\n\n{first}\n\n{routing}\n\n## Scaling\n\ny\n"),
+            ),
         ];
-        for (existing, section, expected) in cases {
-            assert_eq!(merge_partial(&existing, section), expected);
+        for (existing, only, section, expected) in cases {
+            assert_eq!(merge_partial(&existing, only, section), expected);
         }
     }
 }

@@ -6,7 +6,10 @@
 //! # Layout
 //! - `auth/*`: key extraction + SHA-256 + snapshot lookup, with 100 and 100 000 keys;
 //! - `request/*`: parse of a realistic Chat Completions body and its rewrite for the upstream;
-//! - `routing/*`: `provider/model` and bare-model resolution;
+//! - `routing/*`: `provider/model` and bare-model resolution; the whole decision for the load
+//!   benchmark's request with 10 and 1 000 enabled routing rules that do not match it (every
+//!   condition evaluated and traced), and with a 2 KB prompt; the trace's JSON for the log row
+//!   and the `x-tokenrouter-rule-trace` header;
 //! - `complexity/*`: the prompt complexity classifier over a 2 KB prompt with a code block;
 //! - `usage/*`: the SSE usage observer over a 50-chunk stream (fed as the provider sent it).
 //!
@@ -19,9 +22,10 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tokenrouter_engine::auth::authenticate;
 use tokenrouter_engine::keys::hash_key;
-use tokenrouter_engine::request::ChatRequest;
+use tokenrouter_engine::request::{ChatRequest, ClientApi};
 use tokenrouter_engine::routing::complexity::classify;
-use tokenrouter_engine::routing::resolve;
+use tokenrouter_engine::routing::features::features;
+use tokenrouter_engine::routing::{decide, resolve, RouteInput, ScoreBoard};
 use tokenrouter_engine::snapshot::SCHEMA;
 use tokenrouter_engine::usage::OpenAiStreamObserver;
 use tokenrouter_engine::Snapshot;
@@ -35,6 +39,11 @@ fn raw_key(i: usize) -> String {
 /// A snapshot with `keys` keys, an `openai` and an `openai-compatible` provider and the built-in
 /// catalogue: what an edge holds in production.
 fn snapshot(keys: usize) -> Snapshot {
+    snapshot_with_rules(keys, 0)
+}
+
+/// [`snapshot`] with `rules` enabled routing rules from [`routing_rule`].
+fn snapshot_with_rules(keys: usize, rules: usize) -> Snapshot {
     let proto = pb::Snapshot {
         schema: SCHEMA,
         version: 1,
@@ -66,10 +75,92 @@ fn snapshot(keys: usize) -> Snapshot {
             },
         ],
         models: tokenrouter_engine::catalogue::builtin().expect("built-in catalogue"),
-        // Rules and other sections that later versions add stay empty here.
+        routing_rules: (0..rules).map(routing_rule).collect(),
+        // Other sections stay empty here.
         ..pb::Snapshot::default()
     };
     Snapshot::from_proto(proto).expect("valid snapshot")
+}
+
+/// Words of the rules' `contains` lists: what deployments route on, none of them in
+/// [`CHAT_BODY`]'s prompt.
+const RULE_WORDS: [&str; 24] = [
+    "invoice",
+    "refund",
+    "kubernetes",
+    "terraform",
+    "contract",
+    "diagnosis",
+    "lawsuit",
+    "payroll",
+    "sql query",
+    "stack trace",
+    "unit test",
+    "translate",
+    "quarterly report",
+    "churn",
+    "gdpr",
+    "incident",
+    "pull request",
+    "spreadsheet",
+    "tax return",
+    "api key",
+    "migration",
+    "benchmark",
+    "regex",
+    "compliance",
+];
+
+/// The `i`-th routing rule, the same shapes as the load benchmark seeds
+/// (`routing_rule` in `xtask/src/bench/admin.rs`): two or three conditions each (prompt
+/// substrings, metadata, headers, model pattern, task, mode), none of which holds for
+/// [`CHAT_BODY`] without metadata or headers, so every condition of every rule is evaluated.
+fn routing_rule(i: usize) -> pb::RoutingRule {
+    let w = |k: usize| RULE_WORDS[(i * 7 + k * 5) % RULE_WORDS.len()];
+    let (match_json, action_json) = match i % 5 {
+        0 => (
+            format!(
+                r#"{{"contains": ["{}", "{}", "ticket-{i:05}"], "metadata_equals": {{"team": "team-{i}"}}}}"#,
+                w(0),
+                w(1)
+            ),
+            r#"{"set_mode": "cost"}"#.to_string(),
+        ),
+        1 => (
+            format!(r#"{{"headers": {{"x-team": "team-{i}"}}, "model": "gpt-4*"}}"#),
+            r#"{"set_mode": "quality"}"#.to_string(),
+        ),
+        2 => (
+            format!(
+                r#"{{"contains": ["{}", "{} {i}"], "model": "claude-*"}}"#,
+                w(2),
+                w(3)
+            ),
+            r#"{"set_model": "gpt-4o", "add_warning": "routed by rule"}"#.to_string(),
+        ),
+        3 => (
+            format!(
+                r#"{{"metadata_equals": {{"team": "team-{i}", "env": "prod"}}, "headers": {{"x-project": "p{i}"}}}}"#
+            ),
+            r#"{"set_provider": "openai"}"#.to_string(),
+        ),
+        _ => (
+            format!(
+                r#"{{"task": "translation", "contains": "{} {i}", "mode": "quality"}}"#,
+                w(4)
+            ),
+            r#"{"set_mode": "latency"}"#.to_string(),
+        ),
+    };
+    pb::RoutingRule {
+        id: i64::try_from(i).expect("small") + 1,
+        name: format!("bench-route-{i}"),
+        priority: i32::try_from(i % 100).expect("small"),
+        enabled: true,
+        match_json,
+        action_json,
+        key_id: String::new(),
+    }
 }
 
 /// The request body the load benchmark sends (same shape as `xtask/src/bench/fake.rs` expects).
@@ -128,6 +219,57 @@ fn routing(c: &mut Criterion) {
     group.bench_function("resolve_bare", |b| {
         b.iter(|| resolve(black_box(&s), black_box("gpt-4o-mini")).is_ok())
     });
+    // The load benchmark's request, then the same with a 2 KB prompt (`contains` conditions
+    // scan the prompt).
+    let long_body = serde_json::json!({
+        "model": "bench/gpt-4o-mini",
+        "messages": [{"role": "user", "content": prompt_2kb()}],
+    })
+    .to_string();
+    for (body, suffix, sizes) in [
+        (CHAT_BODY, "", &[10, 1000][..]),
+        (long_body.as_bytes(), "_2kb_prompt", &[1000][..]),
+    ] {
+        let mut request = ChatRequest::parse(body).expect("valid body");
+        let feats = features(ClientApi::ChatCompletions, request.body_mut(), body.len());
+        let header = |_: &str| None;
+        let scores = ScoreBoard::default();
+        let input = RouteInput {
+            api: ClientApi::ChatCompletions,
+            model: &request.model,
+            router_mode: None,
+            metadata: request.metadata.as_ref(),
+            features: &feats,
+            stream: false,
+            key_id: "key_00000000",
+            header: &header,
+            byok: &[],
+            random: 0,
+            now_ms: 1_000,
+        };
+        for &rules in sizes {
+            let s = snapshot_with_rules(100, rules);
+            let d = decide(&s, &scores, &input).expect("routed");
+            assert_eq!(d.attempts[0].provider.name, "bench");
+            assert!(d.trace.rules.len() == rules && d.trace.rules.iter().all(|r| !r.matched));
+            group.bench_function(format!("decide_{rules}_rules{suffix}"), |b| {
+                b.iter(|| decide(black_box(&s), &scores, black_box(&input)).is_ok())
+            });
+            if !suffix.is_empty() {
+                continue;
+            }
+            // What the edge does with the decision's trace on every request: the log row's
+            // JSON and the bounded `x-tokenrouter-rule-trace` header.
+            group.bench_function(format!("trace_json_{rules}_rules"), |b| {
+                b.iter(|| {
+                    (
+                        d.trace.to_json().len(),
+                        d.trace.header_value().map(|h| h.len()),
+                    )
+                })
+            });
+        }
+    }
     group.finish();
 }
 

@@ -13,7 +13,7 @@ use crate::firewall::Firewall;
 use crate::money::Price;
 use crate::routing::complexity::Tier;
 use crate::routing::config::KeyConfig;
-use crate::routing::rules::Rule;
+use crate::routing::rules::{Rule, RuleSet};
 use crate::upstream::{BaseUrl, ProviderKind};
 
 /// Snapshot wire schema this engine understands.
@@ -93,7 +93,7 @@ pub struct Snapshot {
     /// Firewall rules, compiled once per version.
     firewall: Firewall,
     /// Routing rules, enabled or not, higher priority first (then lower id).
-    routing_rules: Vec<Rule>,
+    routing_rules: RuleSet,
     /// Key id → its routing configuration.
     routing_configs: HashMap<String, KeyConfig>,
     /// Provider names in attempt order → chain cluster (explicitly materialised chains).
@@ -223,7 +223,7 @@ impl Snapshot {
             models,
             model_kinds,
             firewall,
-            routing_rules,
+            routing_rules: RuleSet::new(routing_rules),
             routing_configs,
             chain_clusters,
             kind_models,
@@ -267,6 +267,11 @@ impl Snapshot {
 
     /// Routing rules, higher priority first.
     pub fn routing_rules(&self) -> &[Rule] {
+        self.routing_rules.rules()
+    }
+
+    /// Routing rules with what evaluates them per request.
+    pub fn routing_rule_set(&self) -> &RuleSet {
         &self.routing_rules
     }
 

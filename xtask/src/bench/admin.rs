@@ -1,6 +1,5 @@
 //! Seeding the tokenrouter candidate through the control plane's gRPC Admin API (never the
-//! database): keys (concurrently), the provider, revokes, firewall rules; and the hook where
-//! routing rules will be seeded once the Admin API has them.
+//! database): keys (concurrently), the provider, revokes, routing rules and firewall rules.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -189,20 +188,32 @@ impl Admin {
         Ok((keys, seeded))
     }
 
-    /// Seeds `n` routing rules. The hook for issue "routing rules": when the Admin API gains
-    /// rule writes, create `n` rules here (none of which match the benchmark's model, plus one
-    /// that does, last) and return what was created; the runner then reports the 10 → 1 000
-    /// rules row.
-    pub async fn seed_routing_rules(&self, _n: usize) -> Result<RulesSeeding> {
-        Ok(RulesSeeding::Unavailable(
-            "the Admin API has no routing rules yet",
-        ))
+    /// Seeds routing rules `bench-route-<first>…` until `n` more exist: enabled, for every key,
+    /// a realistic mix of conditions (see [`routing_rule`]), none of which holds for the
+    /// benchmark's request, so the edge evaluates every condition of every rule and the request
+    /// still goes to the fake provider.
+    pub async fn seed_routing_rules(&self, first: usize, n: usize) -> Result<Seeded> {
+        let started = Instant::now();
+        for i in first..first + n {
+            let message = routing_rule(i);
+            let name = message.name.clone();
+            self.client
+                .clone()
+                .create_routing_rule(self.request(message))
+                .await
+                .with_context(|| format!("CreateRoutingRule {name}"))?;
+        }
+        Ok(Seeded {
+            count: n,
+            elapsed: started.elapsed(),
+            retried: 0,
+        })
     }
 
     /// Seeds firewall rules `bench-fw-<first>…` until `n` more exist: enabled prompt-scope
     /// rules, a realistic mix of substring and regex patterns (see [`firewall_rule`]), none of
     /// which matches the benchmark's request, so every rule is scanned and none acts.
-    pub async fn seed_firewall_rules(&self, first: usize, n: usize) -> Result<RulesSeeding> {
+    pub async fn seed_firewall_rules(&self, first: usize, n: usize) -> Result<Seeded> {
         let started = Instant::now();
         for i in first..first + n {
             let message = firewall_rule(i);
@@ -213,11 +224,11 @@ impl Admin {
                 .await
                 .with_context(|| format!("CreateFirewallRule {name}"))?;
         }
-        Ok(RulesSeeding::Seeded(Seeded {
+        Ok(Seeded {
             count: n,
             elapsed: started.elapsed(),
             retried: 0,
-        }))
+        })
     }
 }
 
@@ -254,12 +265,90 @@ pub fn firewall_rule(i: usize) -> pb::CreateFirewallRuleRequest {
     }
 }
 
-/// Whether rules could be seeded.
-#[derive(Debug)]
-pub enum RulesSeeding {
-    Seeded(Seeded),
-    /// The feature does not exist yet: the row is reported as not available, with this reason.
-    Unavailable(&'static str),
+/// Words of the routing rules' `contains` lists: what deployments route on. None occurs in the
+/// benchmark's prompt (`contains` is a substring test, so short words like "sea" or "one"
+/// would).
+const RULE_WORDS: [&str; 24] = [
+    "invoice",
+    "refund",
+    "kubernetes",
+    "terraform",
+    "contract",
+    "diagnosis",
+    "lawsuit",
+    "payroll",
+    "sql query",
+    "stack trace",
+    "unit test",
+    "translate",
+    "quarterly report",
+    "churn",
+    "gdpr",
+    "incident",
+    "pull request",
+    "spreadsheet",
+    "tax return",
+    "api key",
+    "migration",
+    "benchmark",
+    "regex",
+    "compliance",
+];
+
+/// The `i`-th benchmark routing rule. Shapes rotate through what the seeds' examples write,
+/// two or three conditions each: prompt substrings with a team's metadata, a team header with a
+/// model pattern, substrings with another model family, metadata with a project header, and a
+/// task with a substring and a mode; each embeds `i` (team names, ticket ids), so no two rules
+/// are identical. None holds for the benchmark's request (no metadata, no such headers, model
+/// `bench/gpt-4o-mini`, task "writing", no mode), and conditions are all evaluated (no
+/// short-circuit), so every rule costs its full evaluation. Actions rotate through
+/// `set_mode`, `set_model` + `add_warning` and `set_provider`. The engine's criterion bench
+/// (`filter/engine/benches/engine.rs`) builds the same rules.
+pub fn routing_rule(i: usize) -> pb::CreateRoutingRuleRequest {
+    let w = |k: usize| RULE_WORDS[(i * 7 + k * 5) % RULE_WORDS.len()];
+    let (match_json, action_json) = match i % 5 {
+        0 => (
+            format!(
+                r#"{{"contains": ["{}", "{}", "ticket-{i:05}"], "metadata_equals": {{"team": "team-{i}"}}}}"#,
+                w(0),
+                w(1)
+            ),
+            r#"{"set_mode": "cost"}"#,
+        ),
+        1 => (
+            format!(r#"{{"headers": {{"x-team": "team-{i}"}}, "model": "gpt-4*"}}"#),
+            r#"{"set_mode": "quality"}"#,
+        ),
+        2 => (
+            format!(
+                r#"{{"contains": ["{}", "{} {i}"], "model": "claude-*"}}"#,
+                w(2),
+                w(3)
+            ),
+            r#"{"set_model": "gpt-4o", "add_warning": "routed by rule"}"#,
+        ),
+        3 => (
+            format!(
+                r#"{{"metadata_equals": {{"team": "team-{i}", "env": "prod"}}, "headers": {{"x-project": "p{i}"}}}}"#
+            ),
+            r#"{"set_provider": "openai"}"#,
+        ),
+        _ => (
+            format!(
+                r#"{{"task": "translation", "contains": "{} {i}", "mode": "quality"}}"#,
+                w(4)
+            ),
+            r#"{"set_mode": "latency"}"#,
+        ),
+    };
+    pb::CreateRoutingRuleRequest {
+        name: format!("bench-route-{i}"),
+        priority: i32::try_from(i % 100).unwrap_or(0),
+        is_enabled: true,
+        match_json,
+        action_json: action_json.into(),
+        key_id: String::new(),
+    }
 }
 
 fn is_internal(e: &anyhow::Error) -> bool {
@@ -270,10 +359,16 @@ fn is_internal(e: &anyhow::Error) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use serde_json::{json, Map, Value};
     use tokenrouter_engine::firewall::{Firewall, Scope};
+    use tokenrouter_engine::request::{ChatRequest, ClientApi};
+    use tokenrouter_engine::routing::features::features;
+    use tokenrouter_engine::routing::rules::{self, Facts};
+    use tokenrouter_engine::routing::{decide, Mode, RouteInput, ScoreBoard};
+    use tokenrouter_engine::Snapshot;
     use tokenrouter_proto::config::v1 as config;
 
-    use super::firewall_rule;
+    use super::{firewall_rule, routing_rule};
 
     fn as_config(i: usize) -> config::FirewallRule {
         let r = firewall_rule(i);
@@ -319,6 +414,130 @@ mod tests {
         for (i, text) in cases {
             let (verdict, _) = firewall.scan(Scope::Prompt, "key_1", text);
             assert!(!verdict.is_empty(), "rule {i} should match {text:?}");
+        }
+    }
+
+    fn routing_as_config(i: usize) -> config::RoutingRule {
+        let r = routing_rule(i);
+        config::RoutingRule {
+            id: i64::try_from(i).unwrap() + 1,
+            name: r.name,
+            priority: r.priority,
+            enabled: r.is_enabled,
+            match_json: r.match_json,
+            action_json: r.action_json,
+            key_id: r.key_id,
+        }
+    }
+
+    /// The 1 000 seeded routing rules compile; the benchmark's request still goes to the bench
+    /// provider with every rule evaluated (each condition traced) and none matched.
+    #[test]
+    fn bench_routing_rules_are_valid_and_miss_the_request() {
+        let snapshot = Snapshot::from_proto(config::Snapshot {
+            schema: tokenrouter_engine::snapshot::SCHEMA,
+            version: 1,
+            providers: vec![config::Provider {
+                name: super::super::PROVIDER.into(),
+                kind: "openai-compatible".into(),
+                base_url: "http://127.0.0.1:9/v1".into(),
+                cluster: "tr_provider_bench".into(),
+                credential: String::new(),
+                enabled: true,
+            }],
+            models: tokenrouter_engine::catalogue::builtin().unwrap(),
+            routing_rules: (0..1000).map(routing_as_config).collect(),
+            ..config::Snapshot::default()
+        })
+        .unwrap();
+        let body = super::super::request_body(super::super::TR_MODEL, false);
+        let mut request = ChatRequest::parse(body.as_bytes()).unwrap();
+        let feats = features(ClientApi::ChatCompletions, request.body_mut(), body.len());
+        let header = |_: &str| None;
+        let input = RouteInput {
+            api: ClientApi::ChatCompletions,
+            model: &request.model,
+            router_mode: None,
+            metadata: request.metadata.as_ref(),
+            features: &feats,
+            stream: false,
+            key_id: "key_1",
+            header: &header,
+            byok: &[],
+            random: 0,
+            now_ms: 1_000,
+        };
+        let d = decide(&snapshot, &ScoreBoard::default(), &input).unwrap();
+        assert_eq!(d.attempts[0].provider.name, super::super::PROVIDER);
+        assert_eq!(d.trace.rules.len(), 1000);
+        for (rule, traced) in snapshot.routing_rules().iter().zip(&d.trace.rules) {
+            assert!(!traced.matched, "{} matched", rule.name);
+            assert_eq!(traced.conditions.len(), rule.conditions.len());
+            assert!(rule.conditions.len() >= 2, "{}", rule.name);
+        }
+    }
+
+    /// Facts of a request written for one rule.
+    struct Written {
+        prompt: String,
+        metadata: Map<String, Value>,
+        headers: Vec<(&'static str, String)>,
+        model: &'static str,
+    }
+
+    impl Facts for Written {
+        fn prompt_lower(&self) -> &str {
+            &self.prompt
+        }
+        fn metadata(&self, key: &str) -> Option<&str> {
+            self.metadata.get(key)?.as_str()
+        }
+        fn mode(&self) -> Option<Mode> {
+            Some(Mode::Quality)
+        }
+        fn task(&self) -> Option<String> {
+            Some("translation".into())
+        }
+        fn requested_model(&self) -> &str {
+            self.model
+        }
+        fn header(&self, name: &str) -> Option<String> {
+            self.headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    /// Each rule shape does match the request it is written for (so the benchmark measures
+    /// real conditions, not ones that can never hold).
+    #[test]
+    fn bench_routing_rules_match_what_they_are_written_for() {
+        for i in 0..10 {
+            let rule = rules::compile(&routing_as_config(i)).unwrap();
+            let needle = match &rule.conditions.iter().find_map(|c| match c {
+                rules::Condition::Contains(items) => Some(items.clone()),
+                _ => None,
+            }) {
+                Some(items) => items[items.len() - 1].clone(),
+                None => String::new(),
+            };
+            let team = format!("team-{i}");
+            let facts = Written {
+                prompt: format!("please look at this: {needle}"),
+                metadata: json!({"team": team, "env": "prod"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                headers: vec![("x-team", team.clone()), ("x-project", format!("p{i}"))],
+                model: if i % 5 == 2 {
+                    "claude-sonnet-4-5"
+                } else {
+                    "gpt-4o"
+                },
+            };
+            let (held, trace) = rule.check(&rules::Evaluation::new(&facts));
+            assert!(held, "rule {i}: {trace:?}");
         }
     }
 }

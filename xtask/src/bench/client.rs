@@ -30,6 +30,8 @@ pub struct Timing {
     /// From sending the request to the end of the body.
     pub last_byte: Duration,
     pub body_bytes: usize,
+    /// The gateway's `x-tokenrouter-rule-trace` response header, if any.
+    pub rule_trace: Option<String>,
 }
 
 impl Conn {
@@ -69,6 +71,11 @@ impl Conn {
         let started = Instant::now();
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
+        let rule_trace = response
+            .headers()
+            .get("x-tokenrouter-rule-trace")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut body = response.into_body();
         let mut first_byte = None;
         let mut body_bytes = 0;
@@ -86,6 +93,7 @@ impl Conn {
             first_byte: first_byte.unwrap_or(last_byte),
             last_byte,
             body_bytes,
+            rule_trace,
         })
     }
 }

@@ -38,7 +38,7 @@ impl Candidate {
             Candidate::Direct => "direct to the fake provider",
             Candidate::Bare => "bare Envoy (no filter)",
             Candidate::Tr => {
-                "tokenrouter (Envoy + filter + control plane, 100 keys, 10 firewall rules)"
+                "tokenrouter (Envoy + filter + control plane, 100 keys, 10 routing rules, 10 firewall rules)"
             }
             Candidate::TrLarge => "tokenrouter, large key set",
             Candidate::LiteLlm => "LiteLLM proxy (1 worker)",
@@ -83,12 +83,160 @@ impl Stat {
     }
 }
 
-/// One step of the firewall scaling figure: p50/p99 at one connection, one value per round.
+/// One step of a rules scaling figure (firewall or routing): p50/p99 at one connection, one
+/// value per round.
 #[derive(Clone, Debug, Default)]
-pub struct FirewallStep {
+pub struct RulesStep {
     pub rules: usize,
     pub p50_us: Vec<f64>,
     pub p99_us: Vec<f64>,
+}
+
+/// p50 of the step with `a` rules ÷ p50 of the step with `b` rules, round by round.
+fn rules_ratio(steps: &[RulesStep], a: usize, b: usize) -> Option<Stat> {
+    let step = |n| steps.iter().find(|s| s.rules == n);
+    let (a, b) = (step(a)?, step(b)?);
+    let ratios: Vec<f64> = a.p50_us.iter().zip(&b.p50_us).map(|(a, b)| a / b).collect();
+    Stat::of(&ratios)
+}
+
+/// What the prompt complexity classifier's accuracy test printed, and what its source says
+/// about the prices and the hold-out sets.
+#[derive(Clone, Debug, Default)]
+pub struct ClassifierFigures {
+    pub prompts: usize,
+    /// Exact tier, share of prompts (0–1).
+    pub accuracy: f64,
+    /// Within one tier of the label, share of prompts (0–1).
+    pub within_one: f64,
+    /// Cost saved against always the top model, percent.
+    pub cost_saved_pct: f64,
+    /// Prompts classified below their label, percent.
+    pub underserved_pct: f64,
+    /// Task detection accuracy (0–1), when printed.
+    pub task_accuracy: Option<f64>,
+    /// "simple=… medium=…" label counts, when printed.
+    pub per_tier: Option<String>,
+    /// Confusion matrix rows (label, counts by classifier tier).
+    pub confusion: Vec<(String, Vec<usize>)>,
+    /// (tier, $/M input, $/M output, model) as the test's `tier_price` defines them.
+    pub prices: Vec<(String, String, String, String)>,
+    /// ($/M input, $/M output, model) of "always the top model".
+    pub top_price: Option<(String, String, String)>,
+    /// The test's doc paragraph on the hold-out sets, and its "n/m exact" scores.
+    pub holdout: Option<String>,
+    pub holdout_exact: Vec<(usize, usize)>,
+    /// Whether the test passed its own thresholds.
+    pub passed: bool,
+}
+
+/// Reads the classifier test's stdout (`COMPLEXITY: prompts=… accuracy=… within_one=…
+/// cost_saved_vs_top=…% underserved=…%` and the lines before it) and its source; `None` without
+/// a complete `COMPLEXITY:` line.
+pub fn parse_classifier(output: &str, source: &str) -> Option<ClassifierFigures> {
+    let line = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("COMPLEXITY:"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.trim_end_matches('%'))
+    };
+    let number = |name: &str| field(name)?.parse::<f64>().ok();
+    let tiers = ["simple", "medium", "complex", "reasoning"];
+    let confusion = output
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let tier = words.next().filter(|t| tiers.contains(t))?;
+            let counts: Vec<usize> = words.map(|w| w.parse().ok()).collect::<Option<_>>()?;
+            (counts.len() == tiers.len()).then(|| (tier.to_string(), counts))
+        })
+        .collect();
+    let mut figures = ClassifierFigures {
+        prompts: field("prompts")?.parse().ok()?,
+        accuracy: number("accuracy")?,
+        within_one: number("within_one")?,
+        cost_saved_pct: number("cost_saved_vs_top")?,
+        underserved_pct: number("underserved")?,
+        task_accuracy: output.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("task detection accuracy:")?
+                .trim()
+                .parse()
+                .ok()
+        }),
+        per_tier: output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("per tier (labels):"))
+            .map(|t| t.trim().to_string()),
+        confusion,
+        ..ClassifierFigures::default()
+    };
+    read_classifier_source(source, &mut figures);
+    Some(figures)
+}
+
+/// The prices (`Tier::Simple => (0.15, 0.60), // gpt-4o-mini`, `const TOP_PRICE … = (15.0,
+/// 75.0);` under a doc line naming the model) and the hold-out paragraph of the test's
+/// `//!` docs.
+fn read_classifier_source(source: &str, figures: &mut ClassifierFigures) {
+    let pair = |s: &str| -> Option<(String, String)> {
+        let inner = s.trim().trim_start_matches('(');
+        let inner = &inner[..inner.find(')')?];
+        let (a, b) = inner.split_once(',')?;
+        Some((a.trim().to_string(), b.trim().to_string()))
+    };
+    let lines: Vec<&str> = source.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Tier::") {
+            let Some((tier, rest)) = rest.split_once("=>") else {
+                continue;
+            };
+            let (tuple, model) = rest.split_once("//").unwrap_or((rest, ""));
+            if let Some((input, output)) = pair(tuple) {
+                figures.prices.push((
+                    tier.trim().to_ascii_lowercase(),
+                    input,
+                    output,
+                    model.trim().to_string(),
+                ));
+            }
+        } else if line.starts_with("const TOP_PRICE") {
+            let model = i
+                .checked_sub(1)
+                .and_then(|j| lines[j].rsplit_once(':'))
+                .map(|(_, m)| m.trim().trim_end_matches('.').to_string())
+                .unwrap_or_default();
+            if let Some((input, output)) = line.split_once('=').and_then(|(_, v)| pair(v)) {
+                figures.top_price = Some((input, output, model));
+            }
+        }
+    }
+    let docs: Vec<&str> = lines
+        .iter()
+        .map_while(|l| l.strip_prefix("//!"))
+        .map(str::trim)
+        .collect();
+    let holdout = docs
+        .split(|l| l.is_empty())
+        .map(|p| p.join(" "))
+        .find(|p| p.contains("hold-out"));
+    if let Some(p) = &holdout {
+        let words: Vec<&str> = p.split_whitespace().collect();
+        for w in words.windows(2) {
+            if w[1].trim_end_matches([',', '.', ';']) != "exact" {
+                continue;
+            }
+            if let Some((n, m)) = w[0].split_once('/') {
+                if let (Ok(n), Ok(m)) = (n.parse(), m.parse()) {
+                    figures.holdout_exact.push((n, m));
+                }
+            }
+        }
+    }
+    figures.holdout = holdout;
 }
 
 /// Percentile by linear interpolation between closest ranks.
@@ -132,13 +280,16 @@ pub struct Report {
     pub machine: Vec<(String, String)>,
     pub criterion: Vec<(String, f64, f64)>,
     pub seeding: Vec<(String, Seeded)>,
-    /// Scaling figures whose feature does not exist yet: (what, why).
-    pub unavailable: Vec<(String, String)>,
     /// Why LiteLLM was not measured, if it was not.
     pub litellm_missing: Option<String>,
     pub propagation: Vec<(String, Vec<PropagationTrial>)>,
     /// Latency at one connection against the number of enabled firewall rules (0 first).
-    pub firewall_scaling: Vec<FirewallStep>,
+    pub firewall_scaling: Vec<RulesStep>,
+    /// Latency at one connection against the number of enabled routing rules (the reference
+    /// configuration first), in interleaved rounds.
+    pub routing_scaling: Vec<RulesStep>,
+    /// The prompt complexity classifier's accuracy test, when it ran.
+    pub classifier: Option<ClassifierFigures>,
     /// (process, VmRSS in KiB).
     pub memory: Vec<(String, u64)>,
     pub commands: Vec<String>,
@@ -159,10 +310,11 @@ impl Report {
             machine: Vec::new(),
             criterion: Vec::new(),
             seeding: Vec::new(),
-            unavailable: Vec::new(),
             litellm_missing: None,
             propagation: Vec::new(),
             firewall_scaling: Vec::new(),
+            routing_scaling: Vec::new(),
+            classifier: None,
             memory: Vec::new(),
             commands: Vec::new(),
             load_before: String::new(),
@@ -265,7 +417,9 @@ impl Report {
         self.render_propagation(&mut md);
         self.render_memory(&mut md);
         self.render_criterion(&mut md);
-        md.push_str(&self.findings);
+        self.render_classifier(&mut md);
+        md.push_str(self.findings.trim_end());
+        md.push_str("\n\n");
         self.render_setup(&mut md);
         md
     }
@@ -310,7 +464,7 @@ impl Report {
                     "the same Envoy binary, static route to the fake, only the router filter"
                         .to_string()
                 }
-                Candidate::Tr => "Envoy rendered by `tokenrouter envoy-bootstrap`, `tokenrouter serve` (release), 100 keys, 10 firewall rules (prompt scope, matching nothing), provider `bench` (`openai-compatible`) → the fake, model `bench/gpt-4o-mini`; auth, routing, usage logging to the control plane all on".to_string(),
+                Candidate::Tr => "Envoy rendered by `tokenrouter envoy-bootstrap`, `tokenrouter serve` (release), 100 keys, 10 routing rules and 10 firewall rules (prompt scope), none matching the request, provider `bench` (`openai-compatible`) → the fake, model `bench/gpt-4o-mini`; auth, routing, usage logging to the control plane all on".to_string(),
                 Candidate::TrLarge => format!(
                     "the same with {} keys (its own control plane); scaling figure only",
                     self.large_keys_reached().unwrap_or(self.plan.large_keys)
@@ -408,21 +562,9 @@ impl Report {
                 },
             );
         }
-        if let Some(s) = self.firewall_ratio(1000, 10) {
-            row(
-                md,
-                "1 000 firewall rules ≤ 1.2 × 10 firewall rules (p50, 1 connection)",
-                format!("{} × ({}–{})", f2(s.median), f2(s.min), f2(s.max)),
-                verdict(s.median <= 1.2),
-            );
-        }
-        for (what, reason) in &self.unavailable {
-            row(
-                md,
-                &format!("1 000 {what} ≤ 1.2 × 10 {what}"),
-                format!("not yet available: {reason}"),
-                "not measured",
-            );
+        for (_, line) in self.rules_target_rows("") {
+            md.push_str(&line);
+            md.push('\n');
         }
         let worst = self
             .propagation
@@ -612,21 +754,21 @@ impl Report {
                 f2(s.max)
             )),
         );
-        if let Some(s) = self.firewall_ratio(1000, 10) {
-            let _ = writeln!(
-                md,
-                "| firewall rules | 10 | 1 000 | {} × ({}–{}) | — (see below) |",
-                f2(s.median),
-                f2(s.min),
-                f2(s.max)
-            );
+        for (what, steps) in [
+            ("routing rules", &self.routing_scaling),
+            ("firewall rules", &self.firewall_scaling),
+        ] {
+            if let Some(s) = rules_ratio(steps, 1000, 10) {
+                let _ = writeln!(
+                    md,
+                    "| {what} | 10 | 1 000 | {} × ({}–{}) | — (see below) |",
+                    f2(s.median),
+                    f2(s.min),
+                    f2(s.max)
+                );
+            }
         }
-        for (what, reason) in &self.unavailable {
-            let _ = writeln!(
-                md,
-                "| {what} | 10 | 1 000 | not yet available ({reason}) | — |"
-            );
-        }
+        self.render_routing_scaling(md);
         self.render_firewall_scaling(md);
         md.push_str(
             "\nKeys are created through the control plane's gRPC Admin API (`CreateKey`, 4 in \
@@ -681,12 +823,14 @@ impl Report {
         );
         let mut body = String::new();
         if self.seeding.is_empty() {
+            self.render_routing_scaling(&mut body);
             self.render_firewall_scaling(&mut body);
         } else {
             self.render_scaling(&mut body);
             self.render_propagation(&mut body);
         }
-        for line in body.lines() {
+        self.render_classifier(&mut body);
+        for line in body.trim_start_matches('\n').lines() {
             if line.starts_with('#') {
                 md.push('#');
             }
@@ -696,12 +840,38 @@ impl Report {
         md
     }
 
-    /// p50 with `a` rules ÷ p50 with `b` rules, round by round.
-    fn firewall_ratio(&self, a: usize, b: usize) -> Option<Stat> {
-        let step = |n| self.firewall_scaling.iter().find(|s| s.rules == n);
-        let (a, b) = (step(a)?, step(b)?);
-        let ratios: Vec<f64> = a.p50_us.iter().zip(&b.p50_us).map(|(a, b)| a / b).collect();
-        Stat::of(&ratios)
+    /// Targets rows of the rules scaling figures that were measured, keyed by what identifies
+    /// the row in an existing report; `note` follows the figure (e.g. " (partial run below)").
+    fn rules_target_rows(&self, note: &str) -> Vec<(String, String)> {
+        let mut rows = Vec::new();
+        for (what, steps) in [
+            ("routing rules", &self.routing_scaling),
+            ("firewall rules", &self.firewall_scaling),
+        ] {
+            let Some(s) = rules_ratio(steps, 1000, 10) else {
+                continue;
+            };
+            let mid = rules_ratio(steps, 100, 10)
+                .map(|m| format!("; 100 rules: {} ×", f2(m.median)))
+                .unwrap_or_default();
+            let key = format!("1 000 {what} ≤ 1.2 ×");
+            rows.push((
+                key.clone(),
+                format!(
+                    "| {key} 10 {what} (p50, 1 connection) | {} × ({}–{}){mid}{note} | {} |",
+                    f2(s.median),
+                    f2(s.min),
+                    f2(s.max),
+                    if s.median <= 1.2 { "met" } else { "**missed**" }
+                ),
+            ));
+        }
+        rows
+    }
+
+    /// The Targets rows a `--only` run replaces in the existing report.
+    pub fn partial_target_rows(&self) -> Vec<(String, String)> {
+        self.rules_target_rows(" (partial run below)")
     }
 
     /// The firewall scaling table (nothing when it was not measured).
@@ -716,32 +886,164 @@ impl Report {
              substring and regex rules, `firewall_rule` in `xtask/src/bench/admin.rs`, none of \
              which matches the request, so every rule is scanned and none acts). Each step waits \
              until a key created after its rules authenticates (so the rules are live), then \
-             measures one connection back to back; the rounds of a step run one after another.\n\n\
-             | enabled rules | p50 µs | p99 µs | p50 ÷ 0 rules |\n| --- | --- | --- | --- |\n",
+             measures one connection back to back; the rounds of a step run one after another.\n\n",
         );
-        for step in &self.firewall_scaling {
-            let ratio = self.firewall_ratio(step.rules, 0).map_or("—".into(), |s| {
-                format!("{} × ({}–{})", f2(s.median), f2(s.min), f2(s.max))
-            });
+        rules_table(md, &self.firewall_scaling);
+        if let Some(s) = rules_ratio(&self.firewall_scaling, 1000, 10) {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {ratio} |",
-                step.rules,
-                stat_us(Stat::of(&step.p50_us)),
-                stat_us(Stat::of(&step.p99_us)),
-            );
-        }
-        if let Some(s) = self.firewall_ratio(1000, 10) {
-            let _ = writeln!(
-                md,
-                "
-1 000 rules ÷ 10 rules (p50): {} × ({}–{}); target ≤ 1.2 ×: {}.",
+                "\n1 000 rules ÷ 10 rules (p50): {} × ({}–{}); target ≤ 1.2 ×: {}.",
                 f2(s.median),
                 f2(s.min),
                 f2(s.max),
                 if s.median <= 1.2 { "met" } else { "**missed**" }
             );
         }
+    }
+
+    /// The routing-rule scaling table (nothing when it was not measured).
+    pub fn render_routing_scaling(&self, md: &mut String) {
+        let Some(first) = self.routing_scaling.first() else {
+            return;
+        };
+        let _ = writeln!(
+            md,
+            "\n### Routing rules: latency against the number of enabled rules\n\n\
+             One tokenrouter Envoy (`--concurrency 1`) with its own control plane (one key, \
+             provider `bench`) per configuration; the rules are created through \
+             `CreateRoutingRule` before the Envoy starts, and a key created after them must \
+             authenticate and the response's `x-tokenrouter-rule-trace` must list them (so they \
+             are live and evaluated) before measuring. The rules (`routing_rule` in \
+             `xtask/src/bench/admin.rs`) are enabled for every key and mix what the seeds' \
+             examples write, two or three conditions each: `contains` lists of domain words and \
+             ticket ids, `metadata_equals` on a team, `headers` (`x-team`, `x-project`), \
+             `model` patterns (`gpt-4*`, `claude-*`), `task` and `mode`, with `set_mode`, \
+             `set_model` + `add_warning` and `set_provider` actions. None holds for the \
+             request (no metadata, no such headers, model `bench/gpt-4o-mini`), so every \
+             condition of every rule is evaluated and traced, and the request still reaches the \
+             fake. Each round measures one connection back to back on every configuration, in \
+             an order that rotates between rounds; ratios are taken within a round, against the \
+             {}-rule configuration.\n",
+            first.rules
+        );
+        rules_table(md, &self.routing_scaling);
+        if let Some(s) = rules_ratio(&self.routing_scaling, 1000, 10) {
+            let _ = writeln!(
+                md,
+                "\n1 000 rules ÷ 10 rules (p50): {} × ({}–{}); target ≤ 1.2 ×: {}.",
+                f2(s.median),
+                f2(s.min),
+                f2(s.max),
+                if s.median <= 1.2 { "met" } else { "**missed**" }
+            );
+        }
+    }
+
+    /// The classifier's figures (nothing when the test did not run).
+    fn render_classifier(&self, md: &mut String) {
+        let Some(c) = &self.classifier else {
+            return;
+        };
+        if !md.is_empty() && !md.ends_with("\n\n") {
+            md.push('\n');
+        }
+        let _ = writeln!(
+            md,
+            "## Prompt complexity classifier\n\n\
+             The classifier that picks the tier of `auto` requests \
+             (`filter/engine/src/routing/complexity.rs`), scored by its accuracy test \
+             (`{test}`) on the {} prompts of `{fixture}`, each labelled by hand with a tier and \
+             a task{per_tier}. `cargo test -p tokenrouter-engine --release --test complexity -- \
+             --nocapture`, copied from its `COMPLEXITY:` line{failed}.\n\n\
+             | figure | value |\n| --- | --- |\n\
+             | prompts | {} |\n\
+             | exact tier accuracy | {:.1} % |\n\
+             | within one tier | {:.1} % |\n\
+             | cost saved against always the top model | {:.1} % |\n\
+             | under-served (tier below the label) | {:.1} % |",
+            c.prompts,
+            c.prompts,
+            c.accuracy * 100.0,
+            c.within_one * 100.0,
+            c.cost_saved_pct,
+            c.underserved_pct,
+            test = super::CLASSIFIER_TEST,
+            fixture = super::CLASSIFIER_FIXTURE,
+            per_tier = c
+                .per_tier
+                .as_deref()
+                .map(|t| format!(" (labels: {})", t.replace(' ', ", ")))
+                .unwrap_or_default(),
+            failed = if c.passed {
+                ""
+            } else {
+                " (**the test failed its own accuracy thresholds**)"
+            },
+        );
+        if let Some(t) = c.task_accuracy {
+            let _ = writeln!(md, "| task detection accuracy | {:.1} % |", t * 100.0);
+        }
+        if !c.confusion.is_empty() {
+            md.push_str(
+                "\nConfusion (rows: label; columns: the classifier's tier):\n\n\
+                 | label | simple | medium | complex | reasoning |\n| --- | --- | --- | --- | --- |\n",
+            );
+            for (tier, counts) in &c.confusion {
+                let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
+                let _ = writeln!(md, "| {tier} | {} |", counts.join(" | "));
+            }
+        }
+        let prices: Vec<String> = c
+            .prices
+            .iter()
+            .map(|(tier, input, output, model)| format!("{tier} ${input}/${output} ({model})"))
+            .collect();
+        let top = c
+            .top_price
+            .as_ref()
+            .map_or("the top model".to_string(), |(i, o, m)| {
+                format!("{m} (${i}/${o})")
+            });
+        let _ = writeln!(
+            md,
+            "\nMethod: every prompt is classified as one user turn without tools and compared \
+             with its label. Cost is an estimate per prompt: input tokens = bytes ÷ 4 and 300 \
+             output tokens, at the price (per million input/output tokens) of the cheapest \
+             model fit for the tier the classifier chose, as the test's `tier_price` defines \
+             them: {}; against every prompt sent to {top}. Under-served prompts count as \
+             savings too; the under-served share says how many there are.\n",
+            if prices.is_empty() {
+                "see the test".to_string()
+            } else {
+                prices.join(", ")
+            }
+        );
+        let holdout: Vec<String> = c
+            .holdout_exact
+            .iter()
+            .map(|(n, m)| format!("{:.1} % ({n}/{m})", *n as f64 * 100.0 / *m as f64))
+            .collect();
+        let _ = write!(
+            md,
+            "**These figures are in-sample: the classifier was tuned on this set.**"
+        );
+        if !holdout.is_empty() {
+            let _ = write!(
+                md,
+                " On {} hold-out sets written blind it scored {} exact.",
+                match holdout.len() {
+                    1 => "one".to_string(),
+                    2 => "two".to_string(),
+                    3 => "three".to_string(),
+                    n => n.to_string(),
+                },
+                holdout.join(" and ")
+            );
+        }
+        if let Some(p) = &c.holdout {
+            let _ = write!(md, " The test's doc comment:\n\n> {p}\n");
+        }
+        md.push('\n');
     }
 
     fn render_propagation(&self, md: &mut String) {
@@ -820,7 +1122,7 @@ impl Report {
              cargo xtask bench            # full run (~15 min on 2 cores), writes BENCHMARKS.md\n\
              cargo xtask bench --quick    # 1 round, short steps, 60 s of key creation: checks the setup\n\
              cargo xtask bench --help     # --rounds, --keys, --keys-budget, --no-litellm, --no-criterion, --out\n\
-             cargo xtask bench --only keys,firewall  # re-measure those parts; merged into the report as a labelled section\n\
+             cargo xtask bench --only routing,classifier  # re-measure those parts (also: keys, firewall); merged into the report as a labelled section\n\
              ```\n\n\
              It installs what it needs: Envoy (`target/venv`), oha (`cargo install --locked oha \
              --root target/bench-tools`), LiteLLM (`pip install 'litellm[proxy]'` into \
@@ -839,6 +1141,80 @@ impl Report {
             "cargo bench -p tokenrouter-engine --bench engine -- --output-format bencher\n```"
         );
     }
+}
+
+/// The table of a rules scaling figure: p50, p99 and the p50 ratio against the first step.
+fn rules_table(md: &mut String, steps: &[RulesStep]) {
+    let Some(first) = steps.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "| enabled rules | p50 µs | p99 µs | p50 ÷ {} rules |\n| --- | --- | --- | --- |",
+        first.rules
+    );
+    for step in steps {
+        let ratio = rules_ratio(steps, step.rules, first.rules).map_or("—".into(), |s| {
+            format!("{} × ({}–{})", f2(s.median), f2(s.min), f2(s.max))
+        });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {ratio} |",
+            step.rules,
+            stat_us(Stat::of(&step.p50_us)),
+            stat_us(Stat::of(&step.p99_us)),
+        );
+    }
+}
+
+/// `md` with each Targets row whose first cell starts with a key replaced by its new row (a row
+/// with no match is appended to the Targets table).
+pub fn replace_target_rows(md: &str, rows: &[(String, String)]) -> String {
+    let mut lines: Vec<String> = md.lines().map(str::to_string).collect();
+    for (key, row) in rows {
+        let prefix = format!("| {key}");
+        if let Some(line) = lines.iter_mut().find(|l| l.starts_with(&prefix)) {
+            *line = row.clone();
+            continue;
+        }
+        let Some(heading) = lines.iter().position(|l| l.starts_with("## Targets")) else {
+            continue;
+        };
+        let last_row = lines
+            .iter()
+            .enumerate()
+            .skip(heading + 1)
+            .skip_while(|(_, l)| !l.starts_with('|'))
+            .take_while(|(_, l)| l.starts_with('|'))
+            .last()
+            .map(|(i, _)| i);
+        if let Some(i) = last_row {
+            lines.insert(i + 1, row.clone());
+        }
+    }
+    let mut out = lines.join("\n");
+    if md.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// `md` with its findings section (from the findings' own heading to "## Machine and
+/// versions") replaced by `findings`; unchanged when either is missing.
+pub fn replace_findings(md: &str, findings: &str) -> String {
+    let Some(heading) = findings.lines().next().filter(|h| h.starts_with("## ")) else {
+        return md.to_string();
+    };
+    let Some(start) = md.find(&format!("\n{heading}\n")).map(|at| at + 1) else {
+        return md.to_string();
+    };
+    let Some(end) = md[start..]
+        .find("\n## Machine and versions")
+        .map(|at| start + at + 1)
+    else {
+        return md.to_string();
+    };
+    format!("{}{}\n\n{}", &md[..start], findings.trim_end(), &md[end..])
 }
 
 /// The machine's facts: cores, CPU model, memory, date.
@@ -915,6 +1291,7 @@ fn ns_text(ns: f64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -938,5 +1315,67 @@ mod tests {
         );
         assert_eq!(percentile(vec![1.0, 2.0, 3.0, 4.0], 50.0), 2.5);
         assert!(Stat::of(&[]).is_none());
+    }
+
+    #[test]
+    fn classifier_output_and_source_are_read() {
+        let output = "complexity classifier on 419 labelled prompts\n\
+            \x20 per tier (labels): simple=110 medium=104 complex=102 reasoning=103\n\
+            \x20      simple     109       1       0         0\n\
+            \x20      medium       1     100       3         0\n\
+            \x20 task detection accuracy: 0.847\n\
+            COMPLEXITY: prompts=419 accuracy=0.976 within_one=0.995 cost_saved_vs_top=89.9% underserved=1.4%\n";
+        let source =
+            "//! Scores it.\n//!\n//! Tuned on the first 331, in-sample. Two blind hold-out\n\
+            //! sets: 41/48 exact, then 35/40 exact and 39/40 within one tier.\n\n\
+            fn tier_price(tier: Tier) -> (f64, f64) {\n    match tier {\n\
+            \x20       Tier::Simple => (0.15, 0.60),   // gpt-4o-mini\n    }\n}\n\
+            /// \"Always the top model\": claude-3-opus.\n\
+            const TOP_PRICE: (f64, f64) = (15.0, 75.0);\n";
+        let c = parse_classifier(output, source).expect("figures");
+        assert_eq!(c.prompts, 419);
+        assert!((c.accuracy - 0.976).abs() < 1e-9 && (c.underserved_pct - 1.4).abs() < 1e-9);
+        assert_eq!(c.task_accuracy, Some(0.847));
+        assert_eq!(c.confusion.len(), 2);
+        assert_eq!(c.confusion[1], ("medium".to_string(), vec![1, 100, 3, 0]));
+        assert_eq!(
+            c.prices,
+            [(
+                "simple".into(),
+                "0.15".into(),
+                "0.60".into(),
+                "gpt-4o-mini".into()
+            )]
+        );
+        assert_eq!(
+            c.top_price,
+            Some(("15.0".into(), "75.0".into(), "claude-3-opus".into()))
+        );
+        assert_eq!(c.holdout_exact, [(41, 48), (35, 40)]);
+        assert!(c.holdout.unwrap().starts_with("Tuned on the first 331"));
+        assert!(parse_classifier("no summary", source).is_none());
+    }
+
+    #[test]
+    fn target_rows_and_findings_are_replaced() {
+        let md = "# B\n\n## Targets\n\n| target | m | s |\n| --- | --- | --- |\n\
+                  | 1 000 routing rules ≤ 1.2 × 10 routing rules | not yet | — |\n\
+                  | other | x | y |\n\n## Latency\n\n\
+                  ## Findings (by hand)\n\nold\n\n## Machine and versions\n\nm\n";
+        let rows = [
+            (
+                "1 000 routing rules ≤ 1.2 ×".to_string(),
+                "| new routing |".to_string(),
+            ),
+            (
+                "1 000 firewall rules ≤ 1.2 ×".to_string(),
+                "| new firewall |".to_string(),
+            ),
+        ];
+        let out = replace_target_rows(md, &rows);
+        assert!(out.contains("| --- | --- | --- |\n| new routing |\n| other | x | y |\n| new firewall |\n\n## Latency"));
+        let out = replace_findings(&out, "## Findings (by hand)\n\nnew\n");
+        assert!(out.ends_with("## Findings (by hand)\n\nnew\n\n## Machine and versions\n\nm\n"));
+        assert_eq!(replace_findings("x", "## Findings\n"), "x");
     }
 }

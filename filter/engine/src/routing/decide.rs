@@ -1,11 +1,13 @@
 //! The decision: one function from a request to its chain of attempts (module docs of
 //! [`crate::routing`] give the order of precedence).
 
+use std::cell::{Cell, OnceCell, RefCell};
+
 use serde_json::{json, Map, Value};
 
 use super::complexity::{self, Tier};
 use super::features::Features;
-use super::rules::Facts;
+use super::rules::{Evaluation, Facts};
 use super::scores::{ScoreBoard, MIN_SAMPLES};
 use super::trace::Trace;
 use super::{check_pair, resolve, resolve_pinned, Mode, Target};
@@ -94,11 +96,31 @@ fn parse_model(model: &str) -> (ModelRef, Option<Mode>) {
     (r, mode)
 }
 
-/// The facts rules are checked against.
+/// The facts rules are checked against. Every enabled rule is evaluated on every request, so
+/// what many rules ask for is computed once per request.
 struct RequestFacts<'a> {
     input: &'a RouteInput<'a>,
     prompt_lower: String,
-    mode: Option<Mode>,
+    /// The mode so far: a rule may set it for the rules after it.
+    mode: Cell<Option<Mode>>,
+    /// The task (`metadata.task` or the detected one), on first use: detection scans the
+    /// prompt, and every `task` condition asks.
+    task: OnceCell<Option<String>>,
+    /// Header values asked so far, by lower-case name: in the edge each lookup is a host call,
+    /// and rules ask for the same few headers.
+    headers: RefCell<Vec<(String, Option<String>)>>,
+}
+
+impl<'a> RequestFacts<'a> {
+    fn new(input: &'a RouteInput<'a>, prompt_lower: String, mode: Option<Mode>) -> Self {
+        RequestFacts {
+            input,
+            prompt_lower,
+            mode: Cell::new(mode),
+            task: OnceCell::new(),
+            headers: RefCell::new(Vec::new()),
+        }
+    }
 }
 
 impl Facts for RequestFacts<'_> {
@@ -109,18 +131,29 @@ impl Facts for RequestFacts<'_> {
         self.input.metadata?.get(key)?.as_str()
     }
     fn mode(&self) -> Option<Mode> {
-        self.mode
+        self.mode.get()
     }
     fn task(&self) -> Option<String> {
-        self.metadata("task")
-            .map(str::to_string)
-            .or_else(|| complexity::detect_task(&self.input.features.text).map(str::to_string))
+        self.task
+            .get_or_init(|| {
+                self.metadata("task").map(str::to_string).or_else(|| {
+                    complexity::detect_task(&self.input.features.text).map(str::to_string)
+                })
+            })
+            .clone()
     }
     fn requested_model(&self) -> &str {
         self.input.model
     }
     fn header(&self, name: &str) -> Option<String> {
-        (self.input.header)(name)
+        if let Some((_, value)) = self.headers.borrow().iter().find(|(n, _)| n == name) {
+            return value.clone();
+        }
+        let value = (self.input.header)(name);
+        self.headers
+            .borrow_mut()
+            .push((name.to_string(), value.clone()));
+        value
     }
 }
 
@@ -458,14 +491,12 @@ pub fn decide<'s>(
         .filter(|r| r.in_scope(input.key_id))
         .collect();
     if !rules.is_empty() {
-        let mut facts = RequestFacts {
-            input,
-            prompt_lower: input.features.text.to_ascii_lowercase(),
-            mode,
-        };
+        let facts = RequestFacts::new(input, input.features.text.to_ascii_lowercase(), mode);
+        let evaluation = Evaluation::of_rules(&facts, snapshot.routing_rule_set());
+        trace.rules.reserve(rules.len());
         for rule in rules {
-            facts.mode = mode;
-            let (matched, mut rt) = rule.check(&facts);
+            facts.mode.set(mode);
+            let (matched, mut rt) = rule.check(&evaluation);
             if matched {
                 let a = &rule.actions;
                 if let Some(m) = a.set_mode {
@@ -560,11 +591,7 @@ pub fn decide<'s>(
             }
         }
     } else if let Some(cfg) = snapshot.routing_config(input.key_id).filter(|c| c.active) {
-        let facts = RequestFacts {
-            input,
-            prompt_lower: String::new(),
-            mode,
-        };
+        let facts = RequestFacts::new(input, String::new(), mode);
         let mut rule_checks = Vec::new();
         let chain = cfg.chain(&facts, input.random, &mut rule_checks);
         let checked: Vec<Value> = rule_checks
@@ -1362,7 +1389,7 @@ mod tests {
             d.trace.rules[0].applied,
             ["set_provider=openai", "set_model=gpt-4o"]
         );
-        assert_eq!(d.trace.rules[0].conditions[0].actual, json!("coding"));
+        assert_eq!(*d.trace.rules[0].conditions[0].actual, json!("coding"));
         let header = d.trace.header_value().unwrap();
         assert!(header.contains("Coding Tasks \\u2192 OpenAI"), "{header}");
 

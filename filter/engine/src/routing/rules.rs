@@ -1,7 +1,20 @@
 //! Routing rules as the seeds' SDK writes them: `match_json` conditions that must all hold and
 //! `action_json` actions that are combined. Compiled once per snapshot; evaluated per request
 //! with a trace entry for every condition.
+//!
+//! Every enabled rule is evaluated on every request, and most rules do not match, so a rule
+//! that does not match costs no allocation beyond its trace entry's list: what the trace shows
+//! as each condition's `expected`, and as its `actual` when the request has none of what the
+//! condition looks at, is built once when the rule is compiled; the request's model and task
+//! are built once per request ([`Evaluation`]); all are shared (`Arc`) with the traces. The
+//! `contains` strings of all the rules of a snapshot form one Aho–Corasick automaton
+//! ([`RuleSet`]), so the prompt is scanned once per request, not once per string.
 
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde_json::{Map, Value};
 use tokenrouter_proto::config::v1 as pb;
 
@@ -17,6 +30,9 @@ pub const MAX_CONTAINS: usize = 100;
 pub const MAX_CONDITION_CHARS: usize = 1024;
 /// Most routing rules in one snapshot.
 pub const MAX_RULES: usize = 1000;
+/// Most bytes of distinct `contains` strings one snapshot's automaton holds (its memory grows
+/// with them); beyond, each condition scans the prompt on its own.
+const MAX_NEEDLE_BYTES: usize = 64 * 1024;
 
 /// Condition names accepted in `match_json`.
 pub const CONDITIONS: [&str; 6] = [
@@ -59,13 +75,118 @@ pub struct Actions {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
     pub id: i64,
-    pub name: String,
+    /// Shared with every trace of the rule.
+    pub name: Arc<str>,
     pub priority: i32,
     pub enabled: bool,
     /// Empty = every key.
     pub key_id: String,
     pub conditions: Vec<Condition>,
+    /// What the trace shows for each condition, in the order of `conditions`.
+    traced: Vec<Traced>,
     pub actions: Actions,
+}
+
+/// A condition's trace values that do not depend on the request, built when the rule is
+/// compiled.
+#[derive(Clone, Debug, PartialEq)]
+struct Traced {
+    expected: Arc<Value>,
+    /// `actual` when the request has none of what the condition looks at: `null`, or
+    /// `{"key": null, …}` for `metadata_equals` and `headers`.
+    absent: Arc<Value>,
+    /// For `contains`: each string's pattern in its [`RuleSet`]'s automaton (empty when there
+    /// is none).
+    needles: Vec<usize>,
+}
+
+impl Traced {
+    fn of(c: &Condition) -> Traced {
+        let absent = match c {
+            Condition::MetadataEquals(pairs) | Condition::Headers(pairs) => Value::Object(
+                pairs
+                    .iter()
+                    .map(|(k, _)| (k.clone(), Value::Null))
+                    .collect(),
+            ),
+            _ => Value::Null,
+        };
+        Traced {
+            expected: Arc::new(c.expected()),
+            absent: Arc::new(absent),
+            needles: Vec::new(),
+        }
+    }
+}
+
+/// A snapshot's routing rules, in evaluation order, and one automaton over the distinct
+/// `contains` strings of all of them.
+#[derive(Clone, Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    /// `None` without `contains` conditions, or when the strings exceed [`MAX_NEEDLE_BYTES`].
+    needles: Option<AhoCorasick>,
+    needle_count: usize,
+}
+
+impl RuleSet {
+    /// The rules in the order given (the snapshot sorts them by priority).
+    pub fn new(mut rules: Vec<Rule>) -> RuleSet {
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut needles: Vec<String> = Vec::new();
+        for rule in &rules {
+            for c in &rule.conditions {
+                if let Condition::Contains(items) = c {
+                    for item in items {
+                        if !ids.contains_key(item) {
+                            ids.insert(item.clone(), needles.len());
+                            needles.push(item.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let bytes: usize = needles.iter().map(String::len).sum();
+        let automaton = if needles.is_empty() || bytes > MAX_NEEDLE_BYTES {
+            None
+        } else {
+            // Standard semantics: the overlapping scan reports every string that occurs.
+            AhoCorasickBuilder::new()
+                .match_kind(MatchKind::Standard)
+                .build(&needles)
+                .ok()
+        };
+        if automaton.is_some() {
+            for rule in &mut rules {
+                for (c, t) in rule.conditions.iter().zip(&mut rule.traced) {
+                    if let Condition::Contains(items) = c {
+                        t.needles = items.iter().filter_map(|i| ids.get(i).copied()).collect();
+                    }
+                }
+            }
+        }
+        RuleSet {
+            rules,
+            needles: automaton,
+            needle_count: needles.len(),
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Which of the automaton's strings occur in `prompt_lower`, by pattern.
+    fn scan(&self, prompt_lower: &str) -> Option<Vec<bool>> {
+        let automaton = self.needles.as_ref()?;
+        let mut present = vec![false; self.needle_count];
+        for m in automaton.find_overlapping_iter(prompt_lower) {
+            if let Some(p) = present.get_mut(m.pattern().as_usize()) {
+                *p = true;
+            }
+        }
+        Some(present)
+    }
 }
 
 /// What a rule's conditions are checked against.
@@ -104,10 +225,11 @@ pub fn compile(rule: &pb::RoutingRule) -> Result<Rule, ConfigError> {
     let actions = parse_actions(&rule.action_json).map_err(|e| at("action_json", e))?;
     Ok(Rule {
         id: rule.id,
-        name,
+        name: name.into(),
         priority: rule.priority,
         enabled: rule.enabled,
         key_id: rule.key_id.clone(),
+        traced: conditions.iter().map(Traced::of).collect(),
         conditions,
         actions,
     })
@@ -265,55 +387,140 @@ pub fn evaluate(
     facts: &dyn Facts,
     out: &mut Vec<ConditionTrace>,
 ) -> bool {
-    let mut all = true;
-    for c in conditions {
-        let (name, expected, actual, held) = match c {
-            Condition::Contains(items) => {
-                let hit = items.iter().find(|i| contains(facts.prompt_lower(), i));
-                (
-                    "contains",
-                    Value::from(items.clone()),
-                    hit.map_or(Value::Null, |h| Value::from(h.clone())),
-                    hit.is_some(),
-                )
-            }
+    let traced: Vec<Traced> = conditions.iter().map(Traced::of).collect();
+    Evaluation::new(facts).conditions(conditions, &traced, out)
+}
+
+/// The rules of one request: its facts, and the trace values every rule would otherwise build
+/// again (`null`, the requested model, the task).
+pub struct Evaluation<'f> {
+    facts: &'f dyn Facts,
+    /// The rules' automaton, when the rules come from a [`RuleSet`].
+    set: Option<&'f RuleSet>,
+    /// The automaton's strings found in the prompt, on the first `contains` condition.
+    present: OnceCell<Option<Vec<bool>>>,
+    null: Arc<Value>,
+    model: OnceCell<Arc<Value>>,
+    task: OnceCell<(Option<String>, Arc<Value>)>,
+}
+
+impl<'f> Evaluation<'f> {
+    /// For conditions outside a [`RuleSet`]: `contains` scans the prompt per string.
+    pub fn new(facts: &'f dyn Facts) -> Evaluation<'f> {
+        Evaluation {
+            facts,
+            set: None,
+            present: OnceCell::new(),
+            null: Arc::new(Value::Null),
+            model: OnceCell::new(),
+            task: OnceCell::new(),
+        }
+    }
+
+    /// For the rules of `set`: `contains` reads one scan of the prompt by the set's automaton.
+    pub fn of_rules(facts: &'f dyn Facts, set: &'f RuleSet) -> Evaluation<'f> {
+        Evaluation {
+            set: Some(set),
+            ..Evaluation::new(facts)
+        }
+    }
+
+    /// The first of `items` that the prompt contains.
+    fn first_contained<'i>(&self, items: &'i [String], needles: &[usize]) -> Option<&'i String> {
+        let present = self
+            .present
+            .get_or_init(|| self.set?.scan(self.facts.prompt_lower()));
+        match present {
+            Some(present) if needles.len() == items.len() => items
+                .iter()
+                .zip(needles)
+                .find(|(_, n)| present.get(**n).copied().unwrap_or(false))
+                .map(|(item, _)| item),
+            _ => items
+                .iter()
+                .find(|i| contains(self.facts.prompt_lower(), i)),
+        }
+    }
+
+    fn conditions(
+        &self,
+        conditions: &[Condition],
+        traced: &[Traced],
+        out: &mut Vec<ConditionTrace>,
+    ) -> bool {
+        let mut all = true;
+        for (c, t) in conditions.iter().zip(traced) {
+            let (actual, held) = self.check(c, t);
+            all &= held;
+            out.push(ConditionTrace {
+                condition: c.name(),
+                expected: Arc::clone(&t.expected),
+                actual,
+                matched: held,
+            });
+        }
+        all
+    }
+
+    /// Checks one condition: what the request has (for the trace) and whether it holds.
+    fn check(&self, c: &Condition, traced: &Traced) -> (Arc<Value>, bool) {
+        let facts = self.facts;
+        let absent = &traced.absent;
+        match c {
+            Condition::Contains(items) => match self.first_contained(items, &traced.needles) {
+                Some(hit) => (Arc::new(Value::from(hit.clone())), true),
+                None => (Arc::clone(&self.null), false),
+            },
             Condition::MetadataEquals(pairs) => {
-                let mut actual = Map::new();
-                let mut held = true;
+                let (mut held, mut any) = (true, false);
                 for (k, v) in pairs {
                     let got = facts.metadata(k);
                     held &= got == Some(v.as_str());
-                    actual.insert(k.clone(), got.map_or(Value::Null, Value::from));
+                    any |= got.is_some();
                 }
-                let expected: Map<String, Value> = pairs
+                if !any {
+                    return (Arc::clone(absent), held);
+                }
+                let actual = pairs
                     .iter()
-                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                    .map(|(k, _)| {
+                        (
+                            k.clone(),
+                            facts.metadata(k).map_or(Value::Null, Value::from),
+                        )
+                    })
                     .collect();
-                (
-                    "metadata_equals",
-                    Value::Object(expected),
-                    Value::Object(actual),
-                    held,
-                )
+                (Arc::new(Value::Object(actual)), held)
             }
-            Condition::Mode(m) => {
-                let got = facts.mode();
-                (
-                    "mode",
-                    Value::from(m.as_str()),
-                    got.map_or(Value::Null, |g| Value::from(g.as_str())),
-                    got == Some(*m),
-                )
+            Condition::Headers(pairs) => {
+                let (mut held, mut any) = (true, false);
+                for (k, v) in pairs {
+                    let got = facts.header(k);
+                    held &= got.as_deref() == Some(v.as_str());
+                    any |= got.is_some();
+                }
+                if !any {
+                    return (Arc::clone(absent), held);
+                }
+                // Asked again: the edge's facts remember the values they read.
+                let actual = pairs
+                    .iter()
+                    .map(|(k, _)| (k.clone(), facts.header(k).map_or(Value::Null, Value::from)))
+                    .collect();
+                (Arc::new(Value::Object(actual)), held)
             }
+            Condition::Mode(m) => match facts.mode() {
+                Some(got) => (Arc::new(Value::from(got.as_str())), got == *m),
+                None => (Arc::clone(&self.null), false),
+            },
             Condition::Task(t) => {
-                let got = facts.task();
+                let (got, actual) = self.task.get_or_init(|| {
+                    let got = facts.task();
+                    let actual = got.clone().map_or(Value::Null, Value::from);
+                    (got, Arc::new(actual))
+                });
                 let held = got.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(t));
-                (
-                    "task",
-                    Value::from(t.clone()),
-                    got.map_or(Value::Null, Value::from),
-                    held,
-                )
+                (Arc::clone(actual), held)
             }
             Condition::Model(pattern) => {
                 let model = facts.requested_model();
@@ -321,42 +528,41 @@ pub fn evaluate(
                     Some(prefix) => model.starts_with(prefix),
                     None => model == pattern,
                 };
-                (
-                    "model",
-                    Value::from(pattern.clone()),
-                    Value::from(model),
-                    held,
-                )
+                let actual = self.model.get_or_init(|| Arc::new(Value::from(model)));
+                (Arc::clone(actual), held)
             }
-            Condition::Headers(pairs) => {
-                let mut actual = Map::new();
-                let mut held = true;
-                for (k, v) in pairs {
-                    let got = facts.header(k);
-                    held &= got.as_deref() == Some(v.as_str());
-                    actual.insert(k.clone(), got.map_or(Value::Null, Value::from));
-                }
-                let expected: Map<String, Value> = pairs
+        }
+    }
+}
+
+impl Condition {
+    /// The condition's name in `match_json` and in the trace.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Condition::Contains(_) => "contains",
+            Condition::MetadataEquals(_) => "metadata_equals",
+            Condition::Mode(_) => "mode",
+            Condition::Task(_) => "task",
+            Condition::Model(_) => "model",
+            Condition::Headers(_) => "headers",
+        }
+    }
+
+    /// What the trace shows as the condition's `expected`.
+    pub fn expected(&self) -> Value {
+        match self {
+            Condition::Contains(items) => Value::from(items.clone()),
+            Condition::MetadataEquals(pairs) | Condition::Headers(pairs) => Value::Object(
+                pairs
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                    .collect();
-                (
-                    "headers",
-                    Value::Object(expected),
-                    Value::Object(actual),
-                    held,
-                )
-            }
-        };
-        all &= held;
-        out.push(ConditionTrace {
-            condition: name,
-            expected,
-            actual,
-            matched: held,
-        });
+                    .collect(),
+            ),
+            Condition::Mode(m) => Value::from(m.as_str()),
+            Condition::Task(t) => Value::from(t.clone()),
+            Condition::Model(pattern) => Value::from(pattern.clone()),
+        }
     }
-    all
 }
 
 impl Rule {
@@ -366,14 +572,14 @@ impl Rule {
     }
 
     /// Evaluates the rule's conditions into a fresh trace entry.
-    pub fn check(&self, facts: &dyn Facts) -> (bool, RuleTrace) {
+    pub fn check(&self, evaluation: &Evaluation<'_>) -> (bool, RuleTrace) {
         let mut conditions = Vec::with_capacity(self.conditions.len());
-        let matched = evaluate(&self.conditions, facts, &mut conditions);
+        let matched = evaluation.conditions(&self.conditions, &self.traced, &mut conditions);
         (
             matched,
             RuleTrace {
                 id: self.id,
-                name: self.name.clone(),
+                name: Arc::clone(&self.name),
                 priority: self.priority,
                 matched,
                 conditions,
@@ -529,10 +735,83 @@ mod tests {
         ];
         for (m, want) in cases {
             let r = compile(&rule(m, r#"{"set_mode": "cost"}"#)).unwrap();
-            let (held, trace) = r.check(&F);
+            let (held, trace) = r.check(&Evaluation::new(&F));
             assert_eq!(held, want, "{m}");
             assert_eq!(trace.conditions.len(), r.conditions.len(), "{m}");
             assert_eq!(trace.matched, want);
+        }
+    }
+
+    /// Facts with only a prompt.
+    struct Prompt(String);
+    impl Facts for Prompt {
+        fn prompt_lower(&self) -> &str {
+            &self.0
+        }
+        fn metadata(&self, _: &str) -> Option<&str> {
+            None
+        }
+        fn mode(&self) -> Option<Mode> {
+            None
+        }
+        fn task(&self) -> Option<String> {
+            None
+        }
+        fn requested_model(&self) -> &str {
+            "m"
+        }
+        fn header(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    /// The set's automaton finds what a scan per string finds, including overlapping strings
+    /// and strings shared by rules, and keeps the list order of the hit the trace shows; the
+    /// traces are identical. Past [`MAX_NEEDLE_BYTES`] the set falls back to the scan.
+    #[test]
+    fn rule_set_contains_matches_the_scan_per_string() {
+        let lists = [
+            r#"["abc", "b", "ab"]"#,
+            r#"["b", "abc"]"#,
+            r#"["zz", "c d", "ü"]"#,
+            r#"["abcd", "bcd"]"#,
+            r#"["naïve", "xyz"]"#,
+        ];
+        let compiled: Vec<Rule> = lists
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut r = rule(
+                    &format!(r#"{{"contains": {l}}}"#),
+                    r#"{"set_mode": "cost"}"#,
+                );
+                r.id = i64::try_from(i).unwrap();
+                compile(&r).unwrap()
+            })
+            .collect();
+        let huge: Vec<Rule> = (0..80)
+            .map(|i| {
+                let needle = format!("{i}-{}", "x".repeat(1000));
+                compile(&rule(
+                    &format!(r#"{{"contains": ["{needle}", "ab"]}}"#),
+                    r#"{"set_mode": "cost"}"#,
+                ))
+                .unwrap()
+            })
+            .collect();
+        for rules in [compiled, huge] {
+            let set = RuleSet::new(rules.clone());
+            assert_eq!(set.needles.is_none(), rules.len() == 80);
+            for prompt in ["", "abc d", "xbcd", "b", "a naïve ü", "zzabcd", "c dab"] {
+                let facts = Prompt(prompt.to_string());
+                let (one, each) = (Evaluation::of_rules(&facts, &set), Evaluation::new(&facts));
+                for r in set.rules() {
+                    let mut plain = Vec::new();
+                    let held = evaluate(&r.conditions, &facts, &mut plain);
+                    assert_eq!(r.check(&one), (held, r.check(&each).1), "{prompt:?}");
+                    assert_eq!(r.check(&one).1.conditions, plain, "{prompt:?}");
+                }
+            }
         }
     }
 }

@@ -1,7 +1,12 @@
 //! The rule trace: why a request went where it went. Returned in `x-tokenrouter-rule-trace`
 //! (JSON, ASCII-only, bounded) and stored with the request log row.
 
-use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+#[cfg(test)]
+use serde_json::json;
+use serde_json::{Map, Value};
 
 /// Longest trace sent in a header; a longer one loses its candidate list, then its conditions.
 pub const MAX_HEADER_BYTES: usize = 4096;
@@ -10,8 +15,10 @@ pub const MAX_HEADER_BYTES: usize = 4096;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConditionTrace {
     pub condition: &'static str,
-    pub expected: Value,
-    pub actual: Value,
+    /// Shared with the compiled rule, which builds it once.
+    pub expected: Arc<Value>,
+    /// Shared with the rule (what a request lacking everything shows) or the request.
+    pub actual: Arc<Value>,
     pub matched: bool,
 }
 
@@ -19,7 +26,7 @@ pub struct ConditionTrace {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleTrace {
     pub id: i64,
-    pub name: String,
+    pub name: Arc<str>,
     pub priority: i32,
     pub matched: bool,
     pub conditions: Vec<ConditionTrace>,
@@ -56,11 +63,15 @@ impl Trace {
         self.steps.push(Step { step, detail });
     }
 
+    /// The trace as a JSON value: rules (with their conditions when `with_conditions`), then
+    /// steps (without `candidates` unless `with_candidates`). Only the tests use it, as the
+    /// reference [`View`] must serialize exactly like.
+    #[cfg(test)]
     fn to_value(&self, with_conditions: bool, with_candidates: bool) -> Value {
         let mut out = Vec::with_capacity(self.rules.len() + self.steps.len());
         for r in &self.rules {
             let mut o = Map::new();
-            o.insert("rule".into(), Value::from(r.name.clone()));
+            o.insert("rule".into(), Value::from(&*r.name));
             o.insert("id".into(), Value::from(r.id));
             o.insert("priority".into(), Value::from(r.priority));
             o.insert("matched".into(), Value::from(r.matched));
@@ -71,8 +82,8 @@ impl Trace {
                     .map(|c| {
                         json!({
                             "condition": c.condition,
-                            "expected": c.expected,
-                            "actual": c.actual,
+                            "expected": *c.expected,
+                            "actual": *c.actual,
                             "matched": c.matched,
                         })
                     })
@@ -91,45 +102,198 @@ impl Trace {
             if !with_candidates && s.step == "candidates" {
                 continue;
             }
-            let mut o = Map::new();
-            o.insert("step".into(), Value::from(s.step));
-            for (k, v) in &s.detail {
-                o.insert(k.clone(), v.clone());
-            }
-            out.push(Value::Object(o));
+            out.push(Value::Object(s.object()));
         }
         Value::Array(out)
     }
 
+    /// The trace serialized (not yet ASCII-escaped) into at most about `limit` bytes: `Ok` with
+    /// the whole JSON, or `Err` with a prefix longer than `limit` when it does not fit.
+    fn serialize(
+        &self,
+        with_conditions: bool,
+        with_candidates: bool,
+        limit: usize,
+    ) -> Result<String, String> {
+        let view = View {
+            trace: self,
+            with_conditions,
+            with_candidates,
+        };
+        let mut out = Bounded {
+            bytes: Vec::new(),
+            limit,
+        };
+        let complete = serde_json::to_writer(&mut out, &view).is_ok();
+        let text = match String::from_utf8(out.bytes) {
+            Ok(text) => text,
+            // Cut inside a character: keep the valid part.
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let mut bytes = e.into_bytes();
+                bytes.truncate(valid);
+                String::from_utf8(bytes).unwrap_or_default()
+            }
+        };
+        if complete {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
     /// The full trace as JSON (for the log row and the preview).
     pub fn to_json(&self) -> String {
-        ascii_json(&self.to_value(true, true))
+        match self.serialize(true, true, usize::MAX) {
+            Ok(s) | Err(s) => ascii(s),
+        }
     }
 
     /// The trace for `x-tokenrouter-rule-trace`: ASCII JSON of at most [`MAX_HEADER_BYTES`],
     /// shedding detail (candidates, then conditions) to fit; `None` when there is nothing to say.
+    ///
+    /// Each form is serialized only until it is known not to fit, so the cost is bounded by the
+    /// header's size, not by the number of rules.
     pub fn header_value(&self) -> Option<String> {
         if self.rules.is_empty() && self.steps.is_empty() {
             return None;
         }
+        let mut longest = String::new();
         for (conditions, candidates) in [(true, true), (true, false), (false, false)] {
-            let s = ascii_json(&self.to_value(conditions, candidates));
+            // ASCII escaping only lengthens, so a raw prefix past the limit cannot fit.
+            let s = match self.serialize(conditions, candidates, MAX_HEADER_BYTES) {
+                Ok(s) | Err(s) => ascii(s),
+            };
             if s.len() <= MAX_HEADER_BYTES {
                 return Some(s);
             }
+            longest = s;
         }
-        let s = ascii_json(&self.to_value(false, false));
-        let mut cut = MAX_HEADER_BYTES.saturating_sub(16).min(s.len());
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
+        // `longest` starts like the whole condition-less trace and is longer than the limit.
+        let cut = MAX_HEADER_BYTES.saturating_sub(16).min(longest.len());
+        Some(format!("{}...truncated", &longest[..cut]))
+    }
+}
+
+impl Step {
+    /// The step as one JSON object: `step` and its details.
+    fn object(&self) -> Map<String, Value> {
+        let mut o = Map::new();
+        o.insert("step".into(), Value::from(self.step));
+        for (k, v) in &self.detail {
+            o.insert(k.clone(), v.clone());
         }
-        Some(format!("{}...truncated", &s[..cut]))
+        o
+    }
+}
+
+/// A trace serialized straight from its fields, without building a `Value` tree per request.
+/// Object keys are written in the order of a `serde_json::Map` (sorted; the crate does not
+/// enable `preserve_order`), so the JSON is byte for byte what the `Value` form gives (a test
+/// checks it).
+struct View<'a> {
+    trace: &'a Trace,
+    with_conditions: bool,
+    with_candidates: bool,
+}
+
+impl Serialize for View<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(None)?;
+        for rule in &self.trace.rules {
+            seq.serialize_element(&RuleView {
+                rule,
+                with_conditions: self.with_conditions,
+            })?;
+        }
+        for step in &self.trace.steps {
+            if self.with_candidates || step.step != "candidates" {
+                seq.serialize_element(&step.object())?;
+            }
+        }
+        seq.end()
+    }
+}
+
+struct RuleView<'a> {
+    rule: &'a RuleTrace,
+    with_conditions: bool,
+}
+
+impl Serialize for RuleView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.rule;
+        let mut map = serializer.serialize_map(None)?;
+        if !r.applied.is_empty() {
+            map.serialize_entry("applied", &r.applied)?;
+        }
+        if self.with_conditions {
+            map.serialize_entry("conditions", &ConditionsView(&r.conditions))?;
+        }
+        map.serialize_entry("id", &r.id)?;
+        if !r.ignored.is_empty() {
+            map.serialize_entry("ignored", &r.ignored)?;
+        }
+        map.serialize_entry("matched", &r.matched)?;
+        map.serialize_entry("priority", &r.priority)?;
+        map.serialize_entry("rule", &*r.name)?;
+        map.end()
+    }
+}
+
+struct ConditionsView<'a>(&'a [ConditionTrace]);
+
+impl Serialize for ConditionsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for c in self.0 {
+            seq.serialize_element(&ConditionView(c))?;
+        }
+        seq.end()
+    }
+}
+
+struct ConditionView<'a>(&'a ConditionTrace);
+
+impl Serialize for ConditionView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = self.0;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("actual", &*c.actual)?;
+        map.serialize_entry("condition", c.condition)?;
+        map.serialize_entry("expected", &*c.expected)?;
+        map.serialize_entry("matched", &c.matched)?;
+        map.end()
+    }
+}
+
+/// A writer that gives up once it holds more than `limit` bytes.
+struct Bounded {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        if self.bytes.len() > self.limit {
+            return Err(std::io::Error::other("limit reached"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// JSON with every non-ASCII character escaped as `\uXXXX` (header values stay ASCII).
 pub fn ascii_json(v: &Value) -> String {
-    let s = v.to_string();
+    ascii(v.to_string())
+}
+
+/// `s` with every non-ASCII character escaped as `\uXXXX`.
+fn ascii(s: String) -> String {
     if s.is_ascii() {
         return s;
     }
@@ -162,8 +326,8 @@ mod tests {
             matched: true,
             conditions: vec![ConditionTrace {
                 condition: "task",
-                expected: Value::from("coding"),
-                actual: Value::from("coding"),
+                expected: Arc::new(Value::from("coding")),
+                actual: Arc::new(Value::from("coding")),
                 matched: true,
             }],
             applied: vec!["set_provider=openai".into()],
@@ -187,5 +351,82 @@ mod tests {
         assert!(h.len() <= MAX_HEADER_BYTES, "{}", h.len());
         assert!(serde_json::from_str::<Value>(&h).is_ok());
         assert!(Trace::default().header_value().is_none());
+    }
+
+    /// The previous implementation of the two outputs, from the `Value` form.
+    fn reference(t: &Trace) -> (String, Option<String>) {
+        let header = if t.rules.is_empty() && t.steps.is_empty() {
+            None
+        } else {
+            let mut found = None;
+            for (conditions, candidates) in [(true, true), (true, false), (false, false)] {
+                let s = ascii_json(&t.to_value(conditions, candidates));
+                if s.len() <= MAX_HEADER_BYTES {
+                    found = Some(s);
+                    break;
+                }
+            }
+            found.or_else(|| {
+                let s = ascii_json(&t.to_value(false, false));
+                let cut = MAX_HEADER_BYTES.saturating_sub(16).min(s.len());
+                Some(format!("{}...truncated", &s[..cut]))
+            })
+        };
+        (ascii_json(&t.to_value(true, true)), header)
+    }
+
+    /// The serializer writes what the `Value` form gives, byte for byte, at every size (each
+    /// header form fitting, and the cut), with non-ASCII names and values.
+    #[test]
+    fn serialized_trace_is_the_value_form() {
+        let rule = |i: usize| RuleTrace {
+            id: i as i64,
+            name: format!("règle {i} → é").into(),
+            priority: 100 - i as i32,
+            matched: i.is_multiple_of(3),
+            conditions: vec![
+                ConditionTrace {
+                    condition: "contains",
+                    expected: Arc::new(json!(["naïve", format!("ticket-{i}")])),
+                    actual: Arc::new(Value::Null),
+                    matched: false,
+                },
+                ConditionTrace {
+                    condition: "headers",
+                    expected: Arc::new(json!({"x-team": "ml", "x-b": "ü"})),
+                    actual: Arc::new(json!({"x-team": null, "x-b": "ü"})),
+                    matched: false,
+                },
+            ],
+            applied: if i.is_multiple_of(3) {
+                vec![format!("set_mode=cost {i}")]
+            } else {
+                vec![]
+            },
+            ignored: if i.is_multiple_of(6) {
+                vec!["set_model=x (a higher rule set it)".into()]
+            } else {
+                vec![]
+            },
+        };
+        for n in [0, 1, 2, 5, 8, 12, 20, 40, 60, 100, 1000] {
+            let mut t = Trace {
+                rules: (0..n).map(rule).collect(),
+                ..Trace::default()
+            };
+            t.step("mode", json!({"mode": "balance", "source": "model"}));
+            if n % 2 == 0 {
+                t.step(
+                    "candidates",
+                    json!({"eligible": n, "ranked": vec!["p/ü"; n.min(30)]}),
+                );
+            }
+            t.step(
+                "route",
+                json!({"attempts": ["bench/gpt-4o-mini"], "cluster": "c", "step": "x"}),
+            );
+            assert_eq!((t.to_json(), t.header_value()), reference(&t), "{n} rules");
+        }
+        assert_eq!(Trace::default().to_json(), "[]");
     }
 }
