@@ -11,6 +11,9 @@
 //! - [`formats`]: walkers that visit every text of a client API's request and response bodies
 //!   and SSE events (adding a format is one walker function).
 //! - [`templates`]: ready-made rules (SSN, card numbers with a Luhn check, email, phone, keys).
+//! - [`prefilter`]: the regex rules of a scope behind multi-pattern automata (required
+//!   literals; a lazy DFA for the rest) that tell which of them can match a text, so the cost
+//!   of a text does not grow by one regex search per rule.
 //!
 //! # Semantics
 //! - Every rule sees the original text. Rules are applied in priority order (higher `priority`
@@ -24,16 +27,18 @@
 //!   Unicode digit, `(?i)` folds Unicode case); matching is linear in the text's length.
 
 pub mod formats;
+pub mod prefilter;
 pub mod stream;
 pub mod templates;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexBuilder};
 use tokenrouter_proto::config::v1 as pb;
 
 use crate::error::{ErrorKind, GatewayError};
+use prefilter::RegexRules;
 
 /// Longest pattern accepted, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 1024;
@@ -218,6 +223,15 @@ impl std::error::Error for RuleError {}
 
 /// Validates one rule as configured, compiling its regex to prove it is accepted.
 pub fn validate(p: &pb::FirewallRule) -> Result<Rule, RuleError> {
+    validated(p, &HashMap::new()).map(|(rule, _)| rule)
+}
+
+/// [`validate`], also returning the compiled regex of a regex rule: taken from `compiled` when
+/// it holds the pattern (it passed the same checks when it was compiled), compiled otherwise.
+fn validated(
+    p: &pb::FirewallRule,
+    compiled: &HashMap<&str, &Regex>,
+) -> Result<(Rule, Option<Regex>), RuleError> {
     let err = |msg: String| RuleError(format!("firewall rule {:?}: {msg}", p.name));
     let name = p.name.trim();
     if name.is_empty() {
@@ -278,10 +292,14 @@ pub fn validate(p: &pb::FirewallRule) -> Result<Rule, RuleError> {
         }
         (MatchType::Regex, n) => n,
     };
-    if match_type == MatchType::Regex {
-        compile_regex(&p.pattern).map_err(err)?;
-    }
-    Ok(Rule {
+    let regex = match match_type {
+        MatchType::Regex => match compiled.get(p.pattern.as_str()) {
+            Some(&re) => Some(re.clone()),
+            None => Some(compile_regex(&p.pattern).map_err(err)?),
+        },
+        MatchType::Substring => None,
+    };
+    let rule = Rule {
         id: p.id,
         name: name.to_string(),
         priority: p.priority,
@@ -298,7 +316,8 @@ pub fn validate(p: &pb::FirewallRule) -> Result<Rule, RuleError> {
         key_id: Some(p.key_id.trim().to_string()).filter(|k| !k.is_empty()),
         max_match_chars,
         check,
-    })
+    };
+    Ok((rule, regex))
 }
 
 fn compile_regex(pattern: &str) -> Result<Regex, String> {
@@ -418,12 +437,8 @@ struct ScopeSet {
     substrings: Option<AhoCorasick>,
     /// Automaton pattern id → rule index.
     substring_rules: Vec<usize>,
-    regexes: Vec<(usize, Regex)>,
-    /// Prefilter: the literal prefixes every match of some regexes starts with, in one
-    /// case-sensitive automaton. A regex with a prefix runs only when its prefix occurs.
-    regex_prefixes: Option<AhoCorasick>,
-    /// Per entry of `regexes`: its pattern id in `regex_prefixes`, if it has a prefix.
-    regex_prefix_ids: Vec<Option<usize>>,
+    /// The regex rules, behind a prefilter that runs only those that can match a text.
+    regexes: RegexRules,
     /// Longest substring pattern, in bytes (what a stream must hold back for them, minus one).
     max_substring_bytes: usize,
     /// Largest `max_match_chars` of the scope's regex rules.
@@ -451,6 +466,30 @@ pub struct Firewall {
 impl Firewall {
     /// Validates every rule (disabled ones too) and compiles the enabled ones.
     pub fn compile(rules: &[pb::FirewallRule]) -> Result<Firewall, RuleError> {
+        Firewall::compile_with(rules, &HashMap::new())
+    }
+
+    /// [`Firewall::compile`], taking the compiled regex of every pattern `previous` (the
+    /// firewall of the snapshot being replaced) already has instead of compiling it again: a
+    /// regex depends on its pattern only, and compiling them is most of the work (a new
+    /// snapshot usually changes a rule or two). The result is the same as `compile`'s.
+    pub fn compile_reusing(
+        rules: &[pb::FirewallRule],
+        previous: &Firewall,
+    ) -> Result<Firewall, RuleError> {
+        let compiled: HashMap<&str, &Regex> = previous
+            .scopes
+            .iter()
+            .flat_map(|s| s.regexes.regexes())
+            .map(|re| (re.as_str(), re))
+            .collect();
+        Firewall::compile_with(rules, &compiled)
+    }
+
+    fn compile_with(
+        rules: &[pb::FirewallRule],
+        compiled: &HashMap<&str, &Regex>,
+    ) -> Result<Firewall, RuleError> {
         if rules.len() > MAX_RULES {
             return Err(RuleError(format!(
                 "{} firewall rules; at most {MAX_RULES} are accepted",
@@ -460,7 +499,8 @@ impl Firewall {
         let mut valid = Vec::with_capacity(rules.len());
         let mut ids = HashSet::with_capacity(rules.len());
         for p in rules {
-            let rule = validate(p)?;
+            // Each regex is compiled once: the regex that proved the rule valid is the one kept.
+            let (rule, regex) = validated(p, compiled)?;
             if !ids.insert(rule.id) {
                 return Err(RuleError(format!(
                     "firewall rule id {} appears twice",
@@ -468,14 +508,15 @@ impl Firewall {
                 )));
             }
             if rule.enabled {
-                valid.push(rule);
+                valid.push((rule, regex));
             }
         }
-        valid.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        valid.sort_by(|(a, _), (b, _)| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        let (valid, regexes): (Vec<Rule>, Vec<Option<Regex>>) = valid.into_iter().unzip();
         let mut scopes: [ScopeSet; 3] = Default::default();
         let mut patterns: [Vec<&str>; 3] = Default::default();
-        let mut prefixes: [Vec<&str>; 3] = Default::default();
-        for (i, rule) in valid.iter().enumerate() {
+        let mut scope_regexes: [Vec<(usize, Regex)>; 3] = Default::default();
+        for (i, (rule, regex)) in valid.iter().zip(regexes).enumerate() {
             let set = &mut scopes[rule.scope.index()];
             match &rule.key_id {
                 None => set.has_workspace_rules = true,
@@ -490,24 +531,20 @@ impl Firewall {
                     set.max_substring_bytes = set.max_substring_bytes.max(rule.pattern.len());
                 }
                 MatchType::Regex => {
-                    let re = compile_regex(&rule.pattern)
-                        .map_err(|e| RuleError(format!("firewall rule {:?}: {e}", rule.name)))?;
-                    set.regexes.push((i, re));
-                    let prefix = literal_prefix(&rule.pattern);
-                    set.regex_prefix_ids
-                        .push(prefix.map(|_| prefixes[rule.scope.index()].len()));
-                    prefixes[rule.scope.index()].extend(prefix);
+                    let re = match regex {
+                        Some(re) => re,
+                        None => compile_regex(&rule.pattern).map_err(|e| {
+                            RuleError(format!("firewall rule {:?}: {e}", rule.name))
+                        })?,
+                    };
+                    scope_regexes[rule.scope.index()].push((i, re));
                     set.max_regex_chars = set.max_regex_chars.max(rule.max_match_chars as usize);
                 }
             }
         }
-        for (set, pats) in scopes.iter_mut().zip(prefixes) {
-            if !pats.is_empty() {
-                let ac = AhoCorasickBuilder::new()
-                    .match_kind(MatchKind::Standard)
-                    .build(pats)
-                    .map_err(|e| RuleError(format!("firewall regex prefixes: {e}")))?;
-                set.regex_prefixes = Some(ac);
+        for (set, regexes) in scopes.iter_mut().zip(scope_regexes) {
+            if !regexes.is_empty() {
+                set.regexes = RegexRules::new(regexes);
             }
         }
         for (set, pats) in scopes.iter_mut().zip(patterns) {
@@ -529,6 +566,16 @@ impl Firewall {
     /// Enabled rules, in priority order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Heap bytes of the regex prefilter automata of all scopes as compiled, and of the
+    /// lazy-DFA caches the calling thread (worker) has filled so far; a cache grows to at most
+    /// [`prefilter::MAX_SET_DFA_CACHE`] bytes per automaton (or that automaton's minimum).
+    pub fn prefilter_bytes(&self) -> (usize, usize) {
+        self.scopes
+            .iter()
+            .map(|s| s.regexes.prefilter_bytes())
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     }
 
     /// Whether any enabled rule of `scope` applies to requests made with `key_id`. When not,
@@ -564,25 +611,12 @@ impl Firewall {
                 }
             }
         }
-        let present: Vec<bool> = match (&set.regex_prefixes, text.get(from..)) {
-            (Some(ac), Some(tail)) => {
-                let mut present = vec![false; ac.patterns_len()];
-                for m in ac.find_overlapping_iter(tail) {
-                    if let Some(p) = present.get_mut(m.pattern().as_usize()) {
-                        *p = true;
-                    }
-                }
-                present
-            }
-            _ => Vec::new(),
-        };
-        for (n, (rule, re)) in set.regexes.iter().enumerate() {
+        if set.regexes.is_empty() {
+            return hits;
+        }
+        // Only the regexes the prefilter cannot rule out run their own search.
+        for (rule, re) in set.regexes.candidates(text, from) {
             if !applies(*rule) {
-                continue;
-            }
-            let prefix = set.regex_prefix_ids.get(n).copied().flatten();
-            if prefix.is_some_and(|p| !present.get(p).copied().unwrap_or(false)) {
-                // Every match starts with a literal the text does not contain.
                 continue;
             }
             let check = self.rules.get(*rule).map_or(Check::None, |r| r.check);
@@ -686,40 +720,6 @@ impl Firewall {
             set.max_regex_chars,
         )
     }
-}
-
-/// The literal text every match of `pattern` starts with, when it is easy to prove: the
-/// characters before the first metacharacter, minus the last one if a quantifier that allows
-/// fewer than one follows it, and nothing when the pattern has a top-level `|`.
-fn literal_prefix(pattern: &str) -> Option<&str> {
-    let (mut depth, mut in_class, mut escaped) = (0usize, false, false);
-    for c in pattern.chars() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' => escaped = true,
-            '[' if !in_class => in_class = true,
-            ']' if in_class => in_class = false,
-            '(' if !in_class => depth += 1,
-            ')' if !in_class => depth = depth.saturating_sub(1),
-            '|' if !in_class && depth == 0 => return None,
-            _ => {}
-        }
-    }
-    let end = pattern
-        .find(|c: char| "\\.[]()|*+?{}^$".contains(c))
-        .unwrap_or(pattern.len());
-    let mut literal = pattern.get(..end)?;
-    if matches!(
-        pattern.get(end..).and_then(|r| r.chars().next()),
-        Some('*' | '?' | '{')
-    ) {
-        let last = literal.char_indices().last().map_or(0, |(i, _)| i);
-        literal = literal.get(..last)?;
-    }
-    Some(literal).filter(|l| !l.is_empty())
 }
 
 /// Items as one HTTP header value (`x-tokenrouter-firewall`, `x-tokenrouter-warnings`): joined

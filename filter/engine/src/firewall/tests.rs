@@ -1114,26 +1114,106 @@ fn header_values_cannot_be_split_or_broken() {
 }
 
 #[test]
-fn regex_literal_prefixes_are_proven_or_absent() {
-    let cases = [
-        ("sk-[a-zA-Z0-9]{32,}", Some("sk-")),
-        (r"secret-\d+", Some("secret-")),
-        ("abc*", Some("ab")),
-        ("abc?d", Some("ab")),
-        ("abc{0,2}", Some("ab")),
-        ("abc+", Some("abc")),
-        ("héllo wörld", Some("héllo wörld")),
-        ("ab|cd", None),
-        ("a(b|c)", Some("a")),
-        ("[|]x", None),
-        (r"\d{3}-\d{2}", None),
-        ("(?i)abc", None),
-        ("^abc", None),
-        ("a*", None),
+fn regex_prefilter_approximations_match_at_least_what_their_regex_matches() {
+    // (pattern, texts its regex matches somewhere): each approximation matches them too, has
+    // no look-around left, and keeps literal text exact.
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "sk-[a-zA-Z0-9]{32,}",
+            &["sk-abcdefghijklmnopqrstuvwxyz0123456789"],
+        ),
+        (r"secret-\d+", &["secret-42", "secret-٤٢"]),
+        ("abc*", &["ab", "abccc"]),
+        ("ab|cd", &["xcd"]),
+        ("a(b|c)", &["ac"]),
+        ("(?P<n>x)y", &["xy"]),
+        ("[|]x", &["|x"]),
+        (r"\d{3}-\d{2}-\d{4}", &["123-45-6789", "١٢٣-٤٥-٦٧٨٩"]),
+        ("(?i)abc", &["ABC", "aBc"]),
+        // The Kelvin sign folds to k.
+        ("(?i)kelvin", &["\u{212A}ELVIN"]),
+        ("^abc", &["abc"]),
+        (r"\bwörd\b", &["ein wörd."]),
+        (r"\Bx\B", &["axa"]),
+        (r"(?m)^key=\w+$", &["a\nkey=wert\nb", "key=日本"]),
+        (r"(?-u:[a-z])+\s", &["ab "]),
+        ("🔑+[a-z]+", &["🔑🔑key"]),
+        ("héllo wörld", &["héllo wörld"]),
     ];
-    for (pattern, want) in cases {
-        assert_eq!(literal_prefix(pattern), want, "{pattern}");
+    for (pattern, texts) in cases {
+        let wide = prefilter::approximate(pattern).unwrap().to_string();
+        let re = Regex::new(&wide).unwrap();
+        assert!(
+            !wide.contains("\\b") && !wide.contains("\\B") && !wide.contains('^'),
+            "{pattern}: {wide}"
+        );
+        for text in *texts {
+            assert!(
+                Regex::new(pattern).unwrap().is_match(text),
+                "{pattern} {text}"
+            );
+            assert!(re.is_match(text), "{pattern} -> {wide} misses {text:?}");
+        }
     }
+    assert!(
+        !Regex::new(&prefilter::approximate("héllo").unwrap().to_string())
+            .unwrap()
+            .is_match("hello")
+    );
+}
+
+#[test]
+fn regex_prefilter_required_literals() {
+    let lits = |pattern: &str| {
+        let hir = regex_syntax::parse(pattern).unwrap();
+        prefilter::required_literals(&hir).map(|lits| {
+            lits.into_iter()
+                .map(|l| String::from_utf8(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let cases: &[(&str, Option<&[&str]>)] = &[
+        (r"\bacct-5-\d{8}\b", Some(&["acct-5-"])),
+        (r"sk-[a-zA-Z0-9]{32,}", Some(&["sk-"])),
+        // Inner literals (neither a prefix nor a suffix) and suffixes.
+        (r"\d{3}-\d{2}-0042", Some(&["-0042"])),
+        (r"\d{3}-77-\d{4}", Some(&["-77-"])),
+        (r"\w+ wort7", Some(&[" wort7"])),
+        // Both literals would do; one is fewer.
+        (
+            r"[a-z.]+@dept5\.example\.(?:com|org)",
+            Some(&["@dept5.example."]),
+        ),
+        (r"(?:key|token)=\d+", Some(&["key=", "token="])),
+        // Every branch must have literals of its own.
+        (r"x\d+|secret", None),
+        (
+            r"(?i)abc",
+            Some(&["ABC", "ABc", "AbC", "Abc", "aBC", "aBc", "abC", "abc"]),
+        ),
+        (r"(?:foo)+bar", Some(&["foobar"])),
+        // Too short, or none at all: left to the lazy DFA.
+        (r"\d{3}-\d{2}-\d{4}", None),
+        (r"[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,}", None),
+        ("ab|cd", None),
+        (r"(?:abc)?\d+", None),
+    ];
+    let mut wrong = Vec::new();
+    for (pattern, want) in cases {
+        let mut got = lits(pattern);
+        if let Some(got) = &mut got {
+            got.sort();
+        }
+        let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        if got != want {
+            wrong.push(format!("{pattern}: {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn regex_prefilter_keeps_what_each_regex_finds() {
     // With the prefilter, matches are the same as without it.
     let fw = firewall(&[
         rule(1, "a", 1, "prompt", "regex", "sk-[a-z]{3}", "mask"),
@@ -1159,4 +1239,268 @@ fn regex_literal_prefixes_are_proven_or_absent() {
         let (_, masked) = fw.scan(Scope::Prompt, "k", text);
         assert_eq!(masked.as_deref().unwrap_or(text), want, "{text}");
     }
+}
+
+/// A small deterministic generator (xorshift64*), so the differential test needs no crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+/// `digits` followed by their Luhn check digit.
+fn with_luhn_digit(digits: &str) -> String {
+    let sum: u32 = digits
+        .chars()
+        .rev()
+        .filter_map(|c| c.to_digit(10))
+        .enumerate()
+        .map(|(i, d)| match (i % 2, d * 2) {
+            (0, doubled) if doubled > 9 => doubled - 9,
+            (0, doubled) => doubled,
+            _ => d,
+        })
+        .sum();
+    format!("{digits}{}", (10 - sum % 10) % 10)
+}
+
+/// Rule `i` of a generated workspace (substring and regex rules of many shapes: look-arounds,
+/// `(?i)`, `(?m)`, Unicode classes and literals, the `luhn` check), and a text it matches.
+fn generated_rule(i: usize, rng: &mut Rng) -> (pb::FirewallRule, String) {
+    let k = i;
+    let (kind, pattern, example) = match i % 15 {
+        0 => ("substring", format!("word{k}x"), format!("WoRd{k}X")),
+        1 => ("substring", format!("straße{k}"), format!("STRAße{k}")),
+        2 => (
+            "regex",
+            format!(r"\d{{3}}-\d{{2}}-{:04}", k % 10_000),
+            format!("١٢٣-45-{:04}", k % 10_000),
+        ),
+        3 => (
+            "regex",
+            format!(r"\bacct-{k}-\d{{8}}\b"),
+            format!("acct-{k}-12345678"),
+        ),
+        4 => (
+            "regex",
+            format!(r"(?i)\bhost{k}\.corp\.example\.(?:com|net)\b"),
+            format!("HOST{k}.Corp.example.net"),
+        ),
+        5 => (
+            "regex",
+            format!(r"\btok_{k}_[A-Za-z0-9]{{16,32}}\b"),
+            format!("tok_{k}_abcdefghijklmnopq"),
+        ),
+        6 => (
+            "regex",
+            format!(r"[a-zA-Z0-9._%+-]+@dept{k}\.example\.(?:com|org)"),
+            format!("jane.doe@dept{k}.example.org"),
+        ),
+        7 => (
+            "regex",
+            format!(r"{}\d{{3}}[\s-]?\d{{4}}[\s-]?\d{{4}}[\s-]?\d{{4}}", k % 10),
+            with_luhn_digit(&format!("{}53201511283036", k % 10)),
+        ),
+        8 => (
+            "regex",
+            format!(r"(?m)^note {k}: \w+$"),
+            format!("\nnote {k}: wörter\n"),
+        ),
+        9 => ("regex", format!(r"(?i)straße {k}\b"), format!("STRAẞE {k}")),
+        10 => ("regex", format!(r"\w+ wort{k}"), format!("日本 wort{k}")),
+        11 => ("regex", format!(r"[^\s@]{{2,}}@x{k}\b"), format!("üb@x{k}")),
+        12 => ("regex", format!(r"\B{k}z"), format!("a{k}z")),
+        // Literals only per branch (inner in one, a prefix in the other).
+        14 => (
+            "regex",
+            format!(r"\d+-foo{k}\b|\bbar{k}-\d+"),
+            [format!("12-foo{k}"), format!("bar{k}-34")][rng.below(2)].clone(),
+        ),
+        _ => (
+            "regex",
+            format!(r"sk-{k}-[a-zA-Z0-9]{{8,}}"),
+            format!("sk-{k}-abcdEFGH12"),
+        ),
+    };
+    let mut r = rule(
+        i as i64 + 1,
+        &format!("rule {i}"),
+        rng.below(5) as i32,
+        "prompt",
+        kind,
+        &pattern,
+        ["block", "mask", "warn"][rng.below(3)],
+    );
+    if i % 15 == 7 {
+        r.check = "luhn".into();
+    }
+    if rng.below(5) == 0 {
+        r.key_id = "key_a".into();
+    }
+    (r, example)
+}
+
+/// Every hit of every rule applying to `key`, found rule by rule with the rule's own regex
+/// (`regexes[i]`: rule `i`'s, compiled on its own; the scan as it was before the prefilter),
+/// sorted.
+fn rule_by_rule(
+    fw: &Firewall,
+    regexes: &[Option<Regex>],
+    key: &str,
+    text: &str,
+    from: usize,
+) -> Vec<(usize, usize, usize)> {
+    let mut hits = Vec::new();
+    for ((i, r), re) in fw.rules().iter().enumerate().zip(regexes) {
+        if r.key_id.as_deref().is_some_and(|k| k != key) {
+            continue;
+        }
+        match r.match_type {
+            MatchType::Substring => {
+                let (t, p) = (text.as_bytes(), r.pattern.as_bytes());
+                for start in from..t.len() {
+                    if t.len() - start >= p.len()
+                        && t[start..start + p.len()].eq_ignore_ascii_case(p)
+                    {
+                        hits.push((i, start, start + p.len()));
+                    }
+                }
+            }
+            MatchType::Regex => {
+                let re = re.as_ref().unwrap();
+                let mut at = from;
+                while let Some(m) = (at <= text.len()).then(|| re.find_at(text, at)).flatten() {
+                    if r.check.passes(m.as_str()) {
+                        hits.push((i, m.start(), m.end()));
+                        at = m.end();
+                    } else {
+                        at = next_char(text, m.start());
+                    }
+                }
+            }
+        }
+    }
+    hits.sort_unstable();
+    hits
+}
+
+/// Differential test: a 1,000-rule firewall (one prefilter pass for all its regexes) finds
+/// exactly what scanning rule by rule finds, on a few hundred generated texts, for a key with
+/// rules of its own and one without, from the start and from inside the text (streams).
+#[test]
+fn thousand_rules_find_what_rule_by_rule_scanning_finds() {
+    let mut rng = Rng(0x5EED_F00D_CAFE_1234);
+    let (rules, examples): (Vec<_>, Vec<_>) =
+        (0..1000).map(|i| generated_rule(i, &mut rng)).unzip();
+    let fw = firewall(&rules);
+    // Both prefilters are exercised, and they cover every regex.
+    let (by_literals, by_dfa, unfiltered) = fw.scopes[Scope::Prompt.index()].regexes.coverage();
+    assert!(by_literals > 300 && by_dfa > 50, "{by_literals} {by_dfa}");
+    assert_eq!(unfiltered, 0);
+    // Compiled again over a previous firewall that shares half its patterns: the same.
+    let previous = firewall(&rules[..500]);
+    let reused = Firewall::compile_reusing(&rules, &previous).unwrap();
+    let regexes: Vec<Option<Regex>> = fw
+        .rules()
+        .iter()
+        .map(|r| (r.match_type == MatchType::Regex).then(|| Regex::new(&r.pattern).unwrap()))
+        .collect();
+    let filler = [
+        "the",
+        "order",
+        "café",
+        "’",
+        "—",
+        "😅",
+        "日本語",
+        " ",
+        " ",
+        "\n",
+        "12",
+        "-",
+        "ü",
+        "ω",
+        "4111 1111 1111 1111",
+        "x@y.z",
+        "key=",
+        "tok_",
+        "acct-",
+        "HOST",
+        "straße",
+        "wort",
+    ];
+    let (mut total, mut texts_with_hits) = (0, 0);
+    for n in 0..300 {
+        let mut text = String::new();
+        for _ in 0..1 + rng.below(10) {
+            match rng.below(4) {
+                0 => text.push_str(rng.pick(&filler)),
+                1 => text.push_str(&examples[rng.below(examples.len())]),
+                2 => {
+                    // A near miss: one character of an example replaced or dropped.
+                    let mut chars: Vec<char> =
+                        examples[rng.below(examples.len())].chars().collect();
+                    let at = rng.below(chars.len());
+                    if rng.below(2) == 0 {
+                        chars.remove(at);
+                    } else {
+                        chars[at] = ['é', '0', 'Z', ' ', '_'][rng.below(5)];
+                    }
+                    text.extend(chars);
+                }
+                _ => {
+                    text.push_str(rng.pick(&filler));
+                    text.push(' ');
+                }
+            }
+            if rng.below(3) == 0 {
+                text.push(' ');
+            }
+        }
+        let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let from = if n % 3 == 0 {
+            boundaries[rng.below(boundaries.len())]
+        } else {
+            0
+        };
+        for key in ["key_a", "key_b"] {
+            let mut hits: Vec<_> = fw
+                .find(Scope::Prompt, key, &text, from)
+                .into_iter()
+                .map(|h| (h.rule, h.start, h.end))
+                .collect();
+            hits.sort_unstable();
+            let want = rule_by_rule(&fw, &regexes, key, &text, from);
+            assert_eq!(hits, want, "{key} from {from} in {text:?}");
+            let mut again: Vec<_> = reused
+                .find(Scope::Prompt, key, &text, from)
+                .into_iter()
+                .map(|h| (h.rule, h.start, h.end))
+                .collect();
+            again.sort_unstable();
+            assert_eq!(again, want, "reused: {key} from {from} in {text:?}");
+            total += want.len();
+            texts_with_hits += usize::from(!want.is_empty());
+        }
+    }
+    eprintln!("{texts_with_hits} texts with hits, {total} hits");
+    // The texts are not trivial: most contain matches.
+    assert_eq!(reused.rules(), fw.rules());
+    assert!(
+        texts_with_hits > 300 && total > 1000,
+        "{texts_with_hits} texts, {total} hits"
+    );
 }
