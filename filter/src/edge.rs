@@ -368,9 +368,13 @@ impl Edge {
         }
         let feats = features::features(api, request.body_mut(), body.len());
         let header = |name: &str| host::request_header(name);
-        let byok: Vec<ProviderKind> = BYOK_HEADERS
+        // Read once: the kinds steer the decision, the keys go into the plan for the attempts.
+        let byok_keys: Vec<(String, String)> = BYOK_HEADERS
             .iter()
-            .filter(|(_, h)| host::request_header(h).is_some())
+            .filter_map(|(kind, h)| host::request_header(h).map(|v| ((*kind).to_string(), v)))
+            .collect();
+        let byok: Vec<ProviderKind> = byok_keys
+            .iter()
             .filter_map(|(k, _)| ProviderKind::parse(k))
             .collect();
         let scores = vm::scores().unwrap_or_else(|| Rc::new(ScoreBoard::default()));
@@ -420,12 +424,7 @@ impl Edge {
                 client_api: api.as_str().to_string(),
                 stream: request.stream,
                 body_len: Some(new_body.len()),
-                byok: BYOK_HEADERS
-                    .iter()
-                    .filter_map(|(kind, h)| {
-                        host::request_header(h).map(|v| ((*kind).to_string(), v))
-                    })
-                    .collect(),
+                byok: byok_keys,
             },
         );
         host::set_request_header("x-tr-client-api", Some(api.as_str()));
