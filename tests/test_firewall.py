@@ -35,10 +35,12 @@ def add_rule(stack: Stack, name: str, scope: str, kind: str, pattern: str, actio
 def wait_until_enforced(stack: Stack, probe: dict[str, Any], enforced) -> None:
     """Sends ``probe`` until ``enforced(response)`` holds (the snapshot with the rule reached
     the edge), then forgets what the provider saw."""
+    # Every worker picks the snapshot up on its own tick: several probes in a row (each on a
+    # new connection, so on any worker) must see the rule.
     wait_for(
-        lambda: enforced(stack.envoy.post_chat(stack.key, probe)),
+        lambda: all(enforced(stack.envoy.post_chat(stack.key, probe)) for _ in range(4)),
         timeout=10,
-        what="the firewall rule to reach the edge",
+        what="the firewall rule to reach every worker of the edge",
     )
     stack.provider.clear()
 
@@ -114,6 +116,16 @@ def test_prompt_and_metadata_masks_reach_the_provider_masked(stack: Stack) -> No
         "mask:metadata:Mask customer",
     ]
     assert "x-tokenrouter-warnings" not in raw.headers
+    # Recorded with the response body too.
+    annotation = raw.http_response.json()["tokenrouter"]
+    assert annotation == {
+        "request_id": raw.headers["x-request-id"],
+        "firewall": [
+            {"rule": "Mask live keys", "action": "mask", "scope": "prompt"},
+            {"rule": "Mask customer", "action": "mask", "scope": "metadata"},
+        ],
+        "warnings": [],
+    }
 
 
 def test_warning_is_visible_to_the_client_and_logged(stack: Stack) -> None:
@@ -127,10 +139,18 @@ def test_warning_is_visible_to_the_client_and_logged(stack: Stack) -> None:
     raw = stack.client().chat.completions.with_raw_response.create(
         model=MODEL, messages=user("This is CONFIDENTIAL, but fine.")
     )
-    assert raw.parse().choices[0].message.content == "echo: This is CONFIDENTIAL, but fine."
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "echo: This is CONFIDENTIAL, but fine."
     warning = "firewall rule 'Warn on Sensitive Terms' matched the prompt"
     assert raw.headers["x-tokenrouter-warnings"] == warning
     assert raw.headers["x-tokenrouter-firewall"] == "warn:prompt:Warn on Sensitive Terms"
+    # The body's `tokenrouter` member says the same (SDKs keep unknown members).
+    annotation = (completion.model_extra or {})["tokenrouter"]
+    assert annotation["warnings"] == [warning]
+    assert annotation["firewall"] == [
+        {"rule": "Warn on Sensitive Terms", "action": "warn", "scope": "prompt"}
+    ]
+
     [seen] = stack.provider.chat_requests()
     assert seen.body["messages"][0]["content"] == "This is CONFIDENTIAL, but fine."
 
@@ -139,6 +159,16 @@ def test_warning_is_visible_to_the_client_and_logged(stack: Stack) -> None:
     assert row["warnings"] == [warning]
     assert row["firewall_actions"] == ["warn:prompt:Warn on Sensitive Terms"]
     assert row["error_type"] is None
+
+    # Streamed: one more chunk before [DONE] carries it.
+    chunks = list(stack.client().chat.completions.create(
+        model=MODEL, messages=user("confidential, streamed"), stream=True
+    ))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: confidential, streamed"
+    [note] = [c for c in chunks if (c.model_extra or {}).get("tokenrouter")]
+    assert note.choices == [] and note is chunks[-1]
+    assert note.model_extra["tokenrouter"]["warnings"] == [warning]
 
 
 @pytest.fixture
@@ -172,7 +202,13 @@ def test_email_in_streamed_response_arrives_masked(split_stack: Stack) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Write to [EMAIL_REDACTED] or [EMAIL_REDACTED], thanks."
     assert len(chunks) > 10, "the reply really was streamed in small pieces"
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    # The masks found in the stream are recorded with it: a last chunk before [DONE].
+    *content, note = chunks
+    assert content[-1].choices[0].finish_reason == "stop"
+    assert note.choices == []
+    assert note.model_extra["tokenrouter"]["firewall"] == [
+        {"rule": "Email addresses", "action": "mask", "scope": "response"}
+    ]
 
     row = stack.usage(request_id)[request_id]
     assert row["firewall_actions"] == ["mask:response:Email addresses"]
@@ -309,6 +345,12 @@ def test_email_in_streamed_responses_reply_arrives_masked(split_stack: Stack) ->
     request_id = raw.headers["x-request-id"]
     events = list(raw.parse())
 
+    # The masks found in the stream are recorded with it: a last event after completion.
+    *events, note = events
+    assert note.type == "tokenrouter.metadata"
+    assert note.model_extra["tokenrouter"]["firewall"] == [
+        {"rule": "Email addresses", "action": "mask", "scope": "response"}
+    ]
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert "".join(deltas) == EMAIL_MASKED
     assert len(deltas) > 10, "the reply really was streamed in small pieces"
@@ -341,6 +383,23 @@ def test_email_in_streamed_messages_reply_arrives_masked(split_stack: Stack) -> 
     assert len(pieces) > 10, "the reply really was streamed in small pieces"
     assert final.content[0].text == EMAIL_MASKED
     assert final.stop_reason == "end_turn"
+
+    # The masks are recorded with the stream as a last `tokenrouter.metadata` event (which the
+    # Anthropic SDK passes over, as above).
+    raw = requests.post(
+        f"{stack.envoy.url}/v1/messages",
+        json={"model": MODEL, "max_tokens": 256, "stream": True,
+              "messages": user(REPLY_WITH_PREFIX + EMAIL_REPLY)},
+        headers={"x-api-key": stack.key, "anthropic-version": "2023-06-01"},
+        timeout=30,
+    )
+    last = raw.text.rstrip("\n").split("\n\n")[-1]
+    name, data = last.split("\n", 1)
+    assert name == "event: tokenrouter.metadata", raw.text
+    note = json.loads(data.removeprefix("data: "))
+    assert note["tokenrouter"]["firewall"] == [
+        {"rule": "Email addresses", "action": "mask", "scope": "response"}
+    ]
 
     row = stack.usage(request_id)[request_id]
     assert row["firewall_actions"] == ["mask:response:Email addresses"]

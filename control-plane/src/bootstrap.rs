@@ -60,8 +60,9 @@ fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
         json_string(&p.node_id),
     );
     let edge_configuration = format!(
-        r#"{{"role":"edge","max_request_body_bytes":{}}}"#,
-        p.max_request_body_bytes
+        r#"{{"role":"edge","max_request_body_bytes":{},"control_cluster":"tokenrouter_control","token":{}}}"#,
+        p.max_request_body_bytes,
+        json_string(&p.admin_token),
     );
     let buffer_limit = p
         .max_request_body_bytes
@@ -155,7 +156,7 @@ mod tests {
         let limit = 10 * 1024 * 1024 + 64 * 1024;
         assert!(yaml.contains(&format!("per_connection_buffer_limit_bytes: {limit}")));
         assert!(
-            yaml.contains(r#"value: "{\"role\":\"edge\",\"max_request_body_bytes\":10485760}""#)
+            yaml.contains(r#"value: "{\"role\":\"edge\",\"max_request_body_bytes\":10485760,\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\"}""#)
         );
         assert!(yaml.contains(
             r#"value: "{\"role\":\"sync\",\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\",\"node_id\":\"tokenrouter-node-1\"}""#

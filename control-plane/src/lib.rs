@@ -15,11 +15,13 @@
 //! - [`store`]: the [`store::Store`] trait and its SQLite backend (migrations in `migrations/`).
 //! - [`xds`]: the ADS server (CDS); [`bootstrap`]: the Envoy bootstrap template.
 //! - [`config`], [`crypto`]: data directory, admin token, master key; credential sealing.
-//! - [`metrics`]: counters for `/metrics`.
+//! - [`metrics`]: counters and the OpenTelemetry GenAI histograms for `/metrics`.
+//! - [`calendar`]: UTC days (usage summaries, the CLI's dates).
 //! - [`cli`]: the `tokenrouter` command line (`serve` and the Admin client verbs).
 
 pub mod api;
 pub mod bootstrap;
+pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod crypto;

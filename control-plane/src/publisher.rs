@@ -159,6 +159,7 @@ impl Publisher {
                     name: k.name.clone(),
                     workspace_id: k.workspace_id.clone(),
                     revoked: k.status == crate::store::KeyStatus::Revoked,
+                    store_bodies: k.store_bodies,
                 })
                 .collect(),
             providers,
@@ -412,6 +413,7 @@ mod tests {
                 status: KeyStatus::Revoked,
                 created_at_ms: 1,
                 revoked_at_ms: Some(2),
+                store_bodies: true,
             }],
             providers: vec![ProviderRow {
                 name: "up".into(),
@@ -468,6 +470,10 @@ mod tests {
         let snap = snaps.borrow_and_update().clone();
         assert_eq!(snap.version, 3);
         assert!(snap.keys[0].revoked, "revoked keys stay in the snapshot");
+        assert!(
+            snap.keys[0].store_bodies,
+            "the edge records this key's bodies"
+        );
         assert_eq!(
             snap.providers[0].credential, "sk-up",
             "credential decrypted"

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use tokenrouter_proto::admin::v1::admin_server::AdminServer;
+use tokenrouter_proto::sync::v1::edge_calls_server::EdgeCallsServer;
 use tokenrouter_proto::sync::v1::filter_sync_server::FilterSyncServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::grpc::admin::AdminApi;
+use crate::api::grpc::idempotency::{EdgeCallsApi, Idempotency};
 use crate::api::grpc::sync::SyncApi;
 use crate::api::grpc::BearerAuth;
 use crate::api::rest;
@@ -41,6 +43,7 @@ pub async fn run(
     secrets: Secrets,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let idempotency = Idempotency::new(Arc::clone(&store));
     let service = Service::start(store, Sealer::new(&secrets.master_key.0)).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -50,6 +53,7 @@ pub async fn run(
     let auth = BearerAuth::new(secrets.admin_token.as_str());
     let admin_auth = auth.clone();
     let sync_auth = auth.clone();
+    let calls_auth = auth.clone();
     let rest_auth = auth;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tokenrouter_proto::FILE_DESCRIPTOR_SET)
@@ -64,8 +68,12 @@ pub async fn run(
             move |r| admin_auth.intercept(r),
         ))
         .add_service(FilterSyncServer::with_interceptor(
-            SyncApi::new(service.clone(), stop_rx.clone()),
+            SyncApi::new(service.clone(), idempotency.clone(), stop_rx.clone()),
             move |r| sync_auth.intercept(r),
+        ))
+        .add_service(EdgeCallsServer::with_interceptor(
+            EdgeCallsApi::new(idempotency),
+            move |r| calls_auth.intercept(r),
         ))
         .add_service(AggregatedDiscoveryServiceServer::new(Ads::new(
             service.clusters(),

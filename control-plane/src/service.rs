@@ -17,13 +17,14 @@ use tokenrouter_proto::config::v1 as pb;
 use tokenrouter_proto::sync::v1::UsageRecord;
 use tokio::sync::watch;
 
+use crate::calendar::{day_of_ms, format_day, DAY_MS};
 use crate::crypto::{provider_aad, Sealer};
 use crate::metrics::Metrics;
 use crate::publisher::{Coalescer, Publisher};
 use crate::scores::{ScoreKeeper, SystemClock};
 use crate::store::{
-    Changed, ConfigChange, KeyRow, KeyStatus, LogEntry, LogQuery, Proposed, ProviderRow, Store,
-    StoreError, UsageQuery, UsageTotals,
+    Changed, ConfigChange, KeyRow, KeyStatus, KeyUsage, LogEntry, LogQuery, Proposed, ProviderRow,
+    StatusFilter, Store, StoreError, UsageGroupBy, UsageGroupKey, UsageQuery, UsageTotals,
 };
 use crate::xds::ClusterSet;
 
@@ -36,7 +37,10 @@ pub const MAX_LOG_LIMIT: u32 = 1000;
 pub const DEFAULT_WORKSPACE: &str = "default";
 /// The longest usage summary, in days (seed 002: `usage --days N`, 1-365).
 pub const MAX_USAGE_DAYS: u32 = 365;
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Days a usage summary covers when the caller names none.
+pub const DEFAULT_USAGE_DAYS: u32 = 30;
+/// Longest `metadata_contains` search text.
+pub const MAX_SEARCH_CHARS: usize = 256;
 
 /// Errors the API layers map to status codes. `Internal` carries detail for the log only.
 #[derive(Debug, thiserror::Error)]
@@ -92,25 +96,63 @@ pub struct LogPage {
     pub next_cursor: Option<String>,
 }
 
-/// Which request logs to list; `None` matches everything.
+/// Which request logs to list; `None` (or an empty string) matches everything.
 #[derive(Clone, Debug, Default)]
 pub struct LogFilter {
     pub key_id: Option<String>,
     /// The served model or the model the client asked for.
     pub model: Option<String>,
     pub provider: Option<String>,
-    pub status: Option<u32>,
+    /// An exact status (`404`) or a class (`4xx`); see [`StatusFilter::parse`].
+    pub status: Option<String>,
     /// Received at or after (Unix ms).
     pub since_ms: Option<i64>,
     /// Received before (Unix ms).
     pub until_ms: Option<i64>,
+    /// ASCII case-insensitive substring of the request's metadata JSON.
+    pub metadata_contains: Option<String>,
 }
 
-/// Spend over the last `range_days` days: successful requests only (seed 002).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The fields of a key an update sets; `None` leaves one as it is.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub store_bodies: Option<bool>,
+}
+
+/// A key and its totals over the request logs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyWithUsage {
+    pub key: KeyRow,
+    pub usage: KeyUsage,
+}
+
+/// One group of a usage breakdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageGroup {
+    pub key: UsageGroupKey,
+    pub totals: UsageTotals,
+}
+
+/// Usage over the last `range_days` UTC calendar days (today included): every request is
+/// counted, tokens and spend only for successful (2xx) ones (seed 002).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageSummary {
     pub range_days: u32,
+    /// First day counted (days since 1970-01-01, UTC).
+    pub since_day: i64,
     pub totals: UsageTotals,
+    pub group_by: Option<UsageGroupBy>,
+    /// Days in order, every day of the range (empty ones too); other groups by spend, then
+    /// requests, most first, then by name.
+    pub breakdown: Vec<UsageGroup>,
+}
+
+impl UsageSummary {
+    /// `YYYY-MM-DD` of the first day counted.
+    pub fn since(&self) -> String {
+        format_day(self.since_day)
+    }
 }
 
 /// The control plane's domain operations. Cheap to clone (shared state behind `Arc`s).
@@ -174,15 +216,7 @@ impl Service {
     }
 
     pub async fn create_key(&self, name: &str, workspace: &str) -> Result<(KeyRow, String)> {
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(ServiceError::InvalidArgument("key name is required".into()));
-        }
-        if name.chars().count() > MAX_KEY_NAME_CHARS {
-            return Err(ServiceError::InvalidArgument(format!(
-                "key name must be at most {MAX_KEY_NAME_CHARS} characters"
-            )));
-        }
+        let name = key_name(name)?;
         let workspace = match workspace.trim() {
             "" => DEFAULT_WORKSPACE,
             w if valid_name(w) => w,
@@ -206,6 +240,7 @@ impl Service {
             status: KeyStatus::Active,
             created_at_ms: now_ms(),
             revoked_at_ms: None,
+            store_bodies: false,
         };
         match self.write(ConfigChange::CreateKey(row)).await? {
             Changed::Key(k) => Ok((k, raw)),
@@ -219,11 +254,54 @@ impl Service {
 
     pub async fn get_key(&self, id: &str) -> Result<KeyRow> {
         let id = id.trim();
-        self.list_keys()
+        self.store
+            .get_key(id)
             .await?
-            .into_iter()
-            .find(|k| k.id == id)
             .ok_or_else(|| ServiceError::NotFound(format!("key {id} not found")))
+    }
+
+    /// Every key with its totals, computed by one grouped query over the request logs.
+    pub async fn list_keys_with_usage(&self) -> Result<Vec<KeyWithUsage>> {
+        let keys = self.store.list_keys().await?;
+        let mut usage = self.store.key_usage(None).await?;
+        Ok(keys
+            .into_iter()
+            .map(|key| KeyWithUsage {
+                usage: usage.remove(&key.id).unwrap_or_default(),
+                key,
+            })
+            .collect())
+    }
+
+    /// A key's totals over the request logs.
+    pub async fn key_usage(&self, key: KeyRow) -> Result<KeyWithUsage> {
+        let usage = self
+            .store
+            .key_usage(Some(&key.id))
+            .await?
+            .remove(&key.id)
+            .unwrap_or_default();
+        Ok(KeyWithUsage { key, usage })
+    }
+
+    /// Renames a key and/or switches the recording of its request and response bodies; the
+    /// change reaches the edges with the next snapshot. Setting nothing (or what is already
+    /// there) returns the key unchanged.
+    pub async fn update_key(&self, id: &str, patch: KeyPatch) -> Result<KeyRow> {
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(ServiceError::InvalidArgument("key id is required".into()));
+        }
+        let name = patch.name.as_deref().map(key_name).transpose()?;
+        let change = ConfigChange::UpdateKey {
+            id: id.to_string(),
+            name: name.map(str::to_string),
+            store_bodies: patch.store_bodies,
+        };
+        match self.write(change).await? {
+            Changed::Key(k) => Ok(k),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The stored key a raw `sk-tr-…` key hashes to (active or revoked), if any.
@@ -352,14 +430,27 @@ impl Service {
             }
         }
         let set = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let status = set(filter.status)
+            .map(|s| StatusFilter::parse(&s))
+            .transpose()
+            .map_err(ServiceError::InvalidArgument)?;
+        let metadata_contains = set(filter.metadata_contains);
+        if let Some(text) = &metadata_contains {
+            if text.chars().count() > MAX_SEARCH_CHARS {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "metadata_contains must be at most {MAX_SEARCH_CHARS} characters"
+                )));
+            }
+        }
         let query = LogQuery {
             limit,
             key_id: set(filter.key_id),
             model: set(filter.model),
             provider: set(filter.provider),
-            status: filter.status,
+            status,
             since_ms: filter.since_ms,
             until_ms: filter.until_ms,
+            metadata_contains,
             before_request_id: set(before),
         };
         let entries = self.store.list_logs(&query).await.map_err(|e| match e {
@@ -379,22 +470,89 @@ impl Service {
         })
     }
 
-    /// Requests, tokens and cost of the successful (2xx) requests received in the last `days`
-    /// days (1 to [`MAX_USAGE_DAYS`]), of one key or of all.
-    pub async fn usage_summary(&self, days: u32, key_id: Option<String>) -> Result<UsageSummary> {
+    /// One request log row with its stored bodies. `only_key` (a gateway key reading) sees
+    /// only its own rows: another key's is `NotFound`, exactly like a row that does not exist,
+    /// so request ids of other keys cannot be probed.
+    pub async fn get_log(&self, request_id: &str, only_key: Option<&str>) -> Result<LogEntry> {
+        let id = request_id.trim();
+        let not_found = || ServiceError::NotFound(format!("request {id} not found"));
+        if id.is_empty() {
+            return Err(not_found());
+        }
+        let entry = self.store.get_log(id).await?.ok_or_else(not_found)?;
+        match only_key {
+            Some(key) if entry.record.key_id != key => Err(not_found()),
+            _ => Ok(entry),
+        }
+    }
+
+    /// Usage of the last `days` UTC calendar days, today included (1 to [`MAX_USAGE_DAYS`]),
+    /// of one key (which must exist) or of all, broken down by `group_by` when given.
+    pub async fn usage_summary(
+        &self,
+        days: u32,
+        group_by: Option<UsageGroupBy>,
+        key_id: Option<String>,
+    ) -> Result<UsageSummary> {
         if !(1..=MAX_USAGE_DAYS).contains(&days) {
             return Err(ServiceError::InvalidArgument(format!(
                 "days must be between 1 and {MAX_USAGE_DAYS}"
             )));
         }
+        let key_id = key_id
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty());
+        if let Some(id) = &key_id {
+            self.get_key(id).await?;
+        }
+        let today = day_of_ms(now_ms());
+        let since_day = today - i64::from(days) + 1;
         let query = UsageQuery {
-            since_ms: now_ms().saturating_sub(i64::from(days) * DAY_MS),
-            key_id: key_id.filter(|k| !k.is_empty()),
+            since_ms: since_day.saturating_mul(DAY_MS),
+            key_id,
+            group_by,
         };
-        let totals = self.store.usage_totals(&query).await?;
+        let report = self.store.usage(&query).await?;
+        let mut breakdown: Vec<UsageGroup> = report
+            .groups
+            .into_iter()
+            .map(|(key, totals)| UsageGroup { key, totals })
+            .collect();
+        if group_by == Some(UsageGroupBy::Day) {
+            // Every day of the range, in order; a day without requests is a zero row.
+            let mut by_day: std::collections::HashMap<i64, UsageTotals> = breakdown
+                .into_iter()
+                .filter_map(|g| match g.key {
+                    UsageGroupKey::Day(d) => Some((d, g.totals)),
+                    _ => None,
+                })
+                .collect();
+            breakdown = (since_day..=today)
+                .map(|d| UsageGroup {
+                    key: UsageGroupKey::Day(d),
+                    totals: by_day.remove(&d).unwrap_or_default(),
+                })
+                .collect();
+        } else {
+            let name = |k: &UsageGroupKey| match k {
+                UsageGroupKey::Key { id, .. } => id.clone(),
+                UsageGroupKey::Model(s) | UsageGroupKey::Provider(s) => s.clone(),
+                UsageGroupKey::Day(d) => format_day(*d),
+            };
+            breakdown.sort_by(|a, b| {
+                b.totals
+                    .cost_picos
+                    .cmp(&a.totals.cost_picos)
+                    .then(b.totals.requests.cmp(&a.totals.requests))
+                    .then_with(|| name(&a.key).cmp(&name(&b.key)))
+            });
+        }
         Ok(UsageSummary {
             range_days: days,
-            totals,
+            since_day,
+            totals: report.totals,
+            group_by,
+            breakdown,
         })
     }
 
@@ -418,6 +576,8 @@ impl Service {
             Ok(new) => {
                 self.scores
                     .observe(new.iter().filter_map(|&i| valid.get(i)));
+                self.metrics
+                    .observe_usage(new.iter().filter_map(|&i| valid.get(i)));
                 let n = new.len() as u64;
                 Metrics::add(&self.metrics.usage_records_ingested, n);
                 Metrics::add(&self.metrics.usage_batches_acked, 1);
@@ -448,6 +608,20 @@ impl Service {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+}
+
+/// A key name as stored: trimmed, 1 to [`MAX_KEY_NAME_CHARS`] characters.
+fn key_name(name: &str) -> Result<&str> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(ServiceError::InvalidArgument("key name is required".into()));
+    }
+    if name.chars().count() > MAX_KEY_NAME_CHARS {
+        return Err(ServiceError::InvalidArgument(format!(
+            "key name must be at most {MAX_KEY_NAME_CHARS} characters"
+        )));
+    }
+    Ok(name)
 }
 
 fn unexpected(changed: Changed) -> ServiceError {
@@ -642,25 +816,40 @@ pub(crate) mod tests {
         svc.ingest_usage(&[record("ok", 200), record("bad", 429)])
             .await
             .unwrap();
-        let summary = svc.usage_summary(7, None).await.unwrap();
+        let summary = svc.usage_summary(7, None, None).await.unwrap();
         assert_eq!(summary.range_days, 7);
         assert_eq!(
             summary.totals,
             UsageTotals {
-                requests: 1,
+                requests: 2,
+                failed_requests: 1,
                 input_tokens: 3,
                 output_tokens: 4,
                 cost_picos: 180_000_000_000,
             }
         );
-        let other = svc
-            .usage_summary(1, Some("key_other".into()))
+        assert!(summary.breakdown.is_empty() && summary.group_by.is_none());
+        let today = day_of_ms(now_ms());
+        assert_eq!(summary.since_day, today - 6, "today and the 6 days before");
+        let by_day = svc
+            .usage_summary(3, Some(UsageGroupBy::Day), Some(key.id.clone()))
             .await
             .unwrap();
-        assert_eq!(other.totals, UsageTotals::default());
+        let days: Vec<_> = by_day.breakdown.iter().map(|g| g.key.clone()).collect();
+        assert_eq!(
+            days,
+            [today - 2, today - 1, today].map(UsageGroupKey::Day),
+            "every day of the range, empty ones too"
+        );
+        assert_eq!(by_day.breakdown[2].totals, summary.totals);
+        assert_eq!(by_day.breakdown[0].totals, UsageTotals::default());
+        assert!(matches!(
+            svc.usage_summary(1, None, Some("key_other".into())).await,
+            Err(ServiceError::NotFound(_))
+        ));
         for days in [0, 366] {
             assert!(matches!(
-                svc.usage_summary(days, None).await,
+                svc.usage_summary(days, None, None).await,
                 Err(ServiceError::InvalidArgument(_))
             ));
         }
@@ -671,13 +860,40 @@ pub(crate) mod tests {
             svc.get_key("key_nope").await,
             Err(ServiceError::NotFound(_))
         ));
-        let filtered = LogFilter {
-            status: Some(429),
+        let with_usage = svc.key_usage(key.clone()).await.unwrap();
+        assert_eq!(
+            (with_usage.usage.requests, with_usage.usage.input_tokens),
+            (2, 3)
+        );
+        assert!(with_usage.usage.last_used_at_ms.is_some());
+        let listed = svc.list_keys_with_usage().await.unwrap();
+        assert_eq!(listed, [with_usage]);
+        let status = |s: &str| LogFilter {
+            status: Some(s.into()),
             ..LogFilter::default()
         };
-        let page = svc.query_logs(0, filtered, None).await.unwrap();
-        assert_eq!(page.entries.len(), 1);
-        assert_eq!(page.entries[0].record.request_id, "bad");
+        for s in ["429", "4xx"] {
+            let page = svc.query_logs(0, status(s), None).await.unwrap();
+            assert_eq!(page.entries.len(), 1);
+            assert_eq!(page.entries[0].record.request_id, "bad");
+        }
+        for bad in ["42", "600", "6xx", "4x", "abc", "4xxx"] {
+            assert!(
+                matches!(
+                    svc.query_logs(0, status(bad), None).await,
+                    Err(ServiceError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
+        let long = LogFilter {
+            metadata_contains: Some("x".repeat(MAX_SEARCH_CHARS + 1)),
+            ..LogFilter::default()
+        };
+        assert!(matches!(
+            svc.query_logs(0, long, None).await,
+            Err(ServiceError::InvalidArgument(_))
+        ));
         let backwards = LogFilter {
             since_ms: Some(2),
             until_ms: Some(1),
@@ -685,6 +901,61 @@ pub(crate) mod tests {
         };
         assert!(matches!(
             svc.query_logs(0, backwards, None).await,
+            Err(ServiceError::InvalidArgument(_))
+        ));
+
+        // One row: a gateway key reads only its own; anyone else's is not found.
+        assert_eq!(svc.get_log("ok", None).await.unwrap().record.status, 200);
+        assert!(svc.get_log("ok", Some(&key.id)).await.is_ok());
+        for (id, only) in [("ok", Some("key_other")), ("nope", None), ("", None)] {
+            assert!(
+                matches!(svc.get_log(id, only).await, Err(ServiceError::NotFound(_))),
+                "{id}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn key_updates_are_validated_and_published() {
+        let (svc, _dir) = service().await;
+        let (key, _) = svc.create_key("k", "").await.unwrap();
+        let mut snaps = svc.snapshots();
+        let patch = |name: Option<&str>, store_bodies| KeyPatch {
+            name: name.map(str::to_string),
+            store_bodies,
+        };
+        let updated = svc
+            .update_key(&key.id, patch(Some("  renamed "), Some(true)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (updated.name.as_str(), updated.store_bodies),
+            ("renamed", true)
+        );
+        svc.settled().await;
+        let snap = snaps.borrow_and_update().clone();
+        let pushed = snap.keys.iter().find(|k| k.id == key.id).unwrap();
+        assert!(pushed.store_bodies);
+        assert_eq!(pushed.name, "renamed");
+        // Nothing to change: the key as it is, and nothing published.
+        assert_eq!(
+            svc.update_key(&key.id, patch(None, None)).await.unwrap(),
+            updated
+        );
+        svc.settled().await;
+        assert!(!snaps.has_changed().unwrap());
+        for bad in ["", "  ", &"x".repeat(101)] {
+            assert!(matches!(
+                svc.update_key(&key.id, patch(Some(bad), None)).await,
+                Err(ServiceError::InvalidArgument(_))
+            ));
+        }
+        assert!(matches!(
+            svc.update_key("key_nope", patch(None, Some(true))).await,
+            Err(ServiceError::NotFound(_))
+        ));
+        assert!(matches!(
+            svc.update_key(" ", patch(None, Some(true))).await,
             Err(ServiceError::InvalidArgument(_))
         ));
     }

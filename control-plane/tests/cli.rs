@@ -901,3 +901,227 @@ async fn models_rules_and_routing_verbs() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_update_logs_filters_and_usage() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--api-url", url.as_str(), "--admin-token", TOKEN];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_string).collect();
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            cli(&refs, &[]).await
+        }
+    };
+    let created = run(&["keys", "create", "--name", "a", "--json"]).await;
+    let id = created.json["id"].as_str().unwrap().to_string();
+
+    // keys update: fields set change; errors keep the exit-code contract.
+    let updated = run(&[
+        "keys",
+        "update",
+        &id,
+        "--store-bodies",
+        "true",
+        "--name",
+        "a-prod",
+        "--json",
+    ])
+    .await;
+    assert_eq!(updated.code, 0, "{}", updated.stderr);
+    assert_eq!(updated.json["store_bodies"], true);
+    assert_eq!(updated.json["name"], "a-prod");
+    let off = run(&["keys", "update", &id, "--store-bodies", "false", "--json"]).await;
+    assert_eq!(
+        (off.code, &off.json["store_bodies"]),
+        (0, &Value::Bool(false))
+    );
+    let missing = run(&["keys", "update", "key_nope", "--name", "x", "--json"]).await;
+    assert_eq!(
+        (missing.code, missing.json["error"]["type"].as_str()),
+        (1, Some("not_found"))
+    );
+    let nothing = run(&["keys", "update", &id, "--json"]).await;
+    assert_eq!(
+        (nothing.code, nothing.json["error"]["type"].as_str()),
+        (1, Some("usage_error"))
+    );
+    let not_bool = run(&["keys", "update", &id, "--store-bodies", "maybe"]).await;
+    assert_eq!(not_bool.code, 1, "{}", not_bool.stderr);
+    let bad_name = run(&["keys", "update", &id, "--name", " ", "--json"]).await;
+    assert_eq!(
+        (bad_name.code, bad_name.json["error"]["type"].as_str()),
+        (1, Some("invalid_argument"))
+    );
+
+    let record = |rid: &str, status: u32, metadata: &str| UsageRecord {
+        request_id: rid.into(),
+        key_id: id.clone(),
+        client_api: "chat.completions".into(),
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        requested_model: "openai/gpt-4o".into(),
+        status,
+        input_tokens: 1000,
+        output_tokens: 200,
+        cost_picos: 4_500_000_000,
+        metadata_json: metadata.into(),
+        ..UsageRecord::default()
+    };
+    let with_bodies = UsageRecord {
+        request_body: b"{\"messages\":[]}".to_vec(),
+        response_body: vec![0xff, 0xfe],
+        ..record("req-a", 200, r#"{"user":"carol"}"#)
+    };
+    ingest(
+        &server,
+        vec![
+            with_bodies,
+            record("req-b", 503, r#"{"user":"dave"}"#),
+            record("req-c", 200, ""),
+        ],
+    )
+    .await;
+
+    // keys list: the totals, as a table and as JSON.
+    let table = run(&["keys", "list"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let header = table.stdout.lines().next().unwrap();
+    for column in [
+        "REQUESTS",
+        "IN",
+        "OUT",
+        "TOKENS",
+        "SPEND",
+        "LAST USED",
+        "BODIES",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert!(table.stdout.contains("$0.009"), "{}", table.stdout);
+    let listed = run(&["keys", "list", "--json"]).await;
+    let k = &listed.json[0];
+    assert_eq!(
+        (
+            &k["requests"],
+            &k["failed_requests"],
+            &k["total_tokens"],
+            &k["spend_usd"]
+        ),
+        (
+            &Value::from(3),
+            &Value::from(1),
+            &Value::from(2400),
+            &Value::from("0.009")
+        )
+    );
+    assert!(k["last_used_at_unix_ms"].as_i64().unwrap() > 0);
+    let got = run(&["keys", "get", &id, "--json"]).await;
+    assert_eq!(got.json["requests"], 3);
+    let gone = run(&["keys", "get", "key_nope"]).await;
+    assert_eq!(gone.code, 1);
+    assert!(gone.stderr.contains("not found"), "{}", gone.stderr);
+
+    // logs filters and one row with its bodies.
+    let ids = |r: &Run| -> Vec<String> {
+        r.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["request_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let failed = run(&["logs", "--status", "5xx", "--json"]).await;
+    assert_eq!(failed.code, 0, "{}", failed.stderr);
+    assert_eq!(ids(&failed), ["req-b"]);
+    let search = run(&["logs", "--search", "CAROL", "--json"]).await;
+    assert_eq!(ids(&search), ["req-a"]);
+    assert_eq!(search.json[0]["metadata"]["user"], "carol");
+    assert_eq!(search.json[0]["has_bodies"], true);
+    let since = run(&[
+        "logs",
+        "--since",
+        "1h",
+        "--model",
+        "openai/gpt-4o",
+        "--json",
+    ])
+    .await;
+    assert_eq!(ids(&since), ["req-c", "req-b", "req-a"]);
+    let future = run(&["logs", "--since", "2999-01-01", "--json"]).await;
+    assert!(ids(&future).is_empty());
+    let paged = run(&["logs", "--status", "2xx", "--before", "req-c", "--json"]).await;
+    assert_eq!(ids(&paged), ["req-a"]);
+    for bad in [
+        vec!["logs", "--status", "9xx", "--json"],
+        vec!["logs", "--since", "last tuesday"],
+    ] {
+        let r = run(&bad).await;
+        assert_eq!(r.code, 1, "{bad:?}: {}{}", r.stdout, r.stderr);
+    }
+    let detail = run(&["logs", "get", "req-a", "--json"]).await;
+    assert_eq!(detail.code, 0, "{}", detail.stderr);
+    assert_eq!(detail.json["request_body"], "{\"messages\":[]}");
+    assert_eq!(detail.json["response_body"], "//4=");
+    assert_eq!(detail.json["response_body_base64"], true);
+    let human = run(&["logs", "get", "req-a"]).await;
+    assert!(
+        human.stdout.contains("request body:\n{\"messages\":[]}"),
+        "{}",
+        human.stdout
+    );
+    let unknown = run(&["logs", "get", "req-nope", "--json"]).await;
+    assert_eq!(
+        (unknown.code, unknown.json["error"]["type"].as_str()),
+        (1, Some("not_found"))
+    );
+
+    // usage: seed 002's JSON, a breakdown, the human table, the errors.
+    let seed = run(&["usage", "--days", "7", "--json"]).await;
+    assert_eq!(seed.code, 0, "{}", seed.stderr);
+    assert_eq!(
+        seed.json,
+        serde_json::json!({"range_days": 7, "total_requests": 2, "total_tokens_in": 2000,
+                           "total_tokens_out": 400, "total_cost_usd": "0.009"})
+    );
+    let by_model = run(&["usage", "--by", "model", "--key", &id, "--json"]).await;
+    assert_eq!(by_model.json["group_by"], "model");
+    assert_eq!(by_model.json["failed_requests"], 1);
+    assert_eq!(by_model.json["breakdown"][0]["model"], "gpt-4o");
+    assert_eq!(by_model.json["breakdown"][0]["requests"], 3);
+    let by_day = run(&["usage", "--days", "3", "--by", "day"]).await;
+    assert_eq!(by_day.code, 0, "{}", by_day.stderr);
+    let lines: Vec<&str> = by_day.stdout.lines().collect();
+    assert!(lines[0].starts_with("last 3 days"), "{}", by_day.stdout);
+    assert!(lines[1].starts_with("DAY"), "{}", by_day.stdout);
+    assert_eq!(lines.len(), 5, "summary, header, 3 days: {}", by_day.stdout);
+    assert!(lines[4].contains("$0.009"), "{}", by_day.stdout);
+    for (args, kind) in [
+        (vec!["usage", "--days", "0", "--json"], "usage_error"),
+        (vec!["usage", "--days", "366", "--json"], "usage_error"),
+        (vec!["usage", "--key", "key_nope", "--json"], "not_found"),
+        (vec!["usage", "--by", "week", "--json"], "usage_error"),
+    ] {
+        let r = run(&args).await;
+        assert_eq!(
+            (r.code, r.json["error"]["type"].as_str()),
+            (1, Some(kind)),
+            "{args:?}: {}{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+    // The control plane gone: a network error, exit 2.
+    server.stop().await;
+    let down = cli(
+        &["--api-url", &url, "--admin-token", TOKEN, "usage", "--json"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (down.code, down.json["error"]["type"].as_str()),
+        (2, Some("network_error"))
+    );
+}

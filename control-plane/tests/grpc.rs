@@ -817,3 +817,264 @@ async fn routing_rules_and_configs_admin_and_publish() {
     }
     server.stop().await;
 }
+
+/// Key updates reach the edge (`store_bodies`), keys carry their totals, logs filter and show
+/// one row with its bodies, usage breaks down; unknown ids are NOT_FOUND, bad input
+/// INVALID_ARGUMENT.
+#[tokio::test]
+async fn keys_logs_and_usage_admin() {
+    let server = TestServer::start().await;
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut adm = AdminClient::with_interceptor(channel.clone(), bearer(TOKEN));
+    let (up, mut down) = edge(&channel).await;
+    let key = adm
+        .create_key(admin::CreateKeyRequest {
+            name: "ci".into(),
+            workspace_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!((key.requests, key.spend_usd.as_str()), (0, "0"));
+
+    // UpdateKey: only the fields set change; store_bodies reaches the edge.
+    let updated = adm
+        .update_key(admin::UpdateKeyRequest {
+            id: key.id.clone(),
+            name: None,
+            store_bodies: Some(true),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.store_bodies);
+    assert_eq!(updated.name, "ci");
+    snapshot_where(&mut down, |s| {
+        s.keys.iter().any(|k| k.id == key.id && k.store_bodies)
+    })
+    .await;
+    let renamed = adm
+        .update_key(admin::UpdateKeyRequest {
+            id: key.id.clone(),
+            name: Some("ci-prod".into()),
+            store_bodies: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (renamed.name.as_str(), renamed.store_bodies),
+        ("ci-prod", true)
+    );
+    let missing = adm
+        .update_key(admin::UpdateKeyRequest {
+            id: "key_nope".into(),
+            name: Some("x".into()),
+            store_bodies: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let bad = adm
+        .update_key(admin::UpdateKeyRequest {
+            id: key.id.clone(),
+            name: Some("  ".into()),
+            store_bodies: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let missing = adm
+        .get_key(admin::GetKeyRequest {
+            id: "key_nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // Usage from the edge: a success with bodies and metadata, a 429, a replay.
+    let with_bodies = UsageRecord {
+        client_api: "chat.completions".into(),
+        metadata_json: r#"{"user":"u-1"}"#.into(),
+        key_name: "ci".into(),
+        workspace_id: "default".into(),
+        request_body: b"{\"model\":\"echo\"}".to_vec(),
+        response_body: b"{\"choices\":[]}".to_vec(),
+        ..record("req-1", &key.id)
+    };
+    let limited = UsageRecord {
+        status: 429,
+        error_type: "rate_limit_error".into(),
+        cost_picos: 0,
+        ..record("req-2", &key.id)
+    };
+    let replay = UsageRecord {
+        replay_of: "req-1".into(),
+        ..record("req-3", &key.id)
+    };
+    up.send(EdgeMessage {
+        msg: Some(Up::Usage(UsageBatch {
+            batch_id: 9,
+            records: vec![with_bodies, limited, replay],
+        })),
+    })
+    .await
+    .unwrap();
+    assert_eq!(ack(&mut down).await, 9);
+
+    let listed = adm
+        .list_keys(admin::ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let k = &listed[0];
+    assert_eq!(
+        (
+            k.requests,
+            k.failed_requests,
+            k.input_tokens,
+            k.output_tokens,
+            k.total_tokens
+        ),
+        (3, 1, 3, 10, 13),
+        "the replay is a request but uses no tokens"
+    );
+    assert_eq!(k.spend_usd, "0.0000015");
+    assert!(k.last_used_at_unix_ms > 0);
+    let got = adm
+        .get_key(admin::GetKeyRequest { id: key.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(&got, k);
+
+    // Filters.
+    let list = |r: admin::ListLogsRequest| {
+        let mut adm = adm.clone();
+        async move {
+            adm.list_logs(admin::ListLogsRequest { limit: 10, ..r })
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .logs
+                        .into_iter()
+                        .map(|l| l.request_id)
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    let status = |s: &str| admin::ListLogsRequest {
+        status: s.into(),
+        ..Default::default()
+    };
+    assert_eq!(list(status("4xx")).await.unwrap(), ["req-2"]);
+    assert_eq!(list(status("200")).await.unwrap(), ["req-3", "req-1"]);
+    let search = admin::ListLogsRequest {
+        metadata_contains: "U-1".into(),
+        ..Default::default()
+    };
+    assert_eq!(list(search).await.unwrap(), ["req-1"]);
+    let window = admin::ListLogsRequest {
+        since_unix_ms: 1,
+        until_unix_ms: 2,
+        ..Default::default()
+    };
+    assert!(list(window).await.unwrap().is_empty());
+    let paged = admin::ListLogsRequest {
+        status: "2xx".into(),
+        before_request_id: "req-3".into(),
+        ..Default::default()
+    };
+    assert_eq!(list(paged).await.unwrap(), ["req-1"]);
+    for bad in [status("7xx"), status("abc")] {
+        assert_eq!(list(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    }
+
+    // One row with its bodies.
+    let detail = adm
+        .get_log(admin::GetLogRequest {
+            request_id: "req-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let row = detail.log.unwrap();
+    assert_eq!(row.metadata_json, r#"{"user":"u-1"}"#);
+    assert_eq!((row.key_name.as_str(), row.has_bodies), ("ci", true));
+    assert_eq!(detail.request_body, b"{\"model\":\"echo\"}");
+    assert_eq!(detail.response_body, b"{\"choices\":[]}");
+    let replayed = adm
+        .get_log(admin::GetLogRequest {
+            request_id: "req-3".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replayed.log.unwrap().replay_of, "req-1");
+    assert!(replayed.request_body.is_empty());
+    let missing = adm
+        .get_log(admin::GetLogRequest {
+            request_id: "req-nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // Usage.
+    let usage = |days: u32, group_by: &str, key_id: &str| {
+        let mut adm = adm.clone();
+        let request = admin::GetUsageRequest {
+            days,
+            group_by: group_by.into(),
+            key_id: key_id.into(),
+        };
+        async move { adm.get_usage(request).await.map(|r| r.into_inner()) }
+    };
+    let totals = usage(0, "", "").await.unwrap();
+    assert_eq!(totals.range_days, 30);
+    assert_eq!(
+        (
+            totals.total_requests,
+            totals.requests,
+            totals.failed_requests
+        ),
+        (2, 3, 1)
+    );
+    assert_eq!(
+        (
+            totals.total_tokens_in,
+            totals.total_tokens_out,
+            totals.total_cost_usd.as_str()
+        ),
+        (3, 10, "0.0000015")
+    );
+    assert!(totals.breakdown.is_empty());
+    let by_model = usage(7, "model", &key.id).await.unwrap();
+    assert_eq!(by_model.group_by, "model");
+    assert_eq!(by_model.breakdown.len(), 1);
+    assert_eq!(by_model.breakdown[0].model, "echo");
+    assert_eq!(by_model.breakdown[0].requests, 3);
+    let by_day = usage(2, "day", "").await.unwrap();
+    assert_eq!(by_day.breakdown.len(), 2);
+    assert_eq!(by_day.breakdown[0].day, by_day.since_day);
+    assert_eq!(by_day.breakdown[1].total_tokens, 13);
+    let by_key = usage(1, "key", "").await.unwrap();
+    assert_eq!(by_key.breakdown[0].key_name, "ci-prod");
+    for (days, group_by, key_id, code) in [
+        (1, "week", "", Code::InvalidArgument),
+        (366, "", "", Code::InvalidArgument),
+        (1, "", "key_nope", Code::NotFound),
+    ] {
+        let err = usage(days, group_by, key_id).await.unwrap_err();
+        assert_eq!(err.code(), code, "{days} {group_by} {key_id}");
+    }
+    drop(up);
+    server.stop().await;
+}

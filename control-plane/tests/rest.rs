@@ -406,13 +406,21 @@ async fn malformed_requests_get_the_envelope() {
             .await
             .assert_error(400, "invalid_request_error");
     }
-    for query in ["days=0", "days=366", "days=-1"] {
+    for query in [
+        "days=0",
+        "days=366",
+        "days=-1",
+        "group_by=week",
+        "group_by=",
+    ] {
         api.get(&format!("/api/v1/usage?{query}"))
             .await
             .assert_error(400, "invalid_request_error");
     }
     for query in [
         "status=42",
+        "status=6xx",
+        "status=4x",
         "since=5&until=4",
         "cursor=req-unknown",
         "limit=5000",
@@ -1125,6 +1133,308 @@ async fn logs_usage_and_preview() {
     server.stop().await;
 }
 
+/// Per-key totals, key updates, log filters and detail (bodies), usage breakdowns and the GenAI
+/// metrics, from usage ingested as an edge sends it.
+#[tokio::test]
+async fn analytics_keys_logs_usage_and_metrics() {
+    let server = TestServer::start().await;
+    let admin = Api::admin(&server);
+    let (a, raw_a) = create_key(&admin, "alpha").await;
+    let (b, raw_b) = create_key(&admin, "beta").await;
+    let with = |r: UsageRecord, metadata: &str| UsageRecord {
+        metadata_json: metadata.into(),
+        key_name: "alpha-then".into(),
+        workspace_id: "default".into(),
+        ..r
+    };
+    let bodies = UsageRecord {
+        request_body: br#"{"model":"gpt-4o","messages":[]}"#.to_vec(),
+        response_body: vec![0xde, 0xad, 0xbe, 0xef],
+        bodies_truncated: true,
+        idempotency_key: "idem-7".into(),
+        ..with(
+            record("r1", &a, "openai", 200),
+            r#"{"user":"Alice","team":"ml"}"#,
+        )
+    };
+    let replay = UsageRecord {
+        replay_of: "r1".into(),
+        idempotency_key: "idem-7".into(),
+        ..with(record("r2", &a, "openai", 200), r#"{"user":"Alice"}"#)
+    };
+    let claude = UsageRecord {
+        model: "claude-sonnet".into(),
+        requested_model: "auto".into(),
+        error_type: "rate_limit_error".into(),
+        ..with(record("r3", &a, "claude", 429), r#"{"user":"bob"}"#)
+    };
+    ingest(
+        &server,
+        vec![
+            bodies,
+            replay,
+            claude,
+            record("r4", &b, "openai", 500),
+            record("r5", &b, "claude", 200),
+        ],
+    )
+    .await;
+
+    // Keys carry their totals: every request counts, tokens and spend only successful
+    // non-replayed ones.
+    let keys = admin.get("/api/v1/keys").await.ok(200);
+    let key_a = &keys["data"][0];
+    assert_eq!(key_a["id"], a);
+    assert_eq!(
+        (
+            &key_a["requests"],
+            &key_a["failed_requests"],
+            &key_a["input_tokens"],
+            &key_a["output_tokens"],
+            &key_a["total_tokens"],
+            &key_a["spend_usd"],
+            &key_a["store_bodies"],
+        ),
+        (
+            &json!(3),
+            &json!(1),
+            &json!(100),
+            &json!(20),
+            &json!(120),
+            &json!("0.00045"),
+            &json!(false)
+        )
+    );
+    assert!(key_a["last_used_at_unix_ms"].as_i64().unwrap() > 0);
+    let key_b = admin.get(&format!("/api/v1/keys/{b}")).await.ok(200);
+    assert_eq!(key_b["data"]["requests"], 2);
+    assert_eq!(key_b["data"]["spend_usd"], "0.00045");
+    let (unused, _) = create_key(&admin, "unused").await;
+    let fresh = admin.get(&format!("/api/v1/keys/{unused}")).await.ok(200);
+    assert_eq!(fresh["data"]["requests"], 0);
+    assert_eq!(fresh["data"]["spend_usd"], "0");
+    assert!(fresh["data"]["last_used_at_unix_ms"].is_null());
+
+    // PATCH: only the fields given change.
+    let updated = admin
+        .json(
+            "PATCH",
+            &format!("/api/v1/keys/{a}"),
+            json!({"store_bodies": true}),
+        )
+        .await
+        .ok(200);
+    assert_eq!(updated["data"]["store_bodies"], true);
+    assert_eq!(updated["data"]["name"], "alpha");
+    assert_eq!(updated["data"]["requests"], 3);
+    let renamed = admin
+        .json(
+            "PATCH",
+            &format!("/api/v1/keys/{a}"),
+            json!({"name": "alpha-2"}),
+        )
+        .await
+        .ok(200);
+    assert_eq!(
+        (&renamed["data"]["name"], &renamed["data"]["store_bodies"]),
+        (&json!("alpha-2"), &json!(true))
+    );
+    let same = admin
+        .json("PATCH", &format!("/api/v1/keys/{a}"), json!({}))
+        .await
+        .ok(200);
+    assert_eq!(same["data"]["name"], "alpha-2");
+    admin
+        .json("PATCH", "/api/v1/keys/key_nope", json!({"name": "x"}))
+        .await
+        .assert_error(404, "not_found_error");
+    for body in [
+        json!({"name": ""}),
+        json!({"name": "x".repeat(101)}),
+        json!({"store_bodies": "yes"}),
+        json!({"status": "revoked"}),
+    ] {
+        admin
+            .json("PATCH", &format!("/api/v1/keys/{a}"), body)
+            .await
+            .assert_error(400, "invalid_request_error");
+    }
+    Api::with(&server, Some(&raw_a))
+        .json(
+            "PATCH",
+            &format!("/api/v1/keys/{a}"),
+            json!({"name": "mine"}),
+        )
+        .await
+        .assert_error(403, "permission_error");
+
+    // Log rows carry the new fields; the name is the one the edge recorded.
+    let all = admin.get("/api/v1/logs").await.ok(200);
+    assert_eq!(ids(&all, "request_id"), ["r5", "r4", "r3", "r2", "r1"]);
+    let r1 = &all["data"][4];
+    assert_eq!(r1["metadata"], json!({"user": "Alice", "team": "ml"}));
+    assert_eq!(r1["key_name"], "alpha-then");
+    assert_eq!(r1["workspace_id"], "default");
+    assert_eq!(r1["idempotency_key"], "idem-7");
+    assert_eq!(r1["replay_of"], Value::Null);
+    assert_eq!(r1["has_bodies"], true);
+    assert!(r1.get("request_body").is_none(), "lists carry no bodies");
+    assert_eq!(all["data"][3]["replay_of"], "r1");
+    assert_eq!(all["data"][3]["has_bodies"], false);
+    let r5 = &all["data"][0];
+    assert_eq!(r5["metadata"], Value::Null);
+    assert_eq!(r5["key_name"], "beta", "rows without a name show the key's");
+
+    // Filters, alone and with the cursor.
+    for (query, want) in [
+        ("status=4xx", vec!["r3"]),
+        ("status=5XX", vec!["r4"]),
+        ("status=2xx", vec!["r5", "r2", "r1"]),
+        ("status=429", vec!["r3"]),
+        ("metadata_contains=alice", vec!["r2", "r1"]),
+        ("metadata_contains=%22team%22%3A%22ml", vec!["r1"]),
+        ("metadata_contains=%25", vec![]),
+        ("model=claude-sonnet", vec!["r3"]),
+        ("model=auto", vec!["r3"]),
+        ("provider=claude", vec!["r5", "r3"]),
+        ("provider=claude&status=2xx", vec!["r5"]),
+        ("status=2xx&limit=2", vec!["r5", "r2"]),
+        ("status=2xx&limit=2&cursor=r2", vec!["r1"]),
+        ("metadata_contains=user&cursor=r3", vec!["r2", "r1"]),
+        ("since=0&until=1", vec![]),
+    ] {
+        let got = admin.get(&format!("/api/v1/logs?{query}")).await.ok(200);
+        assert_eq!(ids(&got, "request_id"), want, "{query}");
+    }
+    let long = "x".repeat(257);
+    admin
+        .get(&format!("/api/v1/logs?metadata_contains={long}"))
+        .await
+        .assert_error(400, "invalid_request_error");
+
+    // One row with its bodies: UTF-8 as text, anything else as base64.
+    let detail = admin.get("/api/v1/logs/r1").await.ok(200)["data"].clone();
+    assert_eq!(detail["request_id"], "r1");
+    assert_eq!(
+        detail["request_body"],
+        r#"{"model":"gpt-4o","messages":[]}"#
+    );
+    assert_eq!(detail["request_body_base64"], false);
+    assert_eq!(detail["response_body"], "3q2+7w==");
+    assert_eq!(detail["response_body_base64"], true);
+    assert_eq!(detail["bodies_truncated"], true);
+    assert_eq!(detail["metadata"]["team"], "ml");
+    let bare = admin.get("/api/v1/logs/r4").await.ok(200)["data"].clone();
+    assert!(bare["request_body"].is_null() && bare["response_body"].is_null());
+    admin
+        .get("/api/v1/logs/req-nope")
+        .await
+        .assert_error(404, "not_found_error");
+    // A gateway key reads its own rows only; another key's is indistinguishable from none.
+    let key_a_api = Api::with(&server, Some(&raw_a));
+    let key_b_api = Api::with(&server, Some(&raw_b));
+    assert_eq!(key_a_api.get("/api/v1/logs/r1").await.status, 200);
+    key_b_api
+        .get("/api/v1/logs/r1")
+        .await
+        .assert_error(404, "not_found_error");
+    assert_eq!(
+        ids(
+            &key_b_api.get("/api/v1/logs?status=2xx").await.ok(200),
+            "request_id"
+        ),
+        ["r5"]
+    );
+
+    // Usage: seed 002's shape without group_by, a breakdown with it.
+    let usage = admin.get("/api/v1/usage?days=7").await.ok(200);
+    assert_eq!(
+        usage,
+        json!({"range_days": 7, "total_requests": 3, "total_tokens_in": 200,
+               "total_tokens_out": 40, "total_cost_usd": "0.0009"})
+    );
+    let by_key = admin.get("/api/v1/usage?days=7&group_by=key").await.ok(200);
+    assert_eq!(by_key["group_by"], "key");
+    assert_eq!(
+        (&by_key["requests"], &by_key["failed_requests"]),
+        (&json!(5), &json!(2))
+    );
+    assert_eq!(by_key["total_requests"], 3);
+    let rows = by_key["breakdown"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let row_a = rows.iter().find(|r| r["key_id"] == a.as_str()).unwrap();
+    assert_eq!(
+        row_a,
+        &json!({"key_id": a, "key_name": "alpha-2", "requests": 3, "failed_requests": 1,
+                "input_tokens": 100, "output_tokens": 20, "total_tokens": 120,
+                "cost_usd": "0.00045"})
+    );
+    let by_model = admin.get("/api/v1/usage?group_by=model").await.ok(200);
+    assert_eq!(by_model["range_days"], 30);
+    let models: Vec<(&str, u64)> = by_model["breakdown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["model"].as_str().unwrap(),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        models,
+        [("gpt-4o", 4), ("claude-sonnet", 1)],
+        "by spend, most first"
+    );
+    let by_provider = admin
+        .get(&format!("/api/v1/usage?group_by=provider&key_id={b}"))
+        .await
+        .ok(200);
+    let providers: Vec<&str> = by_provider["breakdown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["provider"].as_str().unwrap())
+        .collect();
+    assert_eq!(providers, ["claude", "openai"]);
+    let by_day = admin.get("/api/v1/usage?days=3&group_by=day").await.ok(200);
+    let days = by_day["breakdown"].as_array().unwrap();
+    assert_eq!(days.len(), 3, "every day of the range");
+    assert_eq!(days[2]["requests"], 5, "today");
+    assert_eq!(days[0]["requests"], 0);
+    assert_eq!(by_day["since_day"], days[0]["day"]);
+    assert!(days[0]["day"].as_str().unwrap().len() == 10);
+    admin
+        .get("/api/v1/usage?key_id=key_nope")
+        .await
+        .assert_error(404, "not_found_error");
+    admin
+        .get("/api/v1/usage?group_by=week")
+        .await
+        .assert_error(400, "invalid_request_error");
+    let own = key_b_api.get("/api/v1/usage?group_by=key").await.ok(200);
+    let own_rows = own["breakdown"].as_array().unwrap();
+    assert_eq!(own_rows.len(), 1);
+    assert_eq!(own_rows[0]["key_id"], b);
+
+    // The GenAI metrics saw every new record.
+    let (status, metrics) = server.http("GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    for want in [
+        "gen_ai_client_token_usage_count{gen_ai_operation_name=\"chat\",\
+         gen_ai_provider_name=\"openai\",gen_ai_request_model=\"openai/gpt-4o\",\
+         gen_ai_response_model=\"gpt-4o\",gen_ai_token_type=\"input\"} 1\n",
+        "gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name=\"chat\",\
+         gen_ai_provider_name=\"claude\",gen_ai_request_model=\"auto\",\
+         gen_ai_response_model=\"claude-sonnet\",error_type=\"rate_limit_error\"} 1\n",
+        "tokenrouter_usage_records_ingested_total 5\n",
+    ] {
+        assert!(metrics.contains(want), "{want} not in\n{metrics}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn openapi_document_describes_every_route() {
     let server = TestServer::start().await;
@@ -1180,7 +1490,9 @@ async fn openapi_document_describes_every_route() {
         "GET /api/v1/firewall_rules/{id}",
         "PATCH /api/v1/firewall_rules/{id}",
         "DELETE /api/v1/firewall_rules/{id}",
+        "PATCH /api/v1/keys/{id}",
         "GET /api/v1/logs",
+        "GET /api/v1/logs/{request_id}",
         "GET /api/v1/usage",
         "POST /api/v1/preview",
     ] {

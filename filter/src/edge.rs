@@ -4,10 +4,12 @@ use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::rc::Rc;
+use std::time::Duration;
 
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use tokenrouter_engine::annotate::{self, SseAnnotator};
 use tokenrouter_engine::firewall::formats::{self, StreamFilter};
 use tokenrouter_engine::firewall::{self, Inspection, Scope, Verdict};
 use tokenrouter_engine::money::{cost_picos, Price};
@@ -15,8 +17,9 @@ use tokenrouter_engine::request::{ClientApi, ClientRequest};
 use tokenrouter_engine::routing::{self, features, RouteInput, ScoreBoard};
 use tokenrouter_engine::upstream::ProviderKind;
 use tokenrouter_engine::usage::{self, ChunkOutput, ClientStreamObserver, Usage};
-use tokenrouter_engine::{auth, models, ErrorKind, GatewayError, Snapshot};
-use tokenrouter_proto::sync::v1::UsageRecord;
+use tokenrouter_engine::{auth, idempotency, models, ErrorKind, GatewayError, Snapshot};
+use tokenrouter_proto::sync::v1::idempotency_verdict::Outcome;
+use tokenrouter_proto::sync::v1::{IdempotencyBegin, IdempotencyVerdict, UsageRecord};
 
 use crate::upstream::{ATTEMPT_HEADER, BYOK_HEADERS};
 use crate::{attempts, host, vm};
@@ -24,6 +27,12 @@ use crate::{attempts, host, vm};
 /// Largest non-streaming response body we copy to read its `usage` (the body itself is never
 /// held back from the client).
 const MAX_RESPONSE_COPY: usize = 8 * 1024 * 1024;
+
+/// Largest request or response body kept for the request log of a key that stores bodies.
+const MAX_STORED_BODY: usize = 256 * 1024;
+
+/// Largest client `metadata` object kept in the request log (compact JSON).
+const MAX_STORED_METADATA: usize = 16 * 1024;
 
 /// Envoy stats the edge defines (admin `/stats`, `/stats/prometheus`; Envoy prefixes them with
 /// `wasmcustom.`).
@@ -131,7 +140,22 @@ pub struct EdgeConfig {
     pub metrics: Metrics,
     /// Body limit of this Envoy (from the plugin configuration).
     pub max_request_body_bytes: Option<u64>,
+    /// Where unary calls to the control plane go (`Idempotency-Key`); `None` = not configured.
+    pub control: Option<Rc<ControlCalls>>,
 }
+
+/// The control plane's gRPC cluster and the token its edge services want.
+pub struct ControlCalls {
+    pub cluster: String,
+    pub token: String,
+}
+
+/// How long an edge waits for an `Idempotency-Key` verdict (the control plane waits up to 25 s
+/// for a request still holding the key).
+const IDEMPOTENCY_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest response kept for `Idempotency-Key` replays (larger ones are not replayed).
+const MAX_IDEMPOTENT_BODY: usize = 1024 * 1024;
 
 /// Where the request stands.
 enum Stage {
@@ -140,6 +164,14 @@ enum Stage {
         snapshot: Rc<Snapshot>,
         max_body: u64,
     },
+    /// The whole body is here; waiting for the control plane's `Idempotency-Key` verdict.
+    AwaitingIdempotency {
+        snapshot: Rc<Snapshot>,
+        size: usize,
+        token: u32,
+    },
+    /// Answered with the response recorded for the same `Idempotency-Key`.
+    Replayed { status: u16 },
     /// Sent to a provider.
     Routed(Box<Routed>),
     /// Answered by the gateway itself with a success (`GET /v1/models`).
@@ -173,6 +205,15 @@ struct Routed {
     client_wants_usage: bool,
     status: u16,
     response: ResponseWatch,
+    /// Adds the `tokenrouter` event at the end of a stream, when there may be something to say.
+    annotator: Option<SseAnnotator>,
+    /// The body as the client got it, for a key that stores bodies or an `Idempotency-Key`
+    /// replay (bounded by [`Edge::capture_limit`]).
+    client_body: Vec<u8>,
+    /// `client_body` is not all of it.
+    client_body_cut: bool,
+    /// The response's content type (for replays).
+    content_type: String,
 }
 
 impl Routed {
@@ -216,6 +257,19 @@ pub struct Edge {
     firewall_applied: Vec<String>,
     /// Warnings so far, for `x-tokenrouter-warnings` and the log.
     warnings: Vec<String>,
+    key_name: String,
+    workspace_id: String,
+    /// The key stores request and response bodies in the log.
+    store_bodies: bool,
+    /// The client's `metadata` (compact JSON), for the log.
+    metadata_json: String,
+    /// The body as the provider got it (masks applied), for a key that stores bodies.
+    request_body: Vec<u8>,
+    bodies_truncated: bool,
+    /// The request's `Idempotency-Key`, empty when none.
+    idempotency_key: String,
+    /// Set when the response was replayed: the request that produced it.
+    replay_of: String,
 }
 
 impl Edge {
@@ -229,6 +283,14 @@ impl Edge {
             requested_model: String::new(),
             firewall_applied: Vec::new(),
             warnings: Vec::new(),
+            key_name: String::new(),
+            workspace_id: String::new(),
+            store_bodies: false,
+            metadata_json: String::new(),
+            request_body: Vec::new(),
+            bodies_truncated: false,
+            idempotency_key: String::new(),
+            replay_of: String::new(),
             stage: Stage::Replied {
                 status: 0,
                 error: ErrorKind::ServiceUnavailable,
@@ -299,6 +361,9 @@ impl Edge {
             host::request_header("x-api-key").as_deref(),
         )?;
         self.key_id = key.id.clone();
+        self.key_name = key.name.clone();
+        self.workspace_id = key.workspace_id.clone();
+        self.store_bodies = key.store_bodies;
         if api == ClientApi::Models {
             // The catalogue is answered here, from the snapshot; nothing is forwarded.
             self.stage = Stage::Served { status: 200 };
@@ -317,6 +382,14 @@ impl Edge {
             if name.starts_with("x-tr-") {
                 host::set_request_header(&name, None);
             }
+        }
+        // Handled here, with the control plane; a provider never sees it (a retry by the
+        // gateway is another attempt of the same request, not a new request).
+        if let Some(key) =
+            idempotency::parse_key(host::request_header("idempotency-key").as_deref())?
+        {
+            self.idempotency_key = key;
+            host::set_request_header("idempotency-key", None);
         }
         if end_of_stream {
             return Err(GatewayError::invalid(
@@ -348,6 +421,144 @@ impl Edge {
         if !end_of_stream {
             return Ok(Action::Pause);
         }
+        if !self.idempotency_key.is_empty() {
+            if let Some(token) = self.begin_idempotent(size) {
+                self.stage = Stage::AwaitingIdempotency {
+                    snapshot,
+                    size,
+                    token,
+                };
+                return Ok(Action::Pause);
+            }
+        }
+        self.route(snapshot, size)
+    }
+
+    /// Asks the control plane for the request's `Idempotency-Key` verdict; `None` when it cannot
+    /// be asked (not configured, call refused), and the request then goes on without it (the
+    /// client is told in `x-tokenrouter-warnings`): a gateway whose control plane is away keeps
+    /// serving.
+    fn begin_idempotent(&mut self, size: usize) -> Option<u32> {
+        let body = host::request_body(size).unwrap_or_default();
+        let method = host::request_header(":method").unwrap_or_default();
+        let path = host::request_header(":path").unwrap_or_default();
+        let begin = IdempotencyBegin {
+            key_id: self.key_id.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            request_sha256: idempotency::fingerprint(&method, &path, &body).to_vec(),
+            request_id: self.request_id.clone(),
+        };
+        let call = self.config.control.as_ref().map(|control| {
+            let auth = format!("Bearer {}", control.token);
+            self.dispatch_grpc_call(
+                &control.cluster,
+                "tokenrouter.sync.v1.EdgeCalls",
+                "BeginIdempotent",
+                vec![("authorization", auth.as_bytes())],
+                Some(&begin.encode_to_vec()),
+                IDEMPOTENCY_CALL_TIMEOUT,
+            )
+        });
+        match call {
+            Some(Ok(token)) => Some(token),
+            other => {
+                log::warn!("Idempotency-Key not checked: {other:?}");
+                self.idempotency_unavailable();
+                None
+            }
+        }
+    }
+
+    /// The request goes on without its `Idempotency-Key` (and says so).
+    fn idempotency_unavailable(&mut self) {
+        self.idempotency_key.clear();
+        self.warnings.push(
+            "Idempotency-Key could not be checked (control plane unavailable); the request was \
+             sent once without it."
+                .into(),
+        );
+    }
+
+    /// The control plane's verdict on the request's `Idempotency-Key`: go on, replay the
+    /// recorded response, or refuse.
+    fn on_idempotency_verdict(&mut self, token: u32, status: u32, size: usize) {
+        let Stage::AwaitingIdempotency {
+            snapshot,
+            size: body_size,
+            token: expected,
+        } = &self.stage
+        else {
+            return;
+        };
+        if *expected != token {
+            return;
+        }
+        let (snapshot, body_size) = (Rc::clone(snapshot), *body_size);
+        // PROCEED is the all-default message: an empty body.
+        let verdict = if status == 0 {
+            let body = self
+                .get_grpc_call_response_body(0, size)
+                .unwrap_or_default();
+            IdempotencyVerdict::decode(body.as_slice()).ok()
+        } else {
+            None
+        };
+        let outcome = verdict
+            .as_ref()
+            .and_then(|v| Outcome::try_from(v.outcome).ok());
+        let result = match (verdict, outcome) {
+            (Some(v), Some(Outcome::Replay)) => {
+                self.replay(v);
+                return;
+            }
+            (Some(v), Some(Outcome::InFlight)) => {
+                Err(idempotency::in_flight(&v.original_request_id))
+            }
+            (Some(v), Some(Outcome::Mismatch)) => {
+                Err(idempotency::mismatch(&v.original_request_id))
+            }
+            (Some(_), Some(Outcome::Proceed)) => self.route(snapshot, body_size),
+            _ => {
+                log::warn!("Idempotency-Key verdict unavailable (grpc status {status})");
+                self.idempotency_unavailable();
+                self.route(snapshot, body_size)
+            }
+        };
+        match result {
+            Ok(_) => self.resume_http_request(),
+            Err(e) => {
+                // Refused before anything was sent: the claim (if any) is released by the
+                // record of this request.
+                self.reject(e);
+            }
+        }
+    }
+
+    /// Answers with the response recorded for the same key and body.
+    fn replay(&mut self, v: IdempotencyVerdict) {
+        let status = u16::try_from(v.status).unwrap_or(200);
+        self.replay_of = v.original_request_id;
+        self.stage = Stage::Replayed { status };
+        let content_type = if v.content_type.is_empty() {
+            "application/json".to_string()
+        } else {
+            v.content_type
+        };
+        let headers = vec![
+            ("content-type", content_type.as_str()),
+            ("x-request-id", self.request_id.as_str()),
+            ("x-tokenrouter-replay-of", self.replay_of.as_str()),
+            ("idempotent-replayed", "true"),
+        ];
+        if let Err(e) =
+            proxy_wasm::hostcalls::send_http_response(u32::from(status), headers, Some(&v.body))
+        {
+            log::error!("sending a replayed response failed: {e:?}");
+        }
+    }
+
+    /// Parses, checks and routes the whole request body of `size` bytes, and sends it on.
+    fn route(&mut self, snapshot: Rc<Snapshot>, size: usize) -> Result<Action, GatewayError> {
         let body = host::request_body(size).unwrap_or_default();
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let mut request = ClientRequest::parse_api(api, &body)?;
@@ -364,6 +575,13 @@ impl Edge {
             self.record(&verdict);
             if let Some(e) = verdict.error() {
                 return Err(e);
+            }
+        }
+        // As the provider gets it: after the firewall's masks.
+        if let Some(metadata) = request.body_mut().get("metadata").filter(|m| m.is_object()) {
+            self.metadata_json = serde_json::to_string(metadata).unwrap_or_default();
+            if self.metadata_json.len() > MAX_STORED_METADATA {
+                self.metadata_json = r#"{"_truncated":true}"#.into();
             }
         }
         let feats = features::features(api, request.body_mut(), body.len());
@@ -404,6 +622,10 @@ impl Edge {
             ));
         };
         let new_body = request.upstream_body(&first.upstream_model);
+        if self.store_bodies {
+            self.request_body =
+                bounded_copy(&new_body, MAX_STORED_BODY, &mut self.bodies_truncated);
+        }
         let retries = decision.attempts.len().saturating_sub(1);
         host::set_request_header("x-tr-cluster", Some(&decision.cluster));
         host::set_request_header(
@@ -457,13 +679,17 @@ impl Edge {
             served: 0,
             mode: decision.mode.map(|m| m.as_str()),
             tier: decision.tier.map(|t| t.as_str()),
-            trace_json: decision.trace.to_json(),
+            trace_json: decision.trace.to_log_json(),
             trace_header: decision.trace.header_value(),
             ttfb_ms: 0,
             stream: request.stream,
             client_wants_usage: request.client_wants_usage,
             status: 0,
             response: ResponseWatch::NotStarted,
+            annotator: None,
+            client_body: Vec::new(),
+            client_body_cut: false,
+            content_type: String::new(),
         }));
         Ok(Action::Continue)
     }
@@ -476,6 +702,12 @@ impl Edge {
             requested_model: self.requested_model.clone(),
             client_api: self.api.map(|a| a.as_str().to_string()).unwrap_or_default(),
             latency_ms: u64::try_from(host::now_ms().saturating_sub(self.started_ms)).unwrap_or(0),
+            key_name: self.key_name.clone(),
+            workspace_id: self.workspace_id.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            metadata_json: self.metadata_json.clone(),
+            request_body: self.request_body.clone(),
+            bodies_truncated: self.bodies_truncated,
             ..UsageRecord::default()
         };
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
@@ -501,6 +733,15 @@ impl Edge {
                 r.mode = routed.mode.unwrap_or_default().to_string();
                 r.tier = routed.tier.unwrap_or_default().to_string();
                 r.rule_trace = routed.trace_json.clone();
+                if self.store_bodies {
+                    let kept = routed.client_body.len().min(MAX_STORED_BODY);
+                    r.response_body = routed.client_body[..kept].to_vec();
+                    r.bodies_truncated |= routed.client_body_cut || kept < routed.client_body.len();
+                }
+                if !self.idempotency_key.is_empty() && !routed.client_body_cut {
+                    r.idempotent_response = routed.client_body.clone();
+                    r.response_content_type = routed.content_type.clone();
+                }
                 r.ttfb_ms = routed.ttfb_ms;
                 let (tried, retry_after) = attempts::take(&self.request_id, host::now_ms());
                 r.attempts = tried;
@@ -516,7 +757,12 @@ impl Edge {
                 r.error_type = error.type_str().into();
             }
             Stage::Served { status } => r.status = u32::from(*status),
-            Stage::AwaitingBody { .. } => {
+            Stage::Replayed { status } => {
+                // No provider was called, nothing is charged.
+                r.status = u32::from(*status);
+                r.replay_of = self.replay_of.clone();
+            }
+            Stage::AwaitingBody { .. } | Stage::AwaitingIdempotency { .. } => {
                 // The client went away before its body arrived.
                 r.error_type = "client_closed_request".into();
                 r.status = 499;
@@ -577,7 +823,8 @@ impl Edge {
         }
     }
 
-    /// The end of a held JSON response: checks it, then masks it or replaces it with a 422.
+    /// The end of a held JSON response: checks it (when response rules apply), then masks it or
+    /// replaces it with a 422, and adds the `tokenrouter` annotation to a successful one.
     fn check_json_response(&mut self, body_size: usize) {
         let Stage::Routed(routed) = &mut self.stage else {
             return;
@@ -588,32 +835,59 @@ impl Edge {
         *body = host::response_body(body_size).unwrap_or_default();
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let fw = routed.snapshot.firewall();
-        let mut inspection = Inspection::new(fw, &self.key_id);
-        let mut value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-        if let Some(v) = value.as_mut() {
-            formats::response_walker(api)(v, &mut |scope, text| {
-                inspection.check_in_place(scope, text)
-            });
+        let mut new_body = None;
+        let mut verdict = None;
+        if fw.applies(Scope::Response, &self.key_id) {
+            let mut inspection = Inspection::new(fw, &self.key_id);
+            let mut value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+            if let Some(v) = value.as_mut() {
+                formats::response_walker(api)(v, &mut |scope, text| {
+                    inspection.check_in_place(scope, text)
+                });
+            }
+            let checked = inspection.verdict();
+            if let Some(e) = checked.error() {
+                routed.status = e.status();
+                host::set_response_header(":status", Some(&e.status().to_string()));
+                host::set_response_header("content-type", Some("application/json"));
+                new_body = Some(e.to_json(&self.request_id));
+            } else if checked
+                .applied
+                .iter()
+                .any(|a| a.action == firewall::Action::Mask)
+            {
+                new_body = value.and_then(|v| serde_json::to_vec(&v).ok());
+            }
+            verdict = Some(checked);
         }
-        let verdict = inspection.verdict();
-        let replacement = if let Some(e) = verdict.error() {
-            routed.status = e.status();
-            host::set_response_header(":status", Some(&e.status().to_string()));
-            host::set_response_header("content-type", Some("application/json"));
-            Some(e.to_json(&self.request_id))
-        } else if verdict
-            .applied
-            .iter()
-            .any(|a| a.action == firewall::Action::Mask)
-        {
-            value.and_then(|v| serde_json::to_vec(&v).ok())
-        } else {
-            None
+        let success = (200..300).contains(&routed.status);
+        if let Some(v) = &verdict {
+            self.record(v);
+        }
+        let Stage::Routed(routed) = &mut self.stage else {
+            return;
         };
-        if let Some(new_body) = replacement {
+        let ResponseWatch::GuardedJson { body } = &routed.response else {
+            return;
+        };
+        if success {
+            if let Some(annotation) =
+                annotate::object_json(&self.request_id, &self.firewall_applied, &self.warnings)
+            {
+                let current = new_body.as_deref().unwrap_or(body);
+                if let Some(annotated) = annotate::splice_into_object(current, &annotation) {
+                    new_body = Some(annotated);
+                }
+            }
+        }
+        let limit = capture_limit(self.store_bodies, &self.idempotency_key);
+        if limit > 0 {
+            let client = new_body.as_deref().unwrap_or(body);
+            routed.client_body = bounded_copy(client, limit, &mut routed.client_body_cut);
+        }
+        if let Some(new_body) = new_body {
             host::set_response_body(body_size, &new_body);
         }
-        self.record(&verdict);
         for (name, value) in self.firewall_headers() {
             host::set_response_header(name, Some(&value));
         }
@@ -645,6 +919,34 @@ fn unsupported_stream(request_id: &str, status: &mut u16) -> Vec<u8> {
     out
 }
 
+/// How much of the response the edge keeps: enough for an `Idempotency-Key` replay, else for
+/// the log of a key that stores bodies, else nothing.
+fn capture_limit(store_bodies: bool, idempotency_key: &str) -> usize {
+    if !idempotency_key.is_empty() {
+        MAX_IDEMPOTENT_BODY
+    } else if store_bodies {
+        MAX_STORED_BODY
+    } else {
+        0
+    }
+}
+
+/// The first `limit` bytes of `body`; `truncated` is set when that is not all of it.
+fn bounded_copy(body: &[u8], limit: usize, truncated: &mut bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    keep_bounded(&mut out, body, limit, truncated);
+    out
+}
+
+/// Appends `more` to a kept body up to `limit` bytes.
+fn keep_bounded(stored: &mut Vec<u8>, more: &[u8], limit: usize, truncated: &mut bool) {
+    let room = limit.saturating_sub(stored.len());
+    if more.len() > room {
+        *truncated = true;
+    }
+    stored.extend_from_slice(&more[..more.len().min(room)]);
+}
+
 fn too_large(limit: u64) -> GatewayError {
     GatewayError::new(
         ErrorKind::RequestTooLarge,
@@ -666,7 +968,11 @@ fn new_request_id() -> String {
     })
 }
 
-impl Context for Edge {}
+impl Context for Edge {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.on_idempotency_verdict(token_id, status_code, response_size);
+    }
+}
 
 impl HttpContext for Edge {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -731,19 +1037,27 @@ impl HttpContext for Edge {
             self.set_route_headers();
             return Action::Continue;
         }
-        let sse = host::response_header("content-type")
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        routed.content_type = host::response_header("content-type").unwrap_or_default();
+        let sse = routed.content_type.starts_with("text/event-stream");
         // A response without a body has no text to check (and no body callback to resume it).
-        let guarded = !end_of_stream
+        let checked = !end_of_stream
             && (200..300).contains(&routed.status)
             && routed
                 .snapshot
                 .firewall()
                 .applies(Scope::Response, &self.key_id);
+        // Rules applied or warnings given so far go into the body too (`annotate`).
+        let annotated = !end_of_stream
+            && (200..300).contains(&routed.status)
+            && (!self.firewall_applied.is_empty() || !self.warnings.is_empty());
+        let guarded = checked || (annotated && !sse);
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
+        if sse && (checked || annotated) {
+            routed.annotator = Some(SseAnnotator::new(api));
+        }
         routed.response = if !(200..300).contains(&routed.status) {
             ResponseWatch::Ignored
-        } else if guarded && sse {
+        } else if checked && sse {
             host::set_response_header("content-length", None);
             let strip = routed.stream && !routed.client_wants_usage;
             ResponseWatch::GuardedSse(
@@ -755,7 +1069,7 @@ impl HttpContext for Edge {
             ResponseWatch::GuardedJson { body: Vec::new() }
         } else if sse {
             let strip = routed.stream && !routed.client_wants_usage;
-            if strip {
+            if strip || annotated {
                 host::set_response_header("content-length", None);
             }
             ResponseWatch::Sse(ClientStreamObserver::new(api, strip))
@@ -786,6 +1100,22 @@ impl HttpContext for Edge {
                 } else if !*overflowed && body_size > 0 {
                     copy.extend_from_slice(&host::response_body(body_size).unwrap_or_default());
                 }
+                let limit = capture_limit(self.store_bodies, &self.idempotency_key);
+                if limit > 0 {
+                    let chunk = if *overflowed || body_size == 0 {
+                        host::response_body(body_size).unwrap_or_default()
+                    } else {
+                        copy.get(copy.len().saturating_sub(body_size)..)
+                            .unwrap_or_default()
+                            .to_vec()
+                    };
+                    keep_bounded(
+                        &mut routed.client_body,
+                        &chunk,
+                        limit,
+                        &mut routed.client_body_cut,
+                    );
+                }
             }
             ResponseWatch::Sse(observer) => {
                 let chunk = if body_size > 0 {
@@ -793,7 +1123,33 @@ impl HttpContext for Edge {
                 } else {
                     Vec::new()
                 };
-                if let ChunkOutput::Replace(out) = observer.feed(&chunk, end_of_stream) {
+                let out = observer.feed(&chunk, end_of_stream);
+                let limit = capture_limit(self.store_bodies, &self.idempotency_key);
+                if routed.annotator.is_none() && limit == 0 {
+                    if let ChunkOutput::Replace(out) = out {
+                        host::set_response_body(body_size, &out);
+                    }
+                } else {
+                    let out = match out {
+                        ChunkOutput::Unchanged => chunk,
+                        ChunkOutput::Replace(out) => out,
+                    };
+                    let out = match routed.annotator.as_mut() {
+                        Some(annotator) => annotator.feed(out, end_of_stream, || {
+                            annotate::object_json(
+                                &self.request_id,
+                                &self.firewall_applied,
+                                &self.warnings,
+                            )
+                        }),
+                        None => out,
+                    };
+                    keep_bounded(
+                        &mut routed.client_body,
+                        &out,
+                        limit,
+                        &mut routed.client_body_cut,
+                    );
                     host::set_response_body(body_size, &out);
                 }
             }
@@ -807,12 +1163,33 @@ impl HttpContext for Edge {
                     ChunkOutput::Unchanged => chunk,
                     ChunkOutput::Replace(out) => out,
                 };
-                let out = match filter {
+                let mut out = match filter {
                     Some(filter) => {
                         filter.feed(routed.snapshot.firewall(), &observed, end_of_stream)
                     }
                     None => unsupported_stream(&self.request_id, &mut routed.status),
                 };
+                if let (Some(annotator), Some(filter)) = (routed.annotator.as_mut(), filter) {
+                    let fw = routed.snapshot.firewall();
+                    out = annotator.feed(out, end_of_stream, || {
+                        if filter.blocked() {
+                            // The error event names the rule; nothing follows it.
+                            return None;
+                        }
+                        let verdict = filter.verdict(fw);
+                        let mut applied = self.firewall_applied.clone();
+                        applied.extend(verdict.labels());
+                        let mut warnings = self.warnings.clone();
+                        warnings.extend(verdict.warnings());
+                        annotate::object_json(&self.request_id, &applied, &warnings)
+                    });
+                }
+                keep_bounded(
+                    &mut routed.client_body,
+                    &out,
+                    capture_limit(self.store_bodies, &self.idempotency_key),
+                    &mut routed.client_body_cut,
+                );
                 host::set_response_body(body_size, &out);
             }
             ResponseWatch::GuardedJson { .. } => {

@@ -19,6 +19,12 @@ enum RoleConfig {
         /// limit applies when it is lower.
         #[serde(default)]
         max_request_body_bytes: Option<u64>,
+        /// The control plane's gRPC cluster, for `Idempotency-Key` verdicts.
+        #[serde(default)]
+        control_cluster: Option<String>,
+        /// Token of the control plane's edge services.
+        #[serde(default)]
+        token: Option<String>,
     },
     Upstream {
         provider: String,
@@ -65,12 +71,17 @@ impl RootContext for Root {
         *self = match config {
             RoleConfig::Edge {
                 max_request_body_bytes,
+                control_cluster,
+                token,
             } => {
                 vm::refresh_snapshot();
                 vm::refresh_scores();
                 Root::Edge(edge::EdgeConfig {
                     metrics: edge::Metrics::define(),
                     max_request_body_bytes,
+                    control: control_cluster.zip(token).map(|(cluster, token)| {
+                        std::rc::Rc::new(edge::ControlCalls { cluster, token })
+                    }),
                 })
             }
             RoleConfig::Upstream { provider } => {

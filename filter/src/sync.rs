@@ -15,6 +15,7 @@ use prost::Message;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::BufferType;
 use serde::Deserialize;
+use tokenrouter_engine::firewall::Firewall;
 use tokenrouter_engine::Snapshot;
 use tokenrouter_proto::sync::v1::{
     control_message, edge_message, ControlMessage, EdgeMessage, Hello, UsageBatch, UsageRecord,
@@ -64,6 +65,9 @@ pub struct Sync {
     backoff_ms: i64,
     dropped: Option<u32>,
     snapshots_refused: Option<u32>,
+    /// Firewall of the snapshot last validated, whose compiled regexes the next validation
+    /// reuses (only the firewall is kept: the workers hold the snapshot itself).
+    validated: Option<Firewall>,
 }
 
 impl Sync {
@@ -83,6 +87,7 @@ impl Sync {
             backoff_ms: MIN_BACKOFF_MS,
             dropped: host::define_counter("tokenrouter.usage_dropped"),
             snapshots_refused: host::define_counter("tokenrouter.snapshots_refused"),
+            validated: None,
         };
         s.connect();
         Ok(s)
@@ -171,13 +176,16 @@ impl Sync {
     fn install(&mut self, snapshot: tokenrouter_proto::config::v1::Snapshot) {
         let version = snapshot.version;
         let bytes = snapshot.encode_to_vec();
-        if let Err(e) = Snapshot::from_proto(snapshot) {
-            host::increment(self.snapshots_refused, 1);
-            log::error!(
-                "snapshot {version} refused, keeping {}: {e}",
-                self.have_version
-            );
-            return;
+        match Snapshot::from_proto_after(snapshot, self.validated.as_ref()) {
+            Ok(valid) => self.validated = Some(valid.into_firewall()),
+            Err(e) => {
+                host::increment(self.snapshots_refused, 1);
+                log::error!(
+                    "snapshot {version} refused, keeping {}: {e}",
+                    self.have_version
+                );
+                return;
+            }
         }
         if host::set_shared_data(crate::SNAPSHOT_KEY, &bytes)
             && host::set_shared_data(crate::SNAPSHOT_VERSION_KEY, &version.to_le_bytes())

@@ -89,7 +89,8 @@ pub fn refresh_snapshot() {
     let Some(bytes) = host::shared_data(crate::SNAPSHOT_KEY) else {
         return;
     };
-    match Snapshot::decode(&bytes) {
+    let previous = STATE.with(|s| s.borrow().snapshot.clone());
+    match Snapshot::decode_after(&bytes, previous.as_deref()) {
         // The version key is written after the snapshot; use the snapshot's own version.
         Ok(snap) => STATE.with(|s| {
             let mut s = s.borrow_mut();

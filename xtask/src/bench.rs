@@ -18,12 +18,15 @@
 //! candidates share the machine's noise; figures are medians over rounds with min–max.
 //!
 //! Besides the candidates: the firewall and routing-rule scaling figures (latency at one
-//! connection against the number of enabled rules) and the prompt complexity classifier's
-//! accuracy test, whose summary line is copied into the report.
+//! connection against the number of enabled rules), the prompt complexity classifier's
+//! accuracy test, whose summary line is copied into the report, and the usage ingest rate
+//! ([`ingest`]: fake edges over FilterSync into a control plane's SQLite store, against the
+//! gateway's saturated throughput).
 
 mod admin;
 mod client;
 mod fake;
+mod ingest;
 mod load;
 mod report;
 
@@ -89,6 +92,9 @@ pub enum Phase {
     Routing,
     /// The prompt complexity classifier's accuracy on its labelled prompts.
     Classifier,
+    /// Usage records/s stored through FilterSync (1 and 2 fake edges) against the gateway's
+    /// saturated throughput (measured briefly in the same run).
+    Ingest,
 }
 
 impl Phase {
@@ -98,6 +104,7 @@ impl Phase {
             Phase::Keys => "keys",
             Phase::Routing => "routing",
             Phase::Classifier => "classifier",
+            Phase::Ingest => "ingest",
         }
     }
 }
@@ -124,9 +131,9 @@ pub struct BenchArgs {
     /// Where to write the report [default: <repo>/BENCHMARKS.md].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these parts (comma-separated: firewall, keys, routing, classifier) and merge
-    /// their tables into the existing report as a labelled section (one per selection; a rerun
-    /// of the same selection replaces it), keeping the full run's figures for the rest.
+    /// Run only these parts (comma-separated: firewall, keys, routing, classifier, ingest) and
+    /// merge their tables into the existing report as a labelled section (one per selection; a
+    /// rerun of the same selection replaces it), keeping the full run's figures for the rest.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Phase>,
     /// Wall-time budget in seconds for creating the large key set [default: 300; 60 with
@@ -352,6 +359,15 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
     report.firewall_scaling = firewall_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
     println!("==> routing-rule scaling");
     report.routing_scaling = routing_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
+    println!("==> usage ingest");
+    let gateway = ingest::Gateway {
+        rps: report.values(Metric::Saturated2Rps, Candidate::Tr).to_vec(),
+        source: format!(
+            "`tr` with 2 Envoy workers in this run's saturated throughput table ({} connections)",
+            plan.saturation_connections
+        ),
+    };
+    report.ingest = Some(ingest::run(&rt, &plan, &mut stacks, gateway)?);
 
     report.load_after = loadavg();
     report.elapsed = started.elapsed();
@@ -814,6 +830,12 @@ fn bench_only(paths: &Paths, args: &BenchArgs) -> Result<()> {
         println!("==> prompt complexity classifier");
         report.classifier = Some(classifier(paths)?);
     }
+    if args.only.contains(&Phase::Ingest) {
+        println!("==> usage ingest: the gateway's saturated throughput");
+        let gateway = ingest::gateway_throughput(&rt, &oha, &plan, &mut stacks, &base_url)?;
+        println!("==> usage ingest");
+        report.ingest = Some(ingest::run(&rt, &plan, &mut stacks, gateway)?);
+    }
     report.load_after = loadavg();
     report.elapsed = started.elapsed();
     report.machine = report::machine(&rustc_version());
@@ -1126,6 +1148,8 @@ fn worker_connections(envoy_admin: SocketAddr) -> Result<Vec<u64>> {
 /// A running `tokenrouter serve`.
 pub struct ControlPlane {
     pub grpc: String,
+    /// The REST API's address (`/healthz`, `/api/v1/…`).
+    pub rest: String,
     pub pid: u32,
     data_dir: PathBuf,
 }
@@ -1195,6 +1219,7 @@ impl<'p> Stacks<'p> {
         let pid = last_pid(&self.children)?;
         Ok(ControlPlane {
             grpc: grpc.to_string(),
+            rest: rest.to_string(),
             pid,
             data_dir,
         })

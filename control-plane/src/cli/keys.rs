@@ -1,11 +1,11 @@
-//! `tokenrouter keys create|list|revoke`.
+//! `tokenrouter keys create|list|get|update|revoke`.
 
 use clap::Subcommand;
 use serde::Serialize;
 use tokenrouter_proto::admin::v1 as api;
 
 use super::output::{table, time, Output};
-use super::{client, CliError, Globals};
+use super::{client, CliError, ErrorKind, Globals};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -18,8 +18,24 @@ pub enum KeysCommand {
         #[arg(long, default_value = crate::service::DEFAULT_WORKSPACE)]
         workspace: String,
     },
-    /// List keys (never their raw values).
+    /// List keys (never their raw values) with their requests, tokens and spend.
     List,
+    /// One key with its requests, tokens and spend.
+    Get {
+        /// Key id (`key_…`).
+        id: String,
+    },
+    /// Rename a key, or switch the recording of its request and response bodies.
+    Update {
+        /// Key id (`key_…`).
+        id: String,
+        /// A new name (at most 100 characters).
+        #[arg(long)]
+        name: Option<String>,
+        /// Record this key's request and response bodies in the request log (true|false).
+        #[arg(long, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+        store_bodies: Option<bool>,
+    },
     /// Revoke a key (revoking a revoked key is fine).
     Revoke {
         /// Key id (`key_…`).
@@ -39,6 +55,17 @@ struct KeyJson {
     workspace_id: String,
     created_at_unix_ms: i64,
     revoked_at_unix_ms: Option<i64>,
+    store_bodies: bool,
+    /// Every request made with the key; tokens and spend count successful ones only.
+    requests: u64,
+    failed_requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    total_tokens: u64,
+    /// Exact decimal USD.
+    spend_usd: String,
+    /// `null` = never used.
+    last_used_at_unix_ms: Option<i64>,
 }
 
 impl KeyJson {
@@ -52,7 +79,39 @@ impl KeyJson {
             workspace_id: k.workspace_id,
             created_at_unix_ms: k.created_at_unix_ms,
             revoked_at_unix_ms: (k.revoked_at_unix_ms > 0).then_some(k.revoked_at_unix_ms),
+            store_bodies: k.store_bodies,
+            requests: k.requests,
+            failed_requests: k.failed_requests,
+            input_tokens: k.input_tokens,
+            output_tokens: k.output_tokens,
+            total_tokens: k.total_tokens,
+            spend_usd: k.spend_usd,
+            last_used_at_unix_ms: (k.last_used_at_unix_ms > 0).then_some(k.last_used_at_unix_ms),
         }
+    }
+
+    /// `key_… (name): 12 requests (1 failed), 1,234 tokens (1,000 in, 234 out), $0.0012`.
+    fn summary(&self) -> String {
+        format!(
+            "{} ({}) {}: {} requests ({} failed), {} tokens ({} in, {} out), ${}, last used {}, \
+             bodies {}",
+            self.id,
+            self.name,
+            self.status,
+            self.requests,
+            self.failed_requests,
+            self.total_tokens,
+            self.input_tokens,
+            self.output_tokens,
+            self.spend_usd,
+            self.last_used_at_unix_ms
+                .map_or_else(|| "never".into(), time),
+            if self.store_bodies {
+                "stored"
+            } else {
+                "not stored"
+            },
+        )
     }
 }
 
@@ -96,12 +155,62 @@ pub async fn run(cmd: KeysCommand, g: &Globals, out: &Output) -> Result<(), CliE
                             k.name.clone(),
                             k.key_prefix.clone(),
                             k.status.clone(),
+                            k.requests.to_string(),
+                            k.input_tokens.to_string(),
+                            k.output_tokens.to_string(),
+                            k.total_tokens.to_string(),
+                            format!("${}", k.spend_usd),
+                            k.last_used_at_unix_ms.map_or_else(|| "-".into(), time),
+                            if k.store_bodies { "yes" } else { "no" }.into(),
                             time(k.created_at_unix_ms),
                         ]
                     })
                     .collect();
-                table(&["ID", "NAME", "PREFIX", "STATUS", "CREATED"], &rows)
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "PREFIX",
+                        "STATUS",
+                        "REQUESTS",
+                        "IN",
+                        "OUT",
+                        "TOKENS",
+                        "SPEND",
+                        "LAST USED",
+                        "BODIES",
+                        "CREATED",
+                    ],
+                    &rows,
+                )
             })
+        }
+        KeysCommand::Get { id } => {
+            let k = admin.get_key(api::GetKeyRequest { id }).await?.into_inner();
+            let key = KeyJson::new(k, None);
+            out.print(&key, || key.summary())
+        }
+        KeysCommand::Update {
+            id,
+            name,
+            store_bodies,
+        } => {
+            if name.is_none() && store_bodies.is_none() {
+                return Err(CliError::new(
+                    ErrorKind::Usage,
+                    "nothing to update: pass --name and/or --store-bodies",
+                ));
+            }
+            let k = admin
+                .update_key(api::UpdateKeyRequest {
+                    id,
+                    name,
+                    store_bodies,
+                })
+                .await?
+                .into_inner();
+            let key = KeyJson::new(k, None);
+            out.print(&key, || format!("updated {}", key.summary()))
         }
         KeysCommand::Revoke { id } => {
             let k = admin

@@ -18,6 +18,7 @@ mod providers;
 mod routing;
 mod rules;
 mod serve;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,8 +104,11 @@ enum Command {
     /// Per-key routing configurations: fallback chains, traffic splits, advanced rules.
     #[command(subcommand)]
     Routing(routing::RoutingCommand),
-    /// Recent gateway requests, newest first.
+    /// Recent gateway requests, newest first, filtered; `logs get ID` shows one with its bodies.
     Logs(logs::LogsArgs),
+    /// Spend over the last N days (successful requests only), optionally by key, model,
+    /// provider or day.
+    Usage(usage::UsageArgs),
     /// Where a request would go and why (mode, tier, attempts, rule trace), without sending it.
     Preview(preview::PreviewArgs),
     /// Render the Envoy bootstrap (local; needs no running control plane).
@@ -153,6 +157,7 @@ pub fn main() -> ExitCode {
             Command::Rules(cmd) => rules::run(cmd, &globals, &out).await,
             Command::Routing(cmd) => routing::run(cmd, &globals, &out).await,
             Command::Logs(args) => logs::run(args, &globals, &out).await,
+            Command::Usage(args) => usage::run(args, &globals, &out).await,
             Command::Preview(args) => preview::run(args, &globals, &out).await,
             Command::EnvoyBootstrap(args) => envoy::run(args, &globals, &out),
         }

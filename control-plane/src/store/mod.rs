@@ -9,6 +9,7 @@
 //! inside a write. The full configuration is read ([`Store::load_config`]) only to publish it,
 //! outside any write transaction (`crate::publisher::Coalescer`).
 
+pub mod idempotency;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -52,6 +53,24 @@ pub struct KeyRow {
     pub status: KeyStatus,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    /// Request and response bodies of this key's requests are recorded (pushed to the edge as
+    /// `ApiKey.store_bodies`; the edge sends them in the usage record).
+    pub store_bodies: bool,
+}
+
+/// A key's totals over its request log rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Every request, whatever its status.
+    pub requests: u64,
+    /// Requests whose status was not 2xx.
+    pub failed_requests: u64,
+    /// Tokens and cost of successful (2xx) requests that were not replays.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_picos: i128,
+    /// Latest receive time of any of its requests; `None` = never used.
+    pub last_used_at_ms: Option<i64>,
 }
 
 /// A provider as stored; the credential stays sealed until the snapshot is built.
@@ -224,6 +243,13 @@ pub enum ConfigChange {
         id: String,
         at_ms: i64,
     },
+    /// Sets the fields that are `Some`; `NotFound` when there is no such key. Setting what is
+    /// already there changes nothing (no new version).
+    UpdateKey {
+        id: String,
+        name: Option<String>,
+        store_bodies: Option<bool>,
+    },
     PutProvider {
         row: ProviderRow,
         replace: bool,
@@ -291,7 +317,8 @@ pub struct ChangeOutcome {
 /// (unique key hashes, unique provider names, unique `(kind, id)` models, unique rule names).
 #[derive(Clone, Copy, Debug)]
 pub enum Proposed<'a> {
-    /// A created or revoked key. The only cross-key rule, hash uniqueness, is a unique index.
+    /// A created, updated or revoked key. The only cross-key rule, hash uniqueness, is a unique
+    /// index.
     Key(&'a KeyRow),
     /// An added or replaced provider; its name is the primary key.
     Provider(&'a ProviderRow),
@@ -322,10 +349,53 @@ pub enum Proposed<'a> {
 pub type Check = dyn Fn(Proposed<'_>) -> Result<(), String> + Send + Sync;
 
 /// A stored usage record with the time the control plane received it.
+///
+/// Lists leave the record's bodies empty; [`Store::get_log`] fills them in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogEntry {
+    /// `key_name` and `workspace_id` fall back to the key's current ones for rows recorded
+    /// without them.
     pub record: UsageRecord,
     pub received_at_ms: i64,
+    /// A `request_bodies` row exists for this request.
+    pub has_bodies: bool,
+}
+
+/// A status filter: one code, or a class (`4` = 400-499).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFilter {
+    Exact(u32),
+    Class(u32),
+}
+
+impl StatusFilter {
+    /// `"404"` (100-599) or `"4xx"` (1xx-5xx; `X` too).
+    pub fn parse(text: &str) -> Result<StatusFilter, String> {
+        let t = text.trim();
+        let bad =
+            || format!("status {t:?} is neither an HTTP status (100-599) nor a class (1xx-5xx)");
+        let b = t.as_bytes();
+        if b.len() != 3 || !(b'1'..=b'5').contains(&b[0]) {
+            return Err(bad());
+        }
+        let first = u32::from(b[0] - b'0');
+        if b[1..].eq_ignore_ascii_case(b"xx") {
+            return Ok(StatusFilter::Class(first));
+        }
+        if b[1..].iter().all(u8::is_ascii_digit) {
+            let rest = u32::from(b[1] - b'0') * 10 + u32::from(b[2] - b'0');
+            return Ok(StatusFilter::Exact(first * 100 + rest));
+        }
+        Err(bad())
+    }
+
+    /// The inclusive range of statuses it matches.
+    pub fn range(self) -> (u32, u32) {
+        match self {
+            StatusFilter::Exact(s) => (s, s),
+            StatusFilter::Class(c) => (c * 100, c * 100 + 99),
+        }
+    }
 }
 
 /// Which request logs to list, newest first. `None` filters match every row.
@@ -337,31 +407,104 @@ pub struct LogQuery {
     pub model: Option<String>,
     pub provider: Option<String>,
     /// HTTP status returned to the client.
-    pub status: Option<u32>,
+    pub status: Option<StatusFilter>,
     /// Received at or after this time (Unix ms).
     pub since_ms: Option<i64>,
     /// Received before this time (Unix ms).
     pub until_ms: Option<i64>,
+    /// ASCII case-insensitive substring of the metadata JSON.
+    pub metadata_contains: Option<String>,
     /// Only rows received before this request id.
     pub before_request_id: Option<String>,
 }
 
-/// Which request logs a usage summary adds up: successful (2xx) requests received at or after
-/// `since_ms`, of one key or of all.
+/// How a usage summary breaks its totals down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageGroupBy {
+    Key,
+    /// The served model.
+    Model,
+    Provider,
+    /// UTC calendar day of receipt.
+    Day,
+}
+
+impl UsageGroupBy {
+    pub const ALL: [UsageGroupBy; 4] = [
+        UsageGroupBy::Key,
+        UsageGroupBy::Model,
+        UsageGroupBy::Provider,
+        UsageGroupBy::Day,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageGroupBy::Key => "key",
+            UsageGroupBy::Model => "model",
+            UsageGroupBy::Provider => "provider",
+            UsageGroupBy::Day => "day",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UsageGroupBy> {
+        UsageGroupBy::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+}
+
+/// Which request logs a usage summary adds up: those received at or after `since_ms`, of one
+/// key or of all.
 #[derive(Clone, Debug, Default)]
 pub struct UsageQuery {
     pub since_ms: i64,
     pub key_id: Option<String>,
+    pub group_by: Option<UsageGroupBy>,
 }
 
-/// Sums over the request logs a [`UsageQuery`] selects.
+/// Sums over request logs. Tokens and cost are those of successful (2xx) requests that were
+/// not replays (a replay calls no provider and is not charged).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsageTotals {
+    /// Every request, whatever its status.
     pub requests: u64,
+    /// Requests whose status was not 2xx.
+    pub failed_requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     /// Exact; an `i128` so no number of rows can overflow it.
     pub cost_picos: i128,
+}
+
+impl UsageTotals {
+    /// Successful (2xx) requests (seed 002's `total_requests`).
+    pub fn successful(&self) -> u64 {
+        self.requests.saturating_sub(self.failed_requests)
+    }
+
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+}
+
+/// What identifies one group of a breakdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsageGroupKey {
+    /// Key id and its current name ("" for ids no key has).
+    Key {
+        id: String,
+        name: String,
+    },
+    Model(String),
+    Provider(String),
+    /// Days since the Unix epoch (UTC).
+    Day(i64),
+}
+
+/// A usage summary: the totals, and the breakdown when one was asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageReport {
+    pub totals: UsageTotals,
+    /// Groups with at least one request, in no particular order.
+    pub groups: Vec<(UsageGroupKey, UsageTotals)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -397,6 +540,7 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn load_config(&self) -> Result<ConfigState, StoreError>;
 
     async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError>;
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRow>, StoreError>;
     /// The key with this SHA-256 (active or revoked), if any.
     async fn find_key_by_hash(&self, sha256: &[u8; 32]) -> Result<Option<KeyRow>, StoreError>;
     async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
@@ -421,9 +565,22 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Request logs, newest first. An unknown cursor is `NotFound`.
     async fn list_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;
 
-    /// Request count, tokens and cost of the successful requests the query selects.
-    async fn usage_totals(&self, query: &UsageQuery) -> Result<UsageTotals, StoreError>;
+    /// One request log row with its bodies (in the record) when stored.
+    async fn get_log(&self, request_id: &str) -> Result<Option<LogEntry>, StoreError>;
+
+    /// Totals, and the breakdown the query asks for, of the request logs it selects.
+    async fn usage(&self, query: &UsageQuery) -> Result<UsageReport, StoreError>;
+
+    /// Totals per key id over every request log row (one grouped query), or of one key. Keys
+    /// without requests are absent.
+    async fn key_usage(
+        &self,
+        key_id: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, KeyUsage>, StoreError>;
 
     /// Closes the connections (waiting for queries in flight). Later calls fail.
     async fn close(&self);
+
+    /// `Idempotency-Key` entries.
+    fn idempotency(&self) -> &dyn idempotency::IdempotencyStore;
 }

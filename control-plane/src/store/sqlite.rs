@@ -5,6 +5,7 @@
 //! racing for SQLite's write lock; the `busy_timeout` covers writers outside this process (the
 //! CLI on the same file). Reads run concurrently with a write (WAL).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,9 @@ use tokenrouter_proto::sync::v1::{Attempt, UsageRecord};
 
 use super::{
     ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
-    LogEntry, LogQuery, ModelRow, Proposed, ProviderRow, RoutingConfigRow, RoutingRuleRow, Store,
-    StoreError, UsageQuery, UsageTotals,
+    KeyUsage, LogEntry, LogQuery, ModelRow, Proposed, ProviderRow, RoutingConfigRow,
+    RoutingRuleRow, Store, StoreError, UsageGroupBy, UsageGroupKey, UsageQuery, UsageReport,
+    UsageTotals,
 };
 
 /// Starts a write transaction holding SQLite's write lock from its first statement, so a write
@@ -58,6 +60,8 @@ impl SqliteStore {
         })
     }
 }
+
+mod idempotency;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -137,6 +141,17 @@ impl Store for SqliteStore {
         load_keys(&mut conn).await
     }
 
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(&format!("{KEY_SELECT} WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .as_ref()
+            .map(key_from_row)
+            .transpose()
+    }
+
     async fn find_key_by_hash(&self, sha256: &[u8; 32]) -> Result<Option<KeyRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         sqlx::query(&format!("{KEY_SELECT} WHERE sha256 = ?"))
@@ -187,9 +202,10 @@ impl Store for SqliteStore {
                  requested_model, provider, model, status, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, latency_ms, cost_picos, stream, error_type, \
                  node_id, received_at_ms, firewall_actions, warnings, mode, tier, rule_trace, \
-                 attempts_json, ttfb_ms, retry_after_s) \
+                 attempts_json, ttfb_ms, retry_after_s, metadata_json, idempotency_key, \
+                 replay_of, key_name, workspace_id) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
-                 ?, ?) \
+                 ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (request_id) DO NOTHING",
             )
             .bind(&r.request_id)
@@ -218,10 +234,29 @@ impl Store for SqliteStore {
             .bind(attempts_json(&r.attempts))
             .bind(to_i64(r.ttfb_ms))
             .bind(i64::from(r.retry_after_s))
+            .bind(&r.metadata_json)
+            .bind(&r.idempotency_key)
+            .bind(&r.replay_of)
+            .bind(&r.key_name)
+            .bind(&r.workspace_id)
             .execute(&mut *tx)
             .await?;
-            if done.rows_affected() > 0 {
-                inserted.push(i);
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            inserted.push(i);
+            // Only keys with store_bodies send bodies; every other record costs nothing here.
+            if !r.request_body.is_empty() || !r.response_body.is_empty() {
+                sqlx::query(
+                    "INSERT INTO request_bodies (request_id, request_body, response_body, \
+                     truncated) VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(&r.request_id)
+                .bind(&r.request_body)
+                .bind(&r.response_body)
+                .bind(r.bodies_truncated)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
@@ -241,96 +276,176 @@ impl Store for SqliteStore {
             ),
             None => None,
         };
-        let rows = sqlx::query(
-            "SELECT request_id, started_at_ms, key_id, client_api, requested_model, provider, \
-             model, status, input_tokens, output_tokens, cached_tokens, reasoning_tokens, \
-             latency_ms, cost_picos, stream, error_type, node_id, received_at_ms, \
-             firewall_actions, warnings, mode, tier, rule_trace, attempts_json, ttfb_ms, \
-             retry_after_s \
-             FROM request_logs \
-             WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR rowid < ?2) \
-             AND (?4 IS NULL OR model = ?4 OR requested_model = ?4) \
-             AND (?5 IS NULL OR provider = ?5) AND (?6 IS NULL OR status = ?6) \
-             AND (?7 IS NULL OR received_at_ms >= ?7) AND (?8 IS NULL OR received_at_ms < ?8) \
-             ORDER BY rowid DESC LIMIT ?3",
-        )
-        .bind(&query.key_id)
-        .bind(before)
-        .bind(i64::from(query.limit))
-        .bind(&query.model)
-        .bind(&query.provider)
-        .bind(query.status.map(i64::from))
-        .bind(query.since_ms)
-        .bind(query.until_ms)
-        .fetch_all(&mut *conn)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LogEntry {
-                    record: UsageRecord {
-                        request_id: row.try_get("request_id")?,
-                        started_at_unix_ms: row.try_get("started_at_ms")?,
-                        key_id: row.try_get("key_id")?,
-                        client_api: row.try_get("client_api")?,
-                        requested_model: row.try_get("requested_model")?,
-                        provider: row.try_get("provider")?,
-                        model: row.try_get("model")?,
-                        status: u32::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
-                        input_tokens: to_u64(row.try_get("input_tokens")?),
-                        output_tokens: to_u64(row.try_get("output_tokens")?),
-                        cached_tokens: to_u64(row.try_get("cached_tokens")?),
-                        reasoning_tokens: to_u64(row.try_get("reasoning_tokens")?),
-                        latency_ms: to_u64(row.try_get("latency_ms")?),
-                        cost_picos: row.try_get("cost_picos")?,
-                        stream: row.try_get("stream")?,
-                        error_type: row.try_get("error_type")?,
-                        node_id: row.try_get("node_id")?,
-                        firewall_actions: parse_json_list(row.try_get("firewall_actions")?),
-                        warnings: parse_json_list(row.try_get("warnings")?),
-                        mode: row.try_get("mode")?,
-                        tier: row.try_get("tier")?,
-                        rule_trace: row.try_get("rule_trace")?,
-                        attempts: parse_attempts(row.try_get("attempts_json")?),
-                        ttfb_ms: to_u64(row.try_get("ttfb_ms")?),
-                        retry_after_s: u32::try_from(row.try_get::<i64, _>("retry_after_s")?)
-                            .unwrap_or(0),
-                    },
-                    received_at_ms: row.try_get("received_at_ms")?,
-                })
-            })
-            .collect()
+        // Only the filters given become conditions, so each can use its index.
+        let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(LOG_SELECT);
+        sql.push(" WHERE 1 = 1");
+        if let Some(key) = &query.key_id {
+            sql.push(" AND l.key_id = ").push_bind(key);
+        }
+        if let Some(before) = before {
+            sql.push(" AND l.rowid < ").push_bind(before);
+        }
+        if let Some(model) = &query.model {
+            sql.push(" AND (l.model = ")
+                .push_bind(model)
+                .push(" OR l.requested_model = ")
+                .push_bind(model)
+                .push(")");
+        }
+        if let Some(provider) = &query.provider {
+            sql.push(" AND l.provider = ").push_bind(provider);
+        }
+        if let Some(status) = query.status {
+            let (low, high) = status.range();
+            sql.push(" AND l.status BETWEEN ")
+                .push_bind(i64::from(low))
+                .push(" AND ")
+                .push_bind(i64::from(high));
+        }
+        if let Some(since) = query.since_ms {
+            sql.push(" AND l.received_at_ms >= ").push_bind(since);
+        }
+        if let Some(until) = query.until_ms {
+            sql.push(" AND l.received_at_ms < ").push_bind(until);
+        }
+        if let Some(text) = &query.metadata_contains {
+            sql.push(" AND l.metadata_json LIKE ")
+                .push_bind(like_pattern(text))
+                .push(" ESCAPE '\\'");
+        }
+        sql.push(" ORDER BY l.rowid DESC LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql.build().fetch_all(&mut *conn).await?;
+        rows.iter().map(log_from_row).collect()
     }
 
-    async fn usage_totals(&self, query: &UsageQuery) -> Result<UsageTotals, StoreError> {
+    async fn get_log(&self, request_id: &str) -> Result<Option<LogEntry>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        // SQLite's SUM fails on i64 overflow, and one row may hold i64::MAX tokens. Each column
-        // is summed as a high part and a remainder (x = hi * 1e6 + lo), both far from overflow
-        // for any number of rows, and put together exactly here.
-        let row = sqlx::query(
-            "SELECT COUNT(*), \
-             COALESCE(SUM(input_tokens / 1000000), 0), COALESCE(SUM(input_tokens % 1000000), 0), \
-             COALESCE(SUM(output_tokens / 1000000), 0), COALESCE(SUM(output_tokens % 1000000), 0), \
-             COALESCE(SUM(cost_picos / 1000000), 0), COALESCE(SUM(cost_picos % 1000000), 0) \
-             FROM request_logs \
-             WHERE status BETWEEN 200 AND 299 AND received_at_ms >= ?1 \
-             AND (?2 IS NULL OR key_id = ?2)",
-        )
-        .bind(query.since_ms)
-        .bind(&query.key_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        let split = |hi: usize| -> Result<i128, StoreError> {
-            let high: i64 = row.try_get(hi)?;
-            let low: i64 = row.try_get(hi + 1)?;
-            Ok(i128::from(high) * 1_000_000 + i128::from(low))
+        let Some(row) = sqlx::query(&format!("{LOG_SELECT} WHERE l.request_id = ?"))
+            .bind(request_id)
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(None);
         };
-        let tokens = |n: i128| u64::try_from(n.max(0)).unwrap_or(u64::MAX);
-        Ok(UsageTotals {
-            requests: to_u64(row.try_get(0)?),
-            input_tokens: tokens(split(1)?),
-            output_tokens: tokens(split(3)?),
-            cost_picos: split(5)?,
-        })
+        let mut entry = log_from_row(&row)?;
+        if entry.has_bodies {
+            let bodies = sqlx::query(
+                "SELECT request_body, response_body, truncated FROM request_bodies \
+                 WHERE request_id = ?",
+            )
+            .bind(request_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(b) = bodies {
+                let r = &mut entry.record;
+                r.request_body = b.try_get::<Option<Vec<u8>>, _>(0)?.unwrap_or_default();
+                r.response_body = b.try_get::<Option<Vec<u8>>, _>(1)?.unwrap_or_default();
+                r.bodies_truncated = b.try_get(2)?;
+            }
+        }
+        Ok(Some(entry))
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<UsageReport, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        // Reads only the covering indexes of migration 0005 (request_logs_received, or
+        // request_logs_key with a key).
+        let group = match query.group_by {
+            None => "0",
+            Some(UsageGroupBy::Key) => "key_id",
+            Some(UsageGroupBy::Model) => "model",
+            Some(UsageGroupBy::Provider) => "provider",
+            Some(UsageGroupBy::Day) => "received_at_ms / 86400000",
+        };
+        // A condition only for a given key, so that the planner picks the key index then.
+        let mut inner = format!(
+            "SELECT {group} AS g, {USAGE_SUMS} FROM request_logs WHERE received_at_ms >= ?1"
+        );
+        if query.key_id.is_some() {
+            inner.push_str(" AND key_id = ?2");
+        }
+        if query.group_by.is_some() {
+            inner.push_str(" GROUP BY g");
+        }
+        let sql = if query.group_by == Some(UsageGroupBy::Key) {
+            format!(
+                "SELECT u.*, COALESCE(k.name, '') AS key_name FROM ({inner}) u \
+                 LEFT JOIN api_keys k ON k.id = u.g"
+            )
+        } else {
+            inner
+        };
+        let mut statement = sqlx::query(&sql).bind(query.since_ms);
+        if let Some(key) = &query.key_id {
+            statement = statement.bind(key);
+        }
+        let rows = statement.fetch_all(&mut *conn).await?;
+        let mut report = UsageReport::default();
+        for row in &rows {
+            let totals = usage_totals_at(row, 1)?;
+            if totals.requests == 0 {
+                continue;
+            }
+            let key = match query.group_by {
+                None => {
+                    report.totals = totals;
+                    continue;
+                }
+                Some(UsageGroupBy::Key) => UsageGroupKey::Key {
+                    id: row.try_get(0)?,
+                    name: row.try_get("key_name")?,
+                },
+                Some(UsageGroupBy::Model) => UsageGroupKey::Model(row.try_get(0)?),
+                Some(UsageGroupBy::Provider) => UsageGroupKey::Provider(row.try_get(0)?),
+                Some(UsageGroupBy::Day) => UsageGroupKey::Day(row.try_get(0)?),
+            };
+            report.totals = add_totals(report.totals, totals);
+            report.groups.push((key, totals));
+        }
+        Ok(report)
+    }
+
+    async fn key_usage(
+        &self,
+        key_id: Option<&str>,
+    ) -> Result<HashMap<String, KeyUsage>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        // One pass over the covering index request_logs_key, whatever the number of keys.
+        let filter = if key_id.is_some() {
+            "WHERE key_id = ?"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT key_id, {USAGE_SUMS}, MAX(received_at_ms) FROM request_logs {filter} \
+             GROUP BY key_id"
+        );
+        let mut statement = sqlx::query(&sql);
+        if let Some(key) = key_id {
+            statement = statement.bind(key);
+        }
+        let rows = statement.fetch_all(&mut *conn).await?;
+        let mut usage = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let t = usage_totals_at(row, 1)?;
+            usage.insert(
+                row.try_get(0)?,
+                KeyUsage {
+                    requests: t.requests,
+                    failed_requests: t.failed_requests,
+                    input_tokens: t.input_tokens,
+                    output_tokens: t.output_tokens,
+                    cost_picos: t.cost_picos,
+                    last_used_at_ms: row.try_get(1 + USAGE_SUM_COLUMNS)?,
+                },
+            );
+        }
+        Ok(usage)
+    }
+
+    fn idempotency(&self) -> &dyn crate::store::idempotency::IdempotencyStore {
+        self
     }
 
     async fn close(&self) {
@@ -358,7 +473,7 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             .await?;
             sqlx::query(
                 "INSERT INTO api_keys (id, name, key_prefix, sha256, workspace_id, status, \
-                 created_at_ms, revoked_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at_ms, revoked_at_ms, store_bodies) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&key.id)
             .bind(&key.name)
@@ -368,6 +483,7 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             .bind(key.status.as_str())
             .bind(key.created_at_ms)
             .bind(key.revoked_at_ms)
+            .bind(key.store_bodies)
             .execute(&mut *conn)
             .await
             .map_err(|e| unique_violation(e, || format!("key {}", key.id)))?;
@@ -392,6 +508,36 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
                 .await?;
                 key.status = KeyStatus::Revoked;
                 key.revoked_at_ms = Some(at_ms);
+                Applied::Committed(Changed::Key(key))
+            }
+        }
+        ConfigChange::UpdateKey {
+            id,
+            name,
+            store_bodies,
+        } => {
+            let row = sqlx::query(&format!("{KEY_SELECT} WHERE id = ?"))
+                .bind(&id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("key {id}")))?;
+            let before = key_from_row(&row)?;
+            let mut key = before.clone();
+            if let Some(name) = name {
+                key.name = name;
+            }
+            if let Some(store_bodies) = store_bodies {
+                key.store_bodies = store_bodies;
+            }
+            if key == before {
+                Applied::Nothing(Changed::Key(key))
+            } else {
+                sqlx::query("UPDATE api_keys SET name = ?, store_bodies = ? WHERE id = ?")
+                    .bind(&key.name)
+                    .bind(key.store_bodies)
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await?;
                 Applied::Committed(Changed::Key(key))
             }
         }
@@ -796,8 +942,128 @@ fn parse_attempts(text: String) -> Vec<Attempt> {
         .collect()
 }
 
+/// A request log row as [`log_from_row`] reads it: the name and workspace of the key fall back
+/// to the key's current ones for rows recorded without them; bodies are only flagged.
+const LOG_SELECT: &str = "SELECT l.request_id, l.started_at_ms, l.key_id, l.client_api, \
+     l.requested_model, l.provider, l.model, l.status, l.input_tokens, l.output_tokens, \
+     l.cached_tokens, l.reasoning_tokens, l.latency_ms, l.cost_picos, l.stream, l.error_type, \
+     l.node_id, l.received_at_ms, l.firewall_actions, l.warnings, l.mode, l.tier, l.rule_trace, \
+     l.attempts_json, l.ttfb_ms, l.retry_after_s, l.metadata_json, l.idempotency_key, \
+     l.replay_of, \
+     CASE WHEN l.key_name = '' THEN COALESCE(k.name, '') ELSE l.key_name END AS key_name, \
+     CASE WHEN l.workspace_id = '' THEN COALESCE(k.workspace_id, '') ELSE l.workspace_id END \
+     AS workspace_id, \
+     EXISTS (SELECT 1 FROM request_bodies b WHERE b.request_id = l.request_id) AS has_bodies \
+     FROM request_logs l LEFT JOIN api_keys k ON k.id = l.key_id";
+
+fn log_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogEntry, StoreError> {
+    Ok(LogEntry {
+        record: UsageRecord {
+            request_id: row.try_get("request_id")?,
+            started_at_unix_ms: row.try_get("started_at_ms")?,
+            key_id: row.try_get("key_id")?,
+            client_api: row.try_get("client_api")?,
+            requested_model: row.try_get("requested_model")?,
+            provider: row.try_get("provider")?,
+            model: row.try_get("model")?,
+            status: u32::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+            input_tokens: to_u64(row.try_get("input_tokens")?),
+            output_tokens: to_u64(row.try_get("output_tokens")?),
+            cached_tokens: to_u64(row.try_get("cached_tokens")?),
+            reasoning_tokens: to_u64(row.try_get("reasoning_tokens")?),
+            latency_ms: to_u64(row.try_get("latency_ms")?),
+            cost_picos: row.try_get("cost_picos")?,
+            stream: row.try_get("stream")?,
+            error_type: row.try_get("error_type")?,
+            node_id: row.try_get("node_id")?,
+            firewall_actions: parse_json_list(row.try_get("firewall_actions")?),
+            warnings: parse_json_list(row.try_get("warnings")?),
+            mode: row.try_get("mode")?,
+            tier: row.try_get("tier")?,
+            rule_trace: row.try_get("rule_trace")?,
+            attempts: parse_attempts(row.try_get("attempts_json")?),
+            ttfb_ms: to_u64(row.try_get("ttfb_ms")?),
+            retry_after_s: u32::try_from(row.try_get::<i64, _>("retry_after_s")?).unwrap_or(0),
+            metadata_json: row.try_get("metadata_json")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            replay_of: row.try_get("replay_of")?,
+            key_name: row.try_get("key_name")?,
+            workspace_id: row.try_get("workspace_id")?,
+            // Bodies are read only for one row (`get_log`); the idempotent response is the
+            // idempotency store's.
+            ..UsageRecord::default()
+        },
+        received_at_ms: row.try_get("received_at_ms")?,
+        has_bodies: row.try_get("has_bodies")?,
+    })
+}
+
+/// A `LIKE … ESCAPE '\'` pattern matching `text` anywhere (ASCII case-insensitive).
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The aggregates of a usage summary, read back by [`usage_totals_at`]: every request, the
+/// failed ones, and tokens and cost of successful non-replayed ones. SQLite's SUM fails on i64
+/// overflow, and one row may hold i64::MAX tokens: each column is summed as a high part and a
+/// remainder (x = hi * 1e6 + lo), both far from overflow for any realistic number of rows, and
+/// put together exactly in Rust. Every column read is in the covering indexes of 0005.
+const USAGE_SUMS: &str = "COUNT(*), \
+     COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299 THEN 0 ELSE 1 END), 0), \
+     COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299 AND replay_of = '' \
+         THEN input_tokens / 1000000 ELSE 0 END), 0), \
+     COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299 AND replay_of = '' \
+         THEN input_tokens % 1000000 ELSE 0 END), 0), \
+     COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299 AND replay_of = '' \
+         THEN output_tokens / 1000000 ELSE 0 END), 0), \
+     COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299 AND replay_of = '' \
+         THEN output_tokens % 1000000 ELSE 0 END), 0), \
+     COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299 AND replay_of = '' \
+         THEN cost_picos / 1000000 ELSE 0 END), 0), \
+     COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299 AND replay_of = '' \
+         THEN cost_picos % 1000000 ELSE 0 END), 0)";
+/// How many columns [`USAGE_SUMS`] yields.
+const USAGE_SUM_COLUMNS: usize = 8;
+
+/// The [`USAGE_SUMS`] columns starting at `first`.
+fn usage_totals_at(row: &sqlx::sqlite::SqliteRow, first: usize) -> Result<UsageTotals, StoreError> {
+    let split = |hi: usize| -> Result<i128, StoreError> {
+        let high: i64 = row.try_get(first + hi)?;
+        let low: i64 = row.try_get(first + hi + 1)?;
+        Ok(i128::from(high) * 1_000_000 + i128::from(low))
+    };
+    let tokens = |n: i128| u64::try_from(n.max(0)).unwrap_or(u64::MAX);
+    Ok(UsageTotals {
+        requests: to_u64(row.try_get(first)?),
+        failed_requests: to_u64(row.try_get(first + 1)?),
+        input_tokens: tokens(split(2)?),
+        output_tokens: tokens(split(4)?),
+        cost_picos: split(6)?,
+    })
+}
+
+/// Two totals added (tokens saturate).
+pub fn add_totals(a: UsageTotals, b: UsageTotals) -> UsageTotals {
+    UsageTotals {
+        requests: a.requests.saturating_add(b.requests),
+        failed_requests: a.failed_requests.saturating_add(b.failed_requests),
+        input_tokens: a.input_tokens.saturating_add(b.input_tokens),
+        output_tokens: a.output_tokens.saturating_add(b.output_tokens),
+        cost_picos: a.cost_picos.saturating_add(b.cost_picos),
+    }
+}
+
 const KEY_SELECT: &str = "SELECT id, name, key_prefix, sha256, workspace_id, status, \
-                          created_at_ms, revoked_at_ms FROM api_keys";
+                          created_at_ms, revoked_at_ms, store_bodies FROM api_keys";
 
 async fn load_keys(conn: &mut SqliteConnection) -> Result<Vec<KeyRow>, StoreError> {
     sqlx::query(&format!("{KEY_SELECT} ORDER BY created_at_ms, id"))
@@ -824,6 +1090,7 @@ fn key_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<KeyRow, StoreError> {
         workspace_id: row.try_get("workspace_id")?,
         created_at_ms: row.try_get("created_at_ms")?,
         revoked_at_ms: row.try_get("revoked_at_ms")?,
+        store_bodies: row.try_get("store_bodies")?,
         id,
     })
 }
@@ -1106,6 +1373,7 @@ fn to_u64(n: i64) -> u64 {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::store::StatusFilter;
 
     async fn temp_store() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -1123,6 +1391,7 @@ mod tests {
             status: KeyStatus::Active,
             created_at_ms: 1,
             revoked_at_ms: None,
+            store_bodies: false,
         }
     }
 
@@ -1762,11 +2031,14 @@ mod tests {
             ..LogQuery::default()
         };
         assert_eq!(ids(provider("openai")).await, ["c", "a"]);
-        let status = LogQuery {
-            status: Some(500),
+        let status = |s: &str| LogQuery {
+            status: Some(StatusFilter::parse(s).unwrap()),
             ..LogQuery::default()
         };
-        assert_eq!(ids(status).await, ["b"]);
+        assert_eq!(ids(status("500")).await, ["b"]);
+        assert_eq!(ids(status("2xx")).await, ["c", "a"]);
+        assert_eq!(ids(status("5XX")).await, ["b"]);
+        assert!(ids(status("4xx")).await.is_empty());
         let model = |m: &str| LogQuery {
             model: Some(m.into()),
             ..LogQuery::default()
@@ -1786,31 +2058,31 @@ mod tests {
         };
         assert_eq!(ids(until).await, ["a"]);
 
-        let all = store
-            .usage_totals(&UsageQuery {
-                since_ms: 0,
-                key_id: None,
-            })
-            .await
-            .unwrap();
+        let totals = |since_ms: i64, key: Option<&str>| {
+            let store = &store;
+            let query = UsageQuery {
+                since_ms,
+                key_id: key.map(str::to_string),
+                group_by: None,
+            };
+            async move { store.usage(&query).await.unwrap().totals }
+        };
         assert_eq!(
-            all,
+            totals(0, None).await,
             UsageTotals {
-                requests: 2,
+                requests: 3,
+                failed_requests: 1,
                 input_tokens: 20,
                 output_tokens: 10,
                 cost_picos: 3_500_001,
             },
-            "the 500 is not counted"
+            "the 500 is counted as a request, not as tokens or spend"
         );
-        let recent = store
-            .usage_totals(&UsageQuery {
-                since_ms: 1_500,
-                key_id: Some("k1".into()),
-            })
-            .await
-            .unwrap();
-        assert_eq!(recent, UsageTotals::default());
+        assert_eq!(totals(0, None).await.successful(), 2);
+        let recent = totals(1_500, Some("k1")).await;
+        assert_eq!((recent.requests, recent.failed_requests), (1, 1));
+        assert_eq!((recent.input_tokens, recent.cost_picos), (0, 0));
+        assert_eq!(totals(2_001, None).await, UsageTotals::default());
         // Sums that would overflow i64 are still exact.
         let huge: Vec<UsageRecord> = (0..3)
             .map(|i| UsageRecord {
@@ -1820,16 +2092,285 @@ mod tests {
             })
             .collect();
         store.insert_usage(&huge, 3_000).await.unwrap();
-        let big = store
-            .usage_totals(&UsageQuery {
-                since_ms: 0,
-                key_id: Some("big".into()),
-            })
-            .await
-            .unwrap();
+        let big = totals(0, Some("big")).await;
         assert_eq!(big.requests, 3);
         assert_eq!(big.input_tokens, u64::MAX, "saturates instead of wrapping");
         assert_eq!(big.cost_picos, 3 * i128::from(i64::MAX));
+    }
+
+    fn usage_row(id: &str, key: &str, model: &str, status: u32, at_day: i64) -> UsageRecord {
+        UsageRecord {
+            request_id: id.into(),
+            key_id: key.into(),
+            provider: format!("p-{model}"),
+            model: model.into(),
+            status,
+            input_tokens: 100,
+            output_tokens: 10,
+            cost_picos: 1_000_000 * (at_day + 1),
+            ..UsageRecord::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn usage_breakdowns_and_key_totals() {
+        let (store, _dir) = temp_store().await;
+        store
+            .change_config(ConfigChange::CreateKey(key("key_a", 1)), &ok)
+            .await
+            .unwrap();
+        let day = 86_400_000;
+        let base = 20_000 * day; // 2024-10-04
+        store
+            .insert_usage(
+                &[
+                    usage_row("1", "key_a", "m1", 200, 0),
+                    usage_row("2", "key_a", "m2", 429, 0),
+                    usage_row("3", "key_b", "m1", 200, 0),
+                ],
+                base + 5,
+            )
+            .await
+            .unwrap();
+        let replay = UsageRecord {
+            replay_of: "1".into(),
+            ..usage_row("4", "key_a", "m1", 200, 1)
+        };
+        store
+            .insert_usage(
+                &[usage_row("5", "key_a", "m1", 201, 1), replay],
+                base + day + 7,
+            )
+            .await
+            .unwrap();
+        let report = |group_by, key: Option<&str>| {
+            let store = &store;
+            let query = UsageQuery {
+                since_ms: base,
+                key_id: key.map(str::to_string),
+                group_by: Some(group_by),
+            };
+            async move {
+                let mut r = store.usage(&query).await.unwrap();
+                r.groups.sort_by_key(|(k, _)| format!("{k:?}"));
+                r
+            }
+        };
+        let t = |requests, failed_requests, ok: u64, cost_picos| UsageTotals {
+            requests,
+            failed_requests,
+            input_tokens: 100 * ok,
+            output_tokens: 10 * ok,
+            cost_picos,
+        };
+        let by_key = report(UsageGroupBy::Key, None).await;
+        assert_eq!(
+            by_key.totals,
+            t(5, 1, 3, 4_000_000),
+            "the replay is not charged"
+        );
+        assert_eq!(
+            by_key.groups,
+            [
+                (
+                    UsageGroupKey::Key {
+                        id: "key_a".into(),
+                        name: "n".into()
+                    },
+                    t(4, 1, 2, 3_000_000)
+                ),
+                (
+                    UsageGroupKey::Key {
+                        id: "key_b".into(),
+                        name: String::new()
+                    },
+                    t(1, 0, 1, 1_000_000)
+                ),
+            ]
+        );
+        let by_model = report(UsageGroupBy::Model, Some("key_a")).await;
+        assert_eq!(
+            by_model.groups,
+            [
+                (UsageGroupKey::Model("m1".into()), t(3, 0, 2, 3_000_000)),
+                (UsageGroupKey::Model("m2".into()), t(1, 1, 0, 0)),
+            ]
+        );
+        let by_provider = report(UsageGroupBy::Provider, None).await;
+        assert_eq!(
+            by_provider.groups[1].0,
+            UsageGroupKey::Provider("p-m2".into())
+        );
+        let by_day = report(UsageGroupBy::Day, None).await;
+        assert_eq!(
+            by_day.groups,
+            [
+                (UsageGroupKey::Day(20_000), t(3, 1, 2, 2_000_000)),
+                (UsageGroupKey::Day(20_001), t(2, 0, 1, 2_000_000)),
+            ]
+        );
+        assert_eq!(by_day.totals, by_key.totals);
+
+        let keys = store.key_usage(None).await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            keys["key_a"],
+            KeyUsage {
+                requests: 4,
+                failed_requests: 1,
+                input_tokens: 200,
+                output_tokens: 20,
+                cost_picos: 3_000_000,
+                last_used_at_ms: Some(base + day + 7),
+            }
+        );
+        let one = store.key_usage(Some("key_b")).await.unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one["key_b"].last_used_at_ms, Some(base + 5));
+        assert!(store.key_usage(Some("key_x")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn analytics_columns_bodies_and_metadata_search() {
+        let (store, _dir) = temp_store().await;
+        let mut k = key("key_a", 1);
+        k.name = "current".into();
+        k.workspace_id = "team".into();
+        store
+            .change_config(ConfigChange::CreateKey(k), &ok)
+            .await
+            .unwrap();
+        let full = UsageRecord {
+            metadata_json: r#"{"user":"Alice_1","pct":"50%"}"#.into(),
+            idempotency_key: "idem-1".into(),
+            key_name: "at-the-time".into(),
+            workspace_id: "ws".into(),
+            request_body: br#"{"model":"m"}"#.to_vec(),
+            response_body: vec![0xff, 0x00],
+            bodies_truncated: true,
+            ..usage_row("full", "key_a", "m", 200, 0)
+        };
+        let replay = UsageRecord {
+            replay_of: "full".into(),
+            idempotency_key: "idem-1".into(),
+            metadata_json: r#"{"user":"bob"}"#.into(),
+            ..usage_row("replay", "key_a", "m", 200, 0)
+        };
+        store
+            .insert_usage(&[full.clone(), replay], 1)
+            .await
+            .unwrap();
+        let listed = store
+            .list_logs(&LogQuery {
+                limit: 10,
+                ..LogQuery::default()
+            })
+            .await
+            .unwrap();
+        let (r, f) = (&listed[0], &listed[1]);
+        assert!(f.has_bodies && !r.has_bodies);
+        assert!(f.record.request_body.is_empty(), "lists carry no bodies");
+        assert_eq!(f.record.metadata_json, full.metadata_json);
+        assert_eq!(
+            (f.record.key_name.as_str(), f.record.workspace_id.as_str()),
+            ("at-the-time", "ws")
+        );
+        assert_eq!(r.record.replay_of, "full");
+        assert_eq!(
+            (r.record.key_name.as_str(), r.record.workspace_id.as_str()),
+            ("current", "team"),
+            "rows without a key name show the key's"
+        );
+        let got = store.get_log("full").await.unwrap().unwrap();
+        assert_eq!(got.record, full, "every field round-trips, bodies included");
+        assert!(store.get_log("nope").await.unwrap().is_none());
+        let bare = store.get_log("replay").await.unwrap().unwrap();
+        assert!(bare.record.request_body.is_empty() && !bare.has_bodies);
+
+        let search = |text: &str| {
+            let store = &store;
+            let query = LogQuery {
+                limit: 10,
+                metadata_contains: Some(text.into()),
+                ..LogQuery::default()
+            };
+            async move {
+                let rows = store.list_logs(&query).await.unwrap();
+                rows.into_iter()
+                    .map(|e| e.record.request_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(search("alice").await, ["full"], "ASCII case-insensitive");
+        assert_eq!(search("\"user\"").await, ["replay", "full"]);
+        assert_eq!(search("50%").await, ["full"]);
+        assert!(search("5%0").await.is_empty(), "% is literal");
+        assert_eq!(search("e_1").await, ["full"]);
+        assert!(search("Alice-1").await.is_empty(), "_ is literal");
+        // A filter and the cursor together.
+        let page = store
+            .list_logs(&LogQuery {
+                limit: 10,
+                metadata_contains: Some("user".into()),
+                before_request_id: Some("replay".into()),
+                ..LogQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].record.request_id, "full");
+    }
+
+    #[tokio::test]
+    async fn keys_are_updated_field_by_field() {
+        let (store, _dir) = temp_store().await;
+        store
+            .change_config(ConfigChange::CreateKey(key("key_a", 1)), &ok)
+            .await
+            .unwrap();
+        let update = |name: Option<&str>, store_bodies| ConfigChange::UpdateKey {
+            id: "key_a".into(),
+            name: name.map(str::to_string),
+            store_bodies,
+        };
+        let out = store
+            .change_config(update(None, Some(true)), &ok)
+            .await
+            .unwrap();
+        assert!(out.version.is_some());
+        let Changed::Key(k) = out.changed else {
+            panic!("not a key")
+        };
+        assert!(k.store_bodies);
+        assert_eq!(k.name, "n");
+        let out = store
+            .change_config(update(Some("renamed"), None), &ok)
+            .await
+            .unwrap();
+        assert!(out.version.is_some());
+        let stored = store.get_key("key_a").await.unwrap().unwrap();
+        assert_eq!(
+            (stored.name.as_str(), stored.store_bodies),
+            ("renamed", true)
+        );
+        assert_eq!(store.load_config().await.unwrap().keys, [stored]);
+        let same = store
+            .change_config(update(Some("renamed"), Some(true)), &ok)
+            .await
+            .unwrap();
+        assert!(same.version.is_none(), "no change, no version");
+        let missing = store
+            .change_config(
+                ConfigChange::UpdateKey {
+                    id: "key_x".into(),
+                    name: None,
+                    store_bodies: Some(true),
+                },
+                &ok,
+            )
+            .await;
+        assert!(matches!(missing, Err(StoreError::NotFound(_))));
+        assert!(store.get_key("key_x").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -54,6 +54,7 @@ fn snapshot_with_rules(keys: usize, rules: usize) -> Snapshot {
                 name: format!("bench {i}"),
                 workspace_id: "default".into(),
                 revoked: false,
+                store_bodies: false,
             })
             .collect(),
         providers: vec![

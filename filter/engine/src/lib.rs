@@ -13,15 +13,19 @@
 //! - [`upstream`]: what the per-attempt upstream filter changes (authority, path, credential).
 //! - [`translate`]: client API ↔ provider wire format, per attempt, SSE included.
 //! - [`usage`]: token usage from client-format responses, JSON and SSE (incremental).
+//! - [`annotate`]: the `tokenrouter` object (applied rules, warnings) added to response bodies.
+//! - [`idempotency`]: `Idempotency-Key` validation and request fingerprints.
 //! - [`models`]: the `GET /v1/models` reply (catalogue in OpenAI's list shape).
 //! - [`money`]: exact cost arithmetic and formatting.
 //! - [`catalogue`]: the built-in model catalogue.
 //! - [`error`]: the one gateway error type and its JSON envelope.
 
+pub mod annotate;
 pub mod auth;
 pub mod catalogue;
 pub mod error;
 pub mod firewall;
+pub mod idempotency;
 pub mod keys;
 pub mod models;
 pub mod money;

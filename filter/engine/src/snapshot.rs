@@ -29,6 +29,8 @@ pub struct KeyEntry {
     pub name: String,
     pub workspace_id: String,
     pub revoked: bool,
+    /// Request and response bodies go into the request log (masks applied).
+    pub store_bodies: bool,
 }
 
 /// A registered provider.
@@ -113,8 +115,31 @@ impl Snapshot {
         Snapshot::from_proto(proto)
     }
 
+    /// [`Snapshot::decode`] of the snapshot replacing `previous`: firewall regexes whose pattern
+    /// `previous` already compiled are reused (a change usually touches a rule or two, and
+    /// compiling regexes is most of the work of a snapshot with many rules).
+    pub fn decode_after(
+        bytes: &[u8],
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
+        let proto = pb::Snapshot::decode(bytes)
+            .map_err(|e| ConfigError(format!("snapshot does not decode: {e}")))?;
+        Snapshot::from_proto_after(proto, previous.map(|p| &p.firewall))
+    }
+
     /// Validates and indexes a snapshot. Refuses the whole snapshot on any invalid entry.
     pub fn from_proto(p: pb::Snapshot) -> Result<Snapshot, ConfigError> {
+        Snapshot::from_proto_after(p, None)
+    }
+
+    /// [`Snapshot::from_proto`], reusing the compiled regexes of `previous`, the firewall of the
+    /// snapshot being replaced (see [`decode_after`]).
+    ///
+    /// [`decode_after`]: Snapshot::decode_after
+    pub fn from_proto_after(
+        p: pb::Snapshot,
+        previous: Option<&Firewall>,
+    ) -> Result<Snapshot, ConfigError> {
         if p.schema != SCHEMA {
             return Err(ConfigError(format!(
                 "snapshot schema {} is not supported (this edge understands {SCHEMA})",
@@ -133,6 +158,7 @@ impl Snapshot {
                 name: k.name,
                 workspace_id: k.workspace_id,
                 revoked: k.revoked,
+                store_bodies: k.store_bodies,
             };
             if keys.insert(hash, entry).is_some() {
                 return Err(ConfigError("two keys share one hash".into()));
@@ -168,8 +194,11 @@ impl Snapshot {
                 )));
             }
         }
-        let firewall =
-            Firewall::compile(&p.firewall_rules).map_err(|e| ConfigError(e.to_string()))?;
+        let firewall = match previous {
+            Some(prev) => Firewall::compile_reusing(&p.firewall_rules, prev),
+            None => Firewall::compile(&p.firewall_rules),
+        }
+        .map_err(|e| ConfigError(e.to_string()))?;
         if p.routing_rules.len() > crate::routing::rules::MAX_RULES {
             return Err(ConfigError(format!(
                 "{} routing rules; at most {} are accepted",
@@ -304,6 +333,11 @@ impl Snapshot {
             .unwrap_or(&[])
     }
 
+    /// Keeps only the compiled firewall (for reuse by the next snapshot's validation).
+    pub fn into_firewall(self) -> Firewall {
+        self.firewall
+    }
+
     /// The compiled firewall rules.
     pub fn firewall(&self) -> &Firewall {
         &self.firewall
@@ -416,6 +450,7 @@ pub(crate) mod tests {
                     name: "live".into(),
                     workspace_id: "default".into(),
                     revoked: false,
+                    store_bodies: false,
                 },
                 pb::ApiKey {
                     id: "key_dead".into(),
@@ -423,6 +458,7 @@ pub(crate) mod tests {
                     name: "dead".into(),
                     workspace_id: "default".into(),
                     revoked: true,
+                    store_bodies: false,
                 },
             ],
             providers: vec![

@@ -10,6 +10,7 @@ use std::fs;
 use std::time::Duration;
 
 use super::admin::Seeded;
+use super::ingest::IngestFigures;
 use super::{Plan, PropagationTrial};
 
 /// The benchmark's candidates, in table order.
@@ -290,6 +291,8 @@ pub struct Report {
     pub routing_scaling: Vec<RulesStep>,
     /// The prompt complexity classifier's accuracy test, when it ran.
     pub classifier: Option<ClassifierFigures>,
+    /// Usage records/s through FilterSync into SQLite against the gateway's throughput.
+    pub ingest: Option<IngestFigures>,
     /// (process, VmRSS in KiB).
     pub memory: Vec<(String, u64)>,
     pub commands: Vec<String>,
@@ -315,6 +318,7 @@ impl Report {
             firewall_scaling: Vec::new(),
             routing_scaling: Vec::new(),
             classifier: None,
+            ingest: None,
             memory: Vec::new(),
             commands: Vec::new(),
             load_before: String::new(),
@@ -331,7 +335,7 @@ impl Report {
             .push(value);
     }
 
-    fn values(&self, metric: Metric, candidate: Candidate) -> &[f64] {
+    pub fn values(&self, metric: Metric, candidate: Candidate) -> &[f64] {
         self.samples
             .get(&(metric, candidate))
             .map_or(&[], Vec::as_slice)
@@ -415,6 +419,9 @@ impl Report {
         self.render_streaming(&mut md);
         self.render_scaling(&mut md);
         self.render_propagation(&mut md);
+        if let Some(ingest) = &self.ingest {
+            ingest.render(&mut md, &self.machine);
+        }
         self.render_memory(&mut md);
         self.render_criterion(&mut md);
         self.render_classifier(&mut md);
@@ -564,6 +571,10 @@ impl Report {
         }
         for (_, line) in self.rules_target_rows("") {
             md.push_str(&line);
+            md.push('\n');
+        }
+        if let Some(ingest) = &self.ingest {
+            md.push_str(&ingest.target_row("").1);
             md.push('\n');
         }
         let worst = self
@@ -830,6 +841,12 @@ impl Report {
             self.render_propagation(&mut body);
         }
         self.render_classifier(&mut body);
+        if let Some(ingest) = &self.ingest {
+            if !body.is_empty() && !body.ends_with("\n\n") {
+                body.push('\n');
+            }
+            ingest.render(&mut body, &self.machine);
+        }
         for line in body.trim_start_matches('\n').lines() {
             if line.starts_with('#') {
                 md.push('#');
@@ -871,7 +888,11 @@ impl Report {
 
     /// The Targets rows a `--only` run replaces in the existing report.
     pub fn partial_target_rows(&self) -> Vec<(String, String)> {
-        self.rules_target_rows(" (partial run below)")
+        let mut rows = self.rules_target_rows(" (partial run below)");
+        if let Some(ingest) = &self.ingest {
+            rows.push(ingest.target_row(" (partial run below)"));
+        }
+        rows
     }
 
     /// The firewall scaling table (nothing when it was not measured).
@@ -1119,10 +1140,11 @@ impl Report {
         let _ = writeln!(
             md,
             "\n## How to run\n\n```sh\n\
-             cargo xtask bench            # full run (~15 min on 2 cores), writes BENCHMARKS.md\n\
+             cargo xtask bench            # full run (~18 min on 2 cores), writes BENCHMARKS.md\n\
              cargo xtask bench --quick    # 1 round, short steps, 60 s of key creation: checks the setup\n\
              cargo xtask bench --help     # --rounds, --keys, --keys-budget, --no-litellm, --no-criterion, --out\n\
-             cargo xtask bench --only routing,classifier  # re-measure those parts (also: keys, firewall); merged into the report as a labelled section\n\
+             cargo xtask bench --only routing,classifier  # re-measure those parts (also: keys, firewall, ingest); merged into the report as a labelled section\n\
+             cargo xtask bench --only ingest  # usage records/s through FilterSync into SQLite against the gateway's saturated throughput\n\
              ```\n\n\
              It installs what it needs: Envoy (`target/venv`), oha (`cargo install --locked oha \
              --root target/bench-tools`), LiteLLM (`pip install 'litellm[proxy]'` into \

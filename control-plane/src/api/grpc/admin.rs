@@ -7,9 +7,12 @@ use tokenrouter_proto::admin::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::calendar::format_day;
 use crate::publisher::cluster_name;
-use crate::service::{NewProvider, Service};
-use crate::store::{KeyRow, LogEntry, ProviderRow};
+use crate::service::{
+    KeyPatch, KeyWithUsage, LogFilter, NewProvider, Service, UsageSummary, DEFAULT_USAGE_DAYS,
+};
+use crate::store::{LogEntry, ProviderRow, UsageGroupBy, UsageGroupKey};
 
 /// The Admin service. Authentication is an interceptor around it (see [`super::BearerAuth`]).
 #[derive(Clone, Debug)]
@@ -27,7 +30,7 @@ impl AdminApi {
     }
 }
 
-pub fn key_info(k: KeyRow) -> api::KeyInfo {
+pub fn key_info(KeyWithUsage { key: k, usage: u }: KeyWithUsage) -> api::KeyInfo {
     api::KeyInfo {
         status: k.status.as_str().to_string(),
         id: k.id,
@@ -36,6 +39,14 @@ pub fn key_info(k: KeyRow) -> api::KeyInfo {
         workspace_id: k.workspace_id,
         created_at_unix_ms: k.created_at_ms,
         revoked_at_unix_ms: k.revoked_at_ms.unwrap_or(0),
+        store_bodies: k.store_bodies,
+        requests: u.requests,
+        failed_requests: u.failed_requests,
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        total_tokens: u.input_tokens.saturating_add(u.output_tokens),
+        spend_usd: format_picos_usd(u.cost_picos),
+        last_used_at_unix_ms: u.last_used_at_ms.unwrap_or(0),
     }
 }
 
@@ -54,6 +65,12 @@ pub fn provider_info(p: ProviderRow) -> api::ProviderInfo {
 pub fn log_row(e: LogEntry) -> api::LogRow {
     let r = e.record;
     api::LogRow {
+        metadata_json: r.metadata_json,
+        key_name: r.key_name,
+        workspace_id: r.workspace_id,
+        idempotency_key: r.idempotency_key,
+        replay_of: r.replay_of,
+        has_bodies: e.has_bodies,
         cost_usd: format_picos_usd(i128::from(r.cost_picos)),
         request_id: r.request_id,
         started_at_unix_ms: r.started_at_unix_ms,
@@ -93,6 +110,55 @@ pub fn log_row(e: LogEntry) -> api::LogRow {
     }
 }
 
+/// `since_unix_ms` / `until_unix_ms`: 0 = unbounded.
+fn bound(ms: i64) -> Option<i64> {
+    (ms != 0).then_some(ms)
+}
+
+pub fn usage_response(s: UsageSummary) -> api::GetUsageResponse {
+    let t = s.totals;
+    api::GetUsageResponse {
+        range_days: s.range_days,
+        total_requests: t.successful(),
+        total_tokens_in: t.input_tokens,
+        total_tokens_out: t.output_tokens,
+        total_cost_usd: format_picos_usd(t.cost_picos),
+        requests: t.requests,
+        failed_requests: t.failed_requests,
+        group_by: s
+            .group_by
+            .map(|g| g.as_str().to_string())
+            .unwrap_or_default(),
+        since_day: format_day(s.since_day),
+        breakdown: s
+            .breakdown
+            .into_iter()
+            .map(|g| {
+                let t = g.totals;
+                let mut row = api::UsageGroup {
+                    requests: t.requests,
+                    failed_requests: t.failed_requests,
+                    input_tokens: t.input_tokens,
+                    output_tokens: t.output_tokens,
+                    total_tokens: t.total_tokens(),
+                    cost_usd: format_picos_usd(t.cost_picos),
+                    ..api::UsageGroup::default()
+                };
+                match g.key {
+                    UsageGroupKey::Key { id, name } => {
+                        row.key_id = id;
+                        row.key_name = name;
+                    }
+                    UsageGroupKey::Model(m) => row.model = m,
+                    UsageGroupKey::Provider(p) => row.provider = p,
+                    UsageGroupKey::Day(d) => row.day = format_day(d),
+                }
+                row
+            })
+            .collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminApi {
     async fn create_key(
@@ -107,7 +173,10 @@ impl Admin for AdminApi {
             .map_err(status)?;
         tracing::info!(id = %key.id, name = %key.name, "key created");
         Ok(Response::new(api::CreateKeyResponse {
-            key: Some(key_info(key)),
+            key: Some(key_info(KeyWithUsage {
+                key,
+                usage: Default::default(),
+            })),
             raw,
         }))
     }
@@ -116,10 +185,42 @@ impl Admin for AdminApi {
         &self,
         _request: Request<api::ListKeysRequest>,
     ) -> Result<Response<api::ListKeysResponse>, Status> {
-        let keys = self.service.list_keys().await.map_err(status)?;
+        let keys = self.service.list_keys_with_usage().await.map_err(status)?;
         Ok(Response::new(api::ListKeysResponse {
             keys: keys.into_iter().map(key_info).collect(),
         }))
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<api::GetKeyRequest>,
+    ) -> Result<Response<api::KeyInfo>, Status> {
+        let key = self
+            .service
+            .get_key(&request.into_inner().id)
+            .await
+            .map_err(status)?;
+        let key = self.service.key_usage(key).await.map_err(status)?;
+        Ok(Response::new(key_info(key)))
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<api::UpdateKeyRequest>,
+    ) -> Result<Response<api::KeyInfo>, Status> {
+        let r = request.into_inner();
+        let patch = KeyPatch {
+            name: r.name,
+            store_bodies: r.store_bodies,
+        };
+        let key = self
+            .service
+            .update_key(&r.id, patch)
+            .await
+            .map_err(status)?;
+        tracing::info!(id = %key.id, name = %key.name, store_bodies = key.store_bodies, "key updated");
+        let key = self.service.key_usage(key).await.map_err(status)?;
+        Ok(Response::new(key_info(key)))
     }
 
     async fn revoke_key(
@@ -132,6 +233,7 @@ impl Admin for AdminApi {
             .await
             .map_err(status)?;
         tracing::info!(id = %key.id, "key revoked");
+        let key = self.service.key_usage(key).await.map_err(status)?;
         Ok(Response::new(key_info(key)))
     }
 
@@ -187,15 +289,69 @@ impl Admin for AdminApi {
         request: Request<api::ListLogsRequest>,
     ) -> Result<Response<api::ListLogsResponse>, Status> {
         let r = request.into_inner();
+        let filter = LogFilter {
+            key_id: Some(r.key_id),
+            model: Some(r.model),
+            provider: Some(r.provider),
+            status: Some(r.status),
+            since_ms: bound(r.since_unix_ms),
+            until_ms: bound(r.until_unix_ms),
+            metadata_contains: Some(r.metadata_contains),
+        };
         let page = self
             .service
-            .list_logs(r.limit, Some(r.key_id), Some(r.before_request_id))
+            .query_logs(r.limit, filter, Some(r.before_request_id))
             .await
             .map_err(status)?;
         Ok(Response::new(api::ListLogsResponse {
             logs: page.entries.into_iter().map(log_row).collect(),
             next_cursor: page.next_cursor.unwrap_or_default(),
         }))
+    }
+
+    async fn get_log(
+        &self,
+        request: Request<api::GetLogRequest>,
+    ) -> Result<Response<api::GetLogResponse>, Status> {
+        let mut entry = self
+            .service
+            .get_log(&request.into_inner().request_id, None)
+            .await
+            .map_err(status)?;
+        let request_body = std::mem::take(&mut entry.record.request_body);
+        let response_body = std::mem::take(&mut entry.record.response_body);
+        let bodies_truncated = entry.record.bodies_truncated;
+        Ok(Response::new(api::GetLogResponse {
+            log: Some(log_row(entry)),
+            request_body,
+            response_body,
+            bodies_truncated,
+        }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<api::GetUsageRequest>,
+    ) -> Result<Response<api::GetUsageResponse>, Status> {
+        let r = request.into_inner();
+        let days = match r.days {
+            0 => DEFAULT_USAGE_DAYS,
+            n => n,
+        };
+        let group_by = match r.group_by.trim() {
+            "" => None,
+            g => Some(UsageGroupBy::parse(g).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "group_by {g:?} is not one of key, model, provider, day"
+                ))
+            })?),
+        };
+        let summary = self
+            .service
+            .usage_summary(days, group_by, Some(r.key_id))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(usage_response(summary)))
     }
 
     async fn create_firewall_rule(

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod firewall;
+pub mod idempotency;
 pub mod models;
 pub mod preview;
 pub mod routing;

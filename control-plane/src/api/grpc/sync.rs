@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::grpc::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::service::Service;
 
@@ -26,13 +27,19 @@ type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
 #[derive(Clone, Debug)]
 pub struct SyncApi {
     service: Service,
+    /// Finishes the `Idempotency-Key` claims of stored records.
+    idempotency: Idempotency,
     /// Flips to `true` at shutdown: open streams end so the server can stop gracefully.
     stop: watch::Receiver<bool>,
 }
 
 impl SyncApi {
-    pub fn new(service: Service, stop: watch::Receiver<bool>) -> SyncApi {
-        SyncApi { service, stop }
+    pub fn new(service: Service, idempotency: Idempotency, stop: watch::Receiver<bool>) -> SyncApi {
+        SyncApi {
+            service,
+            idempotency,
+            stop,
+        }
     }
 }
 
@@ -51,6 +58,7 @@ impl FilterSync for SyncApi {
         let (tx, rx) = mpsc::channel(16);
         let stream = EdgeStream {
             service: self.service.clone(),
+            idempotency: self.idempotency.clone(),
             snapshots: self.service.snapshots(),
             scores: self.service.scores(),
             stop: self.stop.clone(),
@@ -66,6 +74,7 @@ impl FilterSync for SyncApi {
 /// One connected edge.
 struct EdgeStream {
     service: Service,
+    idempotency: Idempotency,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// Live provider scores; sent after the first snapshot and on every change.
     scores: watch::Receiver<Arc<Scores>>,
@@ -198,6 +207,9 @@ impl EdgeStream {
     async fn store_batch(&self, batch: UsageBatch) -> Result<(), ()> {
         match self.service.ingest_usage(&batch.records).await {
             Ok(new) => {
+                // Before the ack: a replay must find what the client got once the edge
+                // forgets the record.
+                self.idempotency.finish(&batch.records).await;
                 tracing::debug!(
                     node = %self.node_id,
                     batch = batch.batch_id,

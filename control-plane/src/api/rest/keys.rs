@@ -1,9 +1,11 @@
-//! `/keys`: gateway keys. The raw key is in the create answer only; only its SHA-256 is kept.
+//! `/keys`: gateway keys, each with its totals over the request logs. The raw key is in the
+//! create answer only; only its SHA-256 is kept.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use tokenrouter_engine::money::format_picos_usd;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -11,9 +13,10 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::page::{paginate, Data, Page};
 use super::ApiState;
-use crate::store::{KeyRow, KeyStatus};
+use crate::service::{KeyPatch, KeyWithUsage};
+use crate::store::KeyStatus;
 
-/// A gateway key (never the raw key).
+/// A gateway key (never the raw key) and its totals over every request made with it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Key {
     /// `key_<hex>`.
@@ -26,6 +29,20 @@ pub struct Key {
     pub created_at_unix_ms: i64,
     /// Null while active.
     pub revoked_at_unix_ms: Option<i64>,
+    /// Request and response bodies of this key's requests are kept in the request log.
+    pub store_bodies: bool,
+    /// Every request made with the key, whatever its status.
+    pub requests: u64,
+    /// Requests that did not succeed (status not 2xx).
+    pub failed_requests: u64,
+    /// Tokens and spend count successful (2xx) requests only.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    /// Exact decimal USD, e.g. "0.00135".
+    pub spend_usd: String,
+    /// When the control plane last received a request of this key; null = never used.
+    pub last_used_at_unix_ms: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -44,8 +61,8 @@ impl From<KeyStatus> for KeyState {
     }
 }
 
-impl From<KeyRow> for Key {
-    fn from(k: KeyRow) -> Key {
+impl From<KeyWithUsage> for Key {
+    fn from(KeyWithUsage { key: k, usage: u }: KeyWithUsage) -> Key {
         Key {
             status: k.status.into(),
             id: k.id,
@@ -54,6 +71,14 @@ impl From<KeyRow> for Key {
             workspace_id: k.workspace_id,
             created_at_unix_ms: k.created_at_ms,
             revoked_at_unix_ms: k.revoked_at_ms,
+            store_bodies: k.store_bodies,
+            requests: u.requests,
+            failed_requests: u.failed_requests,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            total_tokens: u.input_tokens.saturating_add(u.output_tokens),
+            spend_usd: format_picos_usd(u.cost_picos),
+            last_used_at_unix_ms: u.last_used_at_ms,
         }
     }
 }
@@ -80,6 +105,19 @@ pub struct CreateKey {
     pub workspace_id: Option<String>,
 }
 
+/// The fields to change; absent ones stay as they are (`{}` changes nothing).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci-prod", "store_bodies": true}))]
+pub struct UpdateKey {
+    /// 1-100 characters.
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: Option<String>,
+    /// Record the request and response bodies of this key's requests (firewall masks applied)
+    /// in the request log, from the next snapshot on.
+    pub store_bodies: Option<bool>,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListKeys {
@@ -95,7 +133,7 @@ pub struct ListKeys {
 pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_keys, create_key))
-        .routes(routes!(get_key, delete_key))
+        .routes(routes!(get_key, update_key, delete_key))
         .routes(routes!(revoke_key))
 }
 
@@ -106,6 +144,8 @@ pub fn router() -> OpenApiRouter<ApiState> {
             ("GetKey" = (operation_id = "get_key",
                 parameters(("id" = "$response.body#/data/id")))),
             ("RevokeKey" = (operation_id = "revoke_key",
+                parameters(("id" = "$response.body#/data/id")))),
+            ("UpdateKey" = (operation_id = "update_key",
                 parameters(("id" = "$response.body#/data/id")))),
             ("SetRoutingConfig" = (operation_id = "put_routing_config",
                 parameters(("key_id" = "$response.body#/data/id")))),
@@ -120,38 +160,46 @@ async fn create_key(
         .await?;
     tracing::info!(id = %key.id, name = %key.name, "key created");
     let created = CreatedKey {
-        key: key.into(),
+        key: KeyWithUsage {
+            key,
+            usage: Default::default(),
+        }
+        .into(),
         raw,
     };
     Ok((StatusCode::CREATED, Json(Data::new(created))))
 }
 
-/// List keys, oldest first.
+/// List keys, oldest first, with their totals (requests, tokens, spend, last use).
 #[utoipa::path(get, path = "/keys", tag = "keys", params(ListKeys),
     responses((status = 200, description = "A page of keys", body = Page<Key>)))]
 async fn list_keys(
     State(state): State<ApiState>,
     ApiQuery(q): ApiQuery<ListKeys>,
 ) -> Result<Json<Page<Key>>, ApiError> {
-    let keys: Vec<KeyRow> = state
+    let keys: Vec<KeyWithUsage> = state
         .service
-        .list_keys()
+        .list_keys_with_usage()
         .await?
         .into_iter()
-        .filter(|k| q.status.is_none_or(|s| KeyState::from(k.status) == s))
-        .filter(|k| q.workspace_id.as_ref().is_none_or(|w| &k.workspace_id == w))
+        .filter(|k| q.status.is_none_or(|s| KeyState::from(k.key.status) == s))
+        .filter(|k| {
+            q.workspace_id
+                .as_ref()
+                .is_none_or(|w| &k.key.workspace_id == w)
+        })
         .collect();
     let page = paginate(
         keys,
         q.limit,
         q.cursor.as_deref(),
-        |k| k.id.clone(),
+        |k| k.key.id.clone(),
         Key::from,
     )?;
     Ok(Json(page))
 }
 
-/// Retrieve a key.
+/// Retrieve a key with its totals.
 #[utoipa::path(get, path = "/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "Key id")),
     responses((status = 200, description = "The key", body = Data<Key>)))]
@@ -160,6 +208,26 @@ async fn get_key(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Data<Key>>, ApiError> {
     let key = state.service.get_key(&id).await?;
+    let key = state.service.key_usage(key).await?;
+    Ok(Json(Data::new(key.into())))
+}
+
+/// Rename a key or switch the recording of its request and response bodies.
+#[utoipa::path(patch, path = "/keys/{id}", tag = "keys", request_body = UpdateKey,
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, description = "The updated key", body = Data<Key>)))]
+async fn update_key(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(u): ApiJson<UpdateKey>,
+) -> Result<Json<Data<Key>>, ApiError> {
+    let patch = KeyPatch {
+        name: u.name,
+        store_bodies: u.store_bodies,
+    };
+    let key = state.service.update_key(&id, patch).await?;
+    tracing::info!(id = %key.id, name = %key.name, store_bodies = key.store_bodies, "key updated");
+    let key = state.service.key_usage(key).await?;
     Ok(Json(Data::new(key.into())))
 }
 
@@ -184,5 +252,6 @@ async fn revoke_key(
 ) -> Result<Json<Data<Key>>, ApiError> {
     let key = state.service.revoke_key(&id).await?;
     tracing::info!(id = %key.id, "key revoked");
+    let key = state.service.key_usage(key).await?;
     Ok(Json(Data::new(key.into())))
 }

@@ -1,6 +1,7 @@
-//! `/logs` (request logs, newest first, cursor-paginated) and `/usage?days=N` (seed 002's
-//! summary: successful requests only). The admin sees every key's; a gateway key sees only its
-//! own.
+//! `/logs` (request logs, newest first, cursor-paginated, filtered), `/logs/{request_id}` (one
+//! row with its stored bodies) and `/usage?days=N[&group_by=…]` (seed 002's summary: only
+//! successful requests count as spend and tokens, plus a breakdown). The admin sees every
+//! key's; a gateway key sees only its own.
 
 use axum::extract::State;
 use axum::{Extension, Json};
@@ -12,14 +13,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiQuery};
-use super::page::{self, Page};
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::page::{self, Data, Page};
 use super::ApiState;
-use crate::service::LogFilter;
-use crate::store::LogEntry;
-
-/// Days a usage summary covers when the caller names none.
-pub const DEFAULT_USAGE_DAYS: u32 = 30;
+use crate::calendar::format_day;
+use crate::service::{LogFilter, UsageGroup, UsageSummary, DEFAULT_USAGE_DAYS};
+use crate::store::{LogEntry, UsageGroupBy, UsageGroupKey};
 
 /// One request, as the edge reported it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,6 +58,34 @@ pub struct LogRow {
     /// The routing rule trace (as in `x-tokenrouter-rule-trace`); null when none.
     pub rule_trace: Value,
     pub attempts: Vec<LogAttempt>,
+    /// The request's `metadata` object; null when it had none.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Value,
+    /// The key's name when the request was made.
+    pub key_name: String,
+    pub workspace_id: String,
+    /// The request's `Idempotency-Key`; null when none.
+    pub idempotency_key: Option<String>,
+    /// The request whose answer this one replayed (nothing charged); null when not a replay.
+    pub replay_of: Option<String>,
+    /// Request and response bodies are stored (`GET /logs/{request_id}` returns them).
+    pub has_bodies: bool,
+}
+
+/// One request with its stored bodies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogDetail {
+    #[serde(flatten)]
+    pub log: LogRow,
+    /// The request body as the provider received it (firewall masks applied): UTF-8 text, or
+    /// base64 when `request_body_base64`; null when not stored.
+    pub request_body: Option<String>,
+    pub request_body_base64: bool,
+    /// The response body as the client received it, encoded the same way.
+    pub response_body: Option<String>,
+    pub response_body_base64: bool,
+    /// A body was cut at the edge's limit (256 KiB each).
+    pub bodies_truncated: bool,
 }
 
 /// One try of a request at a provider.
@@ -72,6 +99,75 @@ pub struct LogAttempt {
     pub error: String,
 }
 
+/// The metadata column as a JSON object; anything that is not one (never written by the edge)
+/// is kept as `{"_raw": text}`.
+pub fn metadata_object(text: &str) -> Value {
+    if text.trim().is_empty() {
+        return Value::Null;
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => serde_json::json!({ "_raw": text }),
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+/// A body as JSON text: `(text, is_base64)`; `None` when empty (not stored). The CLI prints
+/// bodies the same way.
+pub fn body_text(bytes: Vec<u8>) -> (Option<String>, bool) {
+    if bytes.is_empty() {
+        return (None, false);
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => (Some(text), false),
+        Err(e) => (Some(base64(e.as_bytes())), true),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let index = (n >> (18 - 6 * i)) & 63;
+                out.push(char::from(ALPHABET[index as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl From<LogEntry> for LogDetail {
+    fn from(mut e: LogEntry) -> LogDetail {
+        let (request_body, request_body_base64) =
+            body_text(std::mem::take(&mut e.record.request_body));
+        let (response_body, response_body_base64) =
+            body_text(std::mem::take(&mut e.record.response_body));
+        let bodies_truncated = e.record.bodies_truncated;
+        LogDetail {
+            log: e.into(),
+            request_body,
+            request_body_base64,
+            response_body,
+            response_body_base64,
+            bodies_truncated,
+        }
+    }
+}
+
 impl From<LogEntry> for LogRow {
     fn from(e: LogEntry) -> LogRow {
         let r = e.record;
@@ -81,6 +177,12 @@ impl From<LogEntry> for LogRow {
             serde_json::from_str(&r.rule_trace).unwrap_or(Value::String(r.rule_trace))
         };
         LogRow {
+            metadata: metadata_object(&r.metadata_json),
+            key_name: r.key_name,
+            workspace_id: r.workspace_id,
+            idempotency_key: non_empty(r.idempotency_key),
+            replay_of: non_empty(r.replay_of),
+            has_bodies: e.has_bodies,
             cost_usd: format_picos_usd(i128::from(r.cost_picos)),
             request_id: r.request_id,
             started_at_unix_ms: r.started_at_unix_ms,
@@ -134,39 +236,168 @@ pub struct ListLogs {
     /// The served model or the model the client asked for.
     pub model: Option<String>,
     pub provider: Option<String>,
-    /// HTTP status returned to the client.
-    #[param(minimum = 100, maximum = 599)]
-    pub status: Option<u32>,
+    /// HTTP status returned to the client: a code (`404`) or a class (`4xx`); empty = any.
+    #[param(pattern = "^([1-5][0-9][0-9]|[1-5][xX][xX])?$")]
+    pub status: Option<String>,
     /// Received at or after (Unix ms).
     pub since: Option<i64>,
     /// Received before (Unix ms).
     pub until: Option<i64>,
+    /// Text the request's metadata JSON contains (ASCII case-insensitive).
+    #[param(max_length = 256)]
+    pub metadata_contains: Option<String>,
+}
+
+/// How a usage summary is broken down.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// Per key (`key_id`, `key_name`).
+    Key,
+    /// Per served model (`model`; "" when no provider answered).
+    Model,
+    /// Per provider (`provider`; "" when none was reached).
+    Provider,
+    /// Per UTC day (`day`, YYYY-MM-DD), every day of the range.
+    Day,
+}
+
+impl From<GroupBy> for UsageGroupBy {
+    fn from(g: GroupBy) -> UsageGroupBy {
+        match g {
+            GroupBy::Key => UsageGroupBy::Key,
+            GroupBy::Model => UsageGroupBy::Model,
+            GroupBy::Provider => UsageGroupBy::Provider,
+            GroupBy::Day => UsageGroupBy::Day,
+        }
+    }
+}
+
+impl From<UsageGroupBy> for GroupBy {
+    fn from(g: UsageGroupBy) -> GroupBy {
+        match g {
+            UsageGroupBy::Key => GroupBy::Key,
+            UsageGroupBy::Model => GroupBy::Model,
+            UsageGroupBy::Provider => GroupBy::Provider,
+            UsageGroupBy::Day => GroupBy::Day,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
-    /// The last N days, 1-365 (default 30).
+    /// The last N UTC calendar days, today included: 1-365 (default 30).
     #[param(minimum = 1, maximum = 365)]
     pub days: Option<u32>,
-    /// Only this key (a gateway key: only its own id).
+    /// Only this key (a gateway key: only its own id). An unknown key is a 404.
     pub key_id: Option<String>,
+    /// Add a `breakdown` by key, model, provider or day.
+    pub group_by: Option<GroupBy>,
 }
 
-/// Spend over the last `range_days` days; only successful (2xx) requests count.
+/// Spend over the last `range_days` UTC days; only successful (2xx) requests count as spend and
+/// tokens. Without `group_by` exactly seed 002's five fields.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Usage {
     pub range_days: u32,
+    /// Successful (2xx) requests.
     pub total_requests: u64,
     pub total_tokens_in: u64,
     pub total_tokens_out: u64,
     /// Exact decimal USD, e.g. "0.18".
     pub total_cost_usd: String,
+    /// With `group_by`: every request, whatever its status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// With `group_by`: requests that did not succeed (status not 2xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_requests: Option<u64>,
+    /// With `group_by`: the first day counted, YYYY-MM-DD (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_day: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<GroupBy>,
+    /// With `group_by`: one row per group (days in order, others by spend, most first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Vec<UsageRow>>,
+}
+
+/// One group of a usage breakdown: the group's own field(s), then its totals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// YYYY-MM-DD (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    pub requests: u64,
+    pub failed_requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    /// Exact decimal USD.
+    pub cost_usd: String,
+}
+
+impl From<UsageGroup> for UsageRow {
+    fn from(g: UsageGroup) -> UsageRow {
+        let t = g.totals;
+        let mut row = UsageRow {
+            key_id: None,
+            key_name: None,
+            model: None,
+            provider: None,
+            day: None,
+            requests: t.requests,
+            failed_requests: t.failed_requests,
+            input_tokens: t.input_tokens,
+            output_tokens: t.output_tokens,
+            total_tokens: t.total_tokens(),
+            cost_usd: format_picos_usd(t.cost_picos),
+        };
+        match g.key {
+            UsageGroupKey::Key { id, name } => {
+                row.key_id = Some(id);
+                row.key_name = Some(name);
+            }
+            UsageGroupKey::Model(m) => row.model = Some(m),
+            UsageGroupKey::Provider(p) => row.provider = Some(p),
+            UsageGroupKey::Day(d) => row.day = Some(format_day(d)),
+        }
+        row
+    }
+}
+
+impl From<UsageSummary> for Usage {
+    fn from(s: UsageSummary) -> Usage {
+        let t = s.totals;
+        let grouped = s.group_by.is_some();
+        Usage {
+            range_days: s.range_days,
+            total_requests: t.successful(),
+            total_tokens_in: t.input_tokens,
+            total_tokens_out: t.output_tokens,
+            total_cost_usd: format_picos_usd(t.cost_picos),
+            requests: grouped.then_some(t.requests),
+            failed_requests: grouped.then_some(t.failed_requests),
+            since_day: grouped.then(|| format_day(s.since_day)),
+            group_by: s.group_by.map(GroupBy::from),
+            breakdown: grouped.then(|| s.breakdown.into_iter().map(UsageRow::from).collect()),
+        }
+    }
 }
 
 pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_logs))
+        .routes(routes!(get_log))
         .routes(routes!(get_usage))
 }
 
@@ -184,20 +415,17 @@ fn scope(caller: &Caller, requested: Option<String>) -> Result<Option<String>, A
     }
 }
 
-/// List request logs, newest first.
+/// List request logs, newest first. Filters combine with AND and with the cursor.
 #[utoipa::path(get, path = "/logs", tag = "usage", params(ListLogs),
-    responses((status = 200, description = "A page of request logs", body = Page<LogRow>)))]
+    responses((status = 200, description = "A page of request logs", body = Page<LogRow>,
+        links(("GetLog" = (operation_id = "get_log",
+            parameters(("request_id" = "$response.body#/data/0/request_id"))))))))]
 async fn list_logs(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListLogs>,
 ) -> Result<Json<Page<LogRow>>, ApiError> {
     let limit = page::limit(q.limit)?;
-    if let Some(status) = q.status.filter(|s| !(100..=599).contains(s)) {
-        return Err(ApiError::bad_request(format!(
-            "status {status} is not an HTTP status (100-599)"
-        )));
-    }
     let filter = LogFilter {
         key_id: scope(&caller, q.key_id)?,
         model: q.model,
@@ -205,6 +433,7 @@ async fn list_logs(
         status: q.status,
         since_ms: q.since,
         until_ms: q.until,
+        metadata_contains: q.metadata_contains,
     };
     let logs = state.service.query_logs(limit, filter, q.cursor).await?;
     Ok(Json(Page {
@@ -213,9 +442,31 @@ async fn list_logs(
     }))
 }
 
-/// Usage over the last N days (successful requests only).
+/// Retrieve one request log row with its stored bodies. A gateway key sees only its own
+/// requests (another key's is a 404, like one that does not exist).
+#[utoipa::path(get, path = "/logs/{request_id}", tag = "usage",
+    params(("request_id" = String, Path, description = "The request id (`x-request-id`)")),
+    responses((status = 200, description = "The request", body = Data<LogDetail>)))]
+async fn get_log(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(request_id): ApiPath<String>,
+) -> Result<Json<Data<LogDetail>>, ApiError> {
+    let only = match &caller {
+        Caller::Admin => None,
+        Caller::Key(own) => Some(own.as_str()),
+    };
+    let entry = state.service.get_log(&request_id, only).await?;
+    Ok(Json(Data::new(entry.into())))
+}
+
+/// Usage over the last N UTC days (only successful requests count as spend and tokens),
+/// optionally broken down by key, model, provider or day.
 #[utoipa::path(get, path = "/usage", tag = "usage", params(UsageParams),
-    responses((status = 200, description = "The summary", body = Usage)))]
+    responses(
+        (status = 200, description = "The summary", body = Usage),
+        (status = 404, description = "No key has this `key_id`", body = ErrorBody),
+    ))]
 async fn get_usage(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -225,15 +476,35 @@ async fn get_usage(
         .service
         .usage_summary(
             q.days.unwrap_or(DEFAULT_USAGE_DAYS),
+            q.group_by.map(UsageGroupBy::from),
             scope(&caller, q.key_id)?,
         )
         .await?;
-    let t = summary.totals;
-    Ok(Json(Usage {
-        range_days: summary.range_days,
-        total_requests: t.requests,
-        total_tokens_in: t.input_tokens,
-        total_tokens_out: t.output_tokens,
-        total_cost_usd: format_picos_usd(t.cost_picos),
-    }))
+    Ok(Json(summary.into()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_text_or_base64() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff, 0x00, 0xfe]), "/wD+");
+        assert_eq!(body_text(Vec::new()), (None, false));
+        assert_eq!(body_text("é".into()), (Some("é".into()), false));
+        assert_eq!(body_text(vec![0xff]), (Some("/w==".into()), true));
+    }
+
+    #[test]
+    fn metadata_is_an_object_or_null() {
+        assert_eq!(metadata_object(""), Value::Null);
+        assert_eq!(metadata_object(r#"{"a":1}"#), serde_json::json!({"a": 1}));
+        assert_eq!(metadata_object("[1]"), serde_json::json!({"_raw": "[1]"}));
+    }
 }

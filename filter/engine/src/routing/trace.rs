@@ -11,6 +11,10 @@ use serde_json::{Map, Value};
 /// Longest trace sent in a header; a longer one loses its candidate list, then its conditions.
 pub const MAX_HEADER_BYTES: usize = 4096;
 
+/// Up to this many rules the log row keeps the full trace; above it, rules that did not match
+/// are listed by id only (see [`Trace::to_log_json`]).
+pub const LOG_FULL_TRACE_RULES: usize = 32;
+
 /// One condition as it was checked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConditionTrace {
@@ -119,6 +123,7 @@ impl Trace {
             trace: self,
             with_conditions,
             with_candidates,
+            unmatched_as_ids: false,
         };
         let mut out = Bounded {
             bytes: Vec::new(),
@@ -142,11 +147,29 @@ impl Trace {
         }
     }
 
-    /// The full trace as JSON (for the log row and the preview).
+    /// The full trace as JSON (for the preview, and the log row of a small rule set).
     pub fn to_json(&self) -> String {
         match self.serialize(true, true, usize::MAX) {
             Ok(s) | Err(s) => ascii(s),
         }
+    }
+
+    /// The trace for the request log row: the full trace up to [`LOG_FULL_TRACE_RULES`] rules;
+    /// above that, matched rules in full and one `{"step":"not_matched","rule_ids":[…]}` entry
+    /// for the others (their conditions are in the rules, and a preview of the same request
+    /// shows every condition). This keeps a 1,000-rule trace in the log at a few KB instead of
+    /// hundreds.
+    pub fn to_log_json(&self) -> String {
+        if self.rules.len() <= LOG_FULL_TRACE_RULES {
+            return self.to_json();
+        }
+        let view = View {
+            trace: self,
+            with_conditions: true,
+            with_candidates: true,
+            unmatched_as_ids: true,
+        };
+        ascii(serde_json::to_string(&view).unwrap_or_else(|_| "[]".into()))
     }
 
     /// The trace for `x-tokenrouter-rule-trace`: ASCII JSON of at most [`MAX_HEADER_BYTES`],
@@ -195,16 +218,33 @@ struct View<'a> {
     trace: &'a Trace,
     with_conditions: bool,
     with_candidates: bool,
+    /// Rules that did not match go into one `not_matched` entry, by id.
+    unmatched_as_ids: bool,
 }
 
 impl Serialize for View<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(None)?;
         for rule in &self.trace.rules {
+            if self.unmatched_as_ids && !rule.matched {
+                continue;
+            }
             seq.serialize_element(&RuleView {
                 rule,
                 with_conditions: self.with_conditions,
             })?;
+        }
+        if self.unmatched_as_ids {
+            let ids: Vec<i64> = self
+                .trace
+                .rules
+                .iter()
+                .filter(|r| !r.matched)
+                .map(|r| r.id)
+                .collect();
+            if !ids.is_empty() {
+                seq.serialize_element(&NotMatched { rule_ids: ids })?;
+            }
         }
         for step in &self.trace.steps {
             if self.with_candidates || step.step != "candidates" {
@@ -212,6 +252,20 @@ impl Serialize for View<'_> {
             }
         }
         seq.end()
+    }
+}
+
+/// Rules that did not match, by id (the compact log form).
+struct NotMatched {
+    rule_ids: Vec<i64>,
+}
+
+impl Serialize for NotMatched {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("rule_ids", &self.rule_ids)?;
+        map.serialize_entry("step", "not_matched")?;
+        map.end()
     }
 }
 
@@ -428,5 +482,43 @@ mod tests {
             assert_eq!((t.to_json(), t.header_value()), reference(&t), "{n} rules");
         }
         assert_eq!(Trace::default().to_json(), "[]");
+    }
+    #[test]
+    fn log_form_lists_unmatched_rules_by_id_above_the_threshold() {
+        let rule = |id: i64, matched: bool| RuleTrace {
+            id,
+            name: Arc::from(format!("r{id}")),
+            priority: 0,
+            matched,
+            conditions: vec![ConditionTrace {
+                condition: "contains",
+                expected: Arc::new(json!(["x"])),
+                actual: Arc::new(json!(false)),
+                matched,
+            }],
+            applied: Vec::new(),
+            ignored: Vec::new(),
+        };
+        let mut small = Trace {
+            rules: (0..3).map(|i| rule(i, i == 1)).collect(),
+            ..Trace::default()
+        };
+        small.step("provider", json!({"provider": "openai"}));
+        assert_eq!(small.to_log_json(), small.to_json());
+
+        let mut big = Trace {
+            rules: (0..1000).map(|i| rule(i, i == 7)).collect(),
+            ..Trace::default()
+        };
+        big.step("provider", json!({"provider": "openai"}));
+        let log: Value = serde_json::from_str(&big.to_log_json()).unwrap_or_default();
+        let entries = log.as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0]["id"], 7);
+        assert_eq!(entries[0]["conditions"][0]["condition"], "contains");
+        assert_eq!(entries[1]["step"], "not_matched");
+        assert_eq!(entries[1]["rule_ids"].as_array().map(Vec::len), Some(999));
+        assert_eq!(entries[2]["step"], "provider");
+        assert!(big.to_log_json().len() < big.to_json().len() / 10);
     }
 }
