@@ -73,6 +73,18 @@ pub struct KeyUsage {
     pub last_used_at_ms: Option<i64>,
 }
 
+impl KeyUsage {
+    /// Input plus output tokens of successful requests.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+
+    /// Spend as an exact decimal USD string.
+    pub fn spend_usd(&self) -> String {
+        tokenrouter_engine::money::format_picos_usd(self.cost_picos)
+    }
+}
+
 /// A provider as stored; the credential stays sealed until the snapshot is built.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProviderRow {

@@ -44,8 +44,8 @@ pub fn key_info(KeyWithUsage { key: k, usage: u }: KeyWithUsage) -> api::KeyInfo
         failed_requests: u.failed_requests,
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
-        total_tokens: u.input_tokens.saturating_add(u.output_tokens),
-        spend_usd: format_picos_usd(u.cost_picos),
+        total_tokens: u.total_tokens(),
+        spend_usd: u.spend_usd(),
         last_used_at_unix_ms: u.last_used_at_ms.unwrap_or(0),
     }
 }

@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tokenrouter_engine::money::format_picos_usd;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -76,8 +75,8 @@ impl From<KeyWithUsage> for Key {
             failed_requests: u.failed_requests,
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
-            total_tokens: u.input_tokens.saturating_add(u.output_tokens),
-            spend_usd: format_picos_usd(u.cost_picos),
+            total_tokens: u.total_tokens(),
+            spend_usd: u.spend_usd(),
             last_used_at_unix_ms: u.last_used_at_ms,
         }
     }
