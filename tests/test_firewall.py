@@ -438,3 +438,82 @@ def test_blocked_streamed_messages_reply_is_not_leaked(split_stack: Stack) -> No
     row = stack.usage(request_id)[request_id]
     assert row["error_type"] == "firewall_error"
     assert row["firewall_actions"] == ["block:response:No launch codes"]
+
+
+# --------------------------------------------------------------------------------------------
+# Rules scoped to a workspace: a key inherits its workspace's rules
+
+
+def test_workspace_rule_applies_to_the_keys_of_that_workspace_only(stack: Stack) -> None:
+    cp = stack.control_plane
+    key_a = cp.cli("keys", "create", "--name", "a", "--workspace", "team-a")
+    key_b = cp.cli("keys", "create", "--name", "b", "--workspace", "team-b")
+    assert (key_a["workspace_id"], key_b["workspace_id"]) == ("team-a", "team-b")
+    stack.envoy.wait_until_serving(key_a["raw"])
+    stack.envoy.wait_until_serving(key_b["raw"])
+
+    rule = add_rule(stack, "Falcon (team-a)", "prompt", "substring", "project falcon", "block",
+                    "--workspace", "team-a")
+    assert rule["workspace_id"] == "team-a" and rule["key_id"] == ""
+    # A streamed-response rule of team-b: the stream filter gets the key's workspace too.
+    masked = add_rule(stack, "Falcon (team-b)", "response", "substring", "falcon", "mask",
+                      "--workspace", "team-b", "--replacement", "[BIRD]")
+    assert masked["workspace_id"] == "team-b"
+    table = cp.cli("firewall", "list", json=False)
+    assert "WORKSPACE" in table.splitlines()[0] and "team-a" in table, table
+
+    probe = {"model": MODEL, "messages": user("status of Project Falcon?")}
+    # Both rules reached every worker: team-a's key is blocked, team-b's reply is masked.
+    wait_for(
+        lambda: all(
+            stack.envoy.post_chat(key_a["raw"], probe).status_code == 422
+            and "[BIRD]" in stack.envoy.post_chat(key_b["raw"], probe).text
+            for _ in range(4)
+        ),
+        timeout=10,
+        what="the workspace rules to reach every worker of the edge",
+    )
+    stack.provider.clear()
+
+    # team-a: 422 naming the rule; the provider never sees it.
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        stack.envoy.openai(key_a["raw"]).chat.completions.create(
+            model=MODEL, messages=user("what about project FALCON")
+        )
+    body = caught.value.body
+    assert body["type"] == "firewall_error", body
+    assert "Falcon (team-a)" in body["message"], body
+    assert caught.value.response.headers["x-tokenrouter-firewall"] == (
+        "block:prompt:Falcon (team-a)"
+    )
+    assert stack.provider.chat_requests() == []
+
+    # team-b: 200, the provider gets the prompt unchanged; the streamed reply is masked.
+    reply = stack.envoy.post_chat(
+        key_b["raw"], {"model": MODEL, "messages": user("what about project FALCON")}
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == "echo: what about project [BIRD]"
+    [seen] = stack.provider.chat_requests()
+    assert seen.body["messages"][0]["content"] == "what about project FALCON"
+    stream = stack.envoy.openai(key_b["raw"]).chat.completions.create(
+        model=MODEL, messages=user(f"{REPLY_WITH_PREFIX}a falcon flew"), stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "a [BIRD] flew"
+
+    # The default workspace's key: neither rule.
+    plain = stack.client().chat.completions.create(
+        model=MODEL, messages=user("what about project falcon")
+    )
+    assert plain.choices[0].message.content == "echo: what about project falcon"
+
+    # A rule naming a key of another workspace is refused.
+    refused = cp.run_cli(
+        "firewall", "add", "--name", "bad", "--scope", "prompt", "--type", "substring",
+        "--pattern", "x", "--action", "block", "--workspace", "team-a", "--key", key_b["id"],
+    )
+    assert refused.returncode == EXIT_USER_ERROR, refused
+    error = json.loads(refused.stdout)["error"]
+    assert error["type"] == "invalid_argument"
+    assert "is in workspace team-b, not team-a" in error["message"], error

@@ -1,14 +1,21 @@
 """The REST management API (`/api/v1`) against a real `tokenrouter serve`: seed 003's Python SDK
 examples for routing and firewall rules run as HTTP calls, auth (admin token, gateway key,
-none), the error envelope, REST writes reaching real Envoy, and a schemathesis run generated from
-the API's own OpenAPI document."""
+none), the error envelope, REST writes reaching real Envoy, balances and Stripe top-ups (against a
+fake Stripe API), and a schemathesis run generated from the API's own OpenAPI document."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from harness import ControlPlane, Stack, wait_for
+from harness import ControlPlane, Harness, Stack, wait_for
 
 # Bounded so the property run takes well under a minute on two cores.
 SCHEMATHESIS_MAX_EXAMPLES = 25
@@ -119,6 +126,82 @@ class Client:
 @pytest.fixture
 def admin(control_plane: ControlPlane) -> Rest:
     return Rest(control_plane, control_plane.admin_token)
+
+
+STRIPE_SECRET_KEY = "sk_test_fake"
+STRIPE_WEBHOOK_SECRET = "whsec_test_fake"
+
+
+class FakeStripe:
+    """Stripe's `POST /v1/checkout/sessions` on 127.0.0.1: records each form, answers a session
+    ``cs_test_<n>``."""
+
+    def __init__(self) -> None:
+        self.forms: list[dict[str, str]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", "0"))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                ok = (
+                    self.path == "/v1/checkout/sessions"
+                    and self.headers.get("Authorization") == f"Bearer {STRIPE_SECRET_KEY}"
+                )
+                fake.forms.append(form)
+                n = len(fake.forms)
+                session = {
+                    "id": f"cs_test_{n}", "object": "checkout.session",
+                    "url": f"https://checkout.stripe.com/c/pay/cs_test_{n}",
+                    "expires_at": 1900000000,
+                }
+                refused = {"error": {"message": "Invalid API Key provided"}}
+                body = json.dumps(session if ok else refused).encode()
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_stripe() -> Iterator[FakeStripe]:
+    fake = FakeStripe()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+@pytest.fixture
+def paying_control_plane(harness: Harness, fake_stripe: FakeStripe) -> ControlPlane:
+    """A control plane whose payment backend is Stripe, at the fake."""
+    return harness.control_plane(
+        env={
+            "TOKENROUTER_PAYMENTS": "stripe",
+            "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
+            "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
+            "TOKENROUTER_STRIPE_API_BASE": fake_stripe.base_url,
+        }
+    )
+
+
+def stripe_signature(payload: bytes, secret: str = STRIPE_WEBHOOK_SECRET) -> str:
+    """What Stripe sends: ``t=<now>,v1=<HMAC-SHA256 of "<t>.<payload>">``."""
+    t = int(time.time())
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
 
 
 def test_seed_routing_rules_examples(admin: Rest) -> None:
@@ -401,9 +484,71 @@ def test_rest_writes_reach_the_edge_and_keys_read_their_own_usage(stack: Stack) 
     assert blocked and all(row["status"] == 422 for row in blocked)
 
 
-def test_schemathesis_finds_no_server_errors(control_plane: ControlPlane, tmp_path: Path) -> None:
+def test_seed_topup_balance_and_stripe_webhook(
+    paying_control_plane: ControlPlane, fake_stripe: FakeStripe
+) -> None:
+    """Seed 002's `topup` / `balance` shapes over REST, as a gateway key, and the Stripe webhook
+    that credits the key once."""
+    control_plane = paying_control_plane
+    admin = Rest(control_plane, control_plane.admin_token)
+    created = admin.ok("POST", "/keys", json={"name": "buyer", "balance_usd": "0"})["data"]
+    key_id, raw = created["id"], created["raw"]
+    assert created["balance_usd"] == "0"
+    own = Rest(control_plane, raw)
+
+    balance = own.ok("GET", "/balance")
+    assert (balance["balance_usd"], balance["currency"], balance["id"]) == ("0", "USD", key_id)
+
+    topup = own.ok("POST", "/topup", json={"amount_usd": "5"})
+    assert topup == {
+        "checkout_url": "https://checkout.stripe.com/c/pay/cs_test_1", "session_id": "cs_test_1",
+        "amount_usd": "5", "expires_at": 1900000000, "key_id": key_id,
+    }
+    form = fake_stripe.forms[0]
+    assert form["mode"] == "payment"
+    assert form["line_items[0][price_data][unit_amount]"] == "500"
+    assert form["line_items[0][price_data][currency]"] == "usd"
+    assert form["metadata[key_id]"] == key_id
+    not_cents = own.request("POST", "/topup", json={"amount_usd": "5.001"})
+    assert not_cents.status_code == 400, not_cents.text
+    assert "whole cents" in not_cents.json()["error"]["message"]
+
+    event = json.dumps({
+        "id": "evt_1", "type": "checkout.session.completed",
+        "data": {"object": {"id": "cs_test_1", "payment_status": "paid", "amount_total": 500,
+                            "currency": "usd", "metadata": {"key_id": key_id}}},
+    }).encode()
+    webhook = f"{control_plane.rest_url}/api/v1/webhooks/stripe"
+    for outcome in ("credited", "duplicate"):
+        delivered = requests.post(
+            webhook, data=event, timeout=10,
+            headers={"Stripe-Signature": stripe_signature(event),
+                     "Content-Type": "application/json"},
+        )
+        assert delivered.status_code == 200, delivered.text
+        assert delivered.json()["outcome"] == outcome
+    forged = requests.post(
+        webhook, data=event, timeout=10,
+        headers={"Stripe-Signature": stripe_signature(event, "whsec_wrong")},
+    )
+    assert forged.status_code == 400
+    assert own.ok("GET", "/balance")["balance_usd"] == "5"
+
+    # The CLI as the key (TOKENROUTER_API_KEY) reads the same balance over REST.
+    by_cli = control_plane.cli(
+        "balance", env={"TOKENROUTER_API_KEY": raw, "TOKENROUTER_REST_URL": control_plane.rest_url}
+    )
+    assert (by_cli["balance_usd"], by_cli["currency"]) == ("5", "USD")
+
+
+def test_schemathesis_finds_no_server_errors(
+    paying_control_plane: ControlPlane, tmp_path: Path
+) -> None:
     """Property-based run of every operation from the API's own OpenAPI document: zero 5xx,
-    every answer conforming to its documented status, content type and schema."""
+    every answer conforming to its documented status, content type and schema. The control
+    plane has a payment backend (a fake Stripe API), so `/topup` and the webhook run their
+    real paths; without one `/topup` answers a documented 503."""
+    control_plane = paying_control_plane
     command = [
         sys.executable, "-m", "schemathesis.cli", "run",
         f"{control_plane.rest_url}/api/v1/openapi.json",

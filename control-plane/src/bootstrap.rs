@@ -4,15 +4,163 @@
 //! in the template and escaped here for a YAML double-quoted scalar (JSON string escaping is a
 //! subset of it), so no value — the admin token included — can break out of its scalar.
 //! Substitution is a single pass: a value that itself contains `{{…}}` is not expanded again.
+//!
+//! Addresses: Envoy binds its listener and admin interface to IP addresses, so `--listen` and
+//! `--admin` take `IP:PORT` ([`parse_bind_address`]). The control plane may be an IP address or
+//! a host name ([`ControlAddress`]): an IP gives the `tokenrouter_control` cluster type
+//! `STATIC` (as always), a name `STRICT_DNS`, so a compose service name or a Kubernetes Service
+//! (`controlplane:50051`, `tokenrouter-control.tokenrouter.svc.cluster.local:50051`) works.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 
 /// The bootstrap template.
 const TEMPLATE: &str = include_str!("../../envoy/bootstrap.yaml");
 
 /// Extra listener buffer on top of the largest accepted request body (headers, framing).
 const BUFFER_HEADROOM_BYTES: u64 = 64 * 1024;
+
+/// Where Envoy reaches the control plane's gRPC port (ADS, FilterSync, edge calls).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlAddress {
+    /// An IP address: a `STATIC` cluster.
+    Ip(SocketAddr),
+    /// A host name, resolved by Envoy: a `STRICT_DNS` cluster (IPv4 preferred).
+    Dns {
+        /// The name as given (validated as a DNS name).
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+/// What `HOST:PORT` should look like, for error messages.
+const CONTROL_SYNTAX: &str =
+    "expected HOST:PORT, e.g. 127.0.0.1:50051, [::1]:50051 or controlplane:50051";
+
+impl ControlAddress {
+    /// The Envoy cluster type for this address.
+    pub fn cluster_type(&self) -> &'static str {
+        match self {
+            ControlAddress::Ip(_) => "STATIC",
+            ControlAddress::Dns { .. } => "STRICT_DNS",
+        }
+    }
+
+    /// The host for `socket_address.address`: the IP (without brackets) or the name.
+    pub fn host(&self) -> String {
+        match self {
+            ControlAddress::Ip(addr) => addr.ip().to_string(),
+            ControlAddress::Dns { host, .. } => host.clone(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            ControlAddress::Ip(addr) => addr.port(),
+            ControlAddress::Dns { port, .. } => *port,
+        }
+    }
+}
+
+impl From<SocketAddr> for ControlAddress {
+    fn from(addr: SocketAddr) -> Self {
+        ControlAddress::Ip(addr)
+    }
+}
+
+impl fmt::Display for ControlAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlAddress::Ip(addr) => write!(f, "{addr}"),
+            ControlAddress::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl FromStr for ControlAddress {
+    type Err = String;
+
+    /// `IP:PORT` (IPv6 in brackets) or `NAME:PORT`; the port must not be 0.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(format!("{s:?}: the port must not be 0"));
+            }
+            return Ok(ControlAddress::Ip(addr));
+        }
+        if s.contains("://") || s.contains('/') {
+            return Err(format!(
+                "{s:?}: {CONTROL_SYNTAX} (no scheme or path: the bootstrap connects with gRPC)"
+            ));
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!("{s:?}: {CONTROL_SYNTAX} (the port is missing)"));
+        };
+        if host.contains(':') || host.starts_with('[') {
+            return Err(format!(
+                "{s:?}: {CONTROL_SYNTAX} (an IPv6 address goes in brackets: [::1]:50051)"
+            ));
+        }
+        let port = match port.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => return Err(format!("{s:?}: invalid port {port:?} (1-65535)")),
+        };
+        if host.parse::<IpAddr>().is_ok() {
+            // Only reachable for odd forms SocketAddr refuses; be explicit rather than guess.
+            return Err(format!("{s:?}: {CONTROL_SYNTAX}"));
+        }
+        validate_host_name(host).map_err(|reason| format!("{s:?}: {reason}"))?;
+        Ok(ControlAddress::Dns {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// A DNS name: labels of letters, digits, `-` and `_` (compose service names may have `_`),
+/// 1-63 characters each, not starting or ending with `-`, 253 characters at most; one
+/// trailing dot allowed. A name of only digits and dots would be read as a (bad) IPv4 address.
+fn validate_host_name(host: &str) -> Result<(), String> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() {
+        return Err(format!("{CONTROL_SYNTAX} (the host is missing)"));
+    }
+    if name.len() > 253 {
+        return Err("the host name is longer than 253 characters".to_string());
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!("invalid host name {host:?}"));
+        }
+    }
+    if name.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("invalid IP address {host:?}"));
+    }
+    Ok(())
+}
+
+/// `--listen` / `--admin`: Envoy binds to an IP address, so a host name is refused (with a
+/// message saying so rather than clap's generic "invalid socket address syntax").
+pub fn parse_bind_address(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "{s:?}: expected IP:PORT, e.g. 0.0.0.0:8080, 127.0.0.1:9901 or [::]:8080; Envoy \
+             binds to an IP address, not a host name (only --control takes a host name)"
+        )
+    })
+}
 
 /// Everything the bootstrap needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,8 +169,8 @@ pub struct BootstrapParams {
     pub listen: SocketAddr,
     /// Envoy admin address.
     pub admin: SocketAddr,
-    /// Control plane gRPC address (ADS and FilterSync).
-    pub control: SocketAddr,
+    /// Control plane gRPC address (ADS and FilterSync): IP or host name.
+    pub control: ControlAddress,
     /// Absolute path of `tokenrouter_filter.wasm`.
     pub wasm_path: PathBuf,
     /// Admin token, sent as `authorization: Bearer <token>` on ADS and in the sync config.
@@ -74,7 +222,8 @@ fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
         ("admin_address", p.admin.ip().to_string()),
         ("admin_port", p.admin.port().to_string()),
         ("admin_token", yaml_dq_escape(&p.admin_token)),
-        ("control_address", p.control.ip().to_string()),
+        ("control_cluster_type", p.control.cluster_type().to_string()),
+        ("control_address", yaml_dq_escape(&p.control.host())),
         ("control_port", p.control.port().to_string()),
         ("listen_address", p.listen.ip().to_string()),
         ("listen_port", p.listen.port().to_string()),
@@ -121,7 +270,7 @@ mod tests {
         BootstrapParams {
             listen: "127.0.0.1:8080".parse().unwrap(),
             admin: "127.0.0.1:9901".parse().unwrap(),
-            control: "[::1]:50051".parse().unwrap(),
+            control: ControlAddress::Ip("[::1]:50051".parse().unwrap()),
             wasm_path: PathBuf::from(wasm),
             admin_token: "0123456789abcdef".into(),
             node_id: "tokenrouter-node-1".into(),
@@ -183,6 +332,125 @@ mod tests {
     }
 
     #[test]
+    fn control_address_ip_or_host_name() {
+        let ip: ControlAddress = "10.0.0.5:50051".parse().unwrap();
+        assert_eq!(ip, ControlAddress::Ip("10.0.0.5:50051".parse().unwrap()));
+        assert_eq!(
+            (ip.cluster_type(), ip.host(), ip.port()),
+            ("STATIC", "10.0.0.5".to_string(), 50051)
+        );
+        let v6: ControlAddress = "[fd00::1]:443".parse().unwrap();
+        assert_eq!(
+            (v6.cluster_type(), v6.host()),
+            ("STATIC", "fd00::1".to_string())
+        );
+        assert_eq!(v6.to_string(), "[fd00::1]:443");
+        for (given, host) in [
+            ("controlplane:50051", "controlplane"),
+            (
+                "tokenrouter-control.tokenrouter.svc.cluster.local:50051",
+                "tokenrouter-control.tokenrouter.svc.cluster.local",
+            ),
+            ("control_plane:50051", "control_plane"),
+            ("localhost:50051", "localhost"),
+            ("cp.example.com.:50051", "cp.example.com."),
+            (" controlplane:50051 ", "controlplane"),
+        ] {
+            let a: ControlAddress = given.parse().unwrap();
+            assert_eq!(
+                a,
+                ControlAddress::Dns {
+                    host: host.to_string(),
+                    port: 50051
+                },
+                "{given}"
+            );
+            assert_eq!(a.cluster_type(), "STRICT_DNS");
+            assert_eq!(a.to_string(), format!("{host}:50051"));
+        }
+        assert_eq!(
+            ControlAddress::from("127.0.0.1:1".parse::<SocketAddr>().unwrap()).cluster_type(),
+            "STATIC"
+        );
+    }
+
+    #[test]
+    fn control_address_errors_say_what_is_expected() {
+        for (given, expected) in [
+            ("controlplane", "the port is missing"),
+            ("controlplane:", "invalid port"),
+            ("controlplane:0", "invalid port"),
+            ("controlplane:65536", "invalid port"),
+            ("127.0.0.1:0", "the port must not be 0"),
+            (":50051", "the host is missing"),
+            ("http://controlplane:50051", "no scheme or path"),
+            ("controlplane:50051/x", "no scheme or path"),
+            ("::1:50051", "in brackets"),
+            ("[::1:50051", "in brackets"),
+            ("-bad.example:50051", "invalid host name"),
+            ("a..b:50051", "invalid host name"),
+            ("space here:50051", "invalid host name"),
+            ("999.1.1.1:50051", "invalid IP address"),
+            ("", "the port is missing"),
+        ] {
+            let err = given.parse::<ControlAddress>().unwrap_err();
+            assert!(err.contains(expected), "{given:?}: {err}");
+        }
+        let long = format!("{}:1", vec!["a".repeat(63); 5].join("."));
+        assert!(long.parse::<ControlAddress>().unwrap_err().contains("253"));
+    }
+
+    #[test]
+    fn bind_addresses_must_be_ips() {
+        assert_eq!(
+            parse_bind_address("0.0.0.0:8080").unwrap(),
+            "0.0.0.0:8080".parse::<SocketAddr>().unwrap()
+        );
+        assert!(parse_bind_address("[::]:8080").is_ok());
+        let err = parse_bind_address("envoy:8080").unwrap_err();
+        assert!(err.contains("IP address, not a host name"), "{err}");
+        assert!(parse_bind_address("0.0.0.0").is_err());
+    }
+
+    #[test]
+    fn control_cluster_is_static_for_an_ip_and_strict_dns_for_a_name() {
+        let yaml = render(&params("/x.wasm"));
+        assert!(yaml.contains("- name: tokenrouter_control\n"));
+        let cluster = |yaml: &str| {
+            let start = yaml.find("- name: tokenrouter_control").unwrap();
+            let end = start + yaml[start..].find("\n\n").unwrap();
+            yaml[start..end].to_string()
+        };
+        let ip = cluster(&yaml);
+        assert!(ip.contains("\n    type: STATIC\n"), "{ip}");
+
+        let mut p = params("/etc/tokenrouter/tokenrouter_filter.wasm");
+        p.control = "controlplane:50051".parse().unwrap();
+        let yaml = render(&p);
+        let dns = cluster(&yaml);
+        assert!(dns.contains("\n    type: STRICT_DNS\n"), "{dns}");
+        assert!(
+            dns.contains("\n    dns_lookup_family: V4_PREFERRED\n"),
+            "{dns}"
+        );
+        assert!(
+            dns.contains("address: \"controlplane\"\n                port_value: 50051"),
+            "{dns}"
+        );
+        // Nothing else depends on the control address: ADS and the wasm services name the
+        // cluster, never the address.
+        assert_eq!(yaml.matches("controlplane").count(), 1);
+        assert_eq!(
+            yaml.replace("type: STRICT_DNS", "type: STATIC")
+                .replace("\"controlplane\"", "\"::1\""),
+            render(&params("/etc/tokenrouter/tokenrouter_filter.wasm"))
+        );
+        assert!(
+            yaml.contains("tokenrouter_wasm_path: \"/etc/tokenrouter/tokenrouter_filter.wasm\"")
+        );
+    }
+
+    #[test]
     fn huge_body_limit_saturates() {
         let mut p = params("/x.wasm");
         p.max_request_body_bytes = u64::MAX;
@@ -215,24 +483,28 @@ mod tests {
             Ok(real) => std::fs::copy(real, &wasm).map(|_| ()).unwrap(),
             Err(_) => std::fs::write(&wasm, MINIMAL_PROXY_WASM).unwrap(),
         }
-        let mut p = params(wasm.to_str().unwrap());
-        p.control = "127.0.0.1:50051".parse().unwrap();
-        let cfg = dir.path().join("bootstrap.yaml");
-        std::fs::write(&cfg, render(&p)).unwrap();
-        if let Ok(keep) = std::env::var("TOKENROUTER_KEEP_BOOTSTRAP") {
-            std::fs::copy(&cfg, keep).unwrap();
+        // The IP form (STATIC) and the host name form (STRICT_DNS): validate mode does not
+        // resolve the name, so this needs no DNS.
+        for control in ["127.0.0.1:50051", "controlplane:50051"] {
+            let mut p = params(wasm.to_str().unwrap());
+            p.control = control.parse().unwrap();
+            let cfg = dir.path().join("bootstrap.yaml");
+            std::fs::write(&cfg, render(&p)).unwrap();
+            if let Ok(keep) = std::env::var("TOKENROUTER_KEEP_BOOTSTRAP") {
+                std::fs::copy(&cfg, keep).unwrap();
+            }
+            let out = std::process::Command::new(&envoy)
+                .args(["--mode", "validate", "--log-level", "warn", "-c"])
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("OK"),
+                "envoy --mode validate failed for --control {control} ({}):\n{stdout}\n{stderr}",
+                out.status
+            );
         }
-        let out = std::process::Command::new(envoy)
-            .args(["--mode", "validate", "--log-level", "warn", "-c"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stdout.contains("OK"),
-            "envoy --mode validate failed ({}):\n{stdout}\n{stderr}",
-            out.status
-        );
     }
 }

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::crypto::{provider_aad, Sealer};
+use crate::limits::{self, Policies};
 use crate::metrics::Metrics;
 use crate::store::{ConfigState, Proposed, ProviderRow, RoutingRuleRow, Store, StoreError};
 use crate::xds::{ChainCluster, ClusterSet, ProviderCluster};
@@ -65,18 +66,24 @@ fn routing_rules(rows: &[RoutingRuleRow]) -> Vec<pb::RoutingRule> {
 pub struct Built {
     pub snapshot: pb::Snapshot,
     pub clusters: ClusterSet,
+    /// What the limiter enforces for each key at this version.
+    pub policies: Policies,
 }
 
 pub struct Publisher {
     sealer: Sealer,
     snapshots: watch::Sender<Arc<pb::Snapshot>>,
     clusters: watch::Sender<ClusterSet>,
+    policies: watch::Sender<Arc<Policies>>,
     /// Held while comparing versions and sending on both channels, so two concurrent publishes
     /// cannot interleave and an older version never replaces a newer one.
     order: Mutex<()>,
     metrics: Arc<Metrics>,
     /// Time an attempt may take to answer before failover (`TOKENROUTER_PER_TRY_TIMEOUT_MS`).
     per_try_timeout_ms: u32,
+    /// Requests per second of keys whose limits and workspace's set none
+    /// (`TOKENROUTER_DEFAULT_RPS`, default [`limits::DEFAULT_RPS`]; 0 = none).
+    default_rps: u32,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -95,16 +102,22 @@ impl Publisher {
             ..pb::Snapshot::default()
         }));
         let (clusters, _) = watch::channel(ClusterSet::default());
+        let (policies, _) = watch::channel(Arc::new(Policies::default()));
         Publisher {
             sealer,
             snapshots,
             clusters,
+            policies,
             order: Mutex::new(()),
             metrics,
             per_try_timeout_ms: std::env::var("TOKENROUTER_PER_TRY_TIMEOUT_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(routing::DEFAULT_PER_TRY_TIMEOUT_MS),
+            default_rps: std::env::var("TOKENROUTER_DEFAULT_RPS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(limits::DEFAULT_RPS),
         }
     }
 
@@ -121,6 +134,18 @@ impl Publisher {
             }
             None => String::new(),
         };
+        let fallback_credentials: Vec<String> = match &p.fallbacks_sealed {
+            Some(sealed) => {
+                let plain = self
+                    .sealer
+                    .open(sealed, &provider_aad(&p.name))
+                    .map_err(|e| format!("provider {}: fallback credentials: {e}", p.name))?;
+                serde_json::from_slice(&plain).map_err(|_| {
+                    format!("provider {}: fallback credentials are not a list", p.name)
+                })?
+            }
+            None => Vec::new(),
+        };
         let cluster = cluster_name(&p.name);
         let provider_cluster = ProviderCluster {
             name: p.name.clone(),
@@ -134,6 +159,7 @@ impl Publisher {
             cluster,
             credential,
             enabled: p.enabled,
+            fallback_credentials,
         };
         Ok((provider, provider_cluster))
     }
@@ -147,6 +173,7 @@ impl Publisher {
             clusters.push(cluster);
             providers.push(provider);
         }
+        let policies = limits::policies(state, self.default_rps);
         let snapshot = pb::Snapshot {
             schema: SCHEMA,
             version: state.version,
@@ -160,6 +187,10 @@ impl Publisher {
                     workspace_id: k.workspace_id.clone(),
                     revoked: k.status == crate::store::KeyStatus::Revoked,
                     store_bodies: k.store_bodies,
+                    admission: policies.get(&k.id).is_some_and(|p| p.admission()),
+                    metered: policies
+                        .get(&k.id)
+                        .is_some_and(|p| p.key_metered || p.workspace_metered),
                 })
                 .collect(),
             providers,
@@ -242,6 +273,7 @@ impl Publisher {
                 providers: clusters,
                 chains,
             },
+            policies,
         })
     }
 
@@ -250,7 +282,7 @@ impl Publisher {
     pub fn check(&self, proposed: Proposed<'_>) -> Result<(), String> {
         match proposed {
             // A key's only constraints are a 32-byte hash (its type) and a unique hash (an index).
-            Proposed::Key(_) | Proposed::Removal => Ok(()),
+            Proposed::Key(_) | Proposed::Workspace(_) | Proposed::Removal => Ok(()),
             // Disabled providers are left out of the snapshot, so they cannot break it.
             Proposed::Provider(p) if !p.enabled => Ok(()),
             Proposed::Provider(p) => {
@@ -298,6 +330,8 @@ impl Publisher {
         }
         let version = built.snapshot.version;
         self.clusters.send_replace(built.clusters);
+        // Before the snapshot: an edge that learns of a limit finds it enforced here.
+        self.policies.send_replace(Arc::new(built.policies));
         self.snapshots.send_replace(Arc::new(built.snapshot));
         self.metrics
             .config_version
@@ -312,6 +346,15 @@ impl Publisher {
 
     pub fn clusters(&self) -> watch::Receiver<ClusterSet> {
         self.clusters.subscribe()
+    }
+
+    /// Requests per second of keys that set none (`TOKENROUTER_DEFAULT_RPS`).
+    pub fn default_rps(&self) -> u32 {
+        self.default_rps
+    }
+
+    pub fn policies(&self) -> watch::Receiver<Arc<Policies>> {
+        self.policies.subscribe()
     }
 
     /// Version currently published (0 before the first publish).
@@ -413,6 +456,8 @@ mod tests {
                 status: KeyStatus::Revoked,
                 created_at_ms: 1,
                 revoked_at_ms: Some(2),
+                limits: Default::default(),
+                metered: false,
                 store_bodies: true,
             }],
             providers: vec![ProviderRow {
@@ -420,6 +465,8 @@ mod tests {
                 kind: "openai".into(),
                 base_url: "http://127.0.0.1:1/v1".into(),
                 credential_sealed: Some(sealed),
+                fallbacks_sealed: None,
+                fallback_count: 0,
                 enabled: true,
                 created_at_ms: 1,
             }],
@@ -624,6 +671,7 @@ mod tests {
             action: "block".into(),
             replacement: String::new(),
             key_id: String::new(),
+            workspace_id: String::new(),
             max_match_chars: 0,
             check: "none".into(),
             template: String::new(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokenrouter_proto::admin::v1::admin_server::AdminServer;
 use tokenrouter_proto::sync::v1::edge_calls_server::EdgeCallsServer;
 use tokenrouter_proto::sync::v1::filter_sync_server::FilterSyncServer;
@@ -15,6 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::grpc::admin::AdminApi;
 use crate::api::grpc::idempotency::{EdgeCallsApi, Idempotency};
+use crate::api::grpc::ratelimit::RateLimitApi;
 use crate::api::grpc::sync::SyncApi;
 use crate::api::grpc::BearerAuth;
 use crate::api::rest;
@@ -54,6 +56,7 @@ pub async fn run(
     let admin_auth = auth.clone();
     let sync_auth = auth.clone();
     let calls_auth = auth.clone();
+    let rls_auth = auth.clone();
     let rest_auth = auth;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tokenrouter_proto::FILE_DESCRIPTOR_SET)
@@ -74,6 +77,10 @@ pub async fn run(
         .add_service(EdgeCallsServer::with_interceptor(
             EdgeCallsApi::new(idempotency),
             move |r| calls_auth.intercept(r),
+        ))
+        .add_service(RateLimitServiceServer::with_interceptor(
+            RateLimitApi::new(service.limiter()),
+            move |r| rls_auth.intercept(r),
         ))
         .add_service(AggregatedDiscoveryServiceServer::new(Ads::new(
             service.clusters(),

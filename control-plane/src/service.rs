@@ -3,6 +3,7 @@
 //! The API layers only convert wire types to and from these calls.
 
 mod firewall;
+mod metering;
 mod models;
 mod routing;
 
@@ -19,12 +20,15 @@ use tokio::sync::watch;
 
 use crate::calendar::{day_of_ms, format_day, DAY_MS};
 use crate::crypto::{provider_aad, Sealer};
+use crate::limits::{Effective, Limiter};
 use crate::metrics::Metrics;
 use crate::publisher::{Coalescer, Publisher};
 use crate::scores::{ScoreKeeper, SystemClock};
+use crate::store::metering::Owner;
 use crate::store::{
-    Changed, ConfigChange, KeyRow, KeyStatus, KeyUsage, LogEntry, LogQuery, Proposed, ProviderRow,
-    StatusFilter, Store, StoreError, UsageGroupBy, UsageGroupKey, UsageQuery, UsageTotals,
+    Changed, ConfigChange, KeyRow, KeyStatus, KeyUsage, Limits, LogEntry, LogQuery, Proposed,
+    ProviderRow, StatusFilter, Store, StoreError, UsageGroupBy, UsageGroupKey, UsageQuery,
+    UsageTotals,
 };
 use crate::xds::ClusterSet;
 
@@ -51,6 +55,12 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// A dependency (payment backend) cannot do it now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A signed call whose signature does not verify.
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -73,6 +83,7 @@ impl From<StoreError> for ServiceError {
 type Result<T> = std::result::Result<T, ServiceError>;
 
 pub use firewall::{FirewallRulePatch, NewFirewallRule, TemplateOverrides};
+pub use metering::{parse_balance_usd, parse_credit_usd, BalanceView, WebhookOutcome};
 pub use models::{parse_price, ModelPatch, NewModel};
 pub use routing::{NewRoutingRule, RoutingRulePatch};
 
@@ -86,7 +97,12 @@ pub struct NewProvider {
     pub api_key: String,
     /// Replace a provider of the same name instead of failing.
     pub replace: bool,
+    /// Fallback credentials, in order.
+    pub fallback_api_keys: Vec<String>,
 }
+
+/// At most this many fallback credentials per provider.
+pub const MAX_FALLBACK_CREDENTIALS: usize = 4;
 
 /// A page of request logs and the cursor for the next one.
 #[derive(Debug)]
@@ -118,6 +134,8 @@ pub struct LogFilter {
 pub struct KeyPatch {
     pub name: Option<String>,
     pub store_bodies: Option<bool>,
+    /// Set fields replace the key's limits.
+    pub limits: Limits,
 }
 
 /// A key and its totals over the request logs.
@@ -125,6 +143,10 @@ pub struct KeyPatch {
 pub struct KeyWithUsage {
     pub key: KeyRow,
     pub usage: KeyUsage,
+    /// The key's balance (pico-dollars); `None` = not metered.
+    pub balance_picos: Option<i64>,
+    /// Limits enforced after inheriting from its workspace and the server's defaults.
+    pub effective: Effective,
 }
 
 /// One group of a usage breakdown.
@@ -166,6 +188,10 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// Live provider scores from the usage ingested here, pushed to every edge.
     scores: Arc<ScoreKeeper>,
+    /// Request rates, token budgets and balance reservations of every edge's requests.
+    limiter: Arc<Limiter>,
+    /// Where `topup` gets checkout URLs (`None`: no payment backend configured).
+    payments: Option<Arc<dyn crate::payments::PaymentBackend>>,
 }
 
 impl Service {
@@ -187,9 +213,13 @@ impl Service {
             .map_err(|e| ServiceError::Internal(format!("stored configuration is invalid: {e}")))?;
         let scores = Arc::new(ScoreKeeper::new(Arc::new(SystemClock)));
         scores.spawn_ticker();
+        let limiter = Arc::new(Limiter::new(store.clone(), publisher.policies()));
         Ok(Service {
             coalescer: Arc::new(Coalescer::spawn(store.clone(), publisher.clone())),
             scores,
+            limiter,
+            payments: crate::payments::from_env()
+                .map_err(|e| ServiceError::Internal(format!("payment backend: {e}")))?,
             store,
             publisher,
             sealer,
@@ -216,6 +246,24 @@ impl Service {
     }
 
     pub async fn create_key(&self, name: &str, workspace: &str) -> Result<(KeyRow, String)> {
+        self.create_key_with(name, workspace, None, Limits::default())
+            .await
+    }
+
+    /// A key with a starting balance (`Some`: metered from its first request; the amount is
+    /// recorded in the credit ledger) and limits of its own.
+    pub async fn create_key_with(
+        &self,
+        name: &str,
+        workspace: &str,
+        balance_picos: Option<i64>,
+        limits: Limits,
+    ) -> Result<(KeyRow, String)> {
+        if balance_picos.is_some_and(|b| b < 0) {
+            return Err(ServiceError::InvalidArgument(
+                "a balance cannot be negative".into(),
+            ));
+        }
         let name = key_name(name)?;
         let workspace = match workspace.trim() {
             "" => DEFAULT_WORKSPACE,
@@ -241,11 +289,24 @@ impl Service {
             created_at_ms: now_ms(),
             revoked_at_ms: None,
             store_bodies: false,
+            limits,
+            metered: balance_picos.is_some(),
         };
-        match self.write(ConfigChange::CreateKey(row)).await? {
-            Changed::Key(k) => Ok((k, raw)),
-            other => Err(unexpected(other)),
+        let key = match self.write(ConfigChange::CreateKey(row)).await? {
+            Changed::Key(k) => k,
+            other => return Err(unexpected(other)),
+        };
+        if let Some(amount) = balance_picos.filter(|b| *b > 0) {
+            self.grant(
+                Owner::Key(key.id.clone()),
+                amount,
+                "initial",
+                None,
+                "balance at creation",
+            )
+            .await?;
         }
+        Ok((key, raw))
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRow>> {
@@ -264,10 +325,28 @@ impl Service {
     pub async fn list_keys_with_usage(&self) -> Result<Vec<KeyWithUsage>> {
         let keys = self.store.list_keys().await?;
         let mut usage = self.store.key_usage(None).await?;
+        let mut balances = self.store.metering().key_balances().await?;
+        let workspaces: std::collections::HashMap<String, Limits> = self
+            .store
+            .list_workspaces()
+            .await?
+            .into_iter()
+            .map(|(w, _)| (w.id, w.limits))
+            .collect();
+        let default_rps = self.publisher.default_rps();
         Ok(keys
             .into_iter()
             .map(|key| KeyWithUsage {
                 usage: usage.remove(&key.id).unwrap_or_default(),
+                balance_picos: balances.remove(&key.id),
+                effective: Effective::resolve(
+                    key.limits,
+                    workspaces
+                        .get(&key.workspace_id)
+                        .copied()
+                        .unwrap_or_default(),
+                    default_rps,
+                ),
                 key,
             })
             .collect())
@@ -281,7 +360,36 @@ impl Service {
             .await?
             .remove(&key.id)
             .unwrap_or_default();
-        Ok(KeyWithUsage { key, usage })
+        let balance_picos = self
+            .store
+            .metering()
+            .balance(&Owner::Key(key.id.clone()))
+            .await?;
+        let effective = self.effective_limits(&key).await?;
+        Ok(KeyWithUsage {
+            key,
+            usage,
+            balance_picos,
+            effective,
+        })
+    }
+
+    /// What the limiter enforces for `key`: its limits, else its workspace's, else the
+    /// server's defaults.
+    pub async fn effective_limits(&self, key: &KeyRow) -> Result<Effective> {
+        let workspace = self
+            .store
+            .list_workspaces()
+            .await?
+            .into_iter()
+            .find(|(w, _)| w.id == key.workspace_id)
+            .map(|(w, _)| w.limits)
+            .unwrap_or_default();
+        Ok(Effective::resolve(
+            key.limits,
+            workspace,
+            self.publisher.default_rps(),
+        ))
     }
 
     /// Renames a key and/or switches the recording of its request and response bodies; the
@@ -297,6 +405,7 @@ impl Service {
             id: id.to_string(),
             name: name.map(str::to_string),
             store_bodies: patch.store_bodies,
+            limits: patch.limits,
         };
         match self.write(change).await? {
             Changed::Key(k) => Ok(k),
@@ -350,11 +459,15 @@ impl Service {
                     .map_err(|e| ServiceError::Internal(e.to_string()))?,
             ),
         };
+        let (fallbacks_sealed, fallback_count) =
+            self.seal_fallbacks(&p.name, &p.fallback_api_keys)?;
         let row = ProviderRow {
             name: p.name,
             kind: kind.as_str().to_string(),
             base_url: base_url.to_string(),
             credential_sealed,
+            fallbacks_sealed,
+            fallback_count,
             enabled: true,
             created_at_ms: now_ms(),
         };
@@ -363,6 +476,90 @@ impl Service {
                 row,
                 replace: p.replace,
             })
+            .await?
+        {
+            Changed::Provider(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Seals a provider's fallback credentials (blank ones are an error).
+    fn seal_fallbacks(&self, provider: &str, keys: &[String]) -> Result<(Option<Vec<u8>>, u32)> {
+        if keys.is_empty() {
+            return Ok((None, 0));
+        }
+        if keys.len() > MAX_FALLBACK_CREDENTIALS {
+            return Err(ServiceError::InvalidArgument(format!(
+                "at most {MAX_FALLBACK_CREDENTIALS} fallback credentials per provider"
+            )));
+        }
+        let keys: Vec<&str> = keys.iter().map(|k| k.trim()).collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(ServiceError::InvalidArgument(
+                "a fallback credential cannot be empty".into(),
+            ));
+        }
+        let json = serde_json::to_vec(&keys).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let sealed = self
+            .sealer
+            .seal(&json, &provider_aad(provider))
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok((Some(sealed), u32::try_from(keys.len()).unwrap_or(u32::MAX)))
+    }
+
+    /// Replaces a provider's primary credential (and optionally its fallbacks). With
+    /// `keep_previous`, the previous primary goes last among the fallbacks, so a request the
+    /// new key cannot serve yet is served by the old one.
+    pub async fn rotate_provider_key(
+        &self,
+        name: &str,
+        api_key: &str,
+        keep_previous: bool,
+        fallbacks: Option<Vec<String>>,
+    ) -> Result<ProviderRow> {
+        let api_key = api_key.trim();
+        if api_key.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "the new api key is empty".into(),
+            ));
+        }
+        let mut row = self.get_provider(name).await?;
+        let aad = provider_aad(&row.name);
+        let open = |sealed: &[u8]| {
+            self.sealer
+                .open(sealed, &aad)
+                .map_err(|e| ServiceError::Internal(format!("provider {}: {e}", row.name)))
+        };
+        let mut keys: Vec<String> = match (fallbacks, &row.fallbacks_sealed) {
+            (Some(given), _) => given,
+            (None, Some(sealed)) => serde_json::from_slice(&open(sealed)?)
+                .map_err(|e| ServiceError::Internal(format!("provider {}: {e}", row.name)))?,
+            (None, None) => Vec::new(),
+        };
+        if keep_previous {
+            if let Some(sealed) = &row.credential_sealed {
+                let previous = String::from_utf8(open(sealed)?).map_err(|_| {
+                    ServiceError::Internal(format!(
+                        "provider {}: credential is not UTF-8",
+                        row.name
+                    ))
+                })?;
+                if previous != api_key && !keys.contains(&previous) {
+                    keys.push(previous);
+                }
+            }
+        }
+        keys.retain(|k| k.trim() != api_key);
+        let (fallbacks_sealed, fallback_count) = self.seal_fallbacks(&row.name, &keys)?;
+        row.credential_sealed = Some(
+            self.sealer
+                .seal(api_key.as_bytes(), &aad)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+        );
+        row.fallbacks_sealed = fallbacks_sealed;
+        row.fallback_count = fallback_count;
+        match self
+            .write(ConfigChange::PutProvider { row, replace: true })
             .await?
         {
             Changed::Provider(p) => Ok(p),
@@ -574,6 +771,11 @@ impl Service {
         let stored = self.store.insert_usage(&valid, now_ms()).await;
         match stored {
             Ok(new) => {
+                // After the commit that charged them: a reservation ends when its cost is in
+                // the balance.
+                self.limiter
+                    .settle(new.iter().filter_map(|&i| valid.get(i)), now_ms())
+                    .await;
                 self.scores
                     .observe(new.iter().filter_map(|&i| valid.get(i)));
                 self.metrics
@@ -658,6 +860,7 @@ pub(crate) mod tests {
             base_url: url.into(),
             api_key: "sk-up".into(),
             replace: false,
+            fallback_api_keys: Vec::new(),
         }
     }
 
@@ -923,6 +1126,7 @@ pub(crate) mod tests {
         let patch = |name: Option<&str>, store_bodies| KeyPatch {
             name: name.map(str::to_string),
             store_bodies,
+            ..KeyPatch::default()
         };
         let updated = svc
             .update_key(&key.id, patch(Some("  renamed "), Some(true)))
@@ -1069,6 +1273,8 @@ pub(crate) mod tests {
             kind: kind.into(),
             base_url: url.into(),
             credential_sealed: sealed,
+            fallbacks_sealed: None,
+            fallback_count: 0,
             enabled: true,
             created_at_ms: 1,
         };
@@ -1087,6 +1293,7 @@ pub(crate) mod tests {
             action: "block".into(),
             replacement: String::new(),
             key_id: String::new(),
+            workspace_id: String::new(),
             max_match_chars: 0,
             check: String::new(),
             template: String::new(),

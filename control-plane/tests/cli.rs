@@ -29,6 +29,8 @@ async fn cli(args: &[&str], env: &[(&str, &str)]) -> Run {
         "TOKENROUTER_API_URL",
         "TOKENROUTER_JSON",
         "TOKENROUTER_DATA_DIR",
+        "TOKENROUTER_API_KEY",
+        "TOKENROUTER_REST_URL",
     ] {
         cmd.env_remove(var);
     }
@@ -1124,4 +1126,1202 @@ async fn keys_update_logs_filters_and_usage() {
         (down.code, down.json["error"]["type"].as_str()),
         (2, Some("network_error"))
     );
+}
+
+/// `--api-url URL --admin-token TOKEN` followed by `args`.
+fn admin_args(url: &str, args: &[&str]) -> Vec<String> {
+    ["--api-url", url, "--admin-token", TOKEN]
+        .iter()
+        .chain(args)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+async fn run_args(args: Vec<String>, env: &[(&str, &str)]) -> Run {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli(&refs, env).await
+}
+
+#[track_caller]
+fn assert_error(r: &Run, code: i32, kind: &str) {
+    assert_eq!(
+        (r.code, r.json["error"]["type"].as_str()),
+        (code, Some(kind)),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn balances_workspaces_credit_and_topup_verbs() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let run = |args: &[&str]| run_args(admin_args(&url, args), &[]);
+
+    // workspaces create|list|get|update.
+    let ws = run(&[
+        "workspaces",
+        "create",
+        "team-a",
+        "--balance",
+        "20",
+        "--rps",
+        "5",
+        "--json",
+    ])
+    .await;
+    assert_eq!(ws.code, 0, "{}", ws.stderr);
+    assert_eq!(ws.json["balance_usd"], "20");
+    assert_eq!(ws.json["limits"]["rps"], 5);
+    assert_eq!(ws.json["limits"]["hour_total_tokens"], Value::Null);
+    assert_error(
+        &run(&["workspaces", "create", "team-a", "--json"]).await,
+        1,
+        "already_exists",
+    );
+    assert_error(
+        &run(&["workspaces", "create", "Bad WS", "--json"]).await,
+        1,
+        "invalid_argument",
+    );
+    assert_error(
+        &run(&[
+            "workspaces",
+            "create",
+            "team-c",
+            "--balance",
+            "lots",
+            "--json",
+        ])
+        .await,
+        1,
+        "invalid_argument",
+    );
+    let bad_flag = run(&["workspaces", "create", "team-c", "--rps", "-1"]).await;
+    assert_eq!(bad_flag.code, 1, "{}", bad_flag.stderr);
+    let human = run(&["workspaces", "list"]).await;
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    let header: Vec<&str> = human
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["ID", "KEYS", "BALANCE", "RPS", "TOKENS/H", "IN/H", "OUT/H", "CREATED"]
+    );
+    assert!(human.stdout.contains("$20"), "{}", human.stdout);
+    let listed = run(&["workspaces", "list", "--json"]).await;
+    assert!(listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["id"] == "team-a"));
+    assert_error(
+        &run(&["workspaces", "get", "nope", "--json"]).await,
+        1,
+        "not_found",
+    );
+    let updated = run(&[
+        "workspaces",
+        "update",
+        "team-a",
+        "--hour-tokens",
+        "1000",
+        "--json",
+    ])
+    .await;
+    assert_eq!(updated.code, 0, "{}", updated.stderr);
+    assert_eq!(
+        (
+            &updated.json["limits"]["rps"],
+            &updated.json["limits"]["hour_total_tokens"]
+        ),
+        (&Value::from(5), &Value::from(1000))
+    );
+    assert_error(
+        &run(&["workspaces", "update", "team-a", "--json"]).await,
+        1,
+        "usage_error",
+    );
+    let got = run(&["workspaces", "get", "team-a"]).await;
+    assert!(
+        got.stdout.starts_with("team-a: 0 active keys, balance $20"),
+        "{}",
+        got.stdout
+    );
+
+    // keys create --balance and limits; keys update limits; the BALANCE column.
+    let metered = run(&[
+        "keys",
+        "create",
+        "--name",
+        "m",
+        "--workspace",
+        "team-a",
+        "--balance",
+        "5",
+        "--rps",
+        "2",
+        "--json",
+    ])
+    .await;
+    assert_eq!(metered.code, 0, "{}", metered.stderr);
+    assert_eq!(metered.json["balance_usd"], "5");
+    assert_eq!(metered.json["limits"]["rps"], 2);
+    assert_eq!(metered.json["effective_limits"]["hour_total_tokens"], 1000);
+    let id = metered.json["id"].as_str().unwrap().to_string();
+    let raw = metered.json["raw"].as_str().unwrap().to_string();
+    let free = run(&["keys", "create", "--name", "free", "--json"]).await;
+    assert_eq!(free.json["balance_usd"], Value::Null);
+    let free_id = free.json["id"].as_str().unwrap().to_string();
+    assert_error(
+        &run(&["keys", "create", "--name", "x", "--balance=-2", "--json"]).await,
+        1,
+        "invalid_argument",
+    );
+    let relimited = run(&[
+        "keys",
+        "update",
+        &id,
+        "--hour-output-tokens",
+        "10",
+        "--json",
+    ])
+    .await;
+    assert_eq!(relimited.code, 0, "{}", relimited.stderr);
+    assert_eq!(
+        (
+            &relimited.json["limits"]["rps"],
+            &relimited.json["limits"]["hour_output_tokens"]
+        ),
+        (&Value::from(2), &Value::from(10))
+    );
+    let table = run(&["keys", "list"]).await;
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(
+        lines[0].contains("SPEND  BALANCE  LAST USED"),
+        "{}",
+        table.stdout
+    );
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("m")[9], "$5", "{}", table.stdout);
+    assert_eq!(row("free")[9], "—", "{}", table.stdout);
+    let summary = run(&["keys", "get", &id]).await;
+    assert!(
+        summary
+            .stdout
+            .contains("balance $5, limits 2 rps, 1000 tokens/h, 10 output tokens/h"),
+        "{}",
+        summary.stdout
+    );
+
+    // balance: a key, a workspace, the total; errors.
+    let b = run(&["balance", "--key", &id, "--json"]).await;
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    assert_eq!(
+        b.json,
+        serde_json::json!({"balance_usd": "5", "currency": "USD", "owner": "key", "id": id,
+                           "metered": true, "reserved_usd": "0", "available_usd": "5"})
+    );
+    assert!(
+        b.stdout
+            .trim_start()
+            .starts_with("{\n  \"balance_usd\": \"5\",\n  \"currency\": \"USD\""),
+        "{}",
+        b.stdout
+    );
+    let w = run(&["balance", "--workspace", "team-a", "--json"]).await;
+    assert_eq!(
+        (&w.json["owner"], &w.json["balance_usd"]),
+        (&Value::from("workspace"), &Value::from("20"))
+    );
+    let total = run(&["balance", "--json"]).await;
+    assert_eq!(
+        (&total.json["owner"], &total.json["balance_usd"]),
+        (&Value::from("total"), &Value::from("5"))
+    );
+    let text = run(&["balance", "--key", &id]).await;
+    assert_eq!(text.stdout.trim(), format!("key {id}: $5 USD"));
+    let unmetered = run(&["balance", "--key", &free_id]).await;
+    assert!(
+        unmetered.stdout.contains("has no balance"),
+        "{}",
+        unmetered.stdout
+    );
+    let both = run(&["balance", "--key", &id, "--workspace", "team-a", "--json"]).await;
+    assert_error(&both, 1, "usage_error");
+    assert_error(
+        &run(&["balance", "--key", "key_nope", "--json"]).await,
+        1,
+        "not_found",
+    );
+
+    // credit grant.
+    let granted = run(&[
+        "credit", "grant", "--key", &id, "--amount", "2.5", "--note", "trial", "--json",
+    ])
+    .await;
+    assert_eq!(granted.code, 0, "{}", granted.stderr);
+    assert_eq!(granted.json["balance_usd"], "7.5");
+    let to_ws = run(&["credit", "grant", "--workspace", "team-a", "--amount", "1"]).await;
+    assert_eq!(to_ws.code, 0, "{}", to_ws.stderr);
+    assert!(
+        to_ws.stdout.contains("balance now $21 USD"),
+        "{}",
+        to_ws.stdout
+    );
+    assert_error(
+        &run(&["credit", "grant", "--amount", "1", "--json"]).await,
+        1,
+        "usage_error",
+    );
+    assert_error(
+        &run(&[
+            "credit",
+            "grant",
+            "--key",
+            &id,
+            "--workspace",
+            "team-a",
+            "--amount",
+            "1",
+            "--json",
+        ])
+        .await,
+        1,
+        "usage_error",
+    );
+    assert_error(
+        &run(&["credit", "grant", "--key", &id, "--amount", "abc", "--json"]).await,
+        1,
+        "invalid_argument",
+    );
+    assert_error(
+        &run(&[
+            "credit",
+            "grant",
+            "--workspace",
+            "nope",
+            "--amount",
+            "1",
+            "--json",
+        ])
+        .await,
+        1,
+        "not_found",
+    );
+
+    // topup without a payment backend: a server error (503 → 3); user errors first.
+    let none = run(&["topup", "--amount", "5", "--key", &id, "--json"]).await;
+    assert_error(&none, 3, "server_error");
+    assert!(
+        none.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("TOKENROUTER_PAYMENTS"),
+        "{}",
+        none.stdout
+    );
+    assert_error(
+        &run(&["topup", "--amount", "5", "--json"]).await,
+        1,
+        "usage_error",
+    );
+    assert_error(
+        &run(&["topup", "--amount", "abc", "--key", &id, "--json"]).await,
+        1,
+        "invalid_argument",
+    );
+
+    // As a gateway key (TOKENROUTER_API_KEY): over REST, for its own key only.
+    let rest_url = format!("http://{}", server.rest);
+    let as_key = |args: &[&str], key: &str| {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env = [
+            ("TOKENROUTER_API_KEY", key.to_string()),
+            ("TOKENROUTER_REST_URL", rest_url.clone()),
+        ];
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            run_args(args, &env).await
+        }
+    };
+    let own = as_key(&["balance", "--json"], &raw).await;
+    assert_eq!(own.code, 0, "{}{}", own.stdout, own.stderr);
+    assert_eq!(
+        (&own.json["id"], &own.json["balance_usd"]),
+        (&Value::from(id.as_str()), &Value::from("7.5"))
+    );
+    let own_text = as_key(&["balance"], &raw).await;
+    assert_eq!(own_text.stdout.trim(), format!("key {id}: $7.5 USD"));
+    assert_error(
+        &as_key(&["balance", "--key", &free_id, "--json"], &raw).await,
+        1,
+        "permission_denied",
+    );
+    assert_error(
+        &as_key(&["balance", "--workspace", "team-a", "--json"], &raw).await,
+        1,
+        "permission_denied",
+    );
+    assert_error(
+        &as_key(&["topup", "--amount", "5", "--json"], &raw).await,
+        3,
+        "server_error",
+    );
+    assert_error(
+        &as_key(
+            &["topup", "--amount", "5", "--key", &free_id, "--json"],
+            &raw,
+        )
+        .await,
+        1,
+        "permission_denied",
+    );
+    assert_error(
+        &as_key(&["topup", "--amount", "x", "--json"], &raw).await,
+        1,
+        "invalid_argument",
+    );
+    assert_error(
+        &as_key(&["balance", "--json"], "sk-tr-not-a-real-key").await,
+        1,
+        "unauthenticated",
+    );
+    assert_error(
+        &as_key(&["balance", "--json"], "not-a-key").await,
+        1,
+        "config_error",
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = run_args(
+        vec!["balance".into(), "--json".into()],
+        &[
+            ("TOKENROUTER_API_KEY", raw.as_str()),
+            ("TOKENROUTER_REST_URL", &format!("http://{closed}")),
+        ],
+    )
+    .await;
+    assert_error(&down, 2, "network_error");
+    server.stop().await;
+}
+
+/// A fake Stripe API: `POST /v1/checkout/sessions` records the `Authorization` header and the
+/// form, and answers a checkout session `cs_test_<n>`.
+struct FakeStripe {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+async fn fake_stripe() -> FakeStripe {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/checkout/sessions",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let n = {
+                    let mut seen = record.lock().unwrap();
+                    seen.push((auth, body));
+                    seen.len()
+                };
+                axum::Json(serde_json::json!({
+                    "id": format!("cs_test_{n}"), "object": "checkout.session",
+                    "url": format!("https://checkout.stripe.com/c/pay/cs_test_{n}"),
+                    "expires_at": 1_900_000_000_i64, "payment_status": "unpaid",
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    FakeStripe { addr, seen }
+}
+
+/// `tokenrouter serve` as a child process with `env` (the payment backend is configured from
+/// the environment, which an in-process server would share with every other test).
+struct Served {
+    child: tokio::process::Child,
+    grpc_url: String,
+    rest: std::net::SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(env: &[(&str, &str)]) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (grpc, rest) = (free(), free());
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenrouter"));
+        cmd.args(["serve", "--grpc-addr", &grpc.to_string()])
+            .args(["--rest-addr", &rest.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        for var in [
+            "DATABASE_URL",
+            "TOKENROUTER_ADMIN_TOKEN",
+            "TOKENROUTER_MASTER_KEY",
+            "TOKENROUTER_DATA_DIR",
+            "TOKENROUTER_PAYMENTS",
+            "STRIPE_SECRET_KEY",
+            "STRIPE_WEBHOOK_SECRET",
+            "TOKENROUTER_STRIPE_API_BASE",
+            "TOKENROUTER_TOPUP_SUCCESS_URL",
+            "TOKENROUTER_TOPUP_CANCEL_URL",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("TOKENROUTER_ADMIN_TOKEN", TOKEN);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut served = Served {
+            child: cmd.spawn().unwrap(),
+            grpc_url: format!("http://{grpc}"),
+            rest,
+            dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = http(rest, "GET", "/healthz", &[], b"").await {
+                return served;
+            }
+            if let Ok(Some(status)) = served.child.try_wait() {
+                panic!("serve exited with {status}:\n{}", served.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not start:\n{}",
+                served.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// One HTTP/1.1 request; (status, body as JSON or a string).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok((
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_string())),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stripe_topup_round_trip() {
+    const WEBHOOK_SECRET: &str = "whsec_test_round_trip";
+    let stripe = fake_stripe().await;
+    let api_base = format!("http://{}", stripe.addr);
+    let served = Served::start(&[
+        ("TOKENROUTER_PAYMENTS", "stripe"),
+        ("STRIPE_SECRET_KEY", "sk_test_fake"),
+        ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("TOKENROUTER_STRIPE_API_BASE", &api_base),
+        ("TOKENROUTER_TOPUP_SUCCESS_URL", "https://example.test/paid"),
+    ])
+    .await;
+    let url = served.grpc_url.clone();
+    let run = |args: &[&str]| run_args(admin_args(&url, args), &[]);
+
+    let key = run(&[
+        "keys",
+        "create",
+        "--name",
+        "buyer",
+        "--balance",
+        "0",
+        "--json",
+    ])
+    .await;
+    assert_eq!(key.code, 0, "{}{}", key.stderr, served.log());
+    let id = key.json["id"].as_str().unwrap().to_string();
+    let raw = key.json["raw"].as_str().unwrap().to_string();
+
+    // topup (admin): the fake's session, from the documented form.
+    let topup = run(&["topup", "--amount", "5", "--key", &id, "--json"]).await;
+    assert_eq!(
+        topup.code,
+        0,
+        "{}{}{}",
+        topup.stdout,
+        topup.stderr,
+        served.log()
+    );
+    assert_eq!(
+        topup.json,
+        serde_json::json!({"checkout_url": "https://checkout.stripe.com/c/pay/cs_test_1",
+            "session_id": "cs_test_1", "amount_usd": "5", "expires_at": 1_900_000_000_i64,
+            "key_id": id})
+    );
+    let (auth, form) = stripe.seen.lock().unwrap()[0].clone();
+    assert_eq!(auth, "Bearer sk_test_fake");
+    let form: Vec<(String, String)> = serde_urlencoded::from_str(&form).unwrap();
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} not in {form:?}"))
+    };
+    assert_eq!(field("mode"), "payment");
+    assert_eq!(field("line_items[0][price_data][currency]"), "usd");
+    assert_eq!(field("line_items[0][price_data][unit_amount]"), "500");
+    assert_eq!(field("line_items[0][quantity]"), "1");
+    assert!(field("line_items[0][price_data][product_data][name]").contains(&id));
+    assert_eq!(field("metadata[key_id]"), id);
+    assert_eq!(field("client_reference_id"), id);
+    assert_eq!(field("success_url"), "https://example.test/paid");
+    assert!(field("cancel_url").starts_with("http"));
+
+    // Not whole cents, or under Stripe's minimum: refused before calling Stripe.
+    for amount in ["5.005", "0.25"] {
+        let r = run(&["topup", "--amount", amount, "--key", &id, "--json"]).await;
+        assert_error(&r, 1, "invalid_argument");
+    }
+    assert_eq!(stripe.seen.lock().unwrap().len(), 1);
+
+    // A gateway key tops itself up (over REST); the text says a person must pay.
+    let env = [
+        ("TOKENROUTER_API_KEY", raw.as_str()),
+        ("TOKENROUTER_REST_URL", &format!("http://{}", served.rest)),
+    ];
+    let own = run_args(vec!["topup".into(), "--amount".into(), "7.50".into()], &env).await;
+    assert_eq!(own.code, 0, "{}{}", own.stdout, own.stderr);
+    assert!(
+        own.stdout
+            .contains("\n  https://checkout.stripe.com/c/pay/cs_test_2\n"),
+        "{}",
+        own.stdout
+    );
+    assert!(
+        own.stdout.contains("A person must open this URL"),
+        "{}",
+        own.stdout
+    );
+    assert!(own.stdout.contains("never opens or pays"), "{}", own.stdout);
+
+    // The webhook: signed by the secret → credited once.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let event = |event_id: &str, session: &str, kind: &str, cents: i64| {
+        serde_json::json!({
+            "id": event_id, "object": "event", "type": kind,
+            "data": {"object": {"id": session, "object": "checkout.session",
+                "payment_status": "paid", "amount_total": cents, "currency": "usd",
+                "metadata": {"key_id": id}, "client_reference_id": id}}
+        })
+        .to_string()
+    };
+    let deliver = |payload: String, signature: Option<String>| {
+        let rest = served.rest;
+        async move {
+            let mut headers = vec![("Content-Type", "application/json; charset=utf-8")];
+            if let Some(sig) = &signature {
+                headers.push(("Stripe-Signature", sig.as_str()));
+            }
+            // No bearer token: the signature authenticates the call.
+            http(
+                rest,
+                "POST",
+                "/api/v1/webhooks/stripe",
+                &headers,
+                payload.as_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let sign = |payload: &str| {
+        tokenrouter_control_plane::payments::stripe::sign(WEBHOOK_SECRET, payload.as_bytes(), now)
+    };
+    let paid = event("evt_1", "cs_test_1", "checkout.session.completed", 500);
+    let (status, body) = deliver(paid.clone(), Some(sign(&paid))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"received": true, "outcome": "credited", "key_id": id,
+                           "balance_usd": "5"})
+    );
+    let (status, body) = deliver(paid.clone(), Some(sign(&paid))).await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &Value::from("duplicate")),
+        "{body}"
+    );
+    let balance = run(&["balance", "--key", &id, "--json"]).await;
+    assert_eq!(balance.json["balance_usd"], "5", "credited once");
+
+    // Tampered, wrongly signed, unsigned, stale: 400, nothing credited.
+    let tampered = event("evt_2", "cs_test_1", "checkout.session.completed", 50_000);
+    let (status, body) = deliver(tampered, Some(sign(&paid))).await;
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (400, &Value::from("invalid_request_error")),
+        "{body}"
+    );
+    let other = event("evt_3", "cs_test_2", "checkout.session.completed", 750);
+    let wrong =
+        tokenrouter_control_plane::payments::stripe::sign("whsec_other", other.as_bytes(), now);
+    assert_eq!(deliver(other.clone(), Some(wrong)).await.0, 400);
+    assert_eq!(deliver(other.clone(), None).await.0, 400);
+    let stale = tokenrouter_control_plane::payments::stripe::sign(
+        WEBHOOK_SECRET,
+        other.as_bytes(),
+        now - 3600,
+    );
+    assert_eq!(deliver(other.clone(), Some(stale)).await.0, 400);
+    assert_eq!(
+        deliver("garbage".into(), Some(sign("garbage"))).await.0,
+        400
+    );
+
+    // A session this control plane did not create, or an amount that is not the session's.
+    let foreign = event("evt_4", "cs_not_ours", "checkout.session.completed", 500);
+    let (status, body) = deliver(foreign.clone(), Some(sign(&foreign))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not created here"),
+        "{body}"
+    );
+    let short = event("evt_5", "cs_test_2", "checkout.session.completed", 100);
+    assert_eq!(deliver(short.clone(), Some(sign(&short))).await.0, 400);
+
+    // Another event type: acknowledged, ignored.
+    let expired = event("evt_6", "cs_test_2", "checkout.session.expired", 750);
+    let (status, body) = deliver(expired.clone(), Some(sign(&expired))).await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &Value::from("ignored")),
+        "{body}"
+    );
+    let balance = run(&["balance", "--key", &id, "--json"]).await;
+    assert_eq!(balance.json["balance_usd"], "5");
+
+    // The second session, paid: credited to the same key.
+    let (status, body) = deliver(other.clone(), Some(sign(&other))).await;
+    assert_eq!(
+        (status, &body["balance_usd"]),
+        (200, &Value::from("12.5")),
+        "{body}"
+    );
+    let own_balance = run_args(vec!["balance".into(), "--json".into()], &env).await;
+    assert_eq!(own_balance.json["balance_usd"], "12.5");
+
+    // The payer's landing pages.
+    let (status, body) = http(
+        served.rest,
+        "GET",
+        "/topup/success?session_id=cs_test_1",
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.as_str().unwrap().contains("tokenrouter balance"),
+        "{body}"
+    );
+    served.stop().await;
+}
+
+/// `firewall add|update|enable-template --workspace W`; `list` shows a WORKSPACE column and
+/// `--json` the `workspace_id`.
+#[tokio::test(flavor = "multi_thread")]
+async fn firewall_rules_scoped_to_a_workspace_verbs() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let run = |args: &[&str]| run_args(admin_args(&url, args), &[]);
+    let key_a = run(&[
+        "keys",
+        "create",
+        "--name",
+        "a",
+        "--workspace",
+        "team-a",
+        "--json",
+    ])
+    .await;
+    assert_eq!(key_a.code, 0, "{}", key_a.stderr);
+    let a = key_a.json["id"].as_str().unwrap().to_string();
+    let key_b = run(&[
+        "keys",
+        "create",
+        "--name",
+        "b",
+        "--workspace",
+        "team-b",
+        "--json",
+    ])
+    .await;
+    let b = key_b.json["id"].as_str().unwrap().to_string();
+    let add = |name: &'static str, extra: Vec<String>| {
+        let mut args: Vec<String> = [
+            "firewall",
+            "add",
+            "--name",
+            name,
+            "--scope",
+            "prompt",
+            "--type",
+            "substring",
+            "--pattern",
+            "project falcon",
+            "--action",
+            "block",
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra);
+        run_args(admin_args(&url, &[]).into_iter().chain(args).collect(), &[])
+    };
+    let flags = |pairs: &[(&str, &str)]| -> Vec<String> {
+        pairs
+            .iter()
+            .flat_map(|(f, v)| [f.to_string(), v.to_string()])
+            .collect()
+    };
+
+    let team = add("team-a only", flags(&[("--workspace", "team-a")])).await;
+    assert_eq!(team.code, 0, "{}", team.stderr);
+    assert_eq!(team.json["workspace_id"], "team-a");
+    assert_eq!(team.json["key_id"], "");
+    let id = team.json["id"].to_string();
+    assert_error(
+        &add("r", flags(&[("--workspace", "team-z")])).await,
+        1,
+        "invalid_argument",
+    );
+    let wrong = add(
+        "r",
+        flags(&[("--workspace", "team-a"), ("--key", b.as_str())]),
+    )
+    .await;
+    assert_error(&wrong, 1, "invalid_argument");
+    assert!(
+        wrong.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is in workspace team-b, not team-a"),
+        "{}",
+        wrong.stdout
+    );
+    let both = add(
+        "a in team-a",
+        flags(&[("--workspace", "team-a"), ("--key", a.as_str())]),
+    )
+    .await;
+    assert_eq!(both.code, 0, "{}", both.stderr);
+    assert_eq!(
+        (&both.json["workspace_id"], &both.json["key_id"]),
+        (&Value::from("team-a"), &Value::from(a.as_str()))
+    );
+
+    // Human output: the WORKSPACE column, `*` for every workspace; the sentence names it.
+    let listed = run(&["firewall", "list"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let header = listed.stdout.lines().next().unwrap();
+    assert!(header.contains("WORKSPACE"), "{header}");
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|l| l.contains("team-a only") && l.contains("team-a") && l.contains('*')),
+        "{}",
+        listed.stdout
+    );
+    let got = run(&["firewall", "get", &id]).await;
+    assert!(got.stdout.contains("workspace team-a"), "{}", got.stdout);
+    let listed = run(&["firewall", "list", "--json"]).await;
+    let scoping: Vec<(String, String)> = listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["workspace_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(scoping.contains(&("team-a only".into(), "team-a".into())));
+
+    // update --workspace: moved, kept when not given, "" = every workspace.
+    let moved = run(&["firewall", "update", &id, "--workspace", "team-b", "--json"]).await;
+    assert_eq!(moved.json["workspace_id"], "team-b", "{}", moved.stderr);
+    let kept = run(&["firewall", "update", &id, "--action", "warn", "--json"]).await;
+    assert_eq!(kept.json["workspace_id"], "team-b", "{}", kept.stderr);
+    assert_error(
+        &run(&["firewall", "update", &id, "--workspace", "team-z", "--json"]).await,
+        1,
+        "invalid_argument",
+    );
+    let every = run(&["firewall", "update", &id, "--workspace", "", "--json"]).await;
+    assert_eq!(every.json["workspace_id"], "", "{}", every.stderr);
+
+    let email = run(&[
+        "firewall",
+        "enable-template",
+        "email",
+        "--workspace",
+        "team-b",
+        "--json",
+    ])
+    .await;
+    assert_eq!(email.code, 0, "{}", email.stderr);
+    assert_eq!(email.json["workspace_id"], "team-b");
+    server.stop().await;
+}
+
+/// A stand-in for the gateway's `/v1/chat/completions`: the answer depends on the bearer key
+/// (`good` 200, `revoked` 401, `broke` 402, `down` 503); the bodies it got are kept.
+async fn fake_gateway() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap_or(Value::Null));
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let envelope = |status: u16, t: &str, m: &str| {
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        axum::Json(serde_json::json!({
+                            "error": {"type": t, "message": m, "code": status},
+                            "request_id": "req_fake_err",
+                        })),
+                    )
+                        .into_response()
+                };
+                match auth.as_str() {
+                    "Bearer sk-tr-good" => (
+                        [
+                            ("x-tokenrouter-provider", "fake"),
+                            ("x-tokenrouter-model", "m1"),
+                            ("x-request-id", "req_fake"),
+                        ],
+                        axum::Json(serde_json::json!({
+                            "id": "chatcmpl-1", "object": "chat.completion",
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": "OK"}}],
+                        })),
+                    )
+                        .into_response(),
+                    "Bearer sk-tr-revoked" => {
+                        envelope(401, "authentication_error", "Invalid API key.")
+                    }
+                    "Bearer sk-tr-broke" => {
+                        envelope(402, "insufficient_quota", "Balance exhausted.")
+                    }
+                    _ => envelope(503, "service_unavailable", "Try again shortly."),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_and_test_verbs_with_the_cached_key() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_string();
+    let (gateway, seen) = fake_gateway().await;
+    let gateway_url = format!("http://{gateway}");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all: Vec<String> = vec!["--data-dir".into(), data_dir.clone()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            cli(&refs, &env).await
+        }
+    };
+
+    // Nothing cached, no key: exit 1, the seed's message.
+    let none = run(&["env"], &[]).await;
+    assert_eq!(none.code, 1, "{}", none.stderr);
+    assert!(none.stdout.is_empty());
+    assert!(
+        none.stderr
+            .contains("no API key available: run `tokenrouter keys create` first"),
+        "{}",
+        none.stderr
+    );
+    assert_error(&run(&["env", "--json"], &[]).await, 1, "config_error");
+    let none = run(&["test", "--gateway-url", &gateway_url, "--json"], &[]).await;
+    assert_eq!((none.code, &none.json["ok"]), (1, &Value::Bool(false)));
+    assert_eq!(none.json["error"]["type"], "config_error");
+
+    // keys create caches the raw key; env and test then find it.
+    let created = run(
+        &[
+            "--api-url",
+            &url,
+            "--admin-token",
+            TOKEN,
+            "keys",
+            "create",
+            "--name",
+            "c",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let raw = created.json["raw"].as_str().unwrap().to_string();
+    let cache = data.path().join("last_key");
+    assert_eq!(std::fs::read_to_string(&cache).unwrap().trim(), raw);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let env = run(&["env"], &[]).await;
+    assert_eq!(env.code, 0, "{}", env.stderr);
+    assert_eq!(
+        env.stdout,
+        format!("OPENAI_API_KEY={raw}\nOPENAI_BASE_URL=http://127.0.0.1:8080/v1\n")
+    );
+    let env = run(
+        &["env", "--json"],
+        &[("TOKENROUTER_GATEWAY_URL", "https://gw.example/v1")],
+    )
+    .await;
+    assert_eq!(
+        env.json,
+        serde_json::json!({"OPENAI_API_KEY": raw, "OPENAI_BASE_URL": "https://gw.example/v1"})
+    );
+    // --no-cache keeps the cached key; TOKENROUTER_API_KEY beats the cache, --key beats both.
+    let other = run(
+        &[
+            "--api-url",
+            &url,
+            "--admin-token",
+            TOKEN,
+            "keys",
+            "create",
+            "--name",
+            "d",
+            "--no-cache",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(other.code, 0, "{}", other.stderr);
+    assert_eq!(std::fs::read_to_string(&cache).unwrap().trim(), raw);
+    let env = run(
+        &["env", "--json"],
+        &[("TOKENROUTER_API_KEY", "sk-tr-fromenv")],
+    )
+    .await;
+    assert_eq!(env.json["OPENAI_API_KEY"], "sk-tr-fromenv");
+    let env = run(
+        &["env", "--key", "sk-tr-flag", "--json"],
+        &[("TOKENROUTER_API_KEY", "sk-tr-fromenv")],
+    )
+    .await;
+    assert_eq!(env.json["OPENAI_API_KEY"], "sk-tr-flag");
+
+    // test: the tiny completion, the serving model from the gateway's headers.
+    let ok = run(
+        &["test", "--key", "sk-tr-good", "--gateway-url", &gateway_url],
+        &[],
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_eq!(ok.stdout, "OK connected (fake/m1)\nreply: OK\n");
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap(),
+        &serde_json::json!({"model": "openai/gpt-4o-mini",
+                            "messages": [{"role": "user", "content": "Reply with OK."}],
+                            "max_tokens": 16})
+    );
+    let ok = run(
+        &[
+            "test",
+            "--key",
+            "sk-tr-good",
+            "--model",
+            "demo/echo",
+            "--json",
+        ],
+        &[("TOKENROUTER_GATEWAY_URL", gateway_url.as_str())],
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_eq!(
+        (
+            &ok.json["ok"],
+            &ok.json["model"],
+            &ok.json["provider"],
+            &ok.json["request_id"],
+            &ok.json["reply"]
+        ),
+        (
+            &Value::Bool(true),
+            &Value::from("fake/m1"),
+            &Value::from("fake"),
+            &Value::from("req_fake"),
+            &Value::from("OK")
+        )
+    );
+    assert!(ok.json["latency_ms"].is_u64());
+    assert_eq!(seen.lock().unwrap().last().unwrap()["model"], "demo/echo");
+
+    // Failures: 4xx → 1 (402 with the cue to top up), 5xx → 3, no answer → 2.
+    for (key, status, code, kind) in [
+        ("sk-tr-revoked", 401, 1, "authentication_error"),
+        ("sk-tr-broke", 402, 1, "insufficient_quota"),
+        ("sk-tr-down", 503, 3, "service_unavailable"),
+    ] {
+        let human = run(&["test", "--key", key, "--gateway-url", &gateway_url], &[]).await;
+        assert_eq!(human.code, code, "{key}: {}", human.stderr);
+        assert!(
+            human.stderr.contains(&format!("HTTP {status} ({kind})")),
+            "{}",
+            human.stderr
+        );
+        assert_eq!(
+            status == 402,
+            human.stderr.contains("top up"),
+            "{}",
+            human.stderr
+        );
+        let json = run(
+            &[
+                "test",
+                "--key",
+                key,
+                "--gateway-url",
+                &gateway_url,
+                "--json",
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(json.code, code);
+        assert_eq!(
+            (
+                &json.json["ok"],
+                &json.json["status"],
+                &json.json["error"]["type"]
+            ),
+            (
+                &Value::Bool(false),
+                &Value::from(status),
+                &Value::from(kind)
+            )
+        );
+        assert_eq!(json.json["request_id"], "req_fake_err");
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let closed_url = format!("http://{closed}");
+    let down = run(&["test", "--gateway-url", &closed_url, "--json"], &[]).await;
+    assert_eq!(down.code, 2, "{}", down.stdout);
+    assert_eq!(
+        (&down.json["status"], &down.json["error"]["type"]),
+        (&Value::Null, &Value::from("network_error"))
+    );
+    server.stop().await;
 }

@@ -134,6 +134,7 @@ async fn admin_and_filter_sync_end_to_end() {
         .create_key(admin::CreateKeyRequest {
             name: "ci".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -167,6 +168,7 @@ async fn admin_and_filter_sync_end_to_end() {
         base_url: format!("http://{}/demo/v1", server.rest),
         api_key: "sk-upstream".into(),
         replace: false,
+        ..Default::default()
     };
     let info = adm
         .add_provider(provider.clone())
@@ -715,6 +717,7 @@ async fn routing_rules_and_configs_admin_and_publish() {
         .create_key(admin::CreateKeyRequest {
             name: "checkout-service-prod".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -835,6 +838,7 @@ async fn keys_logs_and_usage_admin() {
         .create_key(admin::CreateKeyRequest {
             name: "ci".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -849,6 +853,7 @@ async fn keys_logs_and_usage_admin() {
             id: key.id.clone(),
             name: None,
             store_bodies: Some(true),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -864,6 +869,7 @@ async fn keys_logs_and_usage_admin() {
             id: key.id.clone(),
             name: Some("ci-prod".into()),
             store_bodies: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -877,6 +883,7 @@ async fn keys_logs_and_usage_admin() {
             id: "key_nope".into(),
             name: Some("x".into()),
             store_bodies: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -886,6 +893,7 @@ async fn keys_logs_and_usage_admin() {
             id: key.id.clone(),
             name: Some("  ".into()),
             store_bodies: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -1076,5 +1084,463 @@ async fn keys_logs_and_usage_admin() {
         assert_eq!(err.code(), code, "{days} {group_by} {key_id}");
     }
     drop(up);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn workspaces_balances_credit_and_topups_admin() {
+    let server = TestServer::start().await;
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut adm = AdminClient::with_interceptor(channel, bearer(TOKEN));
+    let limits = |rps: Option<u32>, hour: Option<u64>| admin::Limits {
+        rps,
+        hour_total_tokens: hour,
+        ..admin::Limits::default()
+    };
+
+    // Workspaces: create (with a balance and limits), duplicates, bad ids, get, list, update.
+    let ws = adm
+        .create_workspace(admin::CreateWorkspaceRequest {
+            id: "team-a".into(),
+            balance_usd: Some("20".into()),
+            limits: Some(limits(Some(5), None)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ws.id.as_str(), ws.balance_usd.as_deref(), ws.active_keys),
+        ("team-a", Some("20"), 0)
+    );
+    assert_eq!(ws.limits, Some(limits(Some(5), None)));
+    let dup = adm
+        .create_workspace(admin::CreateWorkspaceRequest {
+            id: "team-a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    for (id, balance) in [
+        ("Bad WS", None),
+        ("ok", Some("-1")),
+        ("ok2", Some("1.0000001")),
+    ] {
+        let bad = adm
+            .create_workspace(admin::CreateWorkspaceRequest {
+                id: id.into(),
+                balance_usd: balance.map(str::to_string),
+                limits: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "{id} {balance:?}");
+    }
+    let missing = adm
+        .get_workspace(admin::GetWorkspaceRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let updated = adm
+        .update_workspace(admin::UpdateWorkspaceRequest {
+            id: "team-a".into(),
+            limits: Some(limits(None, Some(1000))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        updated.limits,
+        Some(limits(Some(5), Some(1000))),
+        "rps kept"
+    );
+
+    // Keys with a balance and limits of their own; effective limits inherit the rest.
+    let metered = adm
+        .create_key(admin::CreateKeyRequest {
+            name: "metered".into(),
+            workspace_id: "team-a".into(),
+            balance_usd: Some("5".into()),
+            limits: Some(limits(Some(2), None)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(metered.balance_usd.as_deref(), Some("5"));
+    assert_eq!(metered.limits, Some(limits(Some(2), None)));
+    let effective = metered.effective_limits.unwrap();
+    assert_eq!(
+        (
+            effective.rps,
+            effective.hour_total_tokens,
+            effective.hour_input_tokens
+        ),
+        (Some(2), Some(1000), Some(0))
+    );
+    let free = adm
+        .create_key(admin::CreateKeyRequest {
+            name: "free".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(free.balance_usd, None, "not metered");
+    let zero = adm
+        .create_key(admin::CreateKeyRequest {
+            name: "zero".into(),
+            balance_usd: Some("0".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(
+        zero.balance_usd.as_deref(),
+        Some("0"),
+        "metered, nothing to spend"
+    );
+    let bad = adm
+        .create_key(admin::CreateKeyRequest {
+            name: "bad".into(),
+            balance_usd: Some("five".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let relimited = adm
+        .update_key(admin::UpdateKeyRequest {
+            id: metered.id.clone(),
+            limits: Some(admin::Limits {
+                hour_output_tokens: Some(10),
+                ..admin::Limits::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let own = relimited.limits.unwrap();
+    assert_eq!((own.rps, own.hour_output_tokens), (Some(2), Some(10)));
+    let team = adm
+        .get_workspace(admin::GetWorkspaceRequest {
+            id: "team-a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(team.active_keys, 1);
+    let listed = adm
+        .list_workspaces(admin::ListWorkspacesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workspaces;
+    assert!(listed
+        .iter()
+        .any(|w| w.id == "team-a" && w.balance_usd.as_deref() == Some("20")));
+
+    // GrantCredit: to a key, to a workspace, to an unmetered key (which becomes metered).
+    let grant = |key: &str, workspace: &str, amount: &str| admin::GrantCreditRequest {
+        key_id: key.into(),
+        workspace_id: workspace.into(),
+        amount_usd: amount.into(),
+        note: "test".into(),
+    };
+    let after = adm
+        .grant_credit(grant(&metered.id, "", "2.5"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            after.owner.as_str(),
+            after.balance_usd.as_str(),
+            after.metered,
+            after.currency.as_str()
+        ),
+        ("key", "7.5", true, "USD")
+    );
+    assert_eq!(after.available_usd, "7.5");
+    let topped = adm
+        .grant_credit(grant(&free.id, "", "1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((topped.balance_usd.as_str(), topped.metered), ("1", true));
+    let ws_after = adm
+        .grant_credit(grant("", "team-a", "0.000001"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ws_after.owner.as_str(), ws_after.balance_usd.as_str()),
+        ("workspace", "20.000001")
+    );
+    for (req, code) in [
+        (grant(&metered.id, "team-a", "1"), Code::InvalidArgument),
+        (grant("", "", "1"), Code::InvalidArgument),
+        (grant(&metered.id, "", "0"), Code::InvalidArgument),
+        (grant(&metered.id, "", "-1"), Code::InvalidArgument),
+        (grant(&metered.id, "", "abc"), Code::InvalidArgument),
+        (grant(&metered.id, "", "1000001"), Code::InvalidArgument),
+        (grant("key_nope", "", "1"), Code::NotFound),
+        (grant("", "nope", "1"), Code::NotFound),
+    ] {
+        let e = adm.grant_credit(req.clone()).await.unwrap_err();
+        assert_eq!(e.code(), code, "{req:?}: {e:?}");
+    }
+
+    // GetBalance: a key, a workspace, the total of the active keys.
+    let balance = |key: &str, workspace: &str| admin::GetBalanceRequest {
+        key_id: key.into(),
+        workspace_id: workspace.into(),
+    };
+    let b = adm
+        .get_balance(balance(&metered.id, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            b.id.as_str(),
+            b.balance_usd.as_str(),
+            b.reserved_usd.as_str()
+        ),
+        (metered.id.as_str(), "7.5", "0")
+    );
+    let total = adm.get_balance(balance("", "")).await.unwrap().into_inner();
+    assert_eq!(
+        (total.owner.as_str(), total.balance_usd.as_str()),
+        ("total", "8.5")
+    );
+    let key = adm
+        .get_key(admin::GetKeyRequest {
+            id: free.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(key.balance_usd.as_deref(), Some("1"));
+    assert_eq!(
+        adm.get_balance(balance(&metered.id, "team-a"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        adm.get_balance(balance("key_nope", ""))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // CreateTopup: no payment backend configured here → UNAVAILABLE; bad amounts first.
+    let topup = |key: &str, amount: &str| admin::CreateTopupRequest {
+        key_id: key.into(),
+        amount_usd: amount.into(),
+    };
+    let none = adm.create_topup(topup(&metered.id, "5")).await.unwrap_err();
+    assert_eq!(none.code(), Code::Unavailable);
+    assert!(none.message().contains("TOKENROUTER_PAYMENTS"), "{none:?}");
+    let bad = adm.create_topup(topup(&metered.id, "x")).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+/// Firewall rules scoped to a workspace: created, updated and enabled from a template over
+/// gRPC, checked against the workspaces and keys, published in the snapshot, and applied by
+/// the preview to the keys of that workspace only.
+#[tokio::test]
+async fn firewall_rules_scoped_to_a_workspace() {
+    let server = TestServer::start().await;
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut adm = AdminClient::with_interceptor(channel.clone(), bearer(TOKEN));
+    let (_up, mut down) = edge(&channel).await;
+    let key = |name: &str, ws: &str| admin::CreateKeyRequest {
+        name: name.into(),
+        workspace_id: ws.into(),
+        ..Default::default()
+    };
+    let a = adm
+        .create_key(key("a", "team-a"))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = adm
+        .create_key(key("b", "team-b"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (a_id, b_id) = (a.key.unwrap().id, b.key.unwrap().id);
+    let rule = |name: &str, ws: &str, key_id: &str| admin::CreateFirewallRuleRequest {
+        name: name.into(),
+        priority: 10,
+        is_enabled: true,
+        scope: "prompt".into(),
+        r#type: "substring".into(),
+        pattern: "project falcon".into(),
+        action: "block".into(),
+        key_id: key_id.into(),
+        workspace_id: ws.into(),
+        ..Default::default()
+    };
+
+    // Unknown or invalid workspace, key outside the workspace: INVALID_ARGUMENT, nothing stored.
+    for (bad, want) in [
+        (rule("r", "team-z", ""), "workspace team-z does not exist"),
+        (rule("r", "Team Z", ""), "is not valid"),
+        (
+            rule("r", "team-a", &b_id),
+            "is in workspace team-b, not team-a",
+        ),
+    ] {
+        let err = adm.create_firewall_rule(bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(want), "{want}: {err:?}");
+    }
+
+    let team = adm
+        .create_firewall_rule(rule("Falcon (team-a)", "team-a", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (team.workspace_id.as_str(), team.key_id.as_str()),
+        ("team-a", "")
+    );
+    let snap = snapshot_where(&mut down, |s| {
+        s.firewall_rules.iter().any(|r| r.id == team.id)
+    })
+    .await;
+    let published = snap
+        .firewall_rules
+        .iter()
+        .find(|r| r.id == team.id)
+        .unwrap();
+    assert_eq!(published.workspace_id, "team-a");
+    let got = adm
+        .get_firewall_rule(admin::GetFirewallRuleRequest { id: team.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, team);
+
+    // The preview runs the edge's prompt firewall with the key's workspace.
+    let preview = |key_id: &str| admin::PreviewDecisionRequest {
+        key_id: key_id.into(),
+        client_api: "chat.completions".into(),
+        body_json:
+            r#"{"model":"demo/echo","messages":[{"role":"user","content":"about Project Falcon"}]}"#
+                .into(),
+        headers: Default::default(),
+    };
+    let blocked = adm
+        .preview_decision(preview(&a_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        blocked.error_json.contains("Falcon (team-a)"),
+        "{blocked:?}"
+    );
+    let passed = adm
+        .preview_decision(preview(&b_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!passed.error_json.contains("firewall"), "{passed:?}");
+
+    // Update: moving the rule to team-b; "" = every workspace; unset keeps it.
+    let update = |ws: Option<&str>| admin::UpdateFirewallRuleRequest {
+        id: team.id,
+        workspace_id: ws.map(str::to_string),
+        ..Default::default()
+    };
+    let moved = adm
+        .update_firewall_rule(update(Some("team-b")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.workspace_id, "team-b");
+    let kept = adm
+        .update_firewall_rule(update(None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.workspace_id, "team-b");
+    let err = adm
+        .update_firewall_rule(update(Some("team-z")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let every = adm
+        .update_firewall_rule(update(Some("")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(every.workspace_id, "");
+
+    // Key and workspace together; a template enabled for a workspace.
+    let both = adm
+        .create_firewall_rule(rule("Falcon (a in team-a)", "team-a", &a_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (both.key_id.as_str(), both.workspace_id.as_str()),
+        (a_id.as_str(), "team-a")
+    );
+    let email = adm
+        .enable_firewall_template(admin::EnableFirewallTemplateRequest {
+            name: "email".into(),
+            workspace_id: "team-b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(email.workspace_id, "team-b");
+    let listed = adm
+        .list_firewall_rules(admin::ListFirewallRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    let scoping: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|r| (r.name.as_str(), r.workspace_id.as_str()))
+        .collect();
+    assert_eq!(
+        scoping,
+        [
+            ("Falcon (team-a)", ""),
+            ("Falcon (a in team-a)", "team-a"),
+            (email.name.as_str(), "team-b"),
+        ]
+    );
+    snapshot_where(&mut down, |s| {
+        s.firewall_rules
+            .iter()
+            .any(|r| r.id == email.id && r.workspace_id == "team-b")
+    })
+    .await;
     server.stop().await;
 }

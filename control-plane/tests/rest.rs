@@ -1453,7 +1453,15 @@ async fn openapi_document_describes_every_route() {
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
             operations.insert(format!("{} {path}", method.to_uppercase()));
-            for code in ["400", "401", "403", "500"] {
+            // Only the payment webhook is open (its signature authenticates it).
+            let open = op["security"] == json!([]);
+            assert_eq!(open, path == "/api/v1/webhooks/stripe", "{method} {path}");
+            let codes: &[&str] = if open {
+                &["400", "500"]
+            } else {
+                &["400", "401", "403", "500"]
+            };
+            for code in codes {
                 assert_eq!(
                     op["responses"][code]["content"]["application/json"]["schema"]["$ref"],
                     "#/components/schemas/ErrorBody",
@@ -1495,6 +1503,14 @@ async fn openapi_document_describes_every_route() {
         "GET /api/v1/logs/{request_id}",
         "GET /api/v1/usage",
         "POST /api/v1/preview",
+        "GET /api/v1/workspaces",
+        "POST /api/v1/workspaces",
+        "GET /api/v1/workspaces/{id}",
+        "PATCH /api/v1/workspaces/{id}",
+        "GET /api/v1/balance",
+        "POST /api/v1/topup",
+        "POST /api/v1/credits",
+        "POST /api/v1/webhooks/stripe",
     ] {
         assert!(operations.contains(want), "{want} not in {operations:?}");
     }
@@ -1507,5 +1523,485 @@ async fn openapi_document_describes_every_route() {
     assert_eq!(ids.len(), unique.len(), "operation ids are unique: {ids:?}");
     let same = Api::with(&server, None).get("/openapi.json").await.ok(200);
     assert_eq!(same, doc);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn workspaces_balances_credits_and_topups() {
+    let server = TestServer::start().await;
+    let api = Api::admin(&server);
+
+    // Workspaces.
+    let ws = api
+        .post(
+            "/api/v1/workspaces",
+            json!({"id": "team-a", "balance_usd": "20", "limits": {"rps": 5}}),
+        )
+        .await
+        .ok(201)["data"]
+        .clone();
+    assert_eq!(ws["id"], "team-a");
+    assert_eq!(ws["balance_usd"], "20");
+    assert_eq!(ws["active_keys"], 0);
+    assert_eq!(
+        ws["limits"],
+        json!({"rps": 5, "hour_total_tokens": null, "hour_input_tokens": null,
+               "hour_output_tokens": null})
+    );
+    api.post("/api/v1/workspaces", json!({"id": "team-a"}))
+        .await
+        .assert_error(409, "conflict_error");
+    for body in [
+        json!({"id": "Bad WS"}),
+        json!({"id": " team-b"}),
+        json!({"id": "team-b", "balance_usd": "-1"}),
+        json!({"id": "team-b", "balance_usd": 5}),
+        json!({"id": "team-b", "limits": {"rps": -1}}),
+        json!({"id": "team-b", "limits": {"burst": 1}}),
+        json!({"id": "team-b", "limits": [null, null]}),
+        json!({"id": "team-b", "extra": true}),
+    ] {
+        api.post("/api/v1/workspaces", body.clone())
+            .await
+            .assert_error(400, "invalid_request_error");
+    }
+    let plain = api
+        .post("/api/v1/workspaces", json!({"id": "team-b"}))
+        .await
+        .ok(201);
+    assert_eq!(plain["data"]["balance_usd"], Value::Null);
+    let listed = api.get("/api/v1/workspaces").await.ok(200);
+    assert!(
+        ids(&listed, "id").contains(&"team-a".to_string()),
+        "{listed}"
+    );
+    let first = api.get("/api/v1/workspaces?limit=1").await.ok(200);
+    assert_eq!(first["data"].as_array().unwrap().len(), 1);
+    assert!(first["next_cursor"].is_string());
+    api.get("/api/v1/workspaces/nope")
+        .await
+        .assert_error(404, "not_found_error");
+    let patched = api
+        .json(
+            "PATCH",
+            "/api/v1/workspaces/team-a",
+            json!({"limits": {"hour_total_tokens": 1000}}),
+        )
+        .await
+        .ok(200)["data"]
+        .clone();
+    assert_eq!(patched["limits"]["rps"], 5, "kept");
+    assert_eq!(patched["limits"]["hour_total_tokens"], 1000);
+    api.json(
+        "PATCH",
+        "/api/v1/workspaces/nope",
+        json!({"limits": {"rps": 1}}),
+    )
+    .await
+    .assert_error(404, "not_found_error");
+
+    // Keys with a balance and limits.
+    let metered = api
+        .post(
+            "/api/v1/keys",
+            json!({"name": "metered", "workspace_id": "team-a", "balance_usd": "5",
+                   "limits": {"rps": 2}}),
+        )
+        .await
+        .ok(201)["data"]
+        .clone();
+    assert_eq!(metered["balance_usd"], "5");
+    assert_eq!(metered["limits"]["rps"], 2);
+    assert_eq!(
+        metered["effective_limits"],
+        json!({"rps": 2, "hour_total_tokens": 1000, "hour_input_tokens": 0,
+               "hour_output_tokens": 0})
+    );
+    let key_id = metered["id"].as_str().unwrap().to_string();
+    let raw = metered["raw"].as_str().unwrap().to_string();
+    let (free_id, free_raw) = create_key(&api, "free").await;
+    let free = api.get(&format!("/api/v1/keys/{free_id}")).await.ok(200);
+    assert_eq!(free["data"]["balance_usd"], Value::Null);
+    assert_eq!(free["data"]["limits"]["rps"], Value::Null);
+    for bad in [json!("abc"), json!("-1"), json!("1.0000001"), json!(5)] {
+        api.post("/api/v1/keys", json!({"name": "x", "balance_usd": bad}))
+            .await
+            .assert_error(400, "invalid_request_error");
+    }
+    let relimited = api
+        .json(
+            "PATCH",
+            &format!("/api/v1/keys/{key_id}"),
+            json!({"limits": {"hour_output_tokens": 10}}),
+        )
+        .await
+        .ok(200)["data"]
+        .clone();
+    assert_eq!(
+        (
+            &relimited["limits"]["rps"],
+            &relimited["limits"]["hour_output_tokens"]
+        ),
+        (&json!(2), &json!(10))
+    );
+    assert_eq!(relimited["effective_limits"]["hour_output_tokens"], 10);
+    let team = api.get("/api/v1/workspaces/team-a").await.ok(200);
+    assert_eq!(team["data"]["active_keys"], 1);
+
+    // Balances: seed 002's fields first.
+    let b = api
+        .get(&format!("/api/v1/balance?key_id={key_id}"))
+        .await
+        .ok(200);
+    assert_eq!(
+        b,
+        json!({"balance_usd": "5", "currency": "USD", "owner": "key", "id": key_id,
+               "metered": true, "reserved_usd": "0", "available_usd": "5"})
+    );
+    let w = api.get("/api/v1/balance?workspace_id=team-a").await.ok(200);
+    assert_eq!(
+        (&w["owner"], &w["balance_usd"]),
+        (&json!("workspace"), &json!("20"))
+    );
+    let unmetered = api
+        .get(&format!("/api/v1/balance?key_id={free_id}"))
+        .await
+        .ok(200);
+    assert_eq!(
+        (&unmetered["metered"], &unmetered["balance_usd"]),
+        (&json!(false), &json!("0"))
+    );
+    let total = api.get("/api/v1/balance").await.ok(200);
+    assert_eq!(
+        (&total["owner"], &total["id"], &total["balance_usd"]),
+        (&json!("total"), &Value::Null, &json!("5"))
+    );
+    api.get(&format!(
+        "/api/v1/balance?key_id={key_id}&workspace_id=team-a"
+    ))
+    .await
+    .assert_error(400, "invalid_request_error");
+    api.get("/api/v1/balance?key_id=key_nope")
+        .await
+        .assert_error(404, "not_found_error");
+    api.get("/api/v1/balance?workspace_id=nope")
+        .await
+        .assert_error(404, "not_found_error");
+
+    // Credits (admin).
+    let credited = api
+        .post(
+            "/api/v1/credits",
+            json!({"key_id": key_id, "amount_usd": "2.5", "note": "trial"}),
+        )
+        .await
+        .ok(200);
+    assert_eq!(
+        (&credited["balance_usd"], &credited["owner"]),
+        (&json!("7.5"), &json!("key"))
+    );
+    let free_credit = api
+        .post(
+            "/api/v1/credits",
+            json!({"key_id": free_id, "amount_usd": "1"}),
+        )
+        .await
+        .ok(200);
+    assert_eq!(
+        (&free_credit["metered"], &free_credit["balance_usd"]),
+        (&json!(true), &json!("1"))
+    );
+    let ws_credit = api
+        .post(
+            "/api/v1/credits",
+            json!({"workspace_id": "team-b", "amount_usd": "3"}),
+        )
+        .await
+        .ok(200);
+    assert_eq!(ws_credit["balance_usd"], "3");
+    assert_eq!(
+        api.get("/api/v1/workspaces/team-b").await.ok(200)["data"]["balance_usd"],
+        "3"
+    );
+    for body in [
+        json!({"key_id": key_id, "workspace_id": "team-a", "amount_usd": "1"}),
+        json!({"amount_usd": "1"}),
+        json!({"key_id": key_id, "amount_usd": "0"}),
+        json!({"key_id": key_id, "amount_usd": "-5"}),
+        json!({"key_id": key_id, "amount_usd": "1.0000001"}),
+        json!({"key_id": key_id, "amount_usd": 1}),
+        json!({"key_id": key_id, "amount_usd": "1", "note": "x".repeat(1001)}),
+        json!({"key_id": key_id}),
+    ] {
+        api.post("/api/v1/credits", body.clone())
+            .await
+            .assert_error(400, "invalid_request_error");
+    }
+    api.post(
+        "/api/v1/credits",
+        json!({"key_id": "key_nope", "amount_usd": "1"}),
+    )
+    .await
+    .assert_error(404, "not_found_error");
+    api.post(
+        "/api/v1/credits",
+        json!({"workspace_id": "nope", "amount_usd": "1"}),
+    )
+    .await
+    .assert_error(404, "not_found_error");
+
+    // A gateway key: its own balance only; no credits, no workspaces.
+    let key = Api::with(&server, Some(&raw));
+    let own = key.get("/api/v1/balance").await.ok(200);
+    assert_eq!(
+        (&own["id"], &own["balance_usd"]),
+        (&json!(key_id), &json!("7.5"))
+    );
+    assert_eq!(
+        key.get(&format!("/api/v1/balance?key_id={key_id}"))
+            .await
+            .ok(200),
+        own
+    );
+    key.get(&format!("/api/v1/balance?key_id={free_id}"))
+        .await
+        .assert_error(403, "permission_error");
+    key.get("/api/v1/balance?workspace_id=team-a")
+        .await
+        .assert_error(403, "permission_error");
+    key.post(
+        "/api/v1/credits",
+        json!({"key_id": key_id, "amount_usd": "100"}),
+    )
+    .await
+    .assert_error(403, "permission_error");
+    key.get("/api/v1/workspaces")
+        .await
+        .assert_error(403, "permission_error");
+    Api::with(&server, None)
+        .get("/api/v1/balance")
+        .await
+        .assert_error(401, "authentication_error");
+
+    // Top-ups: no payment backend here → 503 in the envelope; bad requests are 400/403 first.
+    let unavailable = api
+        .post(
+            "/api/v1/topup",
+            json!({"amount_usd": "5", "key_id": key_id}),
+        )
+        .await;
+    unavailable.assert_error(503, "service_unavailable");
+    assert!(
+        unavailable.text.contains("TOKENROUTER_PAYMENTS"),
+        "{}",
+        unavailable.text
+    );
+    key.post("/api/v1/topup", json!({"amount_usd": "5"}))
+        .await
+        .assert_error(503, "service_unavailable");
+    api.post("/api/v1/topup", json!({"amount_usd": "5"}))
+        .await
+        .assert_error(400, "invalid_request_error");
+    for amount in [json!("abc"), json!("0"), json!(5), json!("-1")] {
+        api.post(
+            "/api/v1/topup",
+            json!({"amount_usd": amount, "key_id": key_id}),
+        )
+        .await
+        .assert_error(400, "invalid_request_error");
+    }
+    key.post(
+        "/api/v1/topup",
+        json!({"amount_usd": "5", "key_id": free_id}),
+    )
+    .await
+    .assert_error(403, "permission_error");
+    Api::with(&server, Some(&free_raw))
+        .post("/api/v1/topup", json!({"amount_usd": "5"}))
+        .await
+        .assert_error(503, "service_unavailable");
+
+    // The webhook needs no bearer token. Without a Stripe-Signature header it is a 400;
+    // signed, but with no payment backend configured, a 404 whatever the body.
+    let anon = Api::with(&server, None);
+    for (content_type, body) in [
+        (Some("application/json"), &b"{}"[..]),
+        (None, b"garbage"),
+        (Some("application/json"), b""),
+    ] {
+        anon.send("POST", "/api/v1/webhooks/stripe", content_type, body)
+            .await
+            .assert_error(400, "invalid_request_error");
+    }
+    let signed = |body: &'static [u8]| {
+        let server = &server;
+        async move {
+            let stream = TcpStream::connect(server.rest).await.unwrap();
+            let (mut rd, mut wr) = stream.into_split();
+            let head = format!(
+                "POST /api/v1/webhooks/stripe HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                 Stripe-Signature: t=1,v1=00\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n",
+                body.len()
+            );
+            wr.write_all(head.as_bytes()).await.unwrap();
+            wr.write_all(body).await.unwrap();
+            let mut raw = Vec::new();
+            rd.read_to_end(&mut raw).await.unwrap();
+            parse(&raw)
+        }
+    };
+    for body in [&b"{}"[..], b"garbage", b""] {
+        signed(body).await.assert_error(404, "not_found_error");
+    }
+    server.stop().await;
+}
+
+/// `/firewall_rules` with `workspace_id` (an extra field of seed 003's shape): stored, listed,
+/// filtered, patched, checked against the workspaces and keys; templates take it too; the
+/// OpenAPI schemas describe it.
+#[tokio::test]
+async fn firewall_rules_scoped_to_a_workspace() {
+    let server = TestServer::start().await;
+    let api = Api::admin(&server);
+    let key_in = |name: &'static str, ws: &'static str| {
+        let api = &api;
+        async move {
+            api.post("/api/v1/keys", json!({"name": name, "workspace_id": ws}))
+                .await
+                .ok(201)["data"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let a = key_in("a", "team-a").await;
+    let b = key_in("b", "team-b").await;
+    let rule = |name: &str, extra: Value| {
+        let mut r = json!({"name": name, "priority": 10, "is_enabled": true, "scope": "prompt",
+                           "type": "substring", "pattern": "project falcon", "action": "block"});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    };
+
+    for (bad, want) in [
+        (
+            json!({"workspace_id": "team-z"}),
+            "workspace team-z does not exist",
+        ),
+        (json!({"workspace_id": "Team Z"}), "is not valid"),
+        (
+            json!({"workspace_id": "team-a", "key_id": b}),
+            "is in workspace team-b, not team-a",
+        ),
+    ] {
+        let reply = api.post("/api/v1/firewall_rules", rule("r", bad)).await;
+        reply.assert_error(400, "invalid_request_error");
+        let message = reply.json["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(want), "{want}: {message}");
+    }
+
+    let team = api
+        .post(
+            "/api/v1/firewall_rules",
+            rule("team-a only", json!({"workspace_id": "team-a"})),
+        )
+        .await
+        .ok(201)["data"]
+        .clone();
+    assert_eq!(team["workspace_id"], "team-a");
+    assert_eq!(team["key_id"], "");
+    let both = api
+        .post(
+            "/api/v1/firewall_rules",
+            rule(
+                "a in team-a",
+                json!({"workspace_id": "team-a", "key_id": a}),
+            ),
+        )
+        .await
+        .ok(201)["data"]
+        .clone();
+    assert_eq!(
+        (&both["workspace_id"], &both["key_id"]),
+        (&json!("team-a"), &json!(a))
+    );
+    let global = api
+        .post("/api/v1/firewall_rules", rule("everyone", json!({})))
+        .await
+        .ok(201)["data"]
+        .clone();
+    assert_eq!(global["workspace_id"], "", "omitted = every workspace");
+
+    let of = |query: &str| {
+        let api = &api;
+        let path = format!("/api/v1/firewall_rules{query}");
+        async move { ids(&api.get(&path).await.ok(200), "name") }
+    };
+    assert_eq!(of("").await, ["team-a only", "a in team-a", "everyone"]);
+    assert_eq!(
+        of("?workspace_id=team-a").await,
+        ["team-a only", "a in team-a"]
+    );
+    assert_eq!(of("?workspace_id=").await, ["everyone"]);
+
+    let path = format!("/api/v1/firewall_rules/{}", team["id"]);
+    let moved = api
+        .json("PATCH", &path, json!({"workspace_id": "team-b"}))
+        .await
+        .ok(200);
+    assert_eq!(moved["data"]["workspace_id"], "team-b");
+    let kept = api
+        .json("PATCH", &path, json!({"action": "warn"}))
+        .await
+        .ok(200);
+    assert_eq!(kept["data"]["workspace_id"], "team-b", "absent = unchanged");
+    api.json("PATCH", &path, json!({"workspace_id": "team-z"}))
+        .await
+        .assert_error(400, "invalid_request_error");
+    let both_path = format!("/api/v1/firewall_rules/{}", both["id"]);
+    api.json("PATCH", &both_path, json!({"workspace_id": "team-b"}))
+        .await
+        .assert_error(400, "invalid_request_error");
+    let cleared = api
+        .json("PATCH", &path, json!({"workspace_id": ""}))
+        .await
+        .ok(200);
+    assert_eq!(cleared["data"]["workspace_id"], "");
+
+    let email = api
+        .post(
+            "/api/v1/firewall_templates/email/enable",
+            json!({"workspace_id": "team-b"}),
+        )
+        .await
+        .ok(200);
+    assert_eq!(email["data"]["workspace_id"], "team-b");
+    api.post(
+        "/api/v1/firewall_templates/ssn/enable",
+        json!({"workspace_id": "team-z"}),
+    )
+    .await
+    .assert_error(400, "invalid_request_error");
+
+    let doc = Api::with(&server, None)
+        .get("/api/v1/openapi.json")
+        .await
+        .ok(200);
+    let schemas = &doc["components"]["schemas"];
+    for schema in [
+        "FirewallRule",
+        "CreateFirewallRule",
+        "UpdateFirewallRule",
+        "EnableTemplate",
+    ] {
+        assert!(
+            schemas[schema]["properties"]["workspace_id"].is_object(),
+            "{schema}: {}",
+            schemas[schema]
+        );
+    }
     server.stop().await;
 }

@@ -18,6 +18,10 @@ const MAX_REQUESTS: usize = 10_000;
 pub struct Plan {
     /// `(provider, upstream model)` per attempt.
     pub chain: Vec<(String, String)>,
+    /// The stored credential each attempt uses, taken from the snapshot the edge routed with
+    /// (a snapshot that changes mid-request cannot pair a plan with another key list); missing
+    /// or empty = the provider's current primary. Held in memory for the request only.
+    pub credentials: Vec<String>,
     pub client_api: String,
     pub stream: bool,
     /// Length of the body the edge forwards (an earlier attempt may have changed the shared

@@ -9,9 +9,10 @@ use std::time::Duration;
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use tokenrouter_engine::admission;
 use tokenrouter_engine::annotate::{self, SseAnnotator};
 use tokenrouter_engine::firewall::formats::{self, StreamFilter};
-use tokenrouter_engine::firewall::{self, Inspection, Scope, Verdict};
+use tokenrouter_engine::firewall::{self, Inspection, Scope, Subject, Verdict};
 use tokenrouter_engine::money::{cost_picos, Price};
 use tokenrouter_engine::request::{ClientApi, ClientRequest};
 use tokenrouter_engine::routing::{self, features, RouteInput, ScoreBoard};
@@ -154,6 +155,10 @@ pub struct ControlCalls {
 /// for a request still holding the key).
 const IDEMPOTENCY_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a request waits for the control plane's admission before it is treated as
+/// unavailable.
+const ADMISSION_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Largest response kept for `Idempotency-Key` replays (larger ones are not replayed).
 const MAX_IDEMPOTENT_BODY: usize = 1024 * 1024;
 
@@ -270,6 +275,14 @@ pub struct Edge {
     idempotency_key: String,
     /// Set when the response was replayed: the request that produced it.
     replay_of: String,
+    /// The key's requests are admitted by the control plane (balance or limits); `metered`:
+    /// it has a balance, so a request that cannot be admitted is refused.
+    admission: bool,
+    metered: bool,
+    /// The admission call in flight.
+    admission_token: Option<u32>,
+    /// `Retry-After` of a refusal (seconds).
+    retry_after: Option<u32>,
 }
 
 impl Edge {
@@ -291,6 +304,10 @@ impl Edge {
             bodies_truncated: false,
             idempotency_key: String::new(),
             replay_of: String::new(),
+            admission: false,
+            metered: false,
+            admission_token: None,
+            retry_after: None,
             stage: Stage::Replied {
                 status: 0,
                 error: ErrorKind::ServiceUnavailable,
@@ -306,6 +323,9 @@ impl Edge {
             error: error.kind,
         };
         let mut headers = vec![("x-request-id", self.request_id.clone())];
+        if let Some(s) = self.retry_after {
+            headers.push(("retry-after", s.to_string()));
+        }
         headers.extend(self.firewall_headers());
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         host::send_json(status, &error.to_json(&self.request_id), &headers);
@@ -364,6 +384,8 @@ impl Edge {
         self.key_name = key.name.clone();
         self.workspace_id = key.workspace_id.clone();
         self.store_bodies = key.store_bodies;
+        self.admission = key.admission;
+        self.metered = key.metered;
         if api == ClientApi::Models {
             // The catalogue is answered here, from the snapshot; nothing is forwarded.
             self.stage = Stage::Served { status: 200 };
@@ -525,7 +547,9 @@ impl Edge {
             }
         };
         match result {
-            Ok(_) => self.resume_http_request(),
+            Ok(Action::Continue) => self.resume_http_request(),
+            // Waiting for admission.
+            Ok(_) => {}
             Err(e) => {
                 // Refused before anything was sent: the claim (if any) is released by the
                 // record of this request.
@@ -564,10 +588,11 @@ impl Edge {
         let mut request = ClientRequest::parse_api(api, &body)?;
         self.requested_model = request.model.clone();
         let fw = snapshot.firewall();
-        if fw.applies(Scope::Prompt, &self.key_id) || fw.applies(Scope::Metadata, &self.key_id) {
+        let subject = Subject::new(&self.key_id, &self.workspace_id);
+        if fw.applies(Scope::Prompt, subject) || fw.applies(Scope::Metadata, subject) {
             // Before routing: a blocked prompt reaches no provider; a masked one is what the
             // provider gets.
-            let mut inspection = Inspection::new(fw, &self.key_id);
+            let mut inspection = Inspection::new(fw, subject);
             formats::request_walker(api)(request.body_mut(), &mut |scope, text| {
                 inspection.check_in_place(scope, text)
             });
@@ -643,6 +668,19 @@ impl Edge {
                     .iter()
                     .map(|t| (t.provider.name.clone(), t.upstream_model.clone()))
                     .collect(),
+                credentials: decision
+                    .attempts
+                    .iter()
+                    .map(|t| match t.credential.checked_sub(1) {
+                        Some(i) => t
+                            .provider
+                            .fallback_credentials
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_default(),
+                        None => t.provider.credential.clone(),
+                    })
+                    .collect(),
                 client_api: api.as_str().to_string(),
                 stream: request.stream,
                 body_len: Some(new_body.len()),
@@ -673,6 +711,17 @@ impl Edge {
                 price: t.price,
             })
             .collect();
+        let ask = self.admission.then(|| {
+            let (output_tokens, reserve_picos) =
+                admission::reservation(&snapshot, &decision.attempts, &feats);
+            admission::Ask {
+                key_id: self.key_id.clone(),
+                request_id: self.request_id.clone(),
+                input_tokens: feats.est_input_tokens,
+                output_tokens,
+                reserve_picos,
+            }
+        });
         self.stage = Stage::Routed(Box::new(Routed {
             snapshot: Rc::clone(&snapshot),
             chain,
@@ -691,7 +740,86 @@ impl Edge {
             client_body_cut: false,
             content_type: String::new(),
         }));
-        Ok(Action::Continue)
+        match ask {
+            Some(ask) => self.ask_admission(&ask),
+            None => Ok(Action::Continue),
+        }
+    }
+
+    /// Asks the control plane's Rate Limit Service whether the routed request may go; the
+    /// answer resumes or refuses it ([`Edge::on_admission`]).
+    fn ask_admission(&mut self, ask: &admission::Ask) -> Result<Action, GatewayError> {
+        let call = self.config.control.as_ref().map(|control| {
+            let auth = format!("Bearer {}", control.token);
+            self.dispatch_grpc_call(
+                &control.cluster,
+                admission::SERVICE,
+                admission::METHOD,
+                vec![("authorization", auth.as_bytes())],
+                Some(&ask.encode()),
+                ADMISSION_CALL_TIMEOUT,
+            )
+        });
+        match call {
+            Some(Ok(token)) => {
+                self.admission_token = Some(token);
+                Ok(Action::Pause)
+            }
+            other => {
+                log::warn!("admission not asked: {other:?}");
+                self.admission_unavailable().map(|()| Action::Continue)
+            }
+        }
+    }
+
+    /// The control plane cannot judge the request: a metered key's request is refused (it
+    /// would go unpaid), any other goes on, saying so.
+    fn admission_unavailable(&mut self) -> Result<(), GatewayError> {
+        if self.metered {
+            return Err(GatewayError::new(
+                ErrorKind::ServiceUnavailable,
+                "The balance of this key cannot be checked right now (control plane \
+                 unavailable); try again shortly.",
+            ));
+        }
+        self.warnings.push(
+            "Rate limits could not be checked (control plane unavailable); the request was \
+             sent without them."
+                .into(),
+        );
+        Ok(())
+    }
+
+    /// The Rate Limit Service's answer for the routed request.
+    fn on_admission(&mut self, status: u32, size: usize) {
+        self.admission_token = None;
+        let answer = if status == 0 {
+            let body = self
+                .get_grpc_call_response_body(0, size)
+                .unwrap_or_default();
+            admission::verdict(&body)
+        } else {
+            Err(None)
+        };
+        let result = match answer {
+            Ok(()) => Ok(()),
+            Err(Some((error, retry_after))) => {
+                self.retry_after = retry_after;
+                Err(error)
+            }
+            Err(None) => {
+                log::warn!("admission answer unavailable (grpc status {status})");
+                self.admission_unavailable()
+            }
+        };
+        match result {
+            Ok(()) => self.resume_http_request(),
+            Err(e) => {
+                // Nothing was sent: the plan goes.
+                let _ = attempts::take(&self.request_id, host::now_ms());
+                self.reject(e);
+            }
+        }
     }
 
     fn usage_record(&self) -> UsageRecord {
@@ -708,6 +836,7 @@ impl Edge {
             metadata_json: self.metadata_json.clone(),
             request_body: self.request_body.clone(),
             bodies_truncated: self.bodies_truncated,
+            retry_after_s: self.retry_after.unwrap_or(0),
             ..UsageRecord::default()
         };
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
@@ -837,8 +966,9 @@ impl Edge {
         let fw = routed.snapshot.firewall();
         let mut new_body = None;
         let mut verdict = None;
-        if fw.applies(Scope::Response, &self.key_id) {
-            let mut inspection = Inspection::new(fw, &self.key_id);
+        let subject = Subject::new(&self.key_id, &self.workspace_id);
+        if fw.applies(Scope::Response, subject) {
+            let mut inspection = Inspection::new(fw, subject);
             let mut value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
             if let Some(v) = value.as_mut() {
                 formats::response_walker(api)(v, &mut |scope, text| {
@@ -970,7 +1100,11 @@ fn new_request_id() -> String {
 
 impl Context for Edge {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        self.on_idempotency_verdict(token_id, status_code, response_size);
+        if self.admission_token == Some(token_id) {
+            self.on_admission(status_code, response_size);
+        } else {
+            self.on_idempotency_verdict(token_id, status_code, response_size);
+        }
     }
 }
 
@@ -1042,10 +1176,10 @@ impl HttpContext for Edge {
         // A response without a body has no text to check (and no body callback to resume it).
         let checked = !end_of_stream
             && (200..300).contains(&routed.status)
-            && routed
-                .snapshot
-                .firewall()
-                .applies(Scope::Response, &self.key_id);
+            && routed.snapshot.firewall().applies(
+                Scope::Response,
+                Subject::new(&self.key_id, &self.workspace_id),
+            );
         // Rules applied or warnings given so far go into the body too (`annotate`).
         let annotated = !end_of_stream
             && (200..300).contains(&routed.status)
@@ -1062,7 +1196,12 @@ impl HttpContext for Edge {
             let strip = routed.stream && !routed.client_wants_usage;
             ResponseWatch::GuardedSse(
                 ClientStreamObserver::new(api, strip),
-                StreamFilter::new(api, &self.key_id, &self.request_id).map(Box::new),
+                StreamFilter::new(
+                    api,
+                    Subject::new(&self.key_id, &self.workspace_id),
+                    &self.request_id,
+                )
+                .map(Box::new),
             )
         } else if guarded {
             host::set_response_header("content-length", None);

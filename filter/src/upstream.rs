@@ -79,6 +79,7 @@ impl Upstream {
             client_api: header("x-tr-client-api"),
             stream: header("x-tr-stream") == "1",
             body_len: None,
+            credentials: Vec::new(),
             byok: BYOK_HEADERS
                 .iter()
                 .filter_map(|(kind, h)| host::request_header(h).map(|v| ((*kind).to_string(), v)))
@@ -134,6 +135,14 @@ impl Upstream {
         // earlier attempt's provider go before this one's is set.
         for h in ["authorization", "x-api-key", "api-key", "x-goog-api-key"] {
             host::set_request_header(h, None);
+        }
+        // The credential the edge chose for this attempt (a fallback key on a retry).
+        if let Some(chosen) = plan
+            .credentials
+            .get(number as usize - 1)
+            .filter(|c| !c.is_empty())
+        {
+            provider.credential = chosen.clone();
         }
         for (kind, key) in &plan.byok {
             if kind == provider.kind.catalogue_kind().as_str() && !key.trim().is_empty() {

@@ -155,6 +155,9 @@ class FakeOpenAI:
     ) -> None:
         # None: accept any (or no) Authorization header.
         self.api_key = api_key
+        # Keys accepted besides `api_key` (a provider accepts old and new keys for a while
+        # when a key is rotated).
+        self.also_accepted: set[str] = set()
         self.cached_tokens = cached_tokens
         self.words_per_chunk = words_per_chunk
         # When set, streamed content is cut every N characters instead (splitting words, so a
@@ -409,7 +412,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self, request: RecordedRequest) -> bool:
         api_key = self.server.fake.api_key
-        if api_key is None or request.headers.get("authorization") == f"Bearer {api_key}":
+        accepted = {f"Bearer {k}" for k in {api_key, *self.server.fake.also_accepted} if k}
+        if api_key is None or request.headers.get("authorization") in accepted:
             return True
         # Azure OpenAI authenticates deployment URLs with an `api-key` header.
         if AZURE_CHAT_PATH.fullmatch(request.path.split("?", 1)[0]) and (

@@ -1210,6 +1210,9 @@ impl<'p> Stacks<'p> {
             .arg("--data-dir")
             .arg(&data_dir)
             .env("TOKENROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
+            // The load is one key at saturation: no default request rate (a rate limit would
+            // measure 429s).
+            .env("TOKENROUTER_DEFAULT_RPS", "0")
             .env("RUST_LOG", "warn")
             .stdout(out)
             .stderr(err);

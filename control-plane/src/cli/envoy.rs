@@ -7,21 +7,23 @@ use clap::Args;
 
 use super::output::Output;
 use super::{CliError, Globals};
-use crate::bootstrap::{render, BootstrapParams};
+use crate::bootstrap::{parse_bind_address, render, BootstrapParams, ControlAddress};
 use crate::config::admin_token_from_file;
 
 #[derive(Debug, Args)]
 pub struct EnvoyBootstrapArgs {
-    /// Gateway listener address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Gateway listener address (IP:PORT; Envoy binds to an IP, e.g. 0.0.0.0:8080).
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_bind_address)]
     listen: SocketAddr,
-    /// Envoy admin address.
-    #[arg(long, default_value = "127.0.0.1:9901")]
+    /// Envoy admin address (IP:PORT).
+    #[arg(long, default_value = "127.0.0.1:9901", value_parser = parse_bind_address)]
     admin: SocketAddr,
-    /// Control plane gRPC address.
+    /// Control plane gRPC address: IP:PORT (STATIC cluster) or HOST:PORT, e.g.
+    /// controlplane:50051 (STRICT_DNS cluster, resolved by Envoy).
     #[arg(long, default_value = "127.0.0.1:50051")]
-    control: SocketAddr,
-    /// Path of tokenrouter_filter.wasm (made absolute).
+    control: ControlAddress,
+    /// Path of tokenrouter_filter.wasm as Envoy sees it (made absolute; need not exist here, so
+    /// a bootstrap for a container can be rendered elsewhere).
     #[arg(long)]
     wasm: PathBuf,
     /// Envoy node id.

@@ -51,6 +51,9 @@ pub struct AddArgs {
     /// Apply to this key only [default: every key].
     #[arg(long = "key", default_value = "", hide_default_value = true)]
     key_id: String,
+    /// Apply to the keys of this workspace only [default: every workspace].
+    #[arg(long = "workspace", default_value = "", hide_default_value = true)]
+    workspace_id: String,
     /// Regex rules: longest match caught across streamed chunks [default: 256].
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     max_match_chars: u32,
@@ -86,6 +89,9 @@ pub struct UpdateArgs {
     /// Key id, or "" for every key.
     #[arg(long = "key")]
     key_id: Option<String>,
+    /// Workspace id, or "" for every workspace.
+    #[arg(long = "workspace")]
+    workspace_id: Option<String>,
     #[arg(long)]
     max_match_chars: Option<u32>,
     #[arg(long)]
@@ -104,6 +110,9 @@ pub struct EnableArgs {
     priority: Option<i32>,
     #[arg(long = "key", default_value = "", hide_default_value = true)]
     key_id: String,
+    /// Apply to the keys of this workspace only.
+    #[arg(long = "workspace", default_value = "", hide_default_value = true)]
+    workspace_id: String,
 }
 
 /// Exactly the fields of `admin.v1.FirewallRule`.
@@ -120,6 +129,7 @@ struct RuleJson {
     action: String,
     replacement: String,
     key_id: String,
+    workspace_id: String,
     max_match_chars: u32,
     check: String,
     template: String,
@@ -140,6 +150,7 @@ impl From<api::FirewallRule> for RuleJson {
             action: r.action,
             replacement: r.replacement,
             key_id: r.key_id,
+            workspace_id: r.workspace_id,
             max_match_chars: r.max_match_chars,
             check: r.check,
             template: r.template,
@@ -165,8 +176,15 @@ struct TemplateJson {
 }
 
 fn describe(r: &RuleJson) -> String {
+    let mut only = String::new();
+    if !r.workspace_id.is_empty() {
+        only.push_str(&format!(", workspace {}", r.workspace_id));
+    }
+    if !r.key_id.is_empty() {
+        only.push_str(&format!(", key {}", r.key_id));
+    }
     format!(
-        "firewall rule {} {:?}: {} {} {} {:?} (priority {}{})",
+        "firewall rule {} {:?}: {} {} {} {:?} (priority {}{}{})",
         r.id,
         r.name,
         r.action,
@@ -174,8 +192,18 @@ fn describe(r: &RuleJson) -> String {
         r.kind,
         r.pattern,
         r.priority,
+        only,
         if r.is_enabled { "" } else { ", disabled" }
     )
+}
+
+/// A table cell: the id, or `*` for every one.
+fn or_every(id: &str) -> String {
+    if id.is_empty() {
+        "*".into()
+    } else {
+        id.to_string()
+    }
 }
 
 pub async fn run(cmd: FirewallCommand, g: &Globals, out: &Output) -> Result<(), CliError> {
@@ -195,6 +223,7 @@ pub async fn run(cmd: FirewallCommand, g: &Globals, out: &Output) -> Result<(), 
                     key_id: a.key_id,
                     max_match_chars: a.max_match_chars,
                     check: a.check,
+                    workspace_id: a.workspace_id,
                 })
                 .await?
                 .into_inner()
@@ -223,18 +252,23 @@ pub async fn run(cmd: FirewallCommand, g: &Globals, out: &Output) -> Result<(), 
                             r.kind.clone(),
                             r.action.clone(),
                             if r.is_enabled { "yes" } else { "no" }.into(),
-                            if r.key_id.is_empty() {
-                                "*".into()
-                            } else {
-                                r.key_id.clone()
-                            },
+                            or_every(&r.workspace_id),
+                            or_every(&r.key_id),
                             r.pattern.clone(),
                         ]
                     })
                     .collect();
                 table(
                     &[
-                        "ID", "PRIORITY", "NAME", "SCOPE", "TYPE", "ACTION", "ENABLED", "KEY",
+                        "ID",
+                        "PRIORITY",
+                        "NAME",
+                        "SCOPE",
+                        "TYPE",
+                        "ACTION",
+                        "ENABLED",
+                        "WORKSPACE",
+                        "KEY",
                         "PATTERN",
                     ],
                     &rows,
@@ -269,6 +303,7 @@ pub async fn run(cmd: FirewallCommand, g: &Globals, out: &Output) -> Result<(), 
                     key_id: u.key_id,
                     max_match_chars: u.max_match_chars,
                     check: u.check,
+                    workspace_id: u.workspace_id,
                 })
                 .await?
                 .into_inner()
@@ -326,6 +361,7 @@ pub async fn run(cmd: FirewallCommand, g: &Globals, out: &Output) -> Result<(), 
                     action: e.action,
                     priority: e.priority,
                     key_id: e.key_id,
+                    workspace_id: e.workspace_id,
                 })
                 .await?
                 .into_inner()

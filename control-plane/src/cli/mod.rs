@@ -4,21 +4,35 @@
 //! Output: human-readable by default, JSON with `--json` (`TOKENROUTER_JSON=1`). Errors: human
 //! `error: …` on stderr, JSON `{"error":{"type","message"}}` on stdout. Exit codes: 0 ok,
 //! 1 user error, 2 network, 3 server.
+//!
+//! Every verb talks to the gRPC Admin API with the admin token, except `balance` and `topup`
+//! when a gateway key is given (`--api-key` / `TOKENROUTER_API_KEY`): those then act for that
+//! key over the REST API (`--rest-url` / `TOKENROUTER_REST_URL`), which is where a gateway key
+//! may read its own balance and top itself up.
+//!
+//! `env` and `test` talk to the gateway itself (`--gateway-url` / `TOKENROUTER_GATEWAY_URL`)
+//! with a gateway key: `--key`, else `TOKENROUTER_API_KEY`, else the one `keys create` cached in
+//! `<data-dir>/last_key`.
 
+mod billing;
 mod client;
 mod envoy;
 mod error;
 mod firewall;
+mod gateway;
 mod keys;
+mod limits;
 mod logs;
 mod models;
 mod output;
 mod preview;
 mod providers;
+mod rest;
 mod routing;
 mod rules;
 mod serve;
 mod usage;
+mod workspaces;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +80,27 @@ pub struct Cli {
     )]
     admin_token: Option<String>,
 
+    /// A gateway key (`sk-tr-…`): `balance` and `topup` then act for this key, over the REST
+    /// API.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOKENROUTER_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+
+    /// Control plane REST URL (used with --api-key).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "TOKENROUTER_REST_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    rest_url: String,
+
     /// Control plane data directory (database, admin token, master key).
     #[arg(
         long,
@@ -88,6 +123,18 @@ enum Command {
     /// Gateway keys (`sk-tr-…`).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Workspaces: groups of keys sharing limits and, optionally, a balance.
+    #[command(subcommand)]
+    Workspaces(workspaces::WorkspacesCommand),
+    /// A balance: a key's, a workspace's, or the total over every active key (with
+    /// TOKENROUTER_API_KEY: that key's).
+    Balance(billing::BalanceArgs),
+    /// A checkout URL to add credit to a key. It never pays anything: a person must open the
+    /// URL and pay; the credit arrives when the payment provider confirms it.
+    Topup(billing::TopupArgs),
+    /// Add credit by hand (operators).
+    #[command(subcommand)]
+    Credit(billing::CreditCommand),
     /// Upstream LLM providers.
     #[command(subcommand)]
     Providers(providers::ProvidersCommand),
@@ -104,6 +151,12 @@ enum Command {
     /// Per-key routing configurations: fallback chains, traffic splits, advanced rules.
     #[command(subcommand)]
     Routing(routing::RoutingCommand),
+    /// Print OPENAI_API_KEY and OPENAI_BASE_URL for a gateway key, for `>> .env` (key: --key,
+    /// else TOKENROUTER_API_KEY, else the one `keys create` cached).
+    Env(gateway::EnvArgs),
+    /// Send a tiny chat completion through the gateway to check a key end to end (402 = top
+    /// up).
+    Test(gateway::TestArgs),
     /// Recent gateway requests, newest first, filtered; `logs get ID` shows one with its bodies.
     Logs(logs::LogsArgs),
     /// Spend over the last N days (successful requests only), optionally by key, model,
@@ -120,6 +173,9 @@ enum Command {
 pub struct Globals {
     pub api_url: String,
     pub admin_token: Option<String>,
+    /// A gateway key, for the verbs a key may run on its own behalf.
+    pub api_key: Option<String>,
+    pub rest_url: String,
     pub data_dir: PathBuf,
 }
 
@@ -133,6 +189,11 @@ pub fn main() -> ExitCode {
     let globals = Globals {
         api_url: cli.api_url,
         admin_token: cli.admin_token.filter(|t| !t.trim().is_empty()),
+        api_key: cli
+            .api_key
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty()),
+        rest_url: cli.rest_url,
         data_dir: cli.data_dir,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -151,11 +212,17 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args, &globals).await,
             Command::Keys(cmd) => keys::run(cmd, &globals, &out).await,
+            Command::Workspaces(cmd) => workspaces::run(cmd, &globals, &out).await,
+            Command::Balance(args) => billing::balance(args, &globals, &out).await,
+            Command::Topup(args) => billing::topup(args, &globals, &out).await,
+            Command::Credit(cmd) => billing::credit(cmd, &globals, &out).await,
             Command::Providers(cmd) => providers::run(cmd, &globals, &out).await,
             Command::Firewall(cmd) => firewall::run(cmd, &globals, &out).await,
             Command::Models(args) => models::run(args, &globals, &out).await,
             Command::Rules(cmd) => rules::run(cmd, &globals, &out).await,
             Command::Routing(cmd) => routing::run(cmd, &globals, &out).await,
+            Command::Env(args) => gateway::env(args, &globals, &out),
+            Command::Test(args) => gateway::test(args, &globals, &out).await,
             Command::Logs(args) => logs::run(args, &globals, &out).await,
             Command::Usage(args) => usage::run(args, &globals, &out).await,
             Command::Preview(args) => preview::run(args, &globals, &out).await,

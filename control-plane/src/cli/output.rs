@@ -41,9 +41,13 @@ impl Output {
     /// Reports `e` and returns its exit code.
     pub fn error(self, e: &CliError) -> ExitCode {
         if self.json {
-            let body =
-                serde_json::json!({"error": {"type": e.kind.as_str(), "message": e.message}});
-            println!("{body}");
+            match &e.json {
+                Some(body) => println!("{body}"),
+                None => println!(
+                    "{}",
+                    serde_json::json!({"error": {"type": e.kind.as_str(), "message": e.message}})
+                ),
+            }
         } else {
             eprintln!("error: {}", e.message);
         }

@@ -26,6 +26,28 @@ pub enum ProvidersCommand {
         /// Replace a provider of the same name.
         #[arg(long)]
         replace: bool,
+        /// A fallback credential (repeatable, in order): a request this provider serves alone
+        /// is retried with the next one when the provider refuses or limits a key.
+        #[arg(long = "fallback-key")]
+        fallback_keys: Vec<String>,
+    },
+    /// Replace a provider's credential without dropping traffic: with --keep-previous the old
+    /// key stays as the last fallback until you rotate again without it.
+    ///
+    /// Example: tokenrouter providers rotate-key openai --api-key sk-new --keep-previous
+    RotateKey {
+        name: String,
+        #[arg(long)]
+        api_key: String,
+        /// Keep the previous primary as a fallback.
+        #[arg(long)]
+        keep_previous: bool,
+        /// Replace the fallbacks (repeatable); without it they are kept.
+        #[arg(long = "fallback-key")]
+        fallback_keys: Vec<String>,
+        /// Drop every fallback (except a kept previous key).
+        #[arg(long, conflicts_with = "fallback_keys")]
+        clear_fallbacks: bool,
     },
     /// List providers (never their credentials).
     List,
@@ -39,6 +61,7 @@ struct ProviderJson {
     kind: String,
     base_url: String,
     has_credential: bool,
+    fallback_credentials: u32,
     cluster: String,
     enabled: bool,
     created_at_unix_ms: i64,
@@ -51,6 +74,7 @@ impl From<api::ProviderInfo> for ProviderJson {
             kind: p.kind,
             base_url: p.base_url,
             has_credential: p.has_credential,
+            fallback_credentials: p.fallback_credentials,
             cluster: p.cluster,
             enabled: p.enabled,
             created_at_unix_ms: p.created_at_unix_ms,
@@ -67,6 +91,7 @@ pub async fn run(cmd: ProvidersCommand, g: &Globals, out: &Output) -> Result<(),
             base_url,
             api_key,
             replace,
+            fallback_keys,
         } => {
             let p: ProviderJson = admin
                 .add_provider(api::AddProviderRequest {
@@ -75,6 +100,7 @@ pub async fn run(cmd: ProvidersCommand, g: &Globals, out: &Output) -> Result<(),
                     base_url,
                     api_key,
                     replace,
+                    fallback_api_keys: fallback_keys,
                 })
                 .await?
                 .into_inner()
@@ -91,6 +117,31 @@ pub async fn run(cmd: ProvidersCommand, g: &Globals, out: &Output) -> Result<(),
                     } else {
                         ""
                     }
+                )
+            })
+        }
+        ProvidersCommand::RotateKey {
+            name,
+            api_key,
+            keep_previous,
+            fallback_keys,
+            clear_fallbacks,
+        } => {
+            let p: ProviderJson = admin
+                .rotate_provider_key(api::RotateProviderKeyRequest {
+                    name,
+                    api_key,
+                    keep_previous,
+                    fallback_api_keys: fallback_keys,
+                    clear_fallbacks,
+                })
+                .await?
+                .into_inner()
+                .into();
+            out.print(&p, || {
+                format!(
+                    "provider {}: new credential stored, {} fallback credential(s)",
+                    p.name, p.fallback_credentials
                 )
             })
         }

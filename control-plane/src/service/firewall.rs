@@ -21,6 +21,8 @@ pub struct NewFirewallRule {
     pub key_id: String,
     pub max_match_chars: u32,
     pub check: String,
+    /// Empty = every workspace.
+    pub workspace_id: String,
 }
 
 /// Fields to change; `None` keeps the stored value.
@@ -37,6 +39,8 @@ pub struct FirewallRulePatch {
     pub key_id: Option<String>,
     pub max_match_chars: Option<u32>,
     pub check: Option<String>,
+    /// `Some("")`: every workspace.
+    pub workspace_id: Option<String>,
 }
 
 /// What a user may change when enabling a template; `None` keeps the template's default.
@@ -46,21 +50,40 @@ pub struct TemplateOverrides {
     pub action: Option<String>,
     pub priority: Option<i32>,
     pub key_id: Option<String>,
+    pub workspace_id: Option<String>,
 }
 
 impl Service {
-    /// Refuses what the engine would refuse, and per-key rules for keys that do not exist.
+    /// Refuses what the engine would refuse, per-key rules for keys that do not exist,
+    /// per-workspace rules for workspaces that do not exist, and rules naming a key and a
+    /// workspace the key is not in.
     async fn check_rule(&self, row: &mut FirewallRuleRow) -> Result<()> {
         row.name = row.name.trim().to_string();
         row.key_id = row.key_id.trim().to_string();
+        row.workspace_id = row.workspace_id.trim().to_string();
         firewall::validate(&row.to_proto())
             .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+        if !row.workspace_id.is_empty() {
+            let workspaces = self.store.list_workspaces().await?;
+            if !workspaces.iter().any(|(w, _)| w.id == row.workspace_id) {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "firewall rule {:?}: workspace {} does not exist",
+                    row.name, row.workspace_id
+                )));
+            }
+        }
         if !row.key_id.is_empty() {
             let keys = self.store.list_keys().await?;
-            if !keys.iter().any(|k| k.id == row.key_id) {
+            let Some(key) = keys.iter().find(|k| k.id == row.key_id) else {
                 return Err(ServiceError::InvalidArgument(format!(
                     "firewall rule {:?}: key {} does not exist",
                     row.name, row.key_id
+                )));
+            };
+            if !row.workspace_id.is_empty() && key.workspace_id != row.workspace_id {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "firewall rule {:?}: key {} is in workspace {}, not {}",
+                    row.name, row.key_id, key.workspace_id, row.workspace_id
                 )));
             }
         }
@@ -87,6 +110,7 @@ impl Service {
             action: new.action.trim().to_string(),
             replacement: new.replacement,
             key_id: new.key_id,
+            workspace_id: new.workspace_id,
             max_match_chars: new.max_match_chars,
             check: new.check.trim().to_string(),
             template: String::new(),
@@ -127,6 +151,7 @@ impl Service {
             key_id,
             max_match_chars,
             check,
+            workspace_id,
         } = patch;
         let changes_match = match_type.is_some() || pattern.is_some();
         row.name = name.unwrap_or(row.name);
@@ -138,6 +163,7 @@ impl Service {
         row.action = action.map_or(row.action, |s| s.trim().to_string());
         row.replacement = replacement.unwrap_or(row.replacement);
         row.key_id = key_id.unwrap_or(row.key_id);
+        row.workspace_id = workspace_id.unwrap_or(row.workspace_id);
         row.max_match_chars = max_match_chars.unwrap_or(row.max_match_chars);
         row.check = check.map_or(row.check, |s| s.trim().to_string());
         if changes_match {
@@ -206,6 +232,7 @@ impl Service {
                         action: action.map(|_| proto.action.clone()),
                         priority: overrides.priority,
                         key_id: overrides.key_id,
+                        workspace_id: overrides.workspace_id,
                         ..FirewallRulePatch::default()
                     },
                 )
@@ -223,6 +250,7 @@ impl Service {
             action: proto.action,
             replacement: proto.replacement,
             key_id: overrides.key_id.unwrap_or_default(),
+            workspace_id: overrides.workspace_id.unwrap_or_default(),
             max_match_chars: proto.max_match_chars,
             check: proto.check,
             template: template.name.to_string(),
@@ -408,5 +436,116 @@ mod tests {
         assert_eq!(email.scope, "prompt");
         svc.settled().await;
         assert_eq!(svc.snapshots().borrow().firewall_rules.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn workspace_rules_need_an_existing_workspace_and_its_keys() {
+        let (svc, _dir) = service().await;
+        let in_ws = |name: &str, ws: &str, key: &str| NewFirewallRule {
+            workspace_id: ws.into(),
+            key_id: key.into(),
+            ..rule(name, "substring", "x")
+        };
+        for (new, want) in [
+            (in_ws("r", "team-a", ""), "workspace team-a does not exist"),
+            (in_ws("r", "Team A", ""), "is not valid"),
+        ] {
+            match svc.create_firewall_rule(new).await {
+                Err(ServiceError::InvalidArgument(m)) => assert!(m.contains(want), "{m}"),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+        let (a, _) = svc.create_key("a", "team-a").await.unwrap();
+        let (b, _) = svc.create_key("b", "team-b").await.unwrap();
+
+        let team = svc
+            .create_firewall_rule(in_ws("team", " team-a ", ""))
+            .await
+            .unwrap();
+        assert_eq!(team.workspace_id, "team-a");
+        assert_eq!(svc.get_firewall_rule(team.id).await.unwrap(), team);
+        match svc
+            .create_firewall_rule(in_ws("both", "team-a", &b.id))
+            .await
+        {
+            Err(ServiceError::InvalidArgument(m)) => {
+                assert!(m.contains("is in workspace team-b, not team-a"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let both = svc
+            .create_firewall_rule(in_ws("both", "team-a", &a.id))
+            .await
+            .unwrap();
+        assert_eq!(
+            (both.key_id.as_str(), both.workspace_id.as_str()),
+            (a.id.as_str(), "team-a")
+        );
+
+        // Moving the rule to a workspace its key is not in is refused; "" clears it.
+        let to = |ws: &str| FirewallRulePatch {
+            workspace_id: Some(ws.into()),
+            ..FirewallRulePatch::default()
+        };
+        assert!(matches!(
+            svc.update_firewall_rule(both.id, to("team-b")).await,
+            Err(ServiceError::InvalidArgument(_))
+        ));
+        let cleared = svc.update_firewall_rule(both.id, to("")).await.unwrap();
+        assert_eq!(cleared.workspace_id, "");
+        let moved = svc
+            .update_firewall_rule(team.id, to("team-b"))
+            .await
+            .unwrap();
+        assert_eq!(moved.workspace_id, "team-b");
+        // Patches that leave the workspace alone keep it.
+        let kept = svc
+            .update_firewall_rule(
+                team.id,
+                FirewallRulePatch {
+                    action: Some("warn".into()),
+                    ..FirewallRulePatch::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(kept.workspace_id, "team-b");
+
+        let email = svc
+            .enable_firewall_template(
+                "email",
+                TemplateOverrides {
+                    workspace_id: Some("team-a".into()),
+                    ..TemplateOverrides::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(email.workspace_id, "team-a");
+        assert!(matches!(
+            svc.enable_firewall_template(
+                "ssn",
+                TemplateOverrides {
+                    workspace_id: Some("nope".into()),
+                    ..TemplateOverrides::default()
+                },
+            )
+            .await,
+            Err(ServiceError::InvalidArgument(_))
+        ));
+
+        svc.settled().await;
+        let snap = svc.snapshots().borrow().clone();
+        let published: Vec<(&str, &str)> = snap
+            .firewall_rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.workspace_id.as_str()))
+            .collect();
+        assert!(published.contains(&("team", "team-b")), "{published:?}");
+        assert!(published.contains(&("both", "")), "{published:?}");
+        assert!(
+            published.contains(&(email.name.as_str(), "team-a")),
+            "{published:?}"
+        );
     }
 }

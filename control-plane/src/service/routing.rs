@@ -403,6 +403,7 @@ mod tests {
             base_url: "https://api.together.xyz/v1".into(),
             api_key: String::new(),
             replace: false,
+            fallback_api_keys: Vec::new(),
         })
         .await
         .unwrap();

@@ -10,6 +10,7 @@
 //! outside any write transaction (`crate::publisher::Coalescer`).
 
 pub mod idempotency;
+pub mod metering;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -56,6 +57,59 @@ pub struct KeyRow {
     /// Request and response bodies of this key's requests are recorded (pushed to the edge as
     /// `ApiKey.store_bodies`; the edge sends them in the usage record).
     pub store_bodies: bool,
+    /// The key's own limits (unset fields inherit from its workspace).
+    pub limits: Limits,
+    /// The key has a balance (its amount lives outside the configuration: see
+    /// [`metering::MeteringStore`]); only metered keys are refused for credit.
+    pub metered: bool,
+}
+
+/// Limits of a key or a workspace. `None` = inherit (a key from its workspace, a workspace from
+/// the server's defaults); `Some(0)` = off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Burst requests per second.
+    pub rps: Option<u32>,
+    /// Rolling one-hour token budgets.
+    pub hour_total_tokens: Option<u64>,
+    pub hour_input_tokens: Option<u64>,
+    pub hour_output_tokens: Option<u64>,
+}
+
+impl Limits {
+    /// These limits, with every unset field taken from `parent`.
+    pub fn or(self, parent: Limits) -> Limits {
+        Limits {
+            rps: self.rps.or(parent.rps),
+            hour_total_tokens: self.hour_total_tokens.or(parent.hour_total_tokens),
+            hour_input_tokens: self.hour_input_tokens.or(parent.hour_input_tokens),
+            hour_output_tokens: self.hour_output_tokens.or(parent.hour_output_tokens),
+        }
+    }
+
+    /// Whether any field is set.
+    pub fn any_set(&self) -> bool {
+        *self != Limits::default()
+    }
+
+    /// Whether anything is enforced (after inheritance: unset counts as off).
+    pub fn any(&self) -> bool {
+        let on = |v: Option<u64>| v.is_some_and(|n| n > 0);
+        self.rps.is_some_and(|n| n > 0)
+            || on(self.hour_total_tokens)
+            || on(self.hour_input_tokens)
+            || on(self.hour_output_tokens)
+    }
+}
+
+/// A workspace: owns keys, and lends them its limits, balance and firewall rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkspaceRow {
+    pub id: String,
+    pub created_at_ms: i64,
+    pub limits: Limits,
+    /// The workspace has a balance of its own (its keys' requests are charged to it too).
+    pub metered: bool,
 }
 
 /// A key's totals over its request log rows.
@@ -93,6 +147,10 @@ pub struct ProviderRow {
     pub base_url: String,
     /// AES-256-GCM output of [`crate::crypto::Sealer::seal`]; `None` = no credential.
     pub credential_sealed: Option<Vec<u8>>,
+    /// Fallback credentials: [`crate::crypto::Sealer::seal`] over a JSON array of strings.
+    pub fallbacks_sealed: Option<Vec<u8>>,
+    /// How many fallback credentials `fallbacks_sealed` holds (for display without opening it).
+    pub fallback_count: u32,
     pub enabled: bool,
     pub created_at_ms: i64,
 }
@@ -104,6 +162,7 @@ impl std::fmt::Debug for ProviderRow {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url)
             .field("has_credential", &self.credential_sealed.is_some())
+            .field("fallback_count", &self.fallback_count)
             .field("enabled", &self.enabled)
             .field("created_at_ms", &self.created_at_ms)
             .finish()
@@ -127,6 +186,8 @@ pub struct FirewallRuleRow {
     pub replacement: String,
     /// Empty = every key.
     pub key_id: String,
+    /// Empty = every workspace; else only keys of that workspace.
+    pub workspace_id: String,
     /// Regex rules; 0 = the engine's default.
     pub max_match_chars: u32,
     pub check: String,
@@ -150,6 +211,7 @@ impl FirewallRuleRow {
             action: self.action.clone(),
             replacement: self.replacement.clone(),
             key_id: self.key_id.clone(),
+            workspace_id: self.workspace_id.clone(),
             max_match_chars: self.max_match_chars,
             check: self.check.clone(),
         }
@@ -235,6 +297,7 @@ impl RoutingConfigRow {
 pub struct ConfigState {
     pub version: u64,
     pub keys: Vec<KeyRow>,
+    pub workspaces: Vec<WorkspaceRow>,
     pub providers: Vec<ProviderRow>,
     /// Catalogue entries; the engine's catalogue type doubles as the stored model.
     pub models: Vec<pb::Model>,
@@ -261,6 +324,15 @@ pub enum ConfigChange {
         id: String,
         name: Option<String>,
         store_bodies: Option<bool>,
+        /// Fields set here replace the key's.
+        limits: Limits,
+    },
+    /// A taken id is `AlreadyExists`.
+    CreateWorkspace(WorkspaceRow),
+    /// Fields of `limits` that are set replace the workspace's; `NotFound` when there is none.
+    UpdateWorkspace {
+        id: String,
+        limits: Limits,
     },
     PutProvider {
         row: ProviderRow,
@@ -303,6 +375,7 @@ pub enum ConfigChange {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Changed {
     Key(KeyRow),
+    Workspace(WorkspaceRow),
     Provider(ProviderRow),
     ProviderRemoved(String),
     /// The models inserted or filled in, in catalogue order (empty: nothing to do).
@@ -332,6 +405,8 @@ pub enum Proposed<'a> {
     /// A created, updated or revoked key. The only cross-key rule, hash uniqueness, is a unique
     /// index.
     Key(&'a KeyRow),
+    /// A created or updated workspace (its id is the primary key; limits need no check).
+    Workspace(&'a WorkspaceRow),
     /// An added or replaced provider; its name is the primary key.
     Provider(&'a ProviderRow),
     /// Models seeded, added or changed (`(kind, id)` is the primary key).
@@ -565,9 +640,14 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Routing configurations by key id.
     async fn list_routing_configs(&self) -> Result<Vec<RoutingConfigRow>, StoreError>;
 
+    /// Every workspace by id, with how many active keys it has.
+    async fn list_workspaces(&self) -> Result<Vec<(WorkspaceRow, u32)>, StoreError>;
+
     /// Stores a batch in one transaction; records whose request id is already stored (or
     /// repeated earlier in the batch) are skipped. Returns the positions in `records` of those
-    /// that were new, in order: only they may be counted (scores, metrics).
+    /// that were new, in order: only they may be counted (scores, metrics). The cost of each
+    /// new record that is not a replay is charged, in the same transaction, to its key's and
+    /// its workspace's balance where they have one (never below zero): exactly once.
     async fn insert_usage(
         &self,
         records: &[UsageRecord],
@@ -595,4 +675,7 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     /// `Idempotency-Key` entries.
     fn idempotency(&self) -> &dyn idempotency::IdempotencyStore;
+
+    /// Balances, the credit ledger, top-up sessions and token windows.
+    fn metering(&self) -> &dyn metering::MeteringStore;
 }

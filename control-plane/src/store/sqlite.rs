@@ -19,9 +19,9 @@ use tokenrouter_proto::sync::v1::{Attempt, UsageRecord};
 
 use super::{
     ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
-    KeyUsage, LogEntry, LogQuery, ModelRow, Proposed, ProviderRow, RoutingConfigRow,
+    KeyUsage, Limits, LogEntry, LogQuery, ModelRow, Proposed, ProviderRow, RoutingConfigRow,
     RoutingRuleRow, Store, StoreError, UsageGroupBy, UsageGroupKey, UsageQuery, UsageReport,
-    UsageTotals,
+    UsageTotals, WorkspaceRow,
 };
 
 /// Starts a write transaction holding SQLite's write lock from its first statement, so a write
@@ -62,6 +62,7 @@ impl SqliteStore {
 }
 
 mod idempotency;
+mod metering;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -91,6 +92,7 @@ impl Store for SqliteStore {
         // Dropping `tx` on a refusal rolls the change back.
         let verdict = match &changed {
             Changed::Key(key) => check(Proposed::Key(key)),
+            Changed::Workspace(workspace) => check(Proposed::Workspace(workspace)),
             Changed::Provider(provider) => check(Proposed::Provider(provider)),
             Changed::ModelsSeeded(models) => check(Proposed::Models(models)),
             Changed::Model(row) => check(Proposed::Models(std::slice::from_ref(&row.model))),
@@ -183,6 +185,27 @@ impl Store for SqliteStore {
         load_routing_rules(&mut conn).await
     }
 
+    async fn list_workspaces(&self) -> Result<Vec<(WorkspaceRow, u32)>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let workspaces = load_workspaces(&mut conn).await?;
+        let counts: HashMap<String, i64> = sqlx::query(
+            "SELECT workspace_id, COUNT(*) FROM api_keys WHERE status = 'active' \
+             GROUP BY workspace_id",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        Ok(workspaces
+            .into_iter()
+            .map(|w| {
+                let n = counts.get(&w.id).copied().unwrap_or(0);
+                (w, u32::try_from(n).unwrap_or(u32::MAX))
+            })
+            .collect())
+    }
+
     async fn list_routing_configs(&self) -> Result<Vec<RoutingConfigRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         load_routing_configs(&mut conn).await
@@ -245,6 +268,9 @@ impl Store for SqliteStore {
                 continue;
             }
             inserted.push(i);
+            if r.cost_picos > 0 && r.replay_of.is_empty() {
+                metering::charge(&mut tx, &r.key_id, r.cost_picos).await?;
+            }
             // Only keys with store_bodies send bodies; every other record costs nothing here.
             if !r.request_body.is_empty() || !r.response_body.is_empty() {
                 sqlx::query(
@@ -448,6 +474,10 @@ impl Store for SqliteStore {
         self
     }
 
+    fn metering(&self) -> &dyn crate::store::metering::MeteringStore {
+        self
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -471,9 +501,11 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             .bind(key.created_at_ms)
             .execute(&mut *conn)
             .await?;
-            sqlx::query(
+            let query = sqlx::query(
                 "INSERT INTO api_keys (id, name, key_prefix, sha256, workspace_id, status, \
-                 created_at_ms, revoked_at_ms, store_bodies) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at_ms, revoked_at_ms, store_bodies, balance_picos, rps_limit, \
+                 hour_total_tokens, hour_input_tokens, hour_output_tokens) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&key.id)
             .bind(&key.name)
@@ -484,9 +516,11 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             .bind(key.created_at_ms)
             .bind(key.revoked_at_ms)
             .bind(key.store_bodies)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| unique_violation(e, || format!("key {}", key.id)))?;
+            .bind(key.metered.then_some(0_i64));
+            bind_limits(query, &key.limits)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique_violation(e, || format!("key {}", key.id)))?;
             Applied::Committed(Changed::Key(key))
         }
         ConfigChange::RevokeKey { id, at_ms } => {
@@ -515,6 +549,7 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             id,
             name,
             store_bodies,
+            limits,
         } => {
             let row = sqlx::query(&format!("{KEY_SELECT} WHERE id = ?"))
                 .bind(&id)
@@ -529,16 +564,61 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             if let Some(store_bodies) = store_bodies {
                 key.store_bodies = store_bodies;
             }
+            key.limits = limits.or(key.limits);
             if key == before {
                 Applied::Nothing(Changed::Key(key))
             } else {
-                sqlx::query("UPDATE api_keys SET name = ?, store_bodies = ? WHERE id = ?")
-                    .bind(&key.name)
-                    .bind(key.store_bodies)
+                let query = sqlx::query(
+                    "UPDATE api_keys SET name = ?, store_bodies = ?, rps_limit = ?, \
+                     hour_total_tokens = ?, hour_input_tokens = ?, hour_output_tokens = ? \
+                     WHERE id = ?",
+                )
+                .bind(&key.name)
+                .bind(key.store_bodies);
+                bind_limits(query, &key.limits)
                     .bind(&id)
                     .execute(&mut *conn)
                     .await?;
                 Applied::Committed(Changed::Key(key))
+            }
+        }
+        ConfigChange::CreateWorkspace(workspace) => {
+            let query = sqlx::query(
+                "INSERT INTO workspaces (id, name, created_at_ms, balance_picos, rps_limit, \
+                 hour_total_tokens, hour_input_tokens, hour_output_tokens) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&workspace.id)
+            .bind(&workspace.id)
+            .bind(workspace.created_at_ms)
+            .bind(workspace.metered.then_some(0_i64));
+            bind_limits(query, &workspace.limits)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique_violation(e, || format!("workspace {}", workspace.id)))?;
+            Applied::Committed(Changed::Workspace(workspace))
+        }
+        ConfigChange::UpdateWorkspace { id, limits } => {
+            let row = sqlx::query(&format!("{WORKSPACE_SELECT} WHERE id = ?"))
+                .bind(&id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("workspace {id}")))?;
+            let before = workspace_from_row(&row)?;
+            let mut workspace = before.clone();
+            workspace.limits = limits.or(workspace.limits);
+            if workspace == before {
+                Applied::Nothing(Changed::Workspace(workspace))
+            } else {
+                let query = sqlx::query(
+                    "UPDATE workspaces SET rps_limit = ?, hour_total_tokens = ?, \
+                     hour_input_tokens = ?, hour_output_tokens = ? WHERE id = ?",
+                );
+                bind_limits(query, &workspace.limits)
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await?;
+                Applied::Committed(Changed::Workspace(workspace))
             }
         }
         ConfigChange::PutProvider { row, replace } => {
@@ -559,11 +639,13 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
                     row.created_at_ms = created;
                     sqlx::query(
                         "UPDATE providers SET kind = ?, base_url = ?, credential_sealed = ?, \
-                         enabled = ? WHERE name = ?",
+                         fallbacks_sealed = ?, fallback_count = ?, enabled = ? WHERE name = ?",
                     )
                     .bind(&row.kind)
                     .bind(&row.base_url)
                     .bind(&row.credential_sealed)
+                    .bind(&row.fallbacks_sealed)
+                    .bind(i64::from(row.fallback_count))
                     .bind(row.enabled)
                     .bind(&row.name)
                     .execute(&mut *conn)
@@ -571,13 +653,16 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
                 }
                 None => {
                     sqlx::query(
-                        "INSERT INTO providers (name, kind, base_url, credential_sealed, enabled, \
-                         created_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO providers (name, kind, base_url, credential_sealed, \
+                         fallbacks_sealed, fallback_count, enabled, created_at_ms) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     )
                     .bind(&row.name)
                     .bind(&row.kind)
                     .bind(&row.base_url)
                     .bind(&row.credential_sealed)
+                    .bind(&row.fallbacks_sealed)
+                    .bind(i64::from(row.fallback_count))
                     .bind(row.enabled)
                     .bind(row.created_at_ms)
                     .execute(&mut *conn)
@@ -675,8 +760,8 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
                 sqlx::query(
                     "INSERT INTO firewall_rules (name, priority, is_enabled, scope, type, \
                      pattern, action, replacement, key_id, max_match_chars, \"check\", template, \
-                     created_at_ms, updated_at_ms) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     workspace_id, created_at_ms, updated_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ),
                 &rule,
             )
@@ -700,8 +785,8 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
                 sqlx::query(
                     "UPDATE firewall_rules SET name = ?, priority = ?, is_enabled = ?, scope = ?, \
                      type = ?, pattern = ?, action = ?, replacement = ?, key_id = ?, \
-                     max_match_chars = ?, \"check\" = ?, template = ?, updated_at_ms = ? \
-                     WHERE id = ?",
+                     max_match_chars = ?, \"check\" = ?, template = ?, workspace_id = ?, \
+                     updated_at_ms = ? WHERE id = ?",
                 ),
                 &rule,
             )
@@ -831,6 +916,7 @@ async fn load_config(conn: &mut SqliteConnection) -> Result<ConfigState, StoreEr
     Ok(ConfigState {
         version: to_u64(version),
         keys: load_keys(conn).await?,
+        workspaces: load_workspaces(conn).await?,
         providers: load_providers(conn).await?,
         models: load_models(conn).await?,
         firewall_rules: load_firewall_rules(conn).await?,
@@ -841,7 +927,7 @@ async fn load_config(conn: &mut SqliteConnection) -> Result<ConfigState, StoreEr
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
-/// Binds a rule's columns from `name` to `template`, in table order.
+/// Binds a rule's columns from `name` to `template` in table order, then `workspace_id`.
 fn bind_rule<'q>(query: Query<'q>, r: &'q FirewallRuleRow) -> Query<'q> {
     query
         .bind(&r.name)
@@ -856,6 +942,7 @@ fn bind_rule<'q>(query: Query<'q>, r: &'q FirewallRuleRow) -> Query<'q> {
         .bind(i64::from(r.max_match_chars))
         .bind(&r.check)
         .bind(&r.template)
+        .bind(&r.workspace_id)
 }
 
 async fn load_firewall_rules(
@@ -863,7 +950,7 @@ async fn load_firewall_rules(
 ) -> Result<Vec<FirewallRuleRow>, StoreError> {
     sqlx::query(
         "SELECT id, name, priority, is_enabled, scope, type, pattern, action, replacement, key_id, \
-         max_match_chars, \"check\", template, created_at_ms, updated_at_ms \
+         max_match_chars, \"check\", template, workspace_id, created_at_ms, updated_at_ms \
          FROM firewall_rules ORDER BY id",
     )
     .fetch_all(&mut *conn)
@@ -881,6 +968,7 @@ async fn load_firewall_rules(
             action: row.try_get("action")?,
             replacement: row.try_get("replacement")?,
             key_id: row.try_get("key_id")?,
+            workspace_id: row.try_get("workspace_id")?,
             max_match_chars: u32::try_from(row.try_get::<i64, _>("max_match_chars")?)
                 .unwrap_or(0),
             check: row.try_get("check")?,
@@ -1063,7 +1151,52 @@ pub fn add_totals(a: UsageTotals, b: UsageTotals) -> UsageTotals {
 }
 
 const KEY_SELECT: &str = "SELECT id, name, key_prefix, sha256, workspace_id, status, \
-                          created_at_ms, revoked_at_ms, store_bodies FROM api_keys";
+                          created_at_ms, revoked_at_ms, store_bodies, rps_limit, \
+                          hour_total_tokens, hour_input_tokens, hour_output_tokens, \
+                          balance_picos IS NOT NULL AS metered FROM api_keys";
+
+const WORKSPACE_SELECT: &str = "SELECT id, created_at_ms, rps_limit, hour_total_tokens, \
+                                hour_input_tokens, hour_output_tokens, \
+                                balance_picos IS NOT NULL AS metered FROM workspaces";
+
+/// Binds the four limit columns in table order (`NULL` = inherit).
+fn bind_limits<'q>(query: Query<'q>, limits: &Limits) -> Query<'q> {
+    let tokens = |v: Option<u64>| v.map(to_i64);
+    query
+        .bind(limits.rps.map(i64::from))
+        .bind(tokens(limits.hour_total_tokens))
+        .bind(tokens(limits.hour_input_tokens))
+        .bind(tokens(limits.hour_output_tokens))
+}
+
+fn limits_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Limits, StoreError> {
+    let get = |column: &str| -> Result<Option<i64>, StoreError> { Ok(row.try_get(column)?) };
+    let tokens = |v: Option<i64>| v.map(to_u64);
+    Ok(Limits {
+        rps: get("rps_limit")?.map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)),
+        hour_total_tokens: tokens(get("hour_total_tokens")?),
+        hour_input_tokens: tokens(get("hour_input_tokens")?),
+        hour_output_tokens: tokens(get("hour_output_tokens")?),
+    })
+}
+
+async fn load_workspaces(conn: &mut SqliteConnection) -> Result<Vec<WorkspaceRow>, StoreError> {
+    sqlx::query(&format!("{WORKSPACE_SELECT} ORDER BY id"))
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(workspace_from_row)
+        .collect()
+}
+
+fn workspace_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRow, StoreError> {
+    Ok(WorkspaceRow {
+        id: row.try_get("id")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        limits: limits_from_row(row)?,
+        metered: row.try_get("metered")?,
+    })
+}
 
 async fn load_keys(conn: &mut SqliteConnection) -> Result<Vec<KeyRow>, StoreError> {
     sqlx::query(&format!("{KEY_SELECT} ORDER BY created_at_ms, id"))
@@ -1091,13 +1224,16 @@ fn key_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<KeyRow, StoreError> {
         created_at_ms: row.try_get("created_at_ms")?,
         revoked_at_ms: row.try_get("revoked_at_ms")?,
         store_bodies: row.try_get("store_bodies")?,
+        limits: limits_from_row(row)?,
+        metered: row.try_get("metered")?,
         id,
     })
 }
 
 async fn load_providers(conn: &mut SqliteConnection) -> Result<Vec<ProviderRow>, StoreError> {
     sqlx::query(
-        "SELECT name, kind, base_url, credential_sealed, enabled, created_at_ms FROM providers \
+        "SELECT name, kind, base_url, credential_sealed, fallbacks_sealed, fallback_count, enabled, \
+         created_at_ms FROM providers \
          ORDER BY created_at_ms, name",
     )
     .fetch_all(&mut *conn)
@@ -1109,6 +1245,8 @@ async fn load_providers(conn: &mut SqliteConnection) -> Result<Vec<ProviderRow>,
             kind: row.try_get("kind")?,
             base_url: row.try_get("base_url")?,
             credential_sealed: row.try_get("credential_sealed")?,
+            fallbacks_sealed: row.try_get("fallbacks_sealed")?,
+            fallback_count: u32::try_from(row.try_get::<i64, _>("fallback_count")?).unwrap_or(0),
             enabled: row.try_get("enabled")?,
             created_at_ms: row.try_get("created_at_ms")?,
         })
@@ -1390,6 +1528,8 @@ mod tests {
             workspace_id: "default".into(),
             status: KeyStatus::Active,
             created_at_ms: 1,
+            limits: Limits::default(),
+            metered: false,
             revoked_at_ms: None,
             store_bodies: false,
         }
@@ -1401,6 +1541,8 @@ mod tests {
             kind: "openai".into(),
             base_url: url.into(),
             credential_sealed: Some(vec![1, 2, 3]),
+            fallbacks_sealed: None,
+            fallback_count: 0,
             enabled: true,
             created_at_ms: 5,
         }
@@ -2332,6 +2474,7 @@ mod tests {
             id: "key_a".into(),
             name: name.map(str::to_string),
             store_bodies,
+            limits: Limits::default(),
         };
         let out = store
             .change_config(update(None, Some(true)), &ok)
@@ -2365,6 +2508,7 @@ mod tests {
                     id: "key_x".into(),
                     name: None,
                     store_bodies: Some(true),
+                    limits: Limits::default(),
                 },
                 &ok,
             )

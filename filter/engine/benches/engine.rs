@@ -55,6 +55,7 @@ fn snapshot_with_rules(keys: usize, rules: usize) -> Snapshot {
                 workspace_id: "default".into(),
                 revoked: false,
                 store_bodies: false,
+                ..pb::ApiKey::default()
             })
             .collect(),
         providers: vec![
@@ -65,6 +66,7 @@ fn snapshot_with_rules(keys: usize, rules: usize) -> Snapshot {
                 cluster: "tr_provider_openai".into(),
                 credential: "sk-provider".into(),
                 enabled: true,
+                fallback_credentials: Vec::new(),
             },
             pb::Provider {
                 name: "bench".into(),
@@ -73,6 +75,7 @@ fn snapshot_with_rules(keys: usize, rules: usize) -> Snapshot {
                 cluster: "tr_provider_bench".into(),
                 credential: String::new(),
                 enabled: true,
+                fallback_credentials: Vec::new(),
             },
         ],
         models: tokenrouter_engine::catalogue::builtin().expect("built-in catalogue"),

@@ -38,9 +38,15 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tokenrouter_engine::firewall::formats::{self, StreamFilter};
-use tokenrouter_engine::firewall::{Firewall, Inspection, Scope};
+use tokenrouter_engine::firewall::{Firewall, Inspection, Scope, Subject};
 use tokenrouter_engine::request::ClientApi;
 use tokenrouter_proto::config::v1 as pb;
+
+/// The requests' key and its workspace.
+const KEY: Subject<'static> = Subject {
+    key_id: "key",
+    workspace_id: "default",
+};
 
 const PROMPT: &str = "You are a helpful assistant for an online bookshop. The customer writes: \
 I ordered three books last week, a novel about the sea, a cookbook with recipes from southern \
@@ -254,14 +260,10 @@ fn workspace(c: &mut Criterion) {
     for n in [10, 100, 1000] {
         let fw = Firewall::compile(&workspace_rules(n)).unwrap();
         for (label, prompt) in [("ascii", ascii.as_str()), ("unicode", CHAT_PROMPT)] {
-            let (verdict, _) = fw.scan(Scope::Prompt, "key", prompt);
+            let (verdict, _) = fw.scan(Scope::Prompt, KEY, prompt);
             assert!(verdict.is_empty(), "{:?}", verdict.labels());
             group.bench_function(format!("chat2k_{label}_{n}"), |b| {
-                b.iter(|| {
-                    fw.scan(Scope::Prompt, "key", black_box(prompt))
-                        .0
-                        .is_empty()
-                })
+                b.iter(|| fw.scan(Scope::Prompt, KEY, black_box(prompt)).0.is_empty())
             });
         }
     }
@@ -271,7 +273,7 @@ fn workspace(c: &mut Criterion) {
         group.bench_function(format!("stress16k_{label}_1000"), |b| {
             b.iter_batched(
                 || texts.text(label),
-                |text| fw.scan(Scope::Prompt, "key", &text).0.is_empty(),
+                |text| fw.scan(Scope::Prompt, KEY, &text).0.is_empty(),
                 BatchSize::SmallInput,
             )
         });
@@ -283,7 +285,7 @@ fn workspace(c: &mut Criterion) {
         group.bench_function(format!("chat2k_varied_{n}"), |b| {
             b.iter_batched(
                 || varied_prompt(&mut texts),
-                |text| fw.scan(Scope::Prompt, "key", &text).0.is_empty(),
+                |text| fw.scan(Scope::Prompt, KEY, &text).0.is_empty(),
                 BatchSize::SmallInput,
             )
         });
@@ -297,7 +299,7 @@ fn workspace(c: &mut Criterion) {
             b.iter_batched(
                 || body.as_object().cloned().unwrap(),
                 |mut body| {
-                    let mut inspection = Inspection::new(&fw, "key");
+                    let mut inspection = Inspection::new(&fw, KEY);
                     formats::chat_completions_request(&mut body, &mut |scope, text| {
                         inspection.check_in_place(scope, text)
                     });
@@ -343,11 +345,7 @@ fn scan(c: &mut Criterion) {
         for n in [10, 100, 1000] {
             let fw = Firewall::compile(&rules(n, prefixed, classes)).unwrap();
             group.bench_function(format!("{label}_{n}"), |b| {
-                b.iter(|| {
-                    fw.scan(Scope::Prompt, "key", black_box(PROMPT))
-                        .0
-                        .is_empty()
-                })
+                b.iter(|| fw.scan(Scope::Prompt, KEY, black_box(PROMPT)).0.is_empty())
             });
         }
     }
@@ -363,11 +361,7 @@ fn scan(c: &mut Criterion) {
         .collect();
     let fw = Firewall::compile(&templates).unwrap();
     group.bench_function("templates_5", |b| {
-        b.iter(|| {
-            fw.scan(Scope::Prompt, "key", black_box(PROMPT))
-                .0
-                .is_empty()
-        })
+        b.iter(|| fw.scan(Scope::Prompt, KEY, black_box(PROMPT)).0.is_empty())
     });
 
     let fw = Firewall::compile(&rules(100, 5, 5)).unwrap();
@@ -378,7 +372,7 @@ fn scan(c: &mut Criterion) {
         b.iter_batched(
             || body.as_object().cloned().unwrap(),
             |mut body| {
-                let mut inspection = Inspection::new(&fw, "key");
+                let mut inspection = Inspection::new(&fw, KEY);
                 formats::chat_completions_request(&mut body, &mut |scope, text| {
                     inspection.check_in_place(scope, text)
                 });
@@ -408,7 +402,7 @@ fn scan(c: &mut Criterion) {
         .collect();
     group.bench_function("stream_50_chunks_mixed_100", |b| {
         b.iter_batched(
-            || StreamFilter::new(ClientApi::ChatCompletions, "key", "req").unwrap(),
+            || StreamFilter::new(ClientApi::ChatCompletions, KEY, "req").unwrap(),
             |mut filter| {
                 let last = chunks.len() - 1;
                 for (i, chunk) in chunks.iter().enumerate() {

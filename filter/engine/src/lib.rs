@@ -20,6 +20,7 @@
 //! - [`catalogue`]: the built-in model catalogue.
 //! - [`error`]: the one gateway error type and its JSON envelope.
 
+pub mod admission;
 pub mod annotate;
 pub mod auth;
 pub mod catalogue;

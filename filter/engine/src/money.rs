@@ -25,9 +25,11 @@ pub fn cost_picos(usage: &Usage, price: &Price) -> i64 {
     } else {
         price.input
     };
-    let total = i128::from(fresh) * i128::from(price.input)
-        + i128::from(cached) * i128::from(cached_price)
-        + i128::from(usage.output) * i128::from(price.output);
+    // Each product fits an i128, but their sum may not (token counts near u64::MAX, prices
+    // near i64::MAX): saturate there too.
+    let total = (i128::from(fresh) * i128::from(price.input))
+        .saturating_add(i128::from(cached) * i128::from(cached_price))
+        .saturating_add(i128::from(usage.output) * i128::from(price.output));
     i64::try_from(total).unwrap_or(i64::MAX)
 }
 
@@ -128,6 +130,23 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(cost_picos(&u, &MINI), i64::MAX);
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `usage`): the i128 sum of three products overflowed
+    /// (a panic in debug builds) before the saturation to i64.
+    #[test]
+    fn cost_saturates_at_the_largest_counts_and_prices() {
+        let u = Usage {
+            input: u64::MAX,
+            output: u64::MAX,
+            ..Usage::default()
+        };
+        let p = Price {
+            input: i64::MAX,
+            output: i64::MAX,
+            cached_input: i64::MAX,
+        };
+        assert_eq!(cost_picos(&u, &p), i64::MAX);
     }
 
     #[test]

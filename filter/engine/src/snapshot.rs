@@ -31,6 +31,10 @@ pub struct KeyEntry {
     pub revoked: bool,
     /// Request and response bodies go into the request log (masks applied).
     pub store_bodies: bool,
+    /// The control plane admits each request of this key (balance or limits).
+    pub admission: bool,
+    /// The key or its workspace has a balance (refused when admission cannot be asked).
+    pub metered: bool,
 }
 
 /// A registered provider.
@@ -42,6 +46,9 @@ pub struct ProviderEntry {
     pub cluster: String,
     pub credential: String,
     pub enabled: bool,
+    /// Tried in order after `credential` when a request this provider serves alone is refused
+    /// or limited.
+    pub fallback_credentials: Vec<String>,
 }
 
 /// A catalogue model.
@@ -159,6 +166,8 @@ impl Snapshot {
                 workspace_id: k.workspace_id,
                 revoked: k.revoked,
                 store_bodies: k.store_bodies,
+                admission: k.admission,
+                metered: k.metered,
             };
             if keys.insert(hash, entry).is_some() {
                 return Err(ConfigError("two keys share one hash".into()));
@@ -267,6 +276,12 @@ impl Snapshot {
         self.keys.get(hash)
     }
 
+    /// The key with this id, revoked or not: a scan of every key, for previews (the edge finds
+    /// keys by hash).
+    pub fn key_by_id(&self, id: &str) -> Option<&KeyEntry> {
+        self.keys.values().find(|k| k.id == id)
+    }
+
     pub fn provider(&self, name: &str) -> Option<&ProviderEntry> {
         self.provider_by_name
             .get(name)
@@ -369,6 +384,7 @@ pub fn provider_entry(pr: pb::Provider) -> Result<ProviderEntry, ConfigError> {
         cluster: pr.cluster,
         credential: pr.credential,
         enabled: pr.enabled,
+        fallback_credentials: pr.fallback_credentials,
     })
 }
 
@@ -451,6 +467,8 @@ pub(crate) mod tests {
                     workspace_id: "default".into(),
                     revoked: false,
                     store_bodies: false,
+                    admission: false,
+                    metered: false,
                 },
                 pb::ApiKey {
                     id: "key_dead".into(),
@@ -459,6 +477,8 @@ pub(crate) mod tests {
                     workspace_id: "default".into(),
                     revoked: true,
                     store_bodies: false,
+                    admission: false,
+                    metered: false,
                 },
             ],
             providers: vec![
@@ -469,6 +489,7 @@ pub(crate) mod tests {
                     cluster: "tr_provider_openai".into(),
                     credential: "sk-provider".into(),
                     enabled: true,
+                    fallback_credentials: Vec::new(),
                 },
                 pb::Provider {
                     name: "local".into(),
@@ -477,6 +498,7 @@ pub(crate) mod tests {
                     cluster: "tr_provider_local".into(),
                     credential: String::new(),
                     enabled: true,
+                    fallback_credentials: Vec::new(),
                 },
             ],
             models: crate::catalogue::builtin().unwrap(),

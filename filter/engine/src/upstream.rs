@@ -157,6 +157,9 @@ impl BaseUrl {
 fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
+        // Brackets hold an IPv6 address and nothing else (RFC 3986 IP-literal): any other text
+        // would reach `:authority` unchecked.
+        host.parse::<std::net::Ipv6Addr>().ok()?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().ok()?,
             None if after.is_empty() => default_port,
@@ -247,6 +250,12 @@ mod tests {
             "http://h/?q#f",
             "http://h/?a b",
             "api.openai.com",
+            // Found by fuzzing (`fuzz/`, target small_parsers): bracketed hosts were taken
+            // unchecked, and printed back without their brackets.
+            "http://[]/v1",
+            "http://[a b\r\n]:8080/v1",
+            "http://[host]/v1",
+            "http://[::1:80",
         ] {
             assert!(BaseUrl::parse(url).is_err(), "{url}");
         }

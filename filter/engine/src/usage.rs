@@ -639,4 +639,18 @@ mod tests {
             assert!(!o.done(), "{api:?}: a cut stream is not done");
         }
     }
+
+    /// Found by fuzzing (`fuzz/`, target `usage`): Anthropic's input tokens are the sum of
+    /// three counts the provider sends, which overflowed (a panic in debug builds, a wrapped
+    /// and far too small count in release builds).
+    #[test]
+    fn huge_anthropic_counts_saturate() {
+        let body = br#"{"type":"message","usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":1,"cache_creation_input_tokens":7,"output_tokens":5}}"#;
+        let u = from_client_body(ClientApi::Messages, body).unwrap();
+        assert_eq!((u.input, u.cached_input, u.output), (u64::MAX, 1, 5));
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":18446744073709551615,\"cache_read_input_tokens\":3}}}\n\n";
+        let mut o = ClientStreamObserver::new(ClientApi::Messages, false);
+        o.feed(stream.as_bytes(), true);
+        assert_eq!(o.usage().map(|u| u.input), Some(u64::MAX));
+    }
 }

@@ -76,6 +76,7 @@ impl Admin {
             base_url: base_url.into(),
             api_key: "sk-bench-upstream".into(),
             replace: true,
+            ..Default::default()
         };
         self.client
             .clone()
@@ -88,7 +89,7 @@ impl Admin {
     pub async fn create_key(&self, name: String) -> Result<Key> {
         let message = pb::CreateKeyRequest {
             name,
-            workspace_id: String::new(),
+            ..Default::default()
         };
         let reply = self
             .client
@@ -262,6 +263,7 @@ pub fn firewall_rule(i: usize) -> pb::CreateFirewallRuleRequest {
         key_id: String::new(),
         max_match_chars: 0,
         check: String::new(),
+        workspace_id: String::new(),
     }
 }
 
@@ -360,7 +362,7 @@ fn is_internal(e: &anyhow::Error) -> bool {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use serde_json::{json, Map, Value};
-    use tokenrouter_engine::firewall::{Firewall, Scope};
+    use tokenrouter_engine::firewall::{Firewall, Scope, Subject};
     use tokenrouter_engine::request::{ChatRequest, ClientApi};
     use tokenrouter_engine::routing::features::features;
     use tokenrouter_engine::routing::rules::{self, Facts};
@@ -385,6 +387,7 @@ mod tests {
             key_id: r.key_id,
             max_match_chars: r.max_match_chars,
             check: r.check,
+            workspace_id: r.workspace_id,
         }
     }
 
@@ -400,7 +403,8 @@ mod tests {
             "Write one sentence about the sea.",
             body.as_str(),
         ] {
-            let (verdict, masked) = firewall.scan(Scope::Prompt, "key_1", text);
+            let (verdict, masked) =
+                firewall.scan(Scope::Prompt, Subject::new("key_1", "default"), text);
             assert!(verdict.is_empty() && masked.is_none(), "{text}");
         }
         let cases = [
@@ -412,7 +416,7 @@ mod tests {
             (5, "Internal use only-5"),
         ];
         for (i, text) in cases {
-            let (verdict, _) = firewall.scan(Scope::Prompt, "key_1", text);
+            let (verdict, _) = firewall.scan(Scope::Prompt, Subject::new("key_1", "default"), text);
             assert!(!verdict.is_empty(), "rule {i} should match {text:?}");
         }
     }
@@ -444,6 +448,7 @@ mod tests {
                 cluster: "tr_provider_bench".into(),
                 credential: String::new(),
                 enabled: true,
+                fallback_credentials: Vec::new(),
             }],
             models: tokenrouter_engine::catalogue::builtin().unwrap(),
             routing_rules: (0..1000).map(routing_as_config).collect(),

@@ -8,11 +8,14 @@ use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::calendar::format_day;
+use crate::limits::Effective;
 use crate::publisher::cluster_name;
 use crate::service::{
-    KeyPatch, KeyWithUsage, LogFilter, NewProvider, Service, UsageSummary, DEFAULT_USAGE_DAYS,
+    parse_balance_usd, parse_credit_usd, BalanceView, KeyPatch, KeyWithUsage, LogFilter,
+    NewProvider, Service, UsageSummary, DEFAULT_USAGE_DAYS,
 };
-use crate::store::{LogEntry, ProviderRow, UsageGroupBy, UsageGroupKey};
+use crate::store::metering::Owner;
+use crate::store::{Limits, LogEntry, ProviderRow, UsageGroupBy, UsageGroupKey, WorkspaceRow};
 
 /// The Admin service. Authentication is an interceptor around it (see [`super::BearerAuth`]).
 #[derive(Clone, Debug)]
@@ -28,10 +31,35 @@ impl AdminApi {
             previews: Arc::default(),
         }
     }
+
+    async fn workspace_balance(&self, id: &str) -> Result<Option<i64>, Status> {
+        let view = self
+            .service
+            .balance(Some(Owner::Workspace(id.to_string())))
+            .await
+            .map_err(status)?;
+        Ok(view.metered.then_some(view.balance_picos))
+    }
+
+    async fn workspace(&self, id: &str) -> Result<api::WorkspaceInfo, Status> {
+        let found = self.service.get_workspace(id).await.map_err(status)?;
+        let balance = self.workspace_balance(&found.0.id).await?;
+        Ok(workspace_info(found, balance))
+    }
 }
 
-pub fn key_info(KeyWithUsage { key: k, usage: u }: KeyWithUsage) -> api::KeyInfo {
+pub fn key_info(
+    KeyWithUsage {
+        key: k,
+        usage: u,
+        balance_picos,
+        effective,
+    }: KeyWithUsage,
+) -> api::KeyInfo {
     api::KeyInfo {
+        balance_usd: balance_picos.map(|b| format_picos_usd(i128::from(b))),
+        limits: Some(limits_msg(k.limits)),
+        effective_limits: Some(effective_msg(effective)),
         status: k.status.as_str().to_string(),
         id: k.id,
         name: k.name,
@@ -50,9 +78,76 @@ pub fn key_info(KeyWithUsage { key: k, usage: u }: KeyWithUsage) -> api::KeyInfo
     }
 }
 
+pub fn limits_msg(l: Limits) -> api::Limits {
+    api::Limits {
+        rps: l.rps,
+        hour_total_tokens: l.hour_total_tokens,
+        hour_input_tokens: l.hour_input_tokens,
+        hour_output_tokens: l.hour_output_tokens,
+    }
+}
+
+pub fn effective_msg(e: Effective) -> api::Limits {
+    api::Limits {
+        rps: Some(e.rps),
+        hour_total_tokens: Some(e.hour_total_tokens),
+        hour_input_tokens: Some(e.hour_input_tokens),
+        hour_output_tokens: Some(e.hour_output_tokens),
+    }
+}
+
+pub fn limits_from_msg(l: Option<api::Limits>) -> Limits {
+    let l = l.unwrap_or_default();
+    Limits {
+        rps: l.rps,
+        hour_total_tokens: l.hour_total_tokens,
+        hour_input_tokens: l.hour_input_tokens,
+        hour_output_tokens: l.hour_output_tokens,
+    }
+}
+
+/// The owner a balance request names: exactly one of key and workspace, or neither (total).
+fn owner(key_id: &str, workspace_id: &str) -> Result<Option<Owner>, Status> {
+    match (key_id.trim(), workspace_id.trim()) {
+        ("", "") => Ok(None),
+        (key, "") => Ok(Some(Owner::Key(key.to_string()))),
+        ("", workspace) => Ok(Some(Owner::Workspace(workspace.to_string()))),
+        _ => Err(Status::invalid_argument(
+            "give key_id or workspace_id, not both",
+        )),
+    }
+}
+
+pub fn balance_info(b: BalanceView) -> api::BalanceInfo {
+    let usd = |p: i64| format_picos_usd(i128::from(p));
+    api::BalanceInfo {
+        owner: b.owner.to_string(),
+        available_usd: usd(b.available_picos()),
+        id: b.id,
+        metered: b.metered,
+        balance_usd: usd(b.balance_picos),
+        reserved_usd: usd(b.reserved_picos),
+        currency: "USD".into(),
+    }
+}
+
+pub fn workspace_info(
+    (w, active_keys): (WorkspaceRow, u32),
+    balance: Option<i64>,
+) -> api::WorkspaceInfo {
+    api::WorkspaceInfo {
+        id: w.id,
+        created_at_unix_ms: w.created_at_ms,
+        balance_usd: balance.map(|b| format_picos_usd(i128::from(b))),
+        limits: Some(limits_msg(w.limits)),
+        active_keys,
+    }
+}
+
 pub fn provider_info(p: ProviderRow) -> api::ProviderInfo {
     api::ProviderInfo {
         cluster: cluster_name(&p.name),
+        fallback_credentials: p.fallback_count,
         has_credential: p.credential_sealed.is_some(),
         name: p.name,
         kind: p.kind,
@@ -166,17 +261,21 @@ impl Admin for AdminApi {
         request: Request<api::CreateKeyRequest>,
     ) -> Result<Response<api::CreateKeyResponse>, Status> {
         let r = request.into_inner();
+        let balance = r
+            .balance_usd
+            .as_deref()
+            .map(parse_balance_usd)
+            .transpose()
+            .map_err(status)?;
         let (key, raw) = self
             .service
-            .create_key(&r.name, &r.workspace_id)
+            .create_key_with(&r.name, &r.workspace_id, balance, limits_from_msg(r.limits))
             .await
             .map_err(status)?;
         tracing::info!(id = %key.id, name = %key.name, "key created");
+        let key = self.service.key_usage(key).await.map_err(status)?;
         Ok(Response::new(api::CreateKeyResponse {
-            key: Some(key_info(KeyWithUsage {
-                key,
-                usage: Default::default(),
-            })),
+            key: Some(key_info(key)),
             raw,
         }))
     }
@@ -212,6 +311,7 @@ impl Admin for AdminApi {
         let patch = KeyPatch {
             name: r.name,
             store_bodies: r.store_bodies,
+            limits: limits_from_msg(r.limits),
         };
         let key = self
             .service
@@ -237,6 +337,110 @@ impl Admin for AdminApi {
         Ok(Response::new(key_info(key)))
     }
 
+    async fn create_workspace(
+        &self,
+        request: Request<api::CreateWorkspaceRequest>,
+    ) -> Result<Response<api::WorkspaceInfo>, Status> {
+        let r = request.into_inner();
+        let balance = r
+            .balance_usd
+            .as_deref()
+            .map(parse_balance_usd)
+            .transpose()
+            .map_err(status)?;
+        let w = self
+            .service
+            .create_workspace(&r.id, balance, limits_from_msg(r.limits))
+            .await
+            .map_err(status)?;
+        tracing::info!(id = %w.id, "workspace created");
+        self.workspace(&w.id).await.map(Response::new)
+    }
+
+    async fn list_workspaces(
+        &self,
+        _request: Request<api::ListWorkspacesRequest>,
+    ) -> Result<Response<api::ListWorkspacesResponse>, Status> {
+        let mut workspaces = Vec::new();
+        for (w, n) in self.service.list_workspaces().await.map_err(status)? {
+            let balance = self.workspace_balance(&w.id).await?;
+            workspaces.push(workspace_info((w, n), balance));
+        }
+        Ok(Response::new(api::ListWorkspacesResponse { workspaces }))
+    }
+
+    async fn get_workspace(
+        &self,
+        request: Request<api::GetWorkspaceRequest>,
+    ) -> Result<Response<api::WorkspaceInfo>, Status> {
+        self.workspace(&request.into_inner().id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_workspace(
+        &self,
+        request: Request<api::UpdateWorkspaceRequest>,
+    ) -> Result<Response<api::WorkspaceInfo>, Status> {
+        let r = request.into_inner();
+        let w = self
+            .service
+            .update_workspace(&r.id, limits_from_msg(r.limits))
+            .await
+            .map_err(status)?;
+        tracing::info!(id = %w.id, "workspace updated");
+        self.workspace(&w.id).await.map(Response::new)
+    }
+
+    async fn grant_credit(
+        &self,
+        request: Request<api::GrantCreditRequest>,
+    ) -> Result<Response<api::BalanceInfo>, Status> {
+        let r = request.into_inner();
+        let owner = owner(&r.key_id, &r.workspace_id)?
+            .ok_or_else(|| Status::invalid_argument("key_id or workspace_id is required"))?;
+        let amount = parse_credit_usd(&r.amount_usd).map_err(status)?;
+        self.service
+            .grant(owner.clone(), amount, "admin", None, &r.note)
+            .await
+            .map_err(status)?;
+        tracing::info!(owner = owner.kind(), id = owner.id(), amount_usd = %r.amount_usd, "credit granted");
+        let view = self.service.balance(Some(owner)).await.map_err(status)?;
+        Ok(Response::new(balance_info(view)))
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<api::GetBalanceRequest>,
+    ) -> Result<Response<api::BalanceInfo>, Status> {
+        let r = request.into_inner();
+        let view = self
+            .service
+            .balance(owner(&r.key_id, &r.workspace_id)?)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(balance_info(view)))
+    }
+
+    async fn create_topup(
+        &self,
+        request: Request<api::CreateTopupRequest>,
+    ) -> Result<Response<api::TopupInfo>, Status> {
+        let r = request.into_inner();
+        let amount = parse_credit_usd(&r.amount_usd).map_err(status)?;
+        let session = self
+            .service
+            .create_topup(&r.key_id, amount)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::TopupInfo {
+            checkout_url: session.checkout_url,
+            session_id: session.session_id,
+            amount_usd: format_picos_usd(i128::from(session.amount_picos)),
+            expires_at: session.expires_at_ms / 1000,
+        }))
+    }
+
     async fn add_provider(
         &self,
         request: Request<api::AddProviderRequest>,
@@ -250,10 +454,36 @@ impl Admin for AdminApi {
                 base_url: r.base_url,
                 api_key: r.api_key,
                 replace: r.replace,
+                fallback_api_keys: r.fallback_api_keys,
             })
             .await
             .map_err(status)?;
         tracing::info!(name = %provider.name, kind = %provider.kind, "provider saved");
+        Ok(Response::new(provider_info(provider)))
+    }
+
+    async fn rotate_provider_key(
+        &self,
+        request: Request<api::RotateProviderKeyRequest>,
+    ) -> Result<Response<api::ProviderInfo>, Status> {
+        let r = request.into_inner();
+        let fallbacks = if r.clear_fallbacks {
+            Some(Vec::new())
+        } else if r.fallback_api_keys.is_empty() {
+            None
+        } else {
+            Some(r.fallback_api_keys)
+        };
+        let provider = self
+            .service
+            .rotate_provider_key(&r.name, &r.api_key, r.keep_previous, fallbacks)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            name = %provider.name,
+            fallbacks = provider.fallback_count,
+            "provider credentials rotated"
+        );
         Ok(Response::new(provider_info(provider)))
     }
 

@@ -25,6 +25,7 @@ pub fn rule_info(r: FirewallRuleRow) -> api::FirewallRule {
         template: r.template,
         created_at_unix_ms: r.created_at_ms,
         updated_at_unix_ms: r.updated_at_ms,
+        workspace_id: r.workspace_id,
     }
 }
 
@@ -62,6 +63,7 @@ pub async fn create(
             key_id: r.key_id,
             max_match_chars: r.max_match_chars,
             check: r.check,
+            workspace_id: r.workspace_id,
         })
         .await
         .map_err(status)?;
@@ -100,6 +102,7 @@ pub async fn update(
                 key_id: r.key_id,
                 max_match_chars: r.max_match_chars,
                 check: r.check,
+                workspace_id: r.workspace_id,
             },
         )
         .await
@@ -136,6 +139,7 @@ pub async fn enable_template(
                 action: Some(r.action).filter(|a| !a.is_empty()),
                 priority: r.priority,
                 key_id: Some(r.key_id).filter(|k| !k.is_empty()),
+                workspace_id: Some(r.workspace_id).filter(|w| !w.is_empty()),
             },
         )
         .await

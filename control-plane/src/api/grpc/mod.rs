@@ -6,6 +6,7 @@ pub mod firewall;
 pub mod idempotency;
 pub mod models;
 pub mod preview;
+pub mod ratelimit;
 pub mod routing;
 pub mod sync;
 
@@ -82,6 +83,8 @@ pub fn status(e: ServiceError) -> Status {
         ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
         ServiceError::NotFound(m) => Status::not_found(m),
         ServiceError::AlreadyExists(m) => Status::already_exists(m),
+        ServiceError::Unavailable(m) => Status::unavailable(m),
+        ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
         ServiceError::Internal(detail) => {
             tracing::error!(error = %detail, "internal error");
             Status::internal("internal error; see the control plane log")

@@ -3,8 +3,9 @@
 //! `Authorization: Bearer <admin token>` may do everything; the token is compared as the gRPC
 //! Admin API compares it ([`BearerAuth::is_admin`], constant time). A gateway key
 //! (`Bearer sk-tr-…`, found by its SHA-256 as the edge finds it) may read only its own request
-//! logs and usage; every other endpoint answers it 403. No credential, an unknown or a revoked
-//! key: 401.
+//! logs, usage and balance and ask for a top-up of itself; every other endpoint answers it 403.
+//! No credential, an unknown or a revoked key: 401. (The payment webhook takes no bearer token:
+//! its signature authenticates it.)
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
@@ -32,7 +33,7 @@ pub async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Calle
         .ok_or_else(|| {
             ApiError::unauthorized(
                 "missing Authorization header: send `Bearer <admin token>` (or a gateway key for \
-                 its own logs and usage)",
+                 its own logs, usage, balance and top-ups)",
             )
         })?
         .to_str()
@@ -58,8 +59,8 @@ pub async fn require_admin(State(state): State<ApiState>, req: Request, next: Ne
     match authenticate(&state, req.headers()).await {
         Ok(Caller::Admin) => next.run(req).await,
         Ok(Caller::Key(_)) => ApiError::forbidden(
-            "a gateway key may read only its own logs and usage; this endpoint needs the admin \
-             token",
+            "a gateway key may read only its own logs, usage and balance and top up itself; this \
+             endpoint needs the admin token",
         )
         .into_response(),
         Err(e) => e.into_response(),

@@ -29,7 +29,8 @@ pub struct ErrorDetail {
     /// What went wrong, for a person.
     pub message: String,
     /// `invalid_request_error`, `authentication_error`, `permission_error`,
-    /// `not_found_error`, `conflict_error`, `request_too_large` or `api_error`.
+    /// `not_found_error`, `conflict_error`, `request_too_large`, `service_unavailable` or
+    /// `api_error`.
     #[serde(rename = "type")]
     #[schema(rename = "type")]
     pub kind: String,
@@ -82,6 +83,7 @@ pub fn error_type(status: StatusCode) -> &'static str {
         404 => "not_found_error",
         409 => "conflict_error",
         413 => "request_too_large",
+        503 => "service_unavailable",
         s if s >= 500 => "api_error",
         _ => "invalid_request_error",
     }
@@ -113,6 +115,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::InvalidArgument(m) => ApiError::bad_request(m),
             ServiceError::NotFound(m) => ApiError::not_found(m),
             ServiceError::AlreadyExists(m) => ApiError::new(StatusCode::CONFLICT, m),
+            ServiceError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            ServiceError::Unauthenticated(m) => ApiError::new(StatusCode::UNAUTHORIZED, m),
             ServiceError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 ApiError::new(
@@ -126,7 +130,7 @@ impl From<ServiceError> for ApiError {
 
 /// A rejection's status, with the 422 axum uses for well-formed JSON of the wrong shape turned
 /// into the 400 every other malformed input gets.
-fn rejection(status: StatusCode, text: String) -> ApiError {
+pub(crate) fn rejection(status: StatusCode, text: String) -> ApiError {
     let status = match status {
         StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
         s if s.is_server_error() => {
@@ -271,6 +275,7 @@ mod tests {
             (409, "conflict_error"),
             (413, "request_too_large"),
             (415, "invalid_request_error"),
+            (503, "service_unavailable"),
             (500, "api_error"),
         ] {
             assert_eq!(error_type(StatusCode::from_u16(status).unwrap()), kind);

@@ -36,6 +36,8 @@ pub struct FirewallRule {
     pub replacement: String,
     /// Empty = every key.
     pub key_id: String,
+    /// Empty = every workspace; else only requests of keys in this workspace.
+    pub workspace_id: String,
     /// Regex rules: longest match considered; 0 = the default.
     pub max_match_chars: u32,
     /// "" | luhn.
@@ -59,6 +61,7 @@ impl From<FirewallRuleRow> for FirewallRule {
             action: r.action,
             replacement: r.replacement,
             key_id: r.key_id,
+            workspace_id: r.workspace_id,
             max_match_chars: r.max_match_chars,
             check: r.check,
             template: r.template,
@@ -94,6 +97,10 @@ pub struct CreateFirewallRule {
     /// Only this key's requests; omit for every key.
     #[serde(default)]
     pub key_id: Option<String>,
+    /// Only requests of keys in this (existing) workspace; omit for every workspace. With
+    /// `key_id`, the key must be in it.
+    #[serde(default)]
+    pub workspace_id: Option<String>,
     #[serde(default)]
     pub max_match_chars: Option<u32>,
     /// "" | luhn.
@@ -122,6 +129,8 @@ pub struct UpdateFirewallRule {
     pub replacement: Option<String>,
     /// Empty string = every key.
     pub key_id: Option<String>,
+    /// Empty string = every workspace.
+    pub workspace_id: Option<String>,
     pub max_match_chars: Option<u32>,
     pub check: Option<String>,
 }
@@ -138,6 +147,8 @@ pub struct ListFirewallRules {
     pub scope: Option<String>,
     pub action: Option<String>,
     pub key_id: Option<String>,
+    /// Rules of this workspace ("" for rules of every workspace).
+    pub workspace_id: Option<String>,
 }
 
 /// A built-in rule template.
@@ -184,6 +195,7 @@ pub struct EnableTemplate {
     pub action: Option<String>,
     pub priority: Option<i32>,
     pub key_id: Option<String>,
+    pub workspace_id: Option<String>,
 }
 
 pub fn router() -> OpenApiRouter<ApiState> {
@@ -227,6 +239,7 @@ async fn create_firewall_rule(
             key_id: r.key_id.unwrap_or_default(),
             max_match_chars: r.max_match_chars.unwrap_or_default(),
             check: r.check.unwrap_or_default(),
+            workspace_id: r.workspace_id.unwrap_or_default(),
         })
         .await?;
     tracing::info!(id = rule.id, name = %rule.name, "firewall rule created");
@@ -249,6 +262,7 @@ async fn list_firewall_rules(
         .filter(|r| q.scope.as_ref().is_none_or(|s| &r.scope == s))
         .filter(|r| q.action.as_ref().is_none_or(|a| &r.action == a))
         .filter(|r| q.key_id.as_ref().is_none_or(|k| &r.key_id == k))
+        .filter(|r| q.workspace_id.as_ref().is_none_or(|w| &r.workspace_id == w))
         .collect();
     let page = paginate(
         rules,
@@ -294,6 +308,7 @@ async fn update_firewall_rule(
         key_id: u.key_id,
         max_match_chars: u.max_match_chars,
         check: u.check,
+        workspace_id: u.workspace_id,
     };
     let rule = state.service.update_firewall_rule(id, patch).await?;
     tracing::info!(id = rule.id, name = %rule.name, "firewall rule updated");
@@ -348,6 +363,7 @@ async fn enable_firewall_template(
                 action: o.action.filter(|a| !a.is_empty()),
                 priority: o.priority,
                 key_id: o.key_id.filter(|k| !k.is_empty()),
+                workspace_id: o.workspace_id.filter(|w| !w.is_empty()),
             },
         )
         .await?;

@@ -5,14 +5,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use tokenrouter_engine::money::format_picos_usd;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::metering::{EffectiveLimits, Limits};
 use super::page::{paginate, Data, Page};
 use super::ApiState;
-use crate::service::{KeyPatch, KeyWithUsage};
+use crate::service::{parse_balance_usd, KeyPatch, KeyWithUsage};
 use crate::store::KeyStatus;
 
 /// A gateway key (never the raw key) and its totals over every request made with it.
@@ -42,6 +44,13 @@ pub struct Key {
     pub spend_usd: String,
     /// When the control plane last received a request of this key; null = never used.
     pub last_used_at_unix_ms: Option<i64>,
+    /// The key's own balance, exact decimal USD; null = not metered (its requests are never
+    /// refused for credit, unless its workspace has a balance).
+    pub balance_usd: Option<String>,
+    /// The key's own limits (null fields inherit from its workspace).
+    pub limits: Limits,
+    /// What is enforced after inheriting from the workspace and the server's defaults.
+    pub effective_limits: EffectiveLimits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -61,8 +70,18 @@ impl From<KeyStatus> for KeyState {
 }
 
 impl From<KeyWithUsage> for Key {
-    fn from(KeyWithUsage { key: k, usage: u }: KeyWithUsage) -> Key {
+    fn from(
+        KeyWithUsage {
+            key: k,
+            usage: u,
+            balance_picos,
+            effective,
+        }: KeyWithUsage,
+    ) -> Key {
         Key {
+            balance_usd: balance_picos.map(|b| format_picos_usd(i128::from(b))),
+            limits: k.limits.into(),
+            effective_limits: effective.into(),
             status: k.status.into(),
             id: k.id,
             name: k.name,
@@ -93,7 +112,8 @@ pub struct CreatedKey {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "ci", "workspace_id": "default"}))]
+#[schema(example = json!({"name": "ci", "workspace_id": "default", "balance_usd": "5",
+    "limits": {"rps": 10}}))]
 pub struct CreateKey {
     /// 1-100 characters.
     #[schema(min_length = 1, max_length = 100)]
@@ -102,6 +122,14 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(pattern = "^[a-z0-9_-]{0,64}$")]
     pub workspace_id: Option<String>,
+    /// A starting balance, exact decimal USD (e.g. "5" or "0.25"; "0" = metered with nothing
+    /// to spend yet): the key's requests are charged to it and refused with 402 once it cannot
+    /// pay. Absent or null = not metered.
+    #[serde(default)]
+    pub balance_usd: Option<String>,
+    /// The key's own limits; absent fields inherit from its workspace.
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 /// The fields to change; absent ones stay as they are (`{}` changes nothing).
@@ -115,6 +143,9 @@ pub struct UpdateKey {
     /// Record the request and response bodies of this key's requests (firewall masks applied)
     /// in the request log, from the next snapshot on.
     pub store_bodies: Option<bool>,
+    /// Set fields replace the key's limits; absent or null ones are kept.
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -153,17 +184,23 @@ async fn create_key(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Data<CreatedKey>>), ApiError> {
+    let balance = body
+        .balance_usd
+        .as_deref()
+        .map(parse_balance_usd)
+        .transpose()?;
     let (key, raw) = state
         .service
-        .create_key(&body.name, body.workspace_id.as_deref().unwrap_or(""))
+        .create_key_with(
+            &body.name,
+            body.workspace_id.as_deref().unwrap_or(""),
+            balance,
+            body.limits.unwrap_or_default().into(),
+        )
         .await?;
     tracing::info!(id = %key.id, name = %key.name, "key created");
     let created = CreatedKey {
-        key: KeyWithUsage {
-            key,
-            usage: Default::default(),
-        }
-        .into(),
+        key: state.service.key_usage(key).await?.into(),
         raw,
     };
     Ok((StatusCode::CREATED, Json(Data::new(created))))
@@ -211,7 +248,8 @@ async fn get_key(
     Ok(Json(Data::new(key.into())))
 }
 
-/// Rename a key or switch the recording of its request and response bodies.
+/// Rename a key, switch the recording of its request and response bodies, or change its
+/// limits. Credit is added with `POST /credits`.
 #[utoipa::path(patch, path = "/keys/{id}", tag = "keys", request_body = UpdateKey,
     params(("id" = String, Path, description = "Key id")),
     responses((status = 200, description = "The updated key", body = Data<Key>)))]
@@ -223,6 +261,7 @@ async fn update_key(
     let patch = KeyPatch {
         name: u.name,
         store_bodies: u.store_bodies,
+        limits: u.limits.unwrap_or_default().into(),
     };
     let key = state.service.update_key(&id, patch).await?;
     tracing::info!(id = %key.id, name = %key.name, store_bodies = key.store_bodies, "key updated");

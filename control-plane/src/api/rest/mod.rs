@@ -4,12 +4,13 @@
 //! # Layout
 //! - [`error`]: the error envelope and the extractors that answer malformed input with it.
 //! - [`auth`]: who is calling (the admin token, or a gateway key that may read only its own
-//!   logs and usage).
+//!   logs, usage and balance, and top up its own key).
 //! - [`page`]: the `{"data": …}` wrappers and cursor pagination of lists.
 //! - one module per resource, wire ↔ domain conversion only (the service validates):
 //!   [`keys`], [`providers`], [`models`], [`routing`] (routing rules and per-key routing
 //!   configurations), [`firewall`], [`logs`] (request logs and the usage summary),
-//!   [`preview`].
+//!   [`preview`], [`workspaces`], [`metering`] (balances, credit, top-ups, the payment
+//!   webhook, the limits objects).
 //! - [`openapi`]: the document, generated from the handlers' annotations.
 
 pub mod auth;
@@ -17,12 +18,14 @@ pub mod error;
 pub mod firewall;
 pub mod keys;
 pub mod logs;
+pub mod metering;
 pub mod models;
 pub mod openapi;
 pub mod page;
 pub mod preview;
 pub mod providers;
 pub mod routing;
+pub mod workspaces;
 
 use std::sync::Arc;
 
@@ -77,6 +80,8 @@ pub fn router(service: Service, admin: BearerAuth) -> Router {
         .route("/metrics", get(metrics))
         .route("/demo/v1/chat/completions", post(demo::chat_completions))
         .route("/demo/v1/models", get(demo::models))
+        .route("/topup/success", get(topup_success))
+        .route("/topup/cancel", get(topup_cancel))
         .route("/openapi.json", openapi_json.clone())
         .route(&format!("{API_PREFIX}/openapi.json"), openapi_json)
         .merge(api)
@@ -85,11 +90,13 @@ pub fn router(service: Service, admin: BearerAuth) -> Router {
         .with_state(state)
 }
 
-/// `/api/v1/*` with its OpenAPI document: admin-only resources, and the two a gateway key may
-/// also read.
+/// `/api/v1/*` with its OpenAPI document: admin-only resources, those a gateway key may also
+/// call for itself, and the payment webhook (authenticated by its signature, not a token).
 fn api_router(state: ApiState) -> OpenApiRouter<ApiState> {
     let admin = OpenApiRouter::new()
         .merge(keys::router())
+        .merge(workspaces::router())
+        .merge(metering::admin())
         .merge(providers::router())
         .merge(models::router())
         .merge(routing::router())
@@ -99,10 +106,12 @@ fn api_router(state: ApiState) -> OpenApiRouter<ApiState> {
             state.clone(),
             auth::require_admin,
         ));
-    let readers =
-        logs::router().route_layer(middleware::from_fn_with_state(state, auth::require_caller));
+    let readers = logs::router()
+        .merge(metering::readers())
+        .route_layer(middleware::from_fn_with_state(state, auth::require_caller));
     let api = admin
         .merge(readers)
+        .merge(metering::webhooks())
         .layer(DefaultBodyLimit::max(MAX_API_BODY));
     OpenApiRouter::with_openapi(openapi::base()).nest(API_PREFIX, api)
 }
@@ -119,6 +128,17 @@ fn openapi_response(document: Result<Bytes, String>) -> Response {
 
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Where Stripe sends a payer after paying (`TOKENROUTER_TOPUP_SUCCESS_URL`'s default).
+async fn topup_success() -> &'static str {
+    "Payment received. The credit is added when the payment provider confirms it to the \
+     control plane (usually within seconds); check it with `tokenrouter balance`.\n"
+}
+
+/// Where Stripe sends a payer who gave up (`TOKENROUTER_TOPUP_CANCEL_URL`'s default).
+async fn topup_cancel() -> &'static str {
+    "Payment cancelled: nothing was charged. Run `tokenrouter topup` again for a new link.\n"
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {

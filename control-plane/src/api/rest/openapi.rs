@@ -13,17 +13,22 @@ use super::error::ErrorBody;
 #[openapi(
     info(
         title = "tokenrouter management API",
-        description = "Keys, providers, the model catalogue, routing rules and configurations, \
-                       firewall rules, request logs, usage and routing previews. Every call \
-                       needs `Authorization: Bearer <admin token>`; a gateway key \
-                       (`sk-tr-…`) may read its own `/logs` and `/usage` only. Errors are \
-                       `{\"error\": {\"message\", \"type\", \"code\"}}`."
+        description = "Keys, workspaces, balances and top-ups, providers, the model catalogue, \
+                       routing rules and configurations, firewall rules, request logs, usage \
+                       and routing previews. Every call needs `Authorization: Bearer <admin \
+                       token>`; a gateway key (`sk-tr-…`) may read its own `/logs`, `/usage` \
+                       and `/balance` and call `/topup` for itself only. The payment webhook \
+                       (`/webhooks/stripe`) is authenticated by its signature instead. Errors \
+                       are `{\"error\": {\"message\", \"type\", \"code\"}}`."
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
     tags(
         (name = "keys", description = "Gateway keys"),
+        (name = "workspaces", description = "Workspaces: groups of keys sharing limits and a \
+            balance"),
+        (name = "billing", description = "Balances, credit, top-ups and the payment webhook"),
         (name = "providers", description = "Upstream providers (credentials are never returned)"),
         (name = "models", description = "The model catalogue"),
         (name = "routing", description = "Routing rules and per-key routing configurations"),
@@ -42,7 +47,8 @@ impl Modify for BearerScheme {
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
                 .description(Some(
-                    "The admin token, or a gateway key (`sk-tr-…`) for its own logs and usage",
+                    "The admin token, or a gateway key (`sk-tr-…`) for its own logs, usage, \
+                     balance and top-ups",
                 ))
                 .build(),
         );
@@ -60,20 +66,24 @@ pub fn base() -> Document {
 }
 
 /// Adds to every operation the error responses it can give (all in the error envelope).
+/// Operations annotated `security()` (no bearer token: the payment webhook) get no 401/403.
 pub fn complete(doc: &mut Document) {
     for (path, item) in doc.paths.paths.iter_mut() {
         let has_params = path.contains('{');
         for (writes, op) in operations(item) {
             let has_body = op.request_body.is_some();
+            let open = op.security.as_ref().is_some_and(Vec::is_empty);
             let mut errors = vec![
                 ("400", "Invalid request (parameters or body)"),
-                ("401", "Missing or invalid credentials"),
-                ("403", "A gateway key may not do this"),
                 (
                     "500",
                     "Internal error (details are in the control plane log)",
                 ),
             ];
+            if !open {
+                errors.push(("401", "Missing or invalid credentials"));
+                errors.push(("403", "A gateway key may not do this"));
+            }
             if has_params || writes {
                 errors.push(("404", "Not found"));
             }
@@ -82,7 +92,9 @@ pub fn complete(doc: &mut Document) {
             }
             if has_body {
                 errors.push(("413", "Request body too large"));
-                errors.push(("415", "Content-Type is not application/json"));
+                if !open {
+                    errors.push(("415", "Content-Type is not application/json"));
+                }
             }
             for (code, description) in errors {
                 op.responses

@@ -118,6 +118,7 @@ async fn create_provider(
             base_url: body.base_url,
             api_key: body.api_key.unwrap_or_default(),
             replace: false,
+            fallback_api_keys: Vec::new(),
         },
     )
     .await?;
@@ -147,6 +148,7 @@ async fn put_provider(
             base_url: body.base_url,
             api_key: body.api_key.unwrap_or_default(),
             replace: true,
+            fallback_api_keys: Vec::new(),
         },
     )
     .await?;

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::stream::{StreamGuard, TextStream};
-use super::{Firewall, Scope};
+use super::{Firewall, Scope, Subject};
 use crate::error::GatewayError;
 use crate::request::ClientApi;
 use crate::translate::errors::ClientError;
@@ -466,7 +466,9 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct StreamFilter {
     api: ClientApi,
+    /// The request's key and its workspace (see [`Subject`]).
     key_id: String,
+    workspace_id: String,
     request_id: String,
     walker: StreamWalker,
     /// Bytes after the last complete event.
@@ -491,10 +493,11 @@ pub struct StreamFilter {
 
 impl StreamFilter {
     /// A filter for `api`'s streams; `None` when that API's streams cannot be inspected.
-    pub fn new(api: ClientApi, key_id: &str, request_id: &str) -> Option<StreamFilter> {
+    pub fn new(api: ClientApi, subject: Subject<'_>, request_id: &str) -> Option<StreamFilter> {
         Some(StreamFilter {
             api,
-            key_id: key_id.to_string(),
+            key_id: subject.key_id.to_string(),
+            workspace_id: subject.workspace_id.to_string(),
             request_id: request_id.to_string(),
             walker: stream_walker(api)?,
             pending: Vec::new(),
@@ -641,12 +644,12 @@ impl StreamFilter {
     fn walk(&mut self, firewall: &Firewall, value: &mut Value) -> bool {
         let mut changed = false;
         let keep_sent = self.api == ClientApi::Responses;
-        let (key_id, walker) = (self.key_id.as_str(), self.walker);
+        let (subject, walker) = (Subject::new(&self.key_id, &self.workspace_id), self.walker);
         let (streams, sent, guard) = (&mut self.streams, &mut self.sent, &mut self.guard);
         walker(value, &mut |slot, text| {
             let released = streams.entry(slot).or_default().push(
                 firewall,
-                key_id,
+                subject,
                 Scope::Response,
                 text,
                 guard,
@@ -667,7 +670,8 @@ impl StreamFilter {
         let Some(mut stream) = self.streams.remove(&slot) else {
             return String::new();
         };
-        let tail = stream.finish(firewall, &self.key_id, Scope::Response, &mut self.guard);
+        let subject = Subject::new(&self.key_id, &self.workspace_id);
+        let tail = stream.finish(firewall, subject, Scope::Response, &mut self.guard);
         if self.api == ClientApi::Responses && !tail.is_empty() {
             self.sent.entry(slot).or_default().push_str(&tail);
         }
@@ -859,17 +863,13 @@ impl StreamFilter {
             Some(sent) => sent.clone(),
             None if text.is_empty() => return false,
             None => {
+                let subject = Subject::new(&self.key_id, &self.workspace_id);
                 let mut whole = TextStream::new();
-                let mut checked = whole.push(
-                    firewall,
-                    &self.key_id,
-                    Scope::Response,
-                    text,
-                    &mut self.guard,
-                );
+                let mut checked =
+                    whole.push(firewall, subject, Scope::Response, text, &mut self.guard);
                 checked.push_str(&whole.finish(
                     firewall,
-                    &self.key_id,
+                    subject,
                     Scope::Response,
                     &mut self.guard,
                 ));

@@ -21,6 +21,9 @@
 //!   of all matching `mask` rules are applied, and where masked spans of several rules overlap
 //!   they become one span replaced by the highest-priority rule's replacement; every matching
 //!   `warn` rule adds a warning.
+//! - A rule applies to the requests of a [`Subject`] (the request's key and that key's
+//!   workspace) when its `key_id` is empty or that key, and its `workspace_id` is empty or that
+//!   workspace ([`Rule::applies_to`]); [`Firewall::applies`] answers per scope in O(1).
 //! - `substring` rules are ASCII case-insensitive: `a`–`z` match `A`–`Z`; every other character
 //!   (é, ß, Ω, …) must match exactly, code point for code point (no Unicode case folding, no
 //!   normalisation). `regex` rules use the `regex` crate's syntax (Unicode-aware: `\d` is any
@@ -204,9 +207,40 @@ pub struct Rule {
     pub replacement: String,
     /// `None`: every key; `Some(id)`: only requests authenticated with that key.
     pub key_id: Option<String>,
+    /// `None`: every workspace; `Some(id)`: only requests of keys in that workspace.
+    pub workspace_id: Option<String>,
     /// Regex rules: longest match guaranteed to be caught across streamed chunks.
     pub max_match_chars: u32,
     pub check: Check,
+}
+
+impl Rule {
+    /// Whether the rule applies to requests of `subject`: its key is none or the subject's,
+    /// and its workspace is none or the subject's. The one place that decides it.
+    pub fn applies_to(&self, subject: Subject<'_>) -> bool {
+        self.key_id.as_deref().is_none_or(|k| k == subject.key_id)
+            && self
+                .workspace_id
+                .as_deref()
+                .is_none_or(|w| w == subject.workspace_id)
+    }
+}
+
+/// Whom a request is made for, as far as rule scoping goes: its key and the key's workspace
+/// (a key inherits its workspace's rules).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Subject<'a> {
+    pub key_id: &'a str,
+    pub workspace_id: &'a str,
+}
+
+impl<'a> Subject<'a> {
+    pub fn new(key_id: &'a str, workspace_id: &'a str) -> Subject<'a> {
+        Subject {
+            key_id,
+            workspace_id,
+        }
+    }
 }
 
 /// Why a rule was refused; the message is meant for the operator.
@@ -271,6 +305,12 @@ fn validated(
             p.pattern.len()
         )));
     }
+    if !p.workspace_id.is_empty() && !crate::snapshot::valid_name(&p.workspace_id) {
+        return Err(err(format!(
+            "workspace {:?} is not valid: use 1-64 of a-z, 0-9, '-' and '_'",
+            p.workspace_id
+        )));
+    }
     if p.replacement.chars().count() > MAX_REPLACEMENT_CHARS {
         return Err(err(format!(
             "replacement must be at most {MAX_REPLACEMENT_CHARS} characters"
@@ -314,6 +354,7 @@ fn validated(
             p.replacement.clone()
         },
         key_id: Some(p.key_id.trim().to_string()).filter(|k| !k.is_empty()),
+        workspace_id: Some(p.workspace_id.clone()).filter(|w| !w.is_empty()),
         max_match_chars,
         check,
     };
@@ -443,15 +484,45 @@ struct ScopeSet {
     max_substring_bytes: usize,
     /// Largest `max_match_chars` of the scope's regex rules.
     max_regex_chars: usize,
-    /// Some rule of the scope applies to every key.
-    has_workspace_rules: bool,
-    /// Keys that have rules of their own in this scope.
-    keys: HashSet<String>,
+    /// Some rule of the scope names neither a key nor a workspace: it applies to every request.
+    has_global: bool,
+    /// Workspaces with rules of their own (naming no key) in this scope.
+    workspaces: HashSet<String>,
+    /// Keys with rules of their own in this scope → the workspaces those rules are limited to
+    /// (`None`: some rule of the key names no workspace).
+    keys: HashMap<String, Option<HashSet<String>>>,
 }
 
 impl ScopeSet {
-    fn applies_to(&self, key_id: &str) -> bool {
-        self.has_workspace_rules || self.keys.contains(key_id)
+    /// Whether some rule of the scope applies to `s` — exactly, in O(1) (at most three
+    /// lookups), whatever the number of rules.
+    fn applies_to(&self, s: Subject<'_>) -> bool {
+        self.has_global
+            || self.workspaces.contains(s.workspace_id)
+            || self
+                .keys
+                .get(s.key_id)
+                .is_some_and(|ws| ws.as_ref().is_none_or(|ws| ws.contains(s.workspace_id)))
+    }
+
+    /// Records that `rule` (of this scope) exists, for [`ScopeSet::applies_to`].
+    fn add_subject(&mut self, rule: &Rule) {
+        match (&rule.key_id, &rule.workspace_id) {
+            (None, None) => self.has_global = true,
+            (None, Some(w)) => {
+                self.workspaces.insert(w.clone());
+            }
+            (Some(k), None) => {
+                self.keys.insert(k.clone(), None);
+            }
+            (Some(k), Some(w)) => {
+                let limited = self.keys.entry(k.clone()).or_insert(Some(HashSet::new()));
+                // `None`: a rule of the key applies in every workspace already.
+                if let Some(ws) = limited {
+                    ws.insert(w.clone());
+                }
+            }
+        }
     }
 }
 
@@ -518,12 +589,7 @@ impl Firewall {
         let mut scope_regexes: [Vec<(usize, Regex)>; 3] = Default::default();
         for (i, (rule, regex)) in valid.iter().zip(regexes).enumerate() {
             let set = &mut scopes[rule.scope.index()];
-            match &rule.key_id {
-                None => set.has_workspace_rules = true,
-                Some(k) => {
-                    set.keys.insert(k.clone());
-                }
-            }
+            set.add_subject(rule);
             match rule.match_type {
                 MatchType::Substring => {
                     patterns[rule.scope.index()].push(&rule.pattern);
@@ -578,25 +644,21 @@ impl Firewall {
             .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     }
 
-    /// Whether any enabled rule of `scope` applies to requests made with `key_id`. When not,
-    /// the edge skips that scope entirely (no parsing, no buffering).
-    pub fn applies(&self, scope: Scope, key_id: &str) -> bool {
-        self.scopes[scope.index()].applies_to(key_id)
+    /// Whether any enabled rule of `scope` applies to requests of `subject` (O(1)). When
+    /// not, the edge skips that scope entirely (no parsing, no buffering).
+    pub fn applies(&self, scope: Scope, subject: Subject<'_>) -> bool {
+        self.scopes[scope.index()].applies_to(subject)
     }
 
-    /// Every match in `text[from..]` of the rules of `scope` that apply to `key_id`, in no
+    /// Every match in `text[from..]` of the rules of `scope` that apply to `subject`, in no
     /// particular order. `text[..from]` is context only (for `^` and `\b`).
-    pub fn find(&self, scope: Scope, key_id: &str, text: &str, from: usize) -> Vec<Hit> {
+    pub fn find(&self, scope: Scope, subject: Subject<'_>, text: &str, from: usize) -> Vec<Hit> {
         let set = &self.scopes[scope.index()];
         let mut hits = Vec::new();
-        if !set.applies_to(key_id) || from >= text.len() {
+        if !set.applies_to(subject) || from >= text.len() {
             return hits;
         }
-        let applies = |rule: usize| {
-            self.rules
-                .get(rule)
-                .is_some_and(|r| r.key_id.as_deref().is_none_or(|k| k == key_id))
-        };
+        let applies = |rule: usize| self.rules.get(rule).is_some_and(|r| r.applies_to(subject));
         if let (Some(ac), Some(tail)) = (&set.substrings, text.get(from..)) {
             for m in ac.find_overlapping_iter(tail) {
                 let Some(&rule) = set.substring_rules.get(m.pattern().as_usize()) else {
@@ -647,8 +709,13 @@ impl Firewall {
 
     /// Scans one text: what a single-text request or response would get. Returns the verdict
     /// and, when a mask applied, the masked text.
-    pub fn scan(&self, scope: Scope, key_id: &str, text: &str) -> (Verdict, Option<String>) {
-        let mut inspection = Inspection::new(self, key_id);
+    pub fn scan(
+        &self,
+        scope: Scope,
+        subject: Subject<'_>,
+        text: &str,
+    ) -> (Verdict, Option<String>) {
+        let mut inspection = Inspection::new(self, subject);
         let masked = inspection.check(scope, text);
         (inspection.verdict(), masked)
     }
@@ -753,23 +820,23 @@ fn next_char(text: &str, at: usize) -> usize {
 #[derive(Debug)]
 pub struct Inspection<'a> {
     firewall: &'a Firewall,
-    key_id: &'a str,
+    subject: Subject<'a>,
     /// Rule indices that matched; ordered, so iteration is priority order.
     matched: BTreeSet<usize>,
 }
 
 impl<'a> Inspection<'a> {
-    pub fn new(firewall: &'a Firewall, key_id: &'a str) -> Inspection<'a> {
+    pub fn new(firewall: &'a Firewall, subject: Subject<'a>) -> Inspection<'a> {
         Inspection {
             firewall,
-            key_id,
+            subject,
             matched: BTreeSet::new(),
         }
     }
 
     /// Checks one text; returns the masked text when a mask applied.
     pub fn check(&mut self, scope: Scope, text: &str) -> Option<String> {
-        let hits = self.firewall.find(scope, self.key_id, text, 0);
+        let hits = self.firewall.find(scope, self.subject, text, 0);
         self.matched.extend(hits.iter().map(|h| h.rule));
         self.firewall.apply_masks(text, &hits)
     }

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Firewall, Hit, Scope, Verdict};
+use super::{Firewall, Hit, Scope, Subject, Verdict};
 
 /// Held text beyond the holdback after which a longer-than-guaranteed match is cut.
 pub const MAX_EXTRA_HELD_BYTES: usize = 16 * 1024;
@@ -63,35 +63,35 @@ impl TextStream {
     pub fn push(
         &mut self,
         firewall: &Firewall,
-        key_id: &str,
+        subject: Subject<'_>,
         scope: Scope,
         piece: &str,
         guard: &mut StreamGuard,
     ) -> String {
         self.buf.push_str(piece);
-        self.release(firewall, key_id, scope, guard, false)
+        self.release(firewall, subject, scope, guard, false)
     }
 
     /// The stream ended: releases everything still held, masked.
     pub fn finish(
         &mut self,
         firewall: &Firewall,
-        key_id: &str,
+        subject: Subject<'_>,
         scope: Scope,
         guard: &mut StreamGuard,
     ) -> String {
-        self.release(firewall, key_id, scope, guard, true)
+        self.release(firewall, subject, scope, guard, true)
     }
 
     fn release(
         &mut self,
         firewall: &Firewall,
-        key_id: &str,
+        subject: Subject<'_>,
         scope: Scope,
         guard: &mut StreamGuard,
         last: bool,
     ) -> String {
-        let mut hits = firewall.find(scope, key_id, &self.buf, self.ctx_len);
+        let mut hits = firewall.find(scope, subject, &self.buf, self.ctx_len);
         let len = self.buf.len();
         let (sub_bytes, regex_chars) = firewall.holdback(scope);
         let boundary = if last {

@@ -45,6 +45,7 @@ impl Template {
             action: action.unwrap_or(self.action).as_str().to_string(),
             replacement: self.replacement.to_string(),
             key_id: String::new(),
+            workspace_id: String::new(),
             max_match_chars: 0,
             check: self.check.as_str().to_string(),
         }

@@ -29,6 +29,17 @@ pub fn rule(
     }
 }
 
+/// A key of the default workspace.
+const K: Subject<'static> = Subject {
+    key_id: "k",
+    workspace_id: "default",
+};
+
+/// Key `id` of the default workspace.
+fn key(id: &str) -> Subject<'_> {
+    Subject::new(id, "default")
+}
+
 fn firewall(rules: &[pb::FirewallRule]) -> Firewall {
     Firewall::compile(rules).unwrap()
 }
@@ -56,6 +67,8 @@ fn invalid_rules_are_refused_with_a_clear_message() {
         ("empty string", |r| r.pattern = r"\b".into()),
         ("at most 4096", |r| r.max_match_chars = 5000),
         ("replacement", |r| r.replacement = "r".repeat(201)),
+        ("workspace", |r| r.workspace_id = "Team A".into()),
+        ("workspace", |r| r.workspace_id = "w".repeat(65)),
         ("regex rules only", |r| {
             r.r#type = "substring".into();
             r.max_match_chars = 10;
@@ -99,7 +112,7 @@ fn each_scope_type_and_action() {
                 let fw = firewall(&[rule(7, "r", 1, scope.as_str(), kind, pattern, action)]);
                 let text = "a secret-42 here";
                 for other in Scope::ALL {
-                    let (v, masked) = fw.scan(other, "k", text);
+                    let (v, masked) = fw.scan(other, K, text);
                     let case = format!("{scope:?} {kind} {action} scanned as {other:?}");
                     if other != scope {
                         assert!(v.is_empty() && masked.is_none(), "{case}");
@@ -147,7 +160,7 @@ fn priority_order_names_the_first_block_and_picks_the_replacement() {
         rule(3, "warn", 200, "prompt", "substring", "card", "warn"),
         rule(4, "later tie", 100, "prompt", "substring", "card", "block"),
     ]);
-    let (v, _) = fw.scan(Scope::Prompt, "k", "my card");
+    let (v, _) = fw.scan(Scope::Prompt, K, "my card");
     assert_eq!(v.blocked_by.as_ref().unwrap().name, "high block");
     // Evaluated in priority order up to the block; equal priorities by id.
     assert_eq!(names(&v), ["warn", "high block"]);
@@ -166,7 +179,7 @@ fn priority_order_names_the_first_block_and_picks_the_replacement() {
     let mut b = rule(2, "b", 9, "response", "regex", r"[a-z]+@[a-z.]+", "mask");
     b.replacement = "[HIGH]".into();
     let fw = firewall(&[a, b]);
-    let (v, masked) = fw.scan(Scope::Response, "k", "to bob@example.com!");
+    let (v, masked) = fw.scan(Scope::Response, K, "to bob@example.com!");
     assert_eq!(masked.as_deref(), Some("to [HIGH]!"));
     assert_eq!(names(&v), ["b", "a"]);
 }
@@ -186,7 +199,7 @@ fn overlapping_matches_merge_into_one_span() {
         ("nothing", "nothing"),
     ];
     for (text, want) in cases {
-        let (_, masked) = fw.scan(Scope::Prompt, "k", text);
+        let (_, masked) = fw.scan(Scope::Prompt, K, text);
         assert_eq!(masked.as_deref().unwrap_or(text), want, "{text}");
     }
 }
@@ -209,13 +222,13 @@ fn unicode_text() {
         ("日本🔑🔑key語", "日本[REDACTED]語", true),
     ];
     for (text, want, matched) in cases {
-        let (v, masked) = fw.scan(Scope::Prompt, "k", text);
+        let (v, masked) = fw.scan(Scope::Prompt, K, text);
         assert_eq!(masked.as_deref().unwrap_or(text), want, "{text}");
         assert_eq!(!v.is_empty(), matched, "{text}");
     }
-    let (v, _) = fw.scan(Scope::Prompt, "k", "ΩΜΈΓΑ ωμέγα");
+    let (v, _) = fw.scan(Scope::Prompt, K, "ΩΜΈΓΑ ωμέγα");
     assert_eq!(names(&v), ["greek"]);
-    let (v, _) = fw.scan(Scope::Prompt, "k", "ΩΜΈΓΑ");
+    let (v, _) = fw.scan(Scope::Prompt, K, "ΩΜΈΓΑ");
     assert!(v.is_empty(), "non-ASCII letters do not fold");
 }
 
@@ -224,12 +237,16 @@ fn per_key_rules_apply_to_their_key_only() {
     let mut own = rule(1, "own", 1, "prompt", "substring", "x", "block");
     own.key_id = "key_a".into();
     let fw = firewall(&[own, rule(2, "all", 1, "response", "substring", "y", "warn")]);
-    assert!(fw.applies(Scope::Prompt, "key_a"));
-    assert!(!fw.applies(Scope::Prompt, "key_b"));
-    assert!(fw.applies(Scope::Response, "key_b"));
-    assert!(!fw.applies(Scope::Metadata, "key_a"));
-    assert!(fw.scan(Scope::Prompt, "key_a", "x").0.blocked_by.is_some());
-    assert!(fw.scan(Scope::Prompt, "key_b", "x").0.is_empty());
+    assert!(fw.applies(Scope::Prompt, key("key_a")));
+    assert!(!fw.applies(Scope::Prompt, key("key_b")));
+    assert!(fw.applies(Scope::Response, key("key_b")));
+    assert!(!fw.applies(Scope::Metadata, key("key_a")));
+    assert!(fw
+        .scan(Scope::Prompt, key("key_a"), "x")
+        .0
+        .blocked_by
+        .is_some());
+    assert!(fw.scan(Scope::Prompt, key("key_b"), "x").0.is_empty());
 }
 
 #[test]
@@ -237,8 +254,8 @@ fn disabled_rules_do_nothing() {
     let mut r = rule(1, "off", 1, "prompt", "substring", "x", "block");
     r.enabled = false;
     let fw = firewall(&[r]);
-    assert!(!fw.applies(Scope::Prompt, "k"));
-    assert!(fw.scan(Scope::Prompt, "k", "x").0.is_empty());
+    assert!(!fw.applies(Scope::Prompt, K));
+    assert!(fw.scan(Scope::Prompt, K, "x").0.is_empty());
 }
 
 #[test]
@@ -280,7 +297,7 @@ fn templates_compile_and_match_their_examples() {
         let mut r = t.rule(Some(Scope::Prompt), Some(Action::Mask), None);
         r.id = 1;
         let fw = firewall(&[r]);
-        let (v, masked) = fw.scan(Scope::Prompt, "k", text);
+        let (v, masked) = fw.scan(Scope::Prompt, K, text);
         assert_eq!(!v.is_empty(), want, "{name}: {text}");
         if want {
             assert!(masked.unwrap().contains(t.replacement), "{name}");
@@ -292,7 +309,7 @@ fn templates_compile_and_match_their_examples() {
     let mut r = t.rule(None, Some(Action::Mask), None);
     r.id = 1;
     let fw = firewall(&[r]);
-    let (_, masked) = fw.scan(Scope::Prompt, "k", "94532015112830366");
+    let (_, masked) = fw.scan(Scope::Prompt, K, "94532015112830366");
     assert_eq!(masked.as_deref(), Some("9[CARD_REDACTED]"));
 }
 
@@ -322,10 +339,10 @@ fn stream(fw: &Firewall, text: &str, size: usize) -> (String, StreamGuard, usize
     let mut out = String::new();
     let mut max_held = 0;
     for p in pieces(text, size) {
-        out.push_str(&s.push(fw, "k", Scope::Response, &p, &mut g));
+        out.push_str(&s.push(fw, K, Scope::Response, &p, &mut g));
         max_held = max_held.max(s.held());
     }
-    out.push_str(&s.finish(fw, "k", Scope::Response, &mut g));
+    out.push_str(&s.finish(fw, K, Scope::Response, &mut g));
     (out, g, max_held)
 }
 
@@ -369,7 +386,7 @@ fn streamed_text_is_masked_like_whole_text_at_every_piece_size() {
         "no match at all in this one",
     ];
     for text in texts {
-        let (whole_v, whole) = fw.scan(Scope::Response, "k", text);
+        let (whole_v, whole) = fw.scan(Scope::Response, K, text);
         let whole = whole.unwrap_or_else(|| text.to_string());
         for size in 1..=text.chars().count() {
             let (out, g, _) = stream(&fw, text, size);
@@ -422,14 +439,14 @@ fn block_across_pieces_releases_nothing_of_the_match() {
             let mut released = String::new();
             let mut blocked_at = None;
             for (i, p) in pieces(text, size).iter().enumerate() {
-                released.push_str(&s.push(&fw, "k", Scope::Response, p, &mut g));
+                released.push_str(&s.push(&fw, K, Scope::Response, p, &mut g));
                 if g.blocked(&fw) {
                     blocked_at = Some(i);
                     break;
                 }
             }
             if blocked_at.is_none() {
-                s.finish(&fw, "k", Scope::Response, &mut g);
+                s.finish(&fw, K, Scope::Response, &mut g);
             }
             assert!(g.blocked(&fw), "{text} / {size}");
             // What was released before the block was noticed holds no part of the match.
@@ -441,7 +458,7 @@ fn block_across_pieces_releases_nothing_of_the_match() {
                     .iter()
                     .take(blocked_at.unwrap_or(usize::MAX))
                 {
-                    out.push_str(&s.push(&fw, "k", Scope::Response, p, &mut g2));
+                    out.push_str(&s.push(&fw, K, Scope::Response, p, &mut g2));
                 }
                 out
             };
@@ -475,7 +492,7 @@ fn over_long_regex_matches_still_release_text() {
 // Formats
 
 fn inspect(fw: &Firewall, api: ClientApi, body: &mut Value) -> Verdict {
-    let mut inspection = Inspection::new(fw, "k");
+    let mut inspection = Inspection::new(fw, K);
     let walker = formats::request_walker(api);
     if let Value::Object(o) = body {
         walker(o, &mut |scope, text| inspection.check_in_place(scope, text));
@@ -566,7 +583,7 @@ fn chat_response_texts() {
     let mut body = json!({"choices": [{"index": 0, "message": {"role": "assistant",
         "content": "a pii", "refusal": "pii",
         "tool_calls": [{"function": {"name": "pii", "arguments": "pii"}}]}}]});
-    let mut inspection = Inspection::new(&fw, "k");
+    let mut inspection = Inspection::new(&fw, K);
     formats::response_walker(ClientApi::ChatCompletions)(&mut body, &mut |scope, text| {
         inspection.check_in_place(scope, text)
     });
@@ -586,7 +603,7 @@ const FINISH: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",
 
 /// Feeds `sse` in byte chunks of `size`; returns the client's bytes.
 fn run_sse(fw: &Firewall, sse: &str, size: usize) -> (String, StreamFilter) {
-    let mut f = StreamFilter::new(ClientApi::ChatCompletions, "k", "req_1").unwrap();
+    let mut f = StreamFilter::new(ClientApi::ChatCompletions, K, "req_1").unwrap();
     let mut out = Vec::new();
     let bytes = sse.as_bytes();
     let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
@@ -742,9 +759,9 @@ fn only_apis_that_do_not_stream_have_no_stream_filter() {
         ClientApi::Responses,
         ClientApi::Messages,
     ] {
-        assert!(StreamFilter::new(api, "k", "r").is_some(), "{api:?}");
+        assert!(StreamFilter::new(api, K, "r").is_some(), "{api:?}");
     }
-    assert!(StreamFilter::new(ClientApi::Embeddings, "k", "r").is_none());
+    assert!(StreamFilter::new(ClientApi::Embeddings, K, "r").is_none());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -814,7 +831,7 @@ fn messages_sse(events: Vec<Event>) -> String {
 
 /// Feeds `sse` to a filter for `api` in byte chunks of `size`; returns the client's bytes.
 fn run_stream(fw: &Firewall, api: ClientApi, sse: &str, size: usize) -> (String, StreamFilter) {
-    let mut f = StreamFilter::new(api, "k", "req_1").unwrap();
+    let mut f = StreamFilter::new(api, K, "req_1").unwrap();
     let mut out = Vec::new();
     let chunks: Vec<&[u8]> = sse.as_bytes().chunks(size).collect();
     for (i, c) in chunks.iter().enumerate() {
@@ -1078,7 +1095,7 @@ fn responses_and_messages_replies_are_walked() {
         (ClientApi::Responses, &mut responses),
         (ClientApi::Messages, &mut messages),
     ] {
-        let mut inspection = Inspection::new(&fw, "k");
+        let mut inspection = Inspection::new(&fw, K);
         formats::response_walker(api)(body, &mut |scope, text| {
             inspection.check_in_place(scope, text)
         });
@@ -1236,7 +1253,7 @@ fn regex_prefilter_keeps_what_each_regex_finds() {
         ("nothing", "nothing"),
     ];
     for (text, want) in cases {
-        let (_, masked) = fw.scan(Scope::Prompt, "k", text);
+        let (_, masked) = fw.scan(Scope::Prompt, K, text);
         assert_eq!(masked.as_deref().unwrap_or(text), want, "{text}");
     }
 }
@@ -1350,22 +1367,26 @@ fn generated_rule(i: usize, rng: &mut Rng) -> (pb::FirewallRule, String) {
     if rng.below(5) == 0 {
         r.key_id = "key_a".into();
     }
+    // Workspace rules (some also per key), without drawing from `rng`.
+    if i % 7 == 3 {
+        r.workspace_id = "team-a".into();
+    }
     (r, example)
 }
 
-/// Every hit of every rule applying to `key`, found rule by rule with the rule's own regex
+/// Every hit of every rule applying to `key` (a subject), found rule by rule with the rule's own regex
 /// (`regexes[i]`: rule `i`'s, compiled on its own; the scan as it was before the prefilter),
 /// sorted.
 fn rule_by_rule(
     fw: &Firewall,
     regexes: &[Option<Regex>],
-    key: &str,
+    key: Subject<'_>,
     text: &str,
     from: usize,
 ) -> Vec<(usize, usize, usize)> {
     let mut hits = Vec::new();
     for ((i, r), re) in fw.rules().iter().enumerate().zip(regexes) {
-        if r.key_id.as_deref().is_some_and(|k| k != key) {
+        if !r.applies_to(key) {
             continue;
         }
         match r.match_type {
@@ -1399,7 +1420,8 @@ fn rule_by_rule(
 
 /// Differential test: a 1,000-rule firewall (one prefilter pass for all its regexes) finds
 /// exactly what scanning rule by rule finds, on a few hundred generated texts, for a key with
-/// rules of its own and one without, from the start and from inside the text (streams).
+/// rules of its own and one without, in a workspace with rules of its own and one without,
+/// from the start and from inside the text (streams).
 #[test]
 fn thousand_rules_find_what_rule_by_rule_scanning_finds() {
     let mut rng = Rng(0x5EED_F00D_CAFE_1234);
@@ -1476,7 +1498,12 @@ fn thousand_rules_find_what_rule_by_rule_scanning_finds() {
         } else {
             0
         };
-        for key in ["key_a", "key_b"] {
+        for key in [
+            key("key_a"),
+            key("key_b"),
+            Subject::new("key_a", "team-a"),
+            Subject::new("key_b", "team-a"),
+        ] {
             let mut hits: Vec<_> = fw
                 .find(Scope::Prompt, key, &text, from)
                 .into_iter()
@@ -1484,14 +1511,14 @@ fn thousand_rules_find_what_rule_by_rule_scanning_finds() {
                 .collect();
             hits.sort_unstable();
             let want = rule_by_rule(&fw, &regexes, key, &text, from);
-            assert_eq!(hits, want, "{key} from {from} in {text:?}");
+            assert_eq!(hits, want, "{key:?} from {from} in {text:?}");
             let mut again: Vec<_> = reused
                 .find(Scope::Prompt, key, &text, from)
                 .into_iter()
                 .map(|h| (h.rule, h.start, h.end))
                 .collect();
             again.sort_unstable();
-            assert_eq!(again, want, "reused: {key} from {from} in {text:?}");
+            assert_eq!(again, want, "reused: {key:?} from {from} in {text:?}");
             total += want.len();
             texts_with_hits += usize::from(!want.is_empty());
         }
@@ -1503,4 +1530,172 @@ fn thousand_rules_find_what_rule_by_rule_scanning_finds() {
         texts_with_hits > 300 && total > 1000,
         "{texts_with_hits} texts, {total} hits"
     );
+}
+
+#[test]
+fn workspace_rules_apply_to_keys_of_their_workspace_only() {
+    let mut team = rule(1, "team", 1, "prompt", "substring", "secret", "block");
+    team.workspace_id = "team-a".into();
+    let fw = firewall(&[team]);
+    assert_eq!(fw.rules()[0].workspace_id.as_deref(), Some("team-a"));
+    for key_id in ["key_a", "key_b"] {
+        let member = Subject::new(key_id, "team-a");
+        assert!(fw.applies(Scope::Prompt, member));
+        let (v, _) = fw.scan(Scope::Prompt, member, "a secret");
+        assert_eq!(v.blocked_by.map(|a| a.name).as_deref(), Some("team"));
+        for other in [
+            Subject::new(key_id, "team-b"),
+            key(key_id),
+            Subject::new(key_id, ""),
+        ] {
+            assert!(!fw.applies(Scope::Prompt, other), "{other:?}");
+            assert!(fw.scan(Scope::Prompt, other, "a secret").0.is_empty());
+        }
+    }
+    // The rule's scope only.
+    assert!(!fw.applies(Scope::Response, Subject::new("key_a", "team-a")));
+}
+
+#[test]
+fn key_and_workspace_rule_needs_both() {
+    let mut both = rule(1, "both", 1, "prompt", "substring", "x", "block");
+    both.key_id = "key_a".into();
+    both.workspace_id = "team-a".into();
+    let fw = firewall(&[both]);
+    let cases = [
+        (Subject::new("key_a", "team-a"), true),
+        (Subject::new("key_a", "team-b"), false),
+        (Subject::new("key_b", "team-a"), false),
+        (Subject::new("key_b", "team-b"), false),
+    ];
+    for (subject, want) in cases {
+        assert_eq!(fw.applies(Scope::Prompt, subject), want, "{subject:?}");
+        let (v, _) = fw.scan(Scope::Prompt, subject, "x");
+        assert_eq!(v.blocked_by.is_some(), want, "{subject:?}");
+    }
+}
+
+#[test]
+fn global_rules_still_apply_to_every_key_and_workspace() {
+    let mut team = rule(1, "team", 2, "prompt", "substring", "x", "warn");
+    team.workspace_id = "team-a".into();
+    let fw = firewall(&[team, rule(2, "all", 1, "prompt", "substring", "x", "warn")]);
+    for (subject, want) in [
+        (Subject::new("key_a", "team-a"), vec!["team", "all"]),
+        (Subject::new("key_b", "team-b"), vec!["all"]),
+        (key("k"), vec!["all"]),
+        (Subject::default(), vec!["all"]),
+    ] {
+        assert!(fw.applies(Scope::Prompt, subject));
+        let (v, _) = fw.scan(Scope::Prompt, subject, "x");
+        assert_eq!(names(&v), want, "{subject:?}");
+    }
+}
+
+/// The O(1) per-scope check ([`Firewall::applies`]) says yes exactly when some rule of the
+/// scope applies to the subject ([`Rule::applies_to`]), which is when [`Firewall::find`] finds
+/// something in a text every pattern matches — for every combination of rule scoping.
+#[test]
+fn applies_fast_path_agrees_with_find() {
+    // (key_id, workspace_id) of each rule; every rule matches "x".
+    let scoping: &[&[(&str, &str)]] = &[
+        &[],
+        &[("", "")],
+        &[("key_a", "")],
+        &[("", "team-a")],
+        &[("key_a", "team-a")],
+        &[("key_a", "team-a"), ("key_a", "team-b")],
+        &[("key_a", "team-a"), ("key_a", "")],
+        &[("key_a", ""), ("key_a", "team-a")],
+        &[("key_a", "team-b"), ("", "team-a")],
+        &[("key_b", ""), ("", "team-b")],
+        &[("key_a", "team-a"), ("key_b", "team-b"), ("", "team-c")],
+    ];
+    let subjects = [
+        Subject::new("key_a", "team-a"),
+        Subject::new("key_a", "team-b"),
+        Subject::new("key_a", "team-c"),
+        Subject::new("key_b", "team-a"),
+        Subject::new("key_b", "team-b"),
+        Subject::new("key_c", "team-c"),
+        Subject::new("key_c", "default"),
+        Subject::new("", ""),
+    ];
+    for rules in scoping {
+        for (kind, pattern) in [("substring", "x"), ("regex", "x+")] {
+            let mut pbs = Vec::new();
+            for (i, (k, w)) in rules.iter().enumerate() {
+                // Each rule in the prompt scope, and a disabled twin in the response scope.
+                for (n, scope, enabled) in [(0, "prompt", true), (1, "response", false)] {
+                    let mut r = rule(
+                        (2 * i + n) as i64 + 1,
+                        &format!("r{i}{scope}"),
+                        1,
+                        scope,
+                        kind,
+                        pattern,
+                        "warn",
+                    );
+                    (r.key_id, r.workspace_id, r.enabled) = (k.to_string(), w.to_string(), enabled);
+                    pbs.push(r);
+                }
+            }
+            let fw = firewall(&pbs);
+            for subject in subjects {
+                let want = rules.iter().any(|(k, w)| {
+                    (k.is_empty() || *k == subject.key_id)
+                        && (w.is_empty() || *w == subject.workspace_id)
+                });
+                for scope in Scope::ALL {
+                    let by_rules = fw
+                        .rules()
+                        .iter()
+                        .any(|r| r.scope == scope && r.applies_to(subject));
+                    let applies = fw.applies(scope, subject);
+                    let found = !fw.find(scope, subject, "a x b", 0).is_empty();
+                    let ctx = format!("{rules:?} {kind} {subject:?} {scope:?}");
+                    assert_eq!(applies, by_rules, "{ctx}");
+                    assert_eq!(found, applies, "{ctx}");
+                    assert_eq!(applies, want && scope == Scope::Prompt, "{ctx}");
+                }
+            }
+        }
+    }
+}
+
+/// The routing preview runs the prompt firewall with the rules of the key's workspace, which
+/// it finds in the snapshot by key id.
+#[test]
+fn preview_applies_the_rules_of_the_keys_workspace() {
+    use crate::routing::{preview, ScoreBoard};
+    let mut p = crate::snapshot::tests::sample();
+    p.keys[1].workspace_id = "team-b".into();
+    p.keys[1].revoked = false;
+    let mut team = rule(1, "team", 1, "prompt", "substring", "falcon", "block");
+    team.workspace_id = "default".into();
+    p.firewall_rules = vec![team];
+    let s = crate::Snapshot::from_proto(p).unwrap();
+    let body = br#"{"model":"openai/gpt-4o","messages":[{"role":"user","content":"Falcon?"}]}"#;
+    let run = |key_id: &str| {
+        preview(
+            &s,
+            &ScoreBoard::default(),
+            key_id,
+            ClientApi::ChatCompletions,
+            body,
+            &Default::default(),
+            0,
+            0,
+        )
+        .err()
+        .map(|e| e.message)
+    };
+    let blocked = run("key_live").unwrap_or_default();
+    assert!(blocked.contains("firewall rule 'team'"), "{blocked}");
+    for other in ["key_dead", "key_unknown", ""] {
+        assert!(
+            run(other).is_none_or(|m| !m.contains("firewall")),
+            "{other}"
+        );
+    }
 }

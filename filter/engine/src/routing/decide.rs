@@ -385,6 +385,7 @@ fn catalogue_candidates<'s>(
                 upstream_model: m.upstream_model.clone(),
                 price: m.price,
                 catalogued: true,
+                credential: 0,
             };
             if pair_ok(input.api, &target) {
                 out.push(candidate(target, Some(m), input, scores));
@@ -420,6 +421,7 @@ fn bare_candidates<'s>(
                 upstream_model: m.upstream_model.clone(),
                 price: m.price,
                 catalogued: true,
+                credential: 0,
             };
             out.push(candidate(target, Some(m), input, scores));
         }
@@ -652,7 +654,8 @@ pub fn decide<'s>(
     };
     check_pair(input.api, first)?;
     let (cluster, usable) = cluster_for(snapshot, &attempts);
-    let attempts: Vec<Target<'s>> = attempts.into_iter().take(usable).collect();
+    let mut attempts: Vec<Target<'s>> = attempts.into_iter().take(usable).collect();
+    add_credential_fallbacks(&mut attempts, input, max);
     trace.step(
         "route",
         json!({
@@ -779,6 +782,30 @@ fn pinned_chain<'s>(
         }
     }
     Ok(out)
+}
+
+/// A request one attempt serves, at a provider with fallback credentials (and no BYOK key of
+/// its kind, which replaces every stored credential), gets an attempt with each fallback after
+/// it, up to `max` attempts: on the provider's own cluster, Envoy's retries go to the same
+/// provider, and the upstream filter sends attempt n with credential n.
+fn add_credential_fallbacks(attempts: &mut Vec<Target<'_>>, input: &RouteInput<'_>, max: usize) {
+    let [only] = attempts.as_slice() else {
+        return;
+    };
+    let provider = only.provider;
+    if provider.fallback_credentials.is_empty()
+        || input.byok.contains(&provider.kind.catalogue_kind())
+    {
+        return;
+    }
+    let copies: Vec<Target<'_>> = (1..=provider.fallback_credentials.len())
+        .take(max.saturating_sub(1))
+        .map(|credential| Target {
+            credential,
+            ..only.clone()
+        })
+        .collect();
+    attempts.extend(copies);
 }
 
 /// The cluster that reaches `attempts` in order, and how many of them it reaches.
@@ -973,6 +1000,7 @@ mod tests {
             cluster: format!("tr_provider_{name}"),
             credential: String::new(),
             enabled: true,
+            fallback_credentials: Vec::new(),
         }
     }
 
@@ -1597,5 +1625,30 @@ mod tests {
             (e.status(), e.message.as_str()),
             (422, "No eligible providers available for this request.")
         );
+    }
+
+    #[test]
+    fn fallback_credentials_add_attempts_on_the_providers_own_cluster() {
+        let mut p = snapshot();
+        p.providers[0].fallback_credentials = vec!["sk-second".into(), "sk-third".into()];
+        let s = snap(p);
+        let scores = ScoreBoard::default();
+        // One provider serves it: one attempt per credential, on its own cluster.
+        let d = run(&s, &scores, &chat("openai/gpt-4o-mini", "hi")).unwrap();
+        let creds: Vec<usize> = d.attempts.iter().map(|t| t.credential).collect();
+        assert_eq!(creds, [0, 1, 2]);
+        assert_eq!(chain(&d), ["openai/gpt-4o-mini"; 3]);
+        assert_eq!(d.cluster, d.attempts[0].provider.cluster);
+        // A BYOK key of that kind replaces every stored credential: no copies.
+        let mut byok = chat("openai/gpt-4o-mini", "hi");
+        byok.byok = vec![ProviderKind::OpenAi];
+        let d = run(&s, &scores, &byok).unwrap();
+        assert_eq!(d.attempts.len(), 1);
+        // Capped by the attempt limit.
+        let mut p = snapshot();
+        p.providers[0].fallback_credentials = vec!["a".into(), "b".into(), "c".into(), "d".into()];
+        let s = snap(p);
+        let d = run(&s, &scores, &chat("openai/gpt-4o-mini", "hi")).unwrap();
+        assert_eq!(d.attempts.len(), 3);
     }
 }

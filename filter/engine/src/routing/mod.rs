@@ -74,6 +74,8 @@ pub struct Target<'s> {
     pub price: Price,
     /// Whether the model was found in the catalogue (false: self-hosted, unpriced).
     pub catalogued: bool,
+    /// Which of the provider's credentials this attempt uses: 0 = the primary, n = fallback n.
+    pub credential: usize,
 }
 
 /// Resolves `provider/model` or a bare catalogue model.
@@ -144,6 +146,7 @@ pub(crate) fn resolve_pinned<'s>(
             upstream_model: model_id.to_string(),
             price: m.price,
             catalogued: true,
+            credential: 0,
         }),
         Some(m) if m.enabled => Ok(Target {
             provider,
@@ -151,6 +154,7 @@ pub(crate) fn resolve_pinned<'s>(
             upstream_model: m.upstream_model.clone(),
             price: m.price,
             catalogued: true,
+            credential: 0,
         }),
         Some(_) => Err(GatewayError::new(
             ErrorKind::NotFound,
@@ -162,6 +166,7 @@ pub(crate) fn resolve_pinned<'s>(
             upstream_model: model_id.to_string(),
             price: Price::default(),
             catalogued: false,
+            credential: 0,
         }),
         None => Err(GatewayError::new(
             ErrorKind::NotFound,
@@ -189,6 +194,7 @@ fn resolve_bare<'s>(snapshot: &'s Snapshot, model: &str) -> Result<Target<'s>, G
                 upstream_model: m.upstream_model.clone(),
                 price: m.price,
                 catalogued: true,
+                credential: 0,
             });
         }
     }
@@ -250,6 +256,7 @@ mod tests {
             cluster: "tr_provider_claude".into(),
             credential: String::new(),
             enabled: true,
+            fallback_credentials: Vec::new(),
         });
         let s = Snapshot::from_proto(p).unwrap();
         let claude = resolve(&s, "claude/claude-haiku-4-5").unwrap();
@@ -282,6 +289,7 @@ mod tests {
             cluster: "tr_provider_az".into(),
             credential: String::new(),
             enabled: true,
+            fallback_credentials: Vec::new(),
         });
         let s = Snapshot::from_proto(p).unwrap();
         let priced = resolve(&s, "az/gpt-4o-mini").unwrap();
@@ -367,7 +375,8 @@ mod header_tests {
 }
 
 /// The decision a request would get, without sending it: the edge's own steps (body parse,
-/// prompt firewall, features, BYOK headers, [`decide`]) on a body and headers. The control
+/// prompt firewall, features, BYOK headers, [`decide`]) on a body and headers. The firewall
+/// rules are those of `key_id` and of its workspace (looked up in the snapshot). The control
 /// plane's preview calls this; `random` fixes the traffic-split draw.
 #[allow(clippy::too_many_arguments)]
 pub fn preview<'s>(
@@ -380,11 +389,16 @@ pub fn preview<'s>(
     random: u64,
     now_ms: i64,
 ) -> Result<Decision<'s>, GatewayError> {
-    use crate::firewall::{formats, Inspection, Scope};
+    use crate::firewall::{formats, Inspection, Scope, Subject};
     let mut request = crate::request::ClientRequest::parse_api(api, body)?;
     let fw = snapshot.firewall();
-    if fw.applies(Scope::Prompt, key_id) || fw.applies(Scope::Metadata, key_id) {
-        let mut inspection = Inspection::new(fw, key_id);
+    // The key's workspace, as the edge has it from the key it authenticated.
+    let workspace_id = snapshot
+        .key_by_id(key_id)
+        .map_or("", |k| k.workspace_id.as_str());
+    let subject = Subject::new(key_id, workspace_id);
+    if fw.applies(Scope::Prompt, subject) || fw.applies(Scope::Metadata, subject) {
+        let mut inspection = Inspection::new(fw, subject);
         formats::request_walker(api)(request.body_mut(), &mut |scope, text| {
             inspection.check_in_place(scope, text)
         });

@@ -137,7 +137,10 @@ impl AnthropicUsage {
         if let Some(n) = self.output_tokens {
             u.output = n;
         }
-        u.input = *fresh_input + u.cached_input + *cache_write;
+        // Saturating: the counts are the provider's, and may be anything a u64 holds.
+        u.input = fresh_input
+            .saturating_add(u.cached_input)
+            .saturating_add(*cache_write);
     }
 }
 

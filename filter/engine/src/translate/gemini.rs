@@ -80,7 +80,10 @@ impl From<UsageMetadata> for Usage {
     fn from(u: UsageMetadata) -> Usage {
         Usage {
             input: u.prompt_token_count,
-            output: u.candidates_token_count + u.thoughts_token_count,
+            // Saturating: the counts are the provider's, and may be anything a u64 holds.
+            output: u
+                .candidates_token_count
+                .saturating_add(u.thoughts_token_count),
             cached_input: u.cached_content_token_count,
             reasoning: u.thoughts_token_count,
         }

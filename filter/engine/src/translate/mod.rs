@@ -1008,6 +1008,52 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing (`fuzz/`, target `translate_response`): token counts near `u64::MAX`
+    /// in a provider's reply overflowed when added up (Gemini's output + thinking tokens, the
+    /// `total_tokens` of Chat Completions and Responses replies): a panic in debug builds, a
+    /// wrapped count in release builds.
+    #[test]
+    fn huge_provider_token_counts_saturate() {
+        let max = u64::MAX;
+        let cases: [(ClientApi, ProviderKind, &str, &str, &str); 3] = [
+            (
+                ClientApi::ChatCompletions,
+                ProviderKind::Gemini,
+                r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":1,"candidatesTokenCount":18446744073709551615,"thoughtsTokenCount":1}}"#,
+                "/usage/completion_tokens",
+                "/usage/total_tokens",
+            ),
+            (
+                ClientApi::ChatCompletions,
+                ProviderKind::Anthropic,
+                r#"{"content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":18446744073709551615,"output_tokens":1}}"#,
+                "/usage/prompt_tokens",
+                "/usage/total_tokens",
+            ),
+            (
+                ClientApi::Responses,
+                ProviderKind::Anthropic,
+                r#"{"content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":18446744073709551615,"output_tokens":1}}"#,
+                "/usage/input_tokens",
+                "/usage/total_tokens",
+            ),
+        ];
+        for (client, kind, reply, count, total) in cases {
+            let base = BaseUrl::parse("https://h").unwrap();
+            let mut t = translator_for(client, kind).unwrap();
+            let body = match client {
+                ClientApi::Responses => br#"{"model":"m1","input":"x"}"#.to_vec(),
+                _ => br#"{"model":"m1","messages":[{"role":"user","content":"x"}]}"#.to_vec(),
+            };
+            t.request(&body, &target(kind, &base, false)).unwrap();
+            t.response_headers(200, Some("application/json"));
+            let got = out(t.response_body(reply.as_bytes(), true), b"");
+            let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+            assert_eq!(v.pointer(count), Some(&max.into()), "{client:?} {kind}");
+            assert_eq!(v.pointer(total), Some(&max.into()), "{client:?} {kind}");
+        }
+    }
+
     #[test]
     fn model_names_that_cannot_be_a_path_segment_are_400() {
         let base = BaseUrl::parse("https://g").unwrap();

@@ -236,7 +236,7 @@ fn usage_json(u: &Usage) -> Value {
         "input_tokens_details": {"cached_tokens": u.cached_input, "cache_write_tokens": 0},
         "output_tokens": u.output,
         "output_tokens_details": {"reasoning_tokens": u.reasoning},
-        "total_tokens": u.input + u.output,
+        "total_tokens": u.input.saturating_add(u.output),
     })
 }
 
