@@ -227,7 +227,7 @@ fn build(paths: &Paths, release: bool) -> Result<()> {
 // cargo xtask test
 
 fn test(paths: &Paths, e2e_only: bool, pytest_args: &[String]) -> Result<()> {
-    let mut steps = Steps::new(if e2e_only { 4 } else { 8 });
+    let mut steps = Steps::new(if e2e_only { 4 } else { 9 });
     steps.run("toolchain", ensure_toolchain)?;
     steps.run("venv (envoy + test dependencies)", || {
         ensure_venv(paths, true)
@@ -261,6 +261,7 @@ fn test(paths: &Paths, e2e_only: bool, pytest_args: &[String]) -> Result<()> {
         steps.run("unit tests", || {
             run(cargo(paths).args(["test", "--workspace"]))
         })?;
+        steps.run("fuzz (every target, bounded)", || fuzz(paths))?;
     }
     steps.run("build", || build(paths, false))?;
     steps.run("end-to-end tests", || {
@@ -273,6 +274,88 @@ fn test(paths: &Paths, e2e_only: bool, pytest_args: &[String]) -> Result<()> {
             .env("ENVOY_BIN", paths.venv_bin("envoy")))
     })?;
     println!("\nxtask test: all {} steps passed", steps.total);
+    Ok(())
+}
+
+/// cargo-fuzz release installed into `target/tools` (kept across runs, like the bench's oha).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// How long each fuzz target runs in `cargo xtask test`, over the committed corpus.
+const FUZZ_SECONDS_PER_TARGET: u32 = 10;
+/// One input taking longer than this is a hang, and fails the step.
+const FUZZ_INPUT_TIMEOUT_SECONDS: u32 = 5;
+
+/// Builds every target of `fuzz/` (cargo-fuzz, stable toolchain) and runs each for
+/// [`FUZZ_SECONDS_PER_TARGET`] seconds from the committed corpus `fuzz/corpus/<target>`; a
+/// crash, a panic, a timeout or running out of memory fails the step (the input is saved under
+/// `fuzz/artifacts/<target>/`). New inputs go to a scratch corpus under the target directory,
+/// emptied first, so the committed corpus is never changed and every run takes the same time.
+fn fuzz(paths: &Paths) -> Result<()> {
+    let tools = paths.root.join("target").join("tools");
+    let cargo_fuzz = tools.join("bin").join("cargo-fuzz");
+    if !cargo_fuzz.exists() {
+        run(cargo(paths)
+            .args([
+                "install",
+                "--locked",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ])
+            .arg("--root")
+            .arg(&tools))?;
+    }
+    // `cargo-fuzz fuzz …` is what `cargo fuzz …` runs. The fuzz crate is its own workspace with
+    // its own target directory (`fuzz/target`), whatever CARGO_TARGET_DIR says. No sanitizer:
+    // AddressSanitizer needs a nightly compiler, and the engine is safe Rust; coverage
+    // instrumentation, debug assertions and overflow checks are on.
+    let cargo_fuzz = || {
+        let mut cmd = Command::new(&cargo_fuzz);
+        cmd.arg("fuzz")
+            .current_dir(&paths.root)
+            .env_remove("CARGO_TARGET_DIR");
+        cmd
+    };
+    run(cargo_fuzz().args(["build", "-s", "none"]))?;
+    let list = cargo_fuzz()
+        .arg("list")
+        .output()
+        .context("cannot run cargo fuzz list")?;
+    if !list.status.success() {
+        bail!(
+            "`cargo fuzz list` failed: {}",
+            String::from_utf8_lossy(&list.stderr)
+        );
+    }
+    let targets: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    if targets.is_empty() {
+        bail!("`cargo fuzz list` found no fuzz targets");
+    }
+    let scratch = paths.target.join("fuzz-corpus");
+    for target in &targets {
+        let corpus = paths.root.join("fuzz").join("corpus").join(target);
+        if !corpus.is_dir() {
+            bail!("fuzz target {target} has no corpus at {}", corpus.display());
+        }
+        let work = scratch.join(target);
+        if work.exists() {
+            fs::remove_dir_all(&work)
+                .with_context(|| format!("cannot empty {}", work.display()))?;
+        }
+        fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+        run(cargo_fuzz()
+            .args(["run", "-s", "none", target.as_str()])
+            .arg(&work)
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={FUZZ_SECONDS_PER_TARGET}"))
+            .arg(format!("-timeout={FUZZ_INPUT_TIMEOUT_SECONDS}"))
+            .args(["-rss_limit_mb=2048", "-print_final_stats=1"]))?;
+    }
     Ok(())
 }
 
