@@ -6,6 +6,8 @@
 //! Run from the repository root: `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Protobuf literals end in `..Default::default()` so they survive new fields.
+#![allow(clippy::needless_update)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,8 @@
 //! belongs to the last rule) or rules (`[0b…1], name, match_json`).
 
 #![no_main]
+// Protobuf literals end in `..Default::default()` so they survive new fields.
+#![allow(clippy::needless_update)]
 
 use libfuzzer_sys::fuzz_target;
 use tokenrouter_engine::routing::config::{

@@ -12,6 +12,8 @@
 //! `[flags], name, match_json, action_json, key_id`.
 
 #![no_main]
+// Protobuf literals end in `..Default::default()` so they survive new fields.
+#![allow(clippy::needless_update)]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
