@@ -121,33 +121,13 @@ impl FromStr for ControlAddress {
     }
 }
 
-/// A DNS name: labels of letters, digits, `-` and `_` (compose service names may have `_`),
-/// 1-63 characters each, not starting or ending with `-`, 253 characters at most; one
-/// trailing dot allowed. A name of only digits and dots would be read as a (bad) IPv4 address.
+/// A host name for the control-plane cluster ([`crate::xds::validate_dns_name`], the check
+/// provider base URLs get).
 fn validate_host_name(host: &str) -> Result<(), String> {
-    let name = host.strip_suffix('.').unwrap_or(host);
-    if name.is_empty() {
+    if host.strip_suffix('.').unwrap_or(host).is_empty() {
         return Err(format!("{CONTROL_SYNTAX} (the host is missing)"));
     }
-    if name.len() > 253 {
-        return Err("the host name is longer than 253 characters".to_string());
-    }
-    for label in name.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(format!("invalid host name {host:?}"));
-        }
-    }
-    if name.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(format!("invalid IP address {host:?}"));
-    }
-    Ok(())
+    crate::xds::validate_dns_name(host)
 }
 
 /// `--listen` / `--admin`: Envoy binds to an IP address, so a host name is refused (with a

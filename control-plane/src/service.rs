@@ -83,7 +83,9 @@ impl From<StoreError> for ServiceError {
 type Result<T> = std::result::Result<T, ServiceError>;
 
 pub use firewall::{FirewallRulePatch, NewFirewallRule, TemplateOverrides};
-pub use metering::{parse_balance_usd, parse_credit_usd, BalanceView, WebhookOutcome};
+pub use metering::{
+    parse_balance_usd, parse_credit_usd, parse_optional_balance_usd, BalanceView, WebhookOutcome,
+};
 pub use models::{parse_price, ModelPatch, NewModel};
 pub use routing::{NewRoutingRule, RoutingRulePatch};
 

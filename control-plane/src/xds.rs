@@ -200,10 +200,18 @@ fn parse_base_url(url: &str) -> Result<Upstream, String> {
     })
 }
 
-fn validate_dns_name(host: &str) -> Result<(), String> {
+/// A DNS name: labels of letters, digits, `-` and `_` (compose service names may have `_`),
+/// 1-63 characters each, not starting or ending with `-`, 253 characters at most; one
+/// trailing dot allowed. A name of only digits and dots would be read as a (bad) IPv4 address.
+pub(crate) fn validate_dns_name(host: &str) -> Result<(), String> {
     let name = host.strip_suffix('.').unwrap_or(host);
-    if name.is_empty() || name.len() > 253 {
+    if name.is_empty() {
         return Err(format!("invalid host name {host:?}"));
+    }
+    if name.len() > 253 {
+        return Err(format!(
+            "invalid host name {host:?}: longer than 253 characters"
+        ));
     }
     for label in name.split('.') {
         let ok = !label.is_empty()

@@ -73,6 +73,11 @@ pub fn parse_balance_usd(s: &str) -> Result<i64> {
     parse_credit_usd(s)
 }
 
+/// An optional starting balance as the APIs take it (`None` = not metered).
+pub fn parse_optional_balance_usd(s: Option<&str>) -> Result<Option<i64>> {
+    s.map(parse_balance_usd).transpose()
+}
+
 fn workspace_id(id: &str) -> Result<&str> {
     let id = id.trim();
     if valid_name(id) {

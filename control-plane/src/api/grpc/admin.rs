@@ -11,7 +11,7 @@ use crate::calendar::format_day;
 use crate::limits::Effective;
 use crate::publisher::cluster_name;
 use crate::service::{
-    parse_balance_usd, parse_credit_usd, BalanceView, KeyPatch, KeyWithUsage, LogFilter,
+    parse_credit_usd, parse_optional_balance_usd, BalanceView, KeyPatch, KeyWithUsage, LogFilter,
     NewProvider, Service, UsageSummary, DEFAULT_USAGE_DAYS,
 };
 use crate::store::metering::Owner;
@@ -261,12 +261,7 @@ impl Admin for AdminApi {
         request: Request<api::CreateKeyRequest>,
     ) -> Result<Response<api::CreateKeyResponse>, Status> {
         let r = request.into_inner();
-        let balance = r
-            .balance_usd
-            .as_deref()
-            .map(parse_balance_usd)
-            .transpose()
-            .map_err(status)?;
+        let balance = parse_optional_balance_usd(r.balance_usd.as_deref()).map_err(status)?;
         let (key, raw) = self
             .service
             .create_key_with(&r.name, &r.workspace_id, balance, limits_from_msg(r.limits))
@@ -342,12 +337,7 @@ impl Admin for AdminApi {
         request: Request<api::CreateWorkspaceRequest>,
     ) -> Result<Response<api::WorkspaceInfo>, Status> {
         let r = request.into_inner();
-        let balance = r
-            .balance_usd
-            .as_deref()
-            .map(parse_balance_usd)
-            .transpose()
-            .map_err(status)?;
+        let balance = parse_optional_balance_usd(r.balance_usd.as_deref()).map_err(status)?;
         let w = self
             .service
             .create_workspace(&r.id, balance, limits_from_msg(r.limits))

@@ -14,7 +14,7 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::metering::{EffectiveLimits, Limits};
 use super::page::{paginate, Data, Page};
 use super::ApiState;
-use crate::service::{parse_balance_usd, KeyPatch, KeyWithUsage};
+use crate::service::{parse_optional_balance_usd, KeyPatch, KeyWithUsage};
 use crate::store::KeyStatus;
 
 /// A gateway key (never the raw key) and its totals over every request made with it.
@@ -184,11 +184,7 @@ async fn create_key(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Data<CreatedKey>>), ApiError> {
-    let balance = body
-        .balance_usd
-        .as_deref()
-        .map(parse_balance_usd)
-        .transpose()?;
+    let balance = parse_optional_balance_usd(body.balance_usd.as_deref())?;
     let (key, raw) = state
         .service
         .create_key_with(

@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::metering::Limits;
 use super::page::{paginate, Data, Page};
 use super::ApiState;
-use crate::service::{parse_balance_usd, Service};
+use crate::service::{parse_optional_balance_usd, Service};
 use crate::store::metering::Owner;
 use crate::store::WorkspaceRow;
 
@@ -118,11 +118,7 @@ async fn create_workspace(
             body.id
         )));
     }
-    let balance = body
-        .balance_usd
-        .as_deref()
-        .map(parse_balance_usd)
-        .transpose()?;
+    let balance = parse_optional_balance_usd(body.balance_usd.as_deref())?;
     let w = state
         .service
         .create_workspace(&body.id, balance, body.limits.unwrap_or_default().into())
