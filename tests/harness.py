@@ -396,9 +396,12 @@ class Envoy:
         control_plane: ControlPlane,
         *,
         max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+        control: str | None = None,
     ) -> None:
         self.binaries = binaries
         self.control_plane = control_plane
+        # `--control` of the bootstrap: the control plane's address, or several replicas'.
+        self.control = control or control_plane.grpc_addr
         self.max_request_body_bytes = max_request_body_bytes
         self.node_id = f"test-{os.getpid()}-{next(_ENVOY_IDS)}"
         self.port = free_port()
@@ -430,7 +433,7 @@ class Envoy:
             "--admin",
             f"127.0.0.1:{self.admin_port}",
             "--control",
-            self.control_plane.grpc_addr,
+            self.control,
             "--wasm",
             str(self.binaries.wasm),
             "--node-id",
@@ -553,8 +556,9 @@ class Harness:
         generated_token: bool = False,
         start: bool = True,
         env: dict[str, str] | None = None,
+        admin_token: str | None = None,
     ) -> ControlPlane:
-        token = None if generated_token else secrets.token_hex(16)
+        token = None if generated_token else (admin_token or secrets.token_hex(16))
         workdir = self.workdir / f"cp{next(self._counter)}"
         control_plane = ControlPlane(self.binaries, workdir, admin_token=token, env=env)
         self._control_planes.append(control_plane)
@@ -566,10 +570,15 @@ class Harness:
         *,
         providers: Iterable[str] = (),
         max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+        control: str | None = None,
     ) -> Envoy:
         workdir = self.workdir / f"envoy{next(self._counter)}"
         envoy = Envoy(
-            self.binaries, workdir, control_plane, max_request_body_bytes=max_request_body_bytes
+            self.binaries,
+            workdir,
+            control_plane,
+            max_request_body_bytes=max_request_body_bytes,
+            control=control,
         )
         self._envoys.append(envoy)
         return envoy.start(providers=providers)

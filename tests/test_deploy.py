@@ -3,17 +3,18 @@
 There is no Docker engine and no Kubernetes cluster here, so the files are parsed and
 cross-checked, and everything that can run for real does:
 - the Envoy bootstraps the files rely on are rendered by the real `tokenrouter envoy-bootstrap`
-  (compose: `--control controlplane:50051`, Kubernetes: `--control tokenrouter-control:50051`)
-  and must have a STRICT_DNS control plane cluster; real Envoy validates them
-  (`envoy --mode validate`);
+  (compose: `--control controlplane:50051,controlplane-2:50051`, Kubernetes: `--control
+  tokenrouter-control-headless:50051`) and must have a health-checked STRICT_DNS control plane
+  cluster with every replica; real Envoy validates them (`envoy --mode validate`);
 - a real control plane and a real Envoy, whose bootstrap names the control plane by host name
   (`localhost:PORT`, so a STRICT_DNS cluster that resolves here), serve a request end to end;
-- compose's health check command runs against a real control plane;
+- compose's health check commands run against a real control plane, and (when one answers
+  here) a real PostgreSQL and Redis;
 - the Istio EnvoyFilter's clusters are compared with the clusters that control plane pushes to
   that Envoy over ADS, its filter and route with the rendered bootstrap, and Envoy validates
   them together with the bootstrap override;
-- `kubectl kustomize` renders deploy/kubernetes and deploy/istio/gateway when kubectl is
-  installed.
+- `kubectl kustomize` renders deploy/kubernetes, deploy/kubernetes/datastores and
+  deploy/istio/gateway when kubectl is installed.
 
 Binaries come from the environment like the rest of the suite (TOKENROUTER_BIN,
 TOKENROUTER_WASM, ENVOY_BIN); the file checks need none.
@@ -30,6 +31,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -51,6 +53,7 @@ DEPLOY = ROOT / "deploy"
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 K8S = DEPLOY / "kubernetes"
+K8S_DATASTORES = K8S / "datastores"
 ISTIO = DEPLOY / "istio"
 ISTIO_GW = ISTIO / "gateway"
 CONTROL_PLANE_SRC = ROOT / "control-plane" / "src"
@@ -60,8 +63,19 @@ ADMIN_TOKEN = "deploy-test-admin-token"
 IMAGE_WASM = "/usr/share/tokenrouter/tokenrouter_filter.wasm"
 # The Istio path's filter file (istio-gateway.yaml's emptyDir).
 ISTIO_WASM = "/var/lib/tokenrouter-wasm/tokenrouter_filter.wasm"
-ISTIO_CONTROL = "tokenrouter-control.tokenrouter.svc.cluster.local:50051"
+ISTIO_CONTROL = "tokenrouter-control-headless.tokenrouter.svc.cluster.local:50051"
 TYPE_PREFIX = "type.googleapis.com/envoy.extensions"
+# What every control-plane replica must share (and the binary must read): the database, the
+# counters, the admin token and the master key.
+SHARED_ENV = (
+    "DATABASE_URL",
+    "TOKENROUTER_REDIS_URL",
+    "TOKENROUTER_REDIS_PREFIX",
+    "TOKENROUTER_ADMIN_TOKEN",
+    "TOKENROUTER_MASTER_KEY",
+)
+# The official images of the datastores, pinned to a release (not a floating major or latest).
+PINNED_DATASTORE_IMAGE = re.compile(r"(postgres|redis):\d+\.\d+(\.\d+)?")
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,6 +88,18 @@ def read(path: Path) -> str:
 
 def rust_sources() -> str:
     return "\n".join(read(p) for p in sorted(CONTROL_PLANE_SRC.rglob("*.rs")))
+
+
+def env_vars_read() -> set[str]:
+    """The environment variables the control plane's code reads: clap's `env = "…"`,
+    `env::var("…")`, and `env::var(CONST)` of a `const CONST: &str = "…"`."""
+    sources = rust_sources()
+    names = set(re.findall(r'\benv = "([A-Z0-9_]+)"', sources))
+    names |= set(re.findall(r'env::var(?:_os)?\("([A-Z0-9_]+)"\)', sources))
+    for const, name in re.findall(r'const ([A-Z0-9_]+): &str = "([A-Z0-9_]+)";', sources):
+        if re.search(r"env::var(?:_os)?\(" + const + r"\)", sources):
+            names.add(name)
+    return names
 
 
 def workspace_version() -> str:
@@ -142,6 +168,21 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(read(COMPOSE))
 
 
+def control_plane_services() -> dict[str, dict[str, Any]]:
+    """The compose services that run `tokenrouter serve` (the control-plane replicas)."""
+    return {
+        name: service
+        for name, service in compose()["services"].items()
+        if service.get("command", [None])[0] == "serve"
+    }
+
+
+def with_defaults(value: str) -> str:
+    """``value`` as compose interpolates it with no variable set: `${VAR:-default}` → default."""
+    assert "${" not in re.sub(r"\$\{[A-Z0-9_]+:-[^}]*\}", "", value), value
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", lambda m: m.group(1), value)
+
+
 def compose_bootstrap_args() -> list[str]:
     """The `tokenrouter envoy-bootstrap …` line of compose's envoy-bootstrap script, as argv."""
     script = compose()["services"]["envoy-bootstrap"]["command"][0]
@@ -182,11 +223,23 @@ def control_cluster(bootstrap: dict[str, Any]) -> dict[str, Any]:
     return cluster
 
 
-def endpoint(cluster: dict[str, Any]) -> tuple[str, int]:
+def endpoints(cluster: dict[str, Any]) -> list[tuple[str, int]]:
     (locality,) = cluster["load_assignment"]["endpoints"]
-    (lb,) = locality["lb_endpoints"]
-    socket = lb["endpoint"]["address"]["socket_address"]
-    return socket["address"], socket["port_value"]
+    sockets = [lb["endpoint"]["address"]["socket_address"] for lb in locality["lb_endpoints"]]
+    return [(socket["address"], socket["port_value"]) for socket in sockets]
+
+
+def endpoint(cluster: dict[str, Any]) -> tuple[str, int]:
+    (only,) = endpoints(cluster)
+    return only
+
+
+def assert_health_checked(cluster: dict[str, Any]) -> None:
+    """The control plane cluster checks each endpoint (TCP, every second, down after one miss),
+    so the streams of a replica that stops move to another."""
+    (check,) = cluster["health_checks"]
+    assert "tcp_health_check" in check, check
+    assert check["interval"] == "1s" and check["unhealthy_threshold"] == 1, check
 
 
 def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
@@ -251,14 +304,14 @@ def test_every_deployment_yaml_parses() -> None:
     for path in paths:
         docs = load_docs(path)
         assert docs, f"{path} is empty"
-        if path.parent in (K8S, ISTIO, ISTIO_GW) and path.name not in (
+        if path.parent in (K8S, K8S_DATASTORES, ISTIO, ISTIO_GW) and path.name not in (
             "kustomization.yaml",
             "custom_bootstrap.yaml",
         ):
             for doc in docs:
                 assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path}: {doc}"
                 assert doc["metadata"].get("name"), f"{path}: {doc}"
-                if path.parent != K8S:
+                if path.parent not in (K8S, K8S_DATASTORES):
                     # Istio's objects name their namespace (they are applied with -f too).
                     assert doc["metadata"]["namespace"] == "tokenrouter", f"{path}: {doc}"
 
@@ -274,6 +327,14 @@ def test_images_are_pinned_to_the_tested_versions() -> None:
             assert image == f"tokenrouter:{version}", f"{name}: {image}"
             assert service["build"]["dockerfile"] == "Dockerfile"
     assert services["envoy"]["image"] == envoy_image
+    for name in ("postgres", "redis"):
+        assert PINNED_DATASTORE_IMAGE.fullmatch(services[name]["image"]), services[name]["image"]
+        assert services[name]["image"].startswith(f"{name}:")
+    # The optional datastores for Kubernetes: the same images as compose.
+    for doc in k8s_docs(K8S_DATASTORES):
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            for c in containers(doc).values():
+                assert c["image"] == services[c["name"]]["image"], c["image"]
 
     kustomization = yaml.safe_load(read(K8S / "kustomization.yaml"))
     (mapping,) = kustomization["images"]
@@ -349,26 +410,38 @@ def test_compose_is_true_to_the_control_plane_defaults() -> None:
     rest = port_of(flag_default(serve_rs, "rest_addr"))
     assert (grpc, rest) == (50051, 8081)
 
-    cp = services["controlplane"]
-    assert cp["command"] == [
-        "serve",
-        "--grpc-addr",
-        f"0.0.0.0:{grpc}",
-        "--rest-addr",
-        f"0.0.0.0:{rest}",
-    ]
-    assert sorted(cp["ports"]) == sorted([f"127.0.0.1:{grpc}:{grpc}", f"127.0.0.1:{rest}:{rest}"])
-    # The health check asks the REST port's /healthz.
-    assert f"/dev/tcp/127.0.0.1/{rest}" in cp["healthcheck"]["test"][3]
-    assert "GET /healthz" in cp["healthcheck"]["test"][3]
-    # Data on the volume, at the data directory the image and the env var name.
-    data_dir = cp["environment"]["TOKENROUTER_DATA_DIR"]
-    assert f"tokenrouter-data:{data_dir}" in cp["volumes"]
+    replicas = control_plane_services()
+    assert sorted(replicas) == ["controlplane", "controlplane-2"]
+    for name, cp in replicas.items():
+        assert cp["command"] == [
+            "serve",
+            "--grpc-addr",
+            f"0.0.0.0:{grpc}",
+            "--rest-addr",
+            f"0.0.0.0:{rest}",
+        ], name
+        # The health check asks the REST port's /healthz.
+        assert f"/dev/tcp/127.0.0.1/{rest}" in cp["healthcheck"]["test"][3], name
+        assert "GET /healthz" in cp["healthcheck"]["test"][3], name
+        # Nothing on a volume: the database is PostgreSQL and both secrets come from the
+        # environment, so nothing is written to the data directory.
+        assert "volumes" not in cp, name
+        # Each starts once its database and counters answer.
+        assert cp["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+        }, name
+        assert cp["restart"] == "unless-stopped", name
+    # Only the first is published, on loopback (the CLI and REST from the host).
+    assert sorted(replicas["controlplane"]["ports"]) == sorted(
+        [f"127.0.0.1:{grpc}:{grpc}", f"127.0.0.1:{rest}:{rest}"]
+    )
+    assert "ports" not in replicas["controlplane-2"]
 
-    # The bootstrap: the control plane by service name and gRPC port, the gateway and admin
+    # The bootstrap: every control plane by service name and gRPC port, the gateway and admin
     # ports Envoy publishes, the filter and bootstrap on the shared volume.
     args = compose_bootstrap_args()
-    assert option(args, "--control") == f"controlplane:{grpc}"
+    assert option(args, "--control").split(",") == [f"{name}:{grpc}" for name in replicas]
     listen, admin = option(args, "--listen"), option(args, "--admin")
     envoy = services["envoy"]
     assert f"{port_of(listen)}:{port_of(listen)}" in envoy["ports"]
@@ -383,10 +456,12 @@ def test_compose_is_true_to_the_control_plane_defaults() -> None:
     # Envoy runs as the user the files are handed to; -c is the rendered file.
     assert envoy["user"] == "101:101" and f"chown -R 101:101 {mount}" in script
     assert envoy["command"][:3] == ["envoy", "-c", out]
-    assert envoy["depends_on"] == {
-        "envoy-bootstrap": {"condition": "service_completed_successfully"},
-        "controlplane": {"condition": "service_healthy"},
-    }
+    # Envoy starts with its bootstrap written and a control plane healthy (its health check
+    # finds the others).
+    depends = dict(envoy["depends_on"])
+    assert depends.pop("envoy-bootstrap") == {"condition": "service_completed_successfully"}
+    assert depends and set(depends) <= set(replicas)
+    assert all(d == {"condition": "service_healthy"} for d in depends.values())
 
     # The demo provider: the route the control plane serves, on its REST port.
     demo = services["demo-provider"]
@@ -409,30 +484,73 @@ def test_compose_volumes_and_environment_are_consistent() -> None:
             used.add(source)
     assert used == declared
 
-    sources = rust_sources()
+    read_by_binary = env_vars_read()
     for name, service in doc["services"].items():
+        if not service["image"].startswith("tokenrouter:"):
+            continue
         env = service.get("environment", {})
         for var, value in env.items():
             if var == "RUST_LOG":
                 # tracing-subscriber's EnvFilter reads it (`serve`).
                 assert "EnvFilter::try_from_default_env" in read(CONTROL_PLANE_SRC / "cli/serve.rs")
                 continue
-            assert f'"{var}"' in sources, f"{name}: {var} is not read by the control plane"
+            assert var in read_by_binary, f"{name}: {var} is not read by the control plane"
             ref = interpolated_name(str(value))
-            if var == "TOKENROUTER_ADMIN_TOKEN":
+            if var in ("TOKENROUTER_ADMIN_TOKEN", "TOKENROUTER_MASTER_KEY"):
                 # Required wherever it is used, and the same variable everywhere.
                 assert ref == var and ":?" in value, f"{name}: {value}"
         # The admin token reaches every tokenrouter process that talks to the control plane.
-        if service["image"].startswith("tokenrouter:"):
-            assert "TOKENROUTER_ADMIN_TOKEN" in env, name
+        assert "TOKENROUTER_ADMIN_TOKEN" in env, name
 
-    # PostgreSQL and Redis are not wired: `serve` refuses DATABASE_URL=postgres://….
-    assert "postgres" not in json.dumps(doc["services"]).lower()
-    assert "redis" not in json.dumps(doc["services"]).lower()
-    assert "DATABASE_URL" not in json.dumps(doc["services"])
-    assert "PostgreSQL (DATABASE_URL=postgres://…) is not supported yet" in read(
-        CONTROL_PLANE_SRC / "cli/serve.rs"
+
+def test_compose_control_planes_share_database_counters_and_secrets() -> None:
+    services = compose()["services"]
+    read_by_binary = env_vars_read()
+    for var in SHARED_ENV:
+        assert var in read_by_binary, f"{var} is not read by the control plane"
+    replicas = control_plane_services()
+    assert len(replicas) >= 2
+    envs = [service["environment"] for service in replicas.values()]
+    for env in envs:
+        assert set(SHARED_ENV) <= set(env), env
+        assert {var: env[var] for var in SHARED_ENV} == {var: envs[0][var] for var in SHARED_ENV}
+    env = envs[0]
+    # The master key has to be given (a generated one would differ per replica), and the
+    # message says how to make one.
+    assert "openssl rand -hex 32" in env["TOKENROUTER_MASTER_KEY"]
+
+    # DATABASE_URL: the postgres service, with the user, password and database it creates.
+    postgres = services["postgres"]
+    pg_env = {k: with_defaults(str(v)) for k, v in postgres["environment"].items()}
+    url = urlsplit(with_defaults(env["DATABASE_URL"]))
+    assert url.scheme == "postgres"
+    assert (url.hostname, url.port) == ("postgres", 5432)
+    assert (url.username, url.password) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"])
+    assert url.path == f"/{pg_env['POSTGRES_DB']}"
+    assert pg_env["POSTGRES_USER"] == pg_env["POSTGRES_DB"] == "tokenrouter"
+    # The same variables (and defaults) in both services, so overriding one overrides both.
+    for var in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+        assert interpolated_name(postgres["environment"][var]) == var
+        assert postgres["environment"][var] in env["DATABASE_URL"], var
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+
+    # TOKENROUTER_REDIS_URL: the redis service; the prefix defaults to the binary's default.
+    url = urlsplit(env["TOKENROUTER_REDIS_URL"])
+    assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379)
+    assert with_defaults(env["TOKENROUTER_REDIS_PREFIX"]) == "tokenrouter"
+    assert '.unwrap_or_else(|| "tokenrouter".to_string())' in read(
+        CONTROL_PLANE_SRC / "limits/shared.rs"
     )
+
+    # Both are health-checked with their own clients, and only reachable from the stack.
+    pg_check = postgres["healthcheck"]["test"]
+    assert pg_check[:2] == ["CMD", "pg_isready"]
+    assert option(pg_check, "-U") == postgres["environment"]["POSTGRES_USER"]
+    assert option(pg_check, "-d") == postgres["environment"]["POSTGRES_DB"]
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    for name in ("postgres", "redis"):
+        assert "ports" not in services[name], name
+        assert services[name]["restart"] == "unless-stopped", name
 
 
 def test_compose_bootstrap_is_the_rendered_one_with_a_dns_control_cluster(
@@ -446,7 +564,9 @@ def test_compose_bootstrap_is_the_rendered_one_with_a_dns_control_cluster(
     cluster = control_cluster(bootstrap)
     assert cluster["type"] == "STRICT_DNS"
     assert cluster["dns_lookup_family"] == "V4_PREFERRED"
-    assert endpoint(cluster) == ("controlplane", 50051)
+    # One cluster, one endpoint per control-plane replica, each health-checked.
+    assert endpoints(cluster) == [(name, 50051) for name in control_plane_services()]
+    assert_health_checked(cluster)
     ads = bootstrap["dynamic_resources"]["ads_config"]["grpc_services"][0]
     assert ads["envoy_grpc"]["cluster_name"] == "tokenrouter_control"
     assert ads["initial_metadata"] == [{"key": "authorization", "value": f"Bearer {ADMIN_TOKEN}"}]
@@ -465,8 +585,13 @@ def test_compose_bootstrap_is_the_rendered_one_with_a_dns_control_cluster(
     envoy_validate(binaries, config)
 
 
+def run_check(args: list[str]) -> int:
+    return subprocess.run(args, capture_output=True, timeout=15, check=False).returncode
+
+
 def test_compose_healthcheck_command_works(binaries: Binaries, tmp_path: Path) -> None:
-    test = compose()["services"]["controlplane"]["healthcheck"]["test"]
+    (test,) = {json.dumps(s["healthcheck"]["test"]) for s in control_plane_services().values()}
+    test = json.loads(test)
     assert test[:3] == ["CMD", "bash", "-c"]
     control_plane = ControlPlane(binaries, tmp_path / "cp", admin_token=ADMIN_TOKEN).start()
     try:
@@ -481,21 +606,26 @@ def test_compose_healthcheck_command_works(binaries: Binaries, tmp_path: Path) -
         wrong = test[3].replace(
             "/dev/tcp/127.0.0.1/8081", f"/dev/tcp/127.0.0.1/{control_plane.grpc_port}"
         )
-        assert (
-            subprocess.run(
-                ["bash", "-c", wrong], capture_output=True, timeout=10, check=False
-            ).returncode
-            != 0
-        )
+        assert run_check(["bash", "-c", wrong]) != 0
         closed = test[3].replace("/dev/tcp/127.0.0.1/8081", f"/dev/tcp/127.0.0.1/{free_port()}")
-        assert (
-            subprocess.run(
-                ["bash", "-c", closed], capture_output=True, timeout=10, check=False
-            ).returncode
-            != 0
-        )
+        assert run_check(["bash", "-c", closed]) != 0
     finally:
         control_plane.stop()
+
+
+@pytest.mark.parametrize("service", ["postgres", "redis"])
+def test_compose_datastore_healthchecks_work(service: str) -> None:
+    """The datastores' health check commands, run here against the local server (on its
+    default port, as in the container) when one answers, and against a closed port."""
+    test = compose()["services"][service]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    args = [with_defaults(a) for a in test[1:]]
+    if shutil.which(args[0]) is None:
+        pytest.skip(f"{args[0]} is not installed")
+    if run_check(args) != 0:
+        pytest.skip(f"no {service} server answers on its default port here")
+    # Both clients take the port as `-p`, before anything else.
+    assert run_check([args[0], "-p", str(free_port()), *args[1:]]) != 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,6 +641,8 @@ def test_kubernetes_objects_reference_each_other() -> None:
         if p.name not in ("kustomization.yaml", "secret.example.yaml")
     )
     assert "secret.example.yaml" not in kustomization["resources"]
+    # PostgreSQL and Redis are the cluster's own: the example ones are not applied from here.
+    assert not any("datastores" in r for r in kustomization["resources"])
     namespace = kustomization["namespace"]
     assert find(docs, "Namespace", namespace)
 
@@ -538,7 +670,7 @@ def test_kubernetes_objects_reference_each_other() -> None:
     # Secrets: every key the pods read is in the example Secret.
     (example,) = load_docs(K8S / "secret.example.yaml")
     secret_keys = set(example["stringData"])
-    sources = rust_sources()
+    read_by_binary = env_vars_read()
     for deployment in [d for d in docs if d["kind"] == "Deployment"]:
         for c in [*containers(deployment).values(), *containers(deployment, init=True).values()]:
             for env in c.get("env", []):
@@ -547,11 +679,16 @@ def test_kubernetes_objects_reference_each_other() -> None:
                     assert ref["name"] == example["metadata"]["name"]
                     assert ref["key"] in secret_keys
                 if env["name"].startswith("TOKENROUTER_") or env["name"] == "DATABASE_URL":
-                    assert f'"{env["name"]}"' in sources, env["name"]
+                    assert env["name"] in read_by_binary, env["name"]
 
-    # The control plane: one replica on its PVC, serving on the Service's ports.
+    # The control plane: two replicas sharing the database, the counters and the secrets,
+    # serving on the Service's ports; a rolling update keeps them serving.
     cp = find(docs, "Deployment", "tokenrouter-control")
-    assert cp["spec"]["replicas"] == 1 and cp["spec"]["strategy"]["type"] == "Recreate"
+    assert cp["spec"]["replicas"] == 2
+    assert cp["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert cp["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdb = find(docs, "PodDisruptionBudget", "tokenrouter-control")
+    assert pdb["spec"]["selector"] == cp["spec"]["selector"] and pdb["spec"]["minAvailable"] == 1
     (container,) = containers(cp).values()
     assert container["args"] == [
         "serve",
@@ -565,14 +702,44 @@ def test_kubernetes_objects_reference_each_other() -> None:
     service = find(docs, "Service", "tokenrouter-control")
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
     env = {e["name"]: e for e in container["env"]}
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts["data"] == env["TOKENROUTER_DATA_DIR"]["value"]
-    volumes = {v["name"]: v for v in cp["spec"]["template"]["spec"]["volumes"]}
-    claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
-    assert find(docs, "PersistentVolumeClaim", claim)
+    assert set(SHARED_ENV) <= set(env)
+    for var in SHARED_ENV:
+        assert var in read_by_binary, var
+    # The database, the counters' server and both secrets from the Secret, none optional (a
+    # master key generated per pod would not decrypt what another stored); the prefix is the
+    # binary's default.
+    from_secret = {
+        var: env[var]["valueFrom"]["secretKeyRef"]
+        for var in SHARED_ENV
+        if var != "TOKENROUTER_REDIS_PREFIX"
+    }
+    assert {var: ref["key"] for var, ref in from_secret.items()} == {
+        "DATABASE_URL": "database-url",
+        "TOKENROUTER_REDIS_URL": "redis-url",
+        "TOKENROUTER_ADMIN_TOKEN": "admin-token",
+        "TOKENROUTER_MASTER_KEY": "master-key",
+    }
+    assert not any(ref.get("optional") for ref in from_secret.values())
+    assert env["TOKENROUTER_REDIS_PREFIX"]["value"] == "tokenrouter"
+    assert urlsplit(example["stringData"]["database-url"]).scheme == "postgres"
+    assert urlsplit(example["stringData"]["redis-url"]).scheme == "redis"
+    # No state in the pods: no PersistentVolumeClaim, only scratch space.
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    volumes = cp["spec"]["template"]["spec"]["volumes"]
+    assert all(set(v) == {"name", "emptyDir"} for v in volumes), volumes
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert env["TOKENROUTER_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
-    assert "DATABASE_URL" not in env
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert ports["http"] == 8081
+
+    # The gateway's way to every replica: a headless Service of the control-plane pods on the
+    # gRPC port (its DNS name resolves to each ready pod).
+    headless = find(docs, "Service", "tokenrouter-control-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == cp["spec"]["selector"]["matchLabels"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in headless["spec"]["ports"]] == [
+        ("grpc", ports["grpc"], "grpc")
+    ]
+    assert "clusterIP" not in service["spec"]
 
     # The gateway: init containers copy the filter and render the bootstrap into the volume
     # Envoy reads, as Envoy's user.
@@ -606,9 +773,9 @@ def test_kubernetes_objects_reference_each_other() -> None:
         "TOKENROUTER_ADMIN_TOKEN",
         "POD_NAME",
     }
-    # The bootstrap's control plane is the control plane's Service, at its gRPC port.
+    # The bootstrap's control plane is the headless Service, at its gRPC port.
     host, port = config_map["data"]["BOOTSTRAP_CONTROL"].rsplit(":", 1)
-    assert host == service["metadata"]["name"] and int(port) == ports["grpc"]
+    assert host == headless["metadata"]["name"] and int(port) == ports["grpc"]
     gw_service = find(docs, "Service", "tokenrouter-gateway")
     listen_port = port_of(config_map["data"]["BOOTSTRAP_LISTEN"])
     assert {p["containerPort"] for p in envoy["ports"]} == {listen_port}
@@ -628,8 +795,10 @@ def test_kubernetes_gateway_bootstrap_renders_with_a_dns_control_cluster(
     args = args[1 : args.index("--out")] + args[args.index("--out") + 2 :]
     bootstrap = rendered_bootstrap(binaries, tmp_path, *args)
     cluster = control_cluster(bootstrap)
+    # The headless Service's name: Envoy resolves it to every control-plane pod and checks each.
     assert cluster["type"] == "STRICT_DNS"
-    assert endpoint(cluster) == ("tokenrouter-control", 50051)
+    assert endpoint(cluster) == ("tokenrouter-control-headless", 50051)
+    assert_health_checked(cluster)
     assert bootstrap["node"]["id"] == "tokenrouter-gateway-0"
     assert bootstrap["node"]["metadata"]["tokenrouter_wasm_path"] == wasm
     limit = int(values["BOOTSTRAP_MAX_REQUEST_BODY_BYTES"])
@@ -663,8 +832,9 @@ def test_kustomize_renders_the_kubernetes_directory() -> None:
         "Deployment/tokenrouter-control",
         "Deployment/tokenrouter-gateway",
         "Namespace/tokenrouter",
-        "PersistentVolumeClaim/tokenrouter-data",
+        "PodDisruptionBudget/tokenrouter-control",
         "Service/tokenrouter-control",
+        "Service/tokenrouter-control-headless",
         "Service/tokenrouter-gateway",
     ]
     for doc in docs:
@@ -697,6 +867,83 @@ def test_kustomize_renders_the_istio_gateway_directory() -> None:
         else:
             # kustomize leaves the Istio objects (EnvoyFilter patches included) as written.
             assert doc == source
+
+
+def test_kubernetes_example_datastores_match_the_secret() -> None:
+    """deploy/kubernetes/datastores (optional): a PostgreSQL and a Redis whose Services are the
+    ones the URLs it documents for the Secret name, probed like compose probes them."""
+    docs = k8s_docs(K8S_DATASTORES)
+    kustomization = yaml.safe_load(read(K8S_DATASTORES / "kustomization.yaml"))
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in K8S_DATASTORES.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
+    namespace = yaml.safe_load(read(K8S / "kustomization.yaml"))["namespace"]
+    assert kustomization["namespace"] == namespace
+    text = read(K8S_DATASTORES / "kustomization.yaml")
+    database_url = re.search(r"database-url: (postgres://\S+)", text)
+    redis_url = re.search(r"redis-url: +(redis://\S+)", text)
+    assert database_url and redis_url
+    services = compose()["services"]
+    for name, url, kind in (
+        ("postgres", urlsplit(database_url.group(1)), "StatefulSet"),
+        ("redis", urlsplit(redis_url.group(1)), "Deployment"),
+    ):
+        service = find(docs, "Service", name)
+        workload = find(docs, kind, name)
+        assert service["spec"]["selector"] == workload["spec"]["selector"]["matchLabels"]
+        assert (
+            workload["spec"]["selector"]["matchLabels"].items()
+            <= workload["spec"]["template"]["metadata"]["labels"].items()
+        )
+        (port,) = service["spec"]["ports"]
+        (container,) = containers(workload).values()
+        (container_port,) = container["ports"]
+        assert port["targetPort"] == container_port["name"]
+        assert (url.hostname, url.port) == (name, port["port"])
+        assert port["port"] == container_port["containerPort"]
+        # Probed with the command compose's health check runs.
+        check = [with_defaults(a) for a in services[name]["healthcheck"]["test"][1:]]
+        assert container["readinessProbe"]["exec"]["command"] == check
+        assert container["livenessProbe"]["exec"]["command"] == check
+    postgres = find(docs, "StatefulSet", "postgres")
+    (container,) = containers(postgres).values()
+    env = {e["name"]: e for e in container["env"]}
+    assert url_user_db(database_url.group(1)) == (
+        env["POSTGRES_USER"]["value"],
+        env["POSTGRES_DB"]["value"],
+    )
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tokenrouter-postgres",
+        "key": "password",
+    }
+    assert "create secret generic tokenrouter-postgres" in text
+    # The data below the volume's mount point, on the claim.
+    (claim,) = postgres["spec"]["volumeClaimTemplates"]
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"]
+    assert PurePosixPath(env["PGDATA"]["value"]).parent == PurePosixPath(mount["mountPath"])
+    # Redis as compose runs it (counters only, no persistence).
+    (redis,) = containers(find(docs, "Deployment", "redis")).values()
+    assert redis["args"] == services["redis"]["command"]
+
+
+def url_user_db(url: str) -> tuple[str | None, str]:
+    parts = urlsplit(url)
+    return parts.username, parts.path.lstrip("/")
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_the_datastores_directory() -> None:
+    docs = kustomize(K8S_DATASTORES)
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    assert kinds == [
+        "Deployment/redis",
+        "Service/postgres",
+        "Service/redis",
+        "StatefulSet/postgres",
+    ]
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == "tokenrouter"
 
 
 # --------------------------------------------------------------------------------------------
@@ -738,9 +985,14 @@ def test_istio_mesh_path_references_the_kubernetes_objects() -> None:
     namespace = yaml.safe_load(read(K8S / "kustomization.yaml"))["namespace"]
     for doc in docs:
         assert doc["metadata"]["namespace"] == namespace
-    rule = find(docs, "DestinationRule", "tokenrouter-control")
-    assert rule["spec"]["host"] == f"tokenrouter-control.{namespace}.svc.cluster.local"
-    assert find(k8s, "Service", "tokenrouter-control")
+    # mTLS to the control plane through both of its Services (the gateway's is the headless).
+    for name in ("tokenrouter-control", "tokenrouter-control-headless"):
+        rule = find(docs, "DestinationRule", name)
+        assert rule["spec"]["host"] == f"{name}.{namespace}.svc.cluster.local"
+        assert rule["spec"]["trafficPolicy"]["tls"]["mode"] == "ISTIO_MUTUAL"
+        assert find(k8s, "Service", name)
+    gateway_config = find(k8s, "ConfigMap", "tokenrouter-gateway")["data"]
+    assert gateway_config["BOOTSTRAP_CONTROL"].startswith("tokenrouter-control-headless:")
     (route,) = find(docs, "VirtualService", "tokenrouter-gateway")["spec"]["http"]
     (destination,) = route["route"]
     gw_service = find(k8s, "Service", "tokenrouter-gateway")
@@ -855,6 +1107,14 @@ def test_istio_patches_match_the_rendered_bootstrap(binaries: Binaries, tmp_path
     override = custom_bootstrap()
     assert override["static_resources"]["clusters"] == [control_cluster(bootstrap)]
     assert control_cluster(bootstrap)["type"] == "STRICT_DNS"
+    assert_health_checked(control_cluster(bootstrap))
+    # Every control-plane pod, through the headless Service of deploy/kubernetes.
+    headless = find(k8s_docs(K8S), "Service", "tokenrouter-control-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert endpoint(control_cluster(bootstrap)) == (
+        f"{headless['metadata']['name']}.tokenrouter.svc.cluster.local",
+        headless["spec"]["ports"][0]["port"],
+    )
     assert override["bootstrap_extensions"] == bootstrap["bootstrap_extensions"]
     assert set(override) == {"static_resources", "bootstrap_extensions"}
 

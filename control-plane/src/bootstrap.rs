@@ -7,7 +7,9 @@
 //!
 //! Addresses: Envoy binds its listener and admin interface to IP addresses, so `--listen` and
 //! `--admin` take `IP:PORT` ([`parse_bind_address`]). The control plane may be an IP address or
-//! a host name ([`ControlAddress`]): an IP gives the `tokenrouter_control` cluster type
+//! a host name ([`ControlAddress`]), and several replicas are given separated by commas
+//! ([`ControlEndpoints`]: endpoints of the one health-checked cluster). Only IPs give the
+//! `tokenrouter_control` cluster type
 //! `STATIC` (as always), a name `STRICT_DNS`, so a compose service name or a Kubernetes Service
 //! (`controlplane:50051`, `tokenrouter-control.tokenrouter.svc.cluster.local:50051`) works.
 
@@ -62,6 +64,77 @@ impl ControlAddress {
             ControlAddress::Ip(addr) => addr.port(),
             ControlAddress::Dns { port, .. } => *port,
         }
+    }
+}
+
+/// Every control-plane replica an Envoy may use (`--control a:50051,b:50051`): endpoints of
+/// the one `tokenrouter_control` cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlEndpoints(pub Vec<ControlAddress>);
+
+impl ControlEndpoints {
+    /// `STATIC` when every address is an IP, else `STRICT_DNS` (which resolves each name and
+    /// takes an IP as it is).
+    pub fn cluster_type(&self) -> &'static str {
+        if self.0.iter().all(|a| matches!(a, ControlAddress::Ip(_))) {
+            "STATIC"
+        } else {
+            "STRICT_DNS"
+        }
+    }
+
+    /// The `lb_endpoints` entries, indented for the template.
+    fn yaml(&self) -> String {
+        self.0
+            .iter()
+            .map(|a| {
+                format!(
+                    "        - endpoint:\n            address:\n              socket_address:\n                address: \"{}\"\n                port_value: {}",
+                    yaml_dq_escape(&a.host()),
+                    a.port()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl From<ControlAddress> for ControlEndpoints {
+    fn from(a: ControlAddress) -> Self {
+        ControlEndpoints(vec![a])
+    }
+}
+
+impl fmt::Display for ControlEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Most replicas one bootstrap names.
+const MAX_CONTROL_ENDPOINTS: usize = 16;
+
+impl FromStr for ControlEndpoints {
+    type Err = String;
+
+    /// One or more [`ControlAddress`]es separated by commas, each once.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut all: Vec<ControlAddress> = Vec::new();
+        for part in s.split(',') {
+            let address: ControlAddress = part.parse()?;
+            if all.contains(&address) {
+                return Err(format!("{address} is given twice"));
+            }
+            all.push(address);
+        }
+        if all.len() > MAX_CONTROL_ENDPOINTS {
+            return Err(format!(
+                "at most {MAX_CONTROL_ENDPOINTS} control-plane addresses (got {})",
+                all.len()
+            ));
+        }
+        Ok(ControlEndpoints(all))
     }
 }
 
@@ -149,8 +222,8 @@ pub struct BootstrapParams {
     pub listen: SocketAddr,
     /// Envoy admin address.
     pub admin: SocketAddr,
-    /// Control plane gRPC address (ADS and FilterSync): IP or host name.
-    pub control: ControlAddress,
+    /// Control plane gRPC addresses (ADS and FilterSync): IPs or host names, one per replica.
+    pub control: ControlEndpoints,
     /// Absolute path of `tokenrouter_filter.wasm`.
     pub wasm_path: PathBuf,
     /// Admin token, sent as `authorization: Bearer <token>` on ADS and in the sync config.
@@ -203,8 +276,7 @@ fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
         ("admin_port", p.admin.port().to_string()),
         ("admin_token", yaml_dq_escape(&p.admin_token)),
         ("control_cluster_type", p.control.cluster_type().to_string()),
-        ("control_address", yaml_dq_escape(&p.control.host())),
-        ("control_port", p.control.port().to_string()),
+        ("control_endpoints", p.control.yaml()),
         ("listen_address", p.listen.ip().to_string()),
         ("listen_port", p.listen.port().to_string()),
         ("buffer_limit_bytes", buffer_limit.to_string()),
@@ -250,7 +322,7 @@ mod tests {
         BootstrapParams {
             listen: "127.0.0.1:8080".parse().unwrap(),
             admin: "127.0.0.1:9901".parse().unwrap(),
-            control: ControlAddress::Ip("[::1]:50051".parse().unwrap()),
+            control: ControlAddress::Ip("[::1]:50051".parse().unwrap()).into(),
             wasm_path: PathBuf::from(wasm),
             admin_token: "0123456789abcdef".into(),
             node_id: "tokenrouter-node-1".into(),
@@ -486,5 +558,36 @@ mod tests {
                 out.status
             );
         }
+    }
+
+    #[test]
+    fn several_replicas_are_endpoints_of_one_health_checked_cluster() {
+        let mut p = params("/x.wasm");
+        p.control = "127.0.0.1:50051, 127.0.0.2:50052".parse().unwrap();
+        assert_eq!(p.control.to_string(), "127.0.0.1:50051,127.0.0.2:50052");
+        let yaml = render(&p);
+        assert!(yaml.contains("\n    type: STATIC\n"));
+        assert!(yaml.contains("tcp_health_check: {}"));
+        for (address, port) in [("127.0.0.1", 50051), ("127.0.0.2", 50052)] {
+            assert!(
+                yaml.contains(&format!(
+                    "        - endpoint:\n            address:\n              socket_address:\n                address: \"{address}\"\n                port_value: {port}\n"
+                )),
+                "{yaml}"
+            );
+        }
+        p.control = "127.0.0.1:50051,controlplane:50051".parse().unwrap();
+        assert!(render(&p).contains("\n    type: STRICT_DNS\n"));
+        let twice = "a:1,a:1".parse::<ControlEndpoints>().unwrap_err();
+        assert!(twice.contains("given twice"), "{twice}");
+        assert!("a:1,".parse::<ControlEndpoints>().is_err());
+        let many = (1..=17)
+            .map(|i| format!("h{i}:1"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(many
+            .parse::<ControlEndpoints>()
+            .unwrap_err()
+            .contains("at most 16"));
     }
 }

@@ -1,7 +1,8 @@
 //! Where the control plane keeps its state, and its two secrets.
 //!
 //! - data directory: `--data-dir` / `TOKENROUTER_DATA_DIR`, default `./.tokenrouter`;
-//! - database: `DATABASE_URL`, default `sqlite://<data-dir>/tokenrouter.db?mode=rwc`;
+//! - database: `DATABASE_URL`, default `sqlite://<data-dir>/tokenrouter.db?mode=rwc`; a
+//!   `postgres://user:password@host:port/database` URL selects PostgreSQL (replicas may share it);
 //! - admin token: `TOKENROUTER_ADMIN_TOKEN`, else `<data-dir>/admin_token` (generated, 0600);
 //! - master key (encrypts provider credentials): `TOKENROUTER_MASTER_KEY` (64 hex characters),
 //!   else `<data-dir>/master.key` (generated, 0600).

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::calendar::{day_of_ms, format_day, DAY_MS};
 use crate::crypto::{provider_aad, Sealer};
-use crate::limits::{Effective, Limiter};
+use crate::limits::{Counters, Effective, Limiter};
 use crate::metrics::Metrics;
 use crate::publisher::{Coalescer, Publisher};
 use crate::scores::{ScoreKeeper, SystemClock};
@@ -179,6 +179,21 @@ impl UsageSummary {
     }
 }
 
+/// Publishes the versions other replicas commit (they share the database) as if committed
+/// here, until the service is gone or the store stops announcing.
+async fn follow(
+    mut versions: tokio::sync::watch::Receiver<u64>,
+    coalescer: std::sync::Weak<Coalescer>,
+) {
+    while versions.changed().await.is_ok() {
+        let version = *versions.borrow_and_update();
+        match coalescer.upgrade() {
+            Some(coalescer) => coalescer.committed(version),
+            None => return,
+        }
+    }
+}
+
 /// The control plane's domain operations. Cheap to clone (shared state behind `Arc`s).
 #[derive(Clone, Debug)]
 pub struct Service {
@@ -199,7 +214,26 @@ pub struct Service {
 impl Service {
     /// Adds the built-in models the catalogue lacks, publishes the stored configuration (refusing to
     /// start if it is invalid) and starts publishing later writes. Needs a tokio runtime.
+    ///
+    /// Limits are counted in Redis when `TOKENROUTER_REDIS_URL` is set (shared with every
+    /// replica using the same server), else in this process.
     pub async fn start(store: Arc<dyn Store>, sealer: Sealer) -> Result<Service> {
+        let counters = match crate::limits::shared::from_env()
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+        {
+            Some(shared) => Counters::Shared(shared),
+            None => Counters::local(),
+        };
+        Service::start_with(store, sealer, counters).await
+    }
+
+    /// [`Service::start`] with the limiter's counters given.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        sealer: Sealer,
+        counters: Counters,
+    ) -> Result<Service> {
         let metrics = Arc::new(Metrics::default());
         let publisher = Arc::new(Publisher::new(sealer.clone(), metrics.clone()));
         let builtin = tokenrouter_engine::catalogue::builtin()
@@ -215,9 +249,20 @@ impl Service {
             .map_err(|e| ServiceError::Internal(format!("stored configuration is invalid: {e}")))?;
         let scores = Arc::new(ScoreKeeper::new(Arc::new(SystemClock)));
         scores.spawn_ticker();
-        let limiter = Arc::new(Limiter::new(store.clone(), publisher.policies()));
+        let limiter = Arc::new(Limiter::new(store.clone(), publisher.policies(), counters));
+        let coalescer = Arc::new(Coalescer::spawn(store.clone(), publisher.clone()));
+        if let Some(versions) = store.config_notifications() {
+            if !limiter.shared() {
+                tracing::warn!(
+                    "the database is shared but limits are counted in this process: with \
+                     several control planes, set TOKENROUTER_REDIS_URL so limits and balances \
+                     hold for all of them"
+                );
+            }
+            tokio::spawn(follow(versions, Arc::downgrade(&coalescer)));
+        }
         Ok(Service {
-            coalescer: Arc::new(Coalescer::spawn(store.clone(), publisher.clone())),
+            coalescer,
             scores,
             limiter,
             payments: crate::payments::from_env()

@@ -159,6 +159,14 @@ const IDEMPOTENCY_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// unavailable.
 const ADMISSION_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// gRPC status of a call whose upstream could not be reached, and of one whose connection
+/// was reset while it waited.
+const GRPC_UNAVAILABLE: u32 = 14;
+const GRPC_INTERNAL: u32 = 13;
+
+/// Times an admission is asked again after its control plane went away.
+const ADMISSION_RETRIES: u8 = 2;
+
 /// Largest response kept for `Idempotency-Key` replays (larger ones are not replayed).
 const MAX_IDEMPOTENT_BODY: usize = 1024 * 1024;
 
@@ -209,6 +217,8 @@ struct Routed {
     stream: bool,
     client_wants_usage: bool,
     status: u16,
+    /// The response body reached its end (not reset, not abandoned by the client).
+    ended: bool,
     response: ResponseWatch,
     /// Adds the `tokenrouter` event at the end of a stream, when there may be something to say.
     annotator: Option<SseAnnotator>,
@@ -281,6 +291,11 @@ pub struct Edge {
     metered: bool,
     /// The admission call in flight.
     admission_token: Option<u32>,
+    /// The question of that call, kept to ask again when the control plane that got it could
+    /// not answer (another replica may).
+    admission_ask: Option<admission::Ask>,
+    /// How many more times it may be asked again.
+    admission_retries: u8,
     /// `Retry-After` of a refusal (seconds).
     retry_after: Option<u32>,
 }
@@ -307,6 +322,8 @@ impl Edge {
             admission: false,
             metered: false,
             admission_token: None,
+            admission_ask: None,
+            admission_retries: ADMISSION_RETRIES,
             retry_after: None,
             stage: Stage::Replied {
                 status: 0,
@@ -734,6 +751,7 @@ impl Edge {
             stream: request.stream,
             client_wants_usage: request.client_wants_usage,
             status: 0,
+            ended: false,
             response: ResponseWatch::NotStarted,
             annotator: None,
             client_body: Vec::new(),
@@ -741,7 +759,11 @@ impl Edge {
             content_type: String::new(),
         }));
         match ask {
-            Some(ask) => self.ask_admission(&ask),
+            Some(ask) => {
+                let action = self.ask_admission(&ask);
+                self.admission_ask = Some(ask);
+                action
+            }
             None => Ok(Action::Continue),
         }
     }
@@ -793,6 +815,27 @@ impl Edge {
     /// The Rate Limit Service's answer for the routed request.
     fn on_admission(&mut self, status: u32, size: usize) {
         self.admission_token = None;
+        if matches!(status, GRPC_UNAVAILABLE | GRPC_INTERNAL) && self.admission_retries > 0 {
+            // The replica it went to is gone (connection refused or reset: it was killed or is
+            // restarting); Envoy ejects it, so the control cluster's next host answers. The
+            // control plane admits a request id once, so asking again never reserves twice.
+            self.admission_retries -= 1;
+            if let Some(ask) = self.admission_ask.clone() {
+                log::info!("admission unavailable (grpc status {status}); asking again");
+                match self.ask_admission(&ask) {
+                    Ok(Action::Pause) => return,
+                    Ok(_) => {
+                        self.resume_http_request();
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = attempts::take(&self.request_id, host::now_ms());
+                        self.reject(e);
+                        return;
+                    }
+                }
+            }
+        }
         let answer = if status == 0 {
             let body = self
                 .get_grpc_call_response_body(0, size)
@@ -877,7 +920,13 @@ impl Edge {
                 r.retry_after_s = retry_after;
                 let price = served.map(|p| p.price).unwrap_or_default();
                 fill_usage(&mut r, &usage, &price);
-                if routed.status >= 400 || routed.status == 0 {
+                let broken = match &routed.response {
+                    ResponseWatch::Sse(observer) | ResponseWatch::GuardedSse(observer, _) => {
+                        routed.ended && observer.cut_short()
+                    }
+                    _ => false,
+                };
+                if routed.status >= 400 || routed.status == 0 || broken {
                     r.error_type = ErrorKind::Provider.type_str().into();
                 }
             }
@@ -1152,11 +1201,17 @@ impl HttpContext for Edge {
                 .served()
                 .map(|p| p.provider.clone())
                 .unwrap_or_default();
-            let kind = if routed.status == 504 {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Provider
+            // The envelope's type and code agree with the status line (503: connect failure
+            // or reset; 504: per-try timeout).
+            let kind = match routed.status {
+                504 => ErrorKind::Timeout,
+                503 => ErrorKind::ServiceUnavailable,
+                _ => ErrorKind::Provider,
             };
+            if kind.status() != routed.status {
+                routed.status = kind.status();
+                host::set_response_header(":status", Some(&routed.status.to_string()));
+            }
             let e = GatewayError {
                 kind,
                 message: format!(
@@ -1231,6 +1286,7 @@ impl HttpContext for Edge {
         let Stage::Routed(routed) = &mut self.stage else {
             return Action::Continue;
         };
+        routed.ended |= end_of_stream;
         match &mut routed.response {
             ResponseWatch::Json { copy, overflowed } => {
                 if copy.len() + body_size > MAX_RESPONSE_COPY {

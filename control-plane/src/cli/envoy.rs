@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::output::Output;
 use super::{CliError, Globals};
-use crate::bootstrap::{parse_bind_address, render, BootstrapParams, ControlAddress};
+use crate::bootstrap::{parse_bind_address, render, BootstrapParams, ControlEndpoints};
 use crate::config::admin_token_from_file;
 
 #[derive(Debug, Args)]
@@ -19,9 +19,10 @@ pub struct EnvoyBootstrapArgs {
     #[arg(long, default_value = "127.0.0.1:9901", value_parser = parse_bind_address)]
     admin: SocketAddr,
     /// Control plane gRPC address: IP:PORT (STATIC cluster) or HOST:PORT, e.g.
-    /// controlplane:50051 (STRICT_DNS cluster, resolved by Envoy).
+    /// controlplane:50051 (STRICT_DNS cluster, resolved by Envoy); several replicas separated
+    /// by commas (endpoints of one health-checked cluster).
     #[arg(long, default_value = "127.0.0.1:50051")]
-    control: ControlAddress,
+    control: ControlEndpoints,
     /// Path of tokenrouter_filter.wasm as Envoy sees it (made absolute; need not exist here, so
     /// a bootstrap for a container can be rendered elsewhere).
     #[arg(long)]

@@ -11,7 +11,7 @@ use super::error::chain;
 use super::{CliError, ErrorKind, Globals};
 use crate::config::ServeConfig;
 use crate::server::{self, Secrets};
-use crate::store::{SqliteStore, Store};
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -59,21 +59,21 @@ pub async fn run(args: ServeArgs, g: &Globals) -> Result<(), CliError> {
 }
 
 async fn open_store(url: &str) -> Result<Arc<dyn Store>, CliError> {
+    let cannot_open = |e: StoreError| {
+        CliError::new(
+            ErrorKind::Server,
+            format!("cannot open the database: {}", chain(&e)),
+        )
+    };
     if url.starts_with("sqlite:") {
-        let store = SqliteStore::open(url).await.map_err(|e| {
-            CliError::new(
-                ErrorKind::Server,
-                format!("cannot open the database: {}", chain(&e)),
-            )
-        })?;
-        Ok(Arc::new(store))
+        Ok(Arc::new(SqliteStore::open(url).await.map_err(cannot_open)?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Err(CliError::config(
-            "PostgreSQL (DATABASE_URL=postgres://…) is not supported yet; unset DATABASE_URL to use SQLite",
+        Ok(Arc::new(
+            PostgresStore::open(url).await.map_err(cannot_open)?,
         ))
     } else {
         Err(CliError::config(
-            "DATABASE_URL must start with sqlite: (or, later, postgres:)",
+            "DATABASE_URL must start with sqlite: or postgres: (or postgresql:)",
         ))
     }
 }

@@ -13,9 +13,13 @@
 //! tokens enter the window. Reservations of requests whose record never comes lapse after
 //! [`RESERVATION_LAPSES_MS`].
 //!
-//! One lock serialises admissions, which is what makes them race-free: 50 concurrent requests
-//! against a balance that covers 5 admit 5.
+//! Where the counters live ([`Counters`]): in this process, where one lock serialises
+//! admissions, which is what makes them race-free (50 concurrent requests against a balance
+//! that covers 5 admit 5); or, with `TOKENROUTER_REDIS_URL`, in Redis ([`shared`]), where one
+//! Lua script per admission does the same for every replica sharing it, so limits and balances
+//! hold fleet-wide.
 
+pub mod shared;
 pub mod window;
 
 use std::collections::HashMap;
@@ -147,8 +151,9 @@ struct KeyState {
     window: Option<HourWindow>,
 }
 
+/// The counters of [`Counters::Local`].
 #[derive(Debug, Default)]
-struct State {
+pub struct State {
     keys: HashMap<String, KeyState>,
     /// By request id.
     reservations: HashMap<String, Reservation>,
@@ -189,10 +194,35 @@ impl State {
     }
 }
 
+/// Why an admission could not be decided (the edge then treats the control plane as away).
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The shared counters (Redis) did not answer.
+    #[error("shared counters: {0}")]
+    Counters(String),
+}
+
+/// Where rates, windows and reservations are counted.
+pub enum Counters {
+    /// In this process: right for one control plane.
+    Local(Mutex<State>),
+    /// In Redis, shared by every replica pointed at it.
+    Shared(shared::SharedCounters),
+}
+
+impl Counters {
+    /// Counters in this process.
+    pub fn local() -> Counters {
+        Counters::Local(Mutex::new(State::default()))
+    }
+}
+
 pub struct Limiter {
     store: Arc<dyn Store>,
     policies: watch::Receiver<Arc<Policies>>,
-    state: Mutex<State>,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -214,23 +244,45 @@ fn quota_message(owner: &Owner, available: i64, needed: i64) -> String {
 }
 
 impl Limiter {
-    pub fn new(store: Arc<dyn Store>, policies: watch::Receiver<Arc<Policies>>) -> Limiter {
+    pub fn new(
+        store: Arc<dyn Store>,
+        policies: watch::Receiver<Arc<Policies>>,
+        counters: Counters,
+    ) -> Limiter {
         Limiter {
             store,
             policies,
-            state: Mutex::new(State::default()),
+            counters,
         }
+    }
+
+    /// Whether the counters are shared with other replicas.
+    pub fn shared(&self) -> bool {
+        matches!(self.counters, Counters::Shared(_))
     }
 
     /// Admits the request (taking one from its key's rate and holding its reservation), or
     /// says which limit refuses it. A key this control plane does not know is admitted: the
     /// edge authenticated it against a snapshot, and there is nothing here to enforce.
-    pub async fn admit(&self, ask: &Ask, now_ms: i64) -> Result<Result<(), Refusal>, StoreError> {
+    pub async fn admit(&self, ask: &Ask, now_ms: i64) -> Result<Result<(), Refusal>, LimitError> {
         let policy = match self.policies.borrow().get(&ask.key_id) {
             Some(p) => p.clone(),
             None => return Ok(Ok(())),
         };
-        let mut state = self.state.lock().await;
+        match &self.counters {
+            Counters::Local(state) => self.admit_local(state, ask, &policy, now_ms).await,
+            Counters::Shared(shared) => shared.admit(&*self.store, ask, &policy, now_ms).await,
+        }
+    }
+
+    async fn admit_local(
+        &self,
+        state: &Mutex<State>,
+        ask: &Ask,
+        policy: &Policy,
+        now_ms: i64,
+    ) -> Result<Result<(), Refusal>, LimitError> {
+        let mut state = state.lock().await;
         state.sweep(now_ms);
         if !ask.request_id.is_empty() && state.reservations.contains_key(&ask.request_id) {
             // The same request asking twice (a resent call) is admitted once.
@@ -246,105 +298,30 @@ impl Limiter {
                 *bucket = TokenBucket::new(limits.rps, now_ms);
             }
             if let Some(wait) = bucket.wait_s(now_ms) {
-                return Ok(Err(Refusal::Rate {
-                    limit: "requests_per_second",
-                    message: format!(
-                        "Rate limit exceeded: key {} allows {} requests per second.",
-                        ask.key_id, limits.rps
-                    ),
-                    retry_after_s: Some(wait),
-                }));
+                return Ok(Err(rate_refusal(&ask.key_id, limits.rps, wait)));
             }
         } else {
             key_state.bucket = None;
         }
         if limits.any_budget() {
             if key_state.window.is_none() {
-                let since = now_ms - (WINDOW_MINUTES + 5) * 60_000;
-                let mut window = HourWindow::default();
-                for m in self
-                    .store
-                    .metering()
-                    .token_minutes(&ask.key_id, since)
-                    .await?
-                {
-                    window.add(m.minute * 60_000, m.input, m.output, now_ms);
-                }
-                key_state.window = Some(window);
+                key_state.window = Some(load_window(&*self.store, &ask.key_id, now_ms).await?);
             }
             if let Some(window) = key_state.window.as_mut() {
-                let checks: [BudgetCheck; 3] = [
-                    (
-                        "hour_total_tokens",
-                        "total tokens",
-                        limits.hour_total_tokens,
-                        ask.input_tokens,
-                        |u| u.total(),
-                    ),
-                    (
-                        "hour_input_tokens",
-                        "input tokens",
-                        limits.hour_input_tokens,
-                        ask.input_tokens,
-                        |u| u.input,
-                    ),
-                    // The output of this request is not known yet: it must have room for one.
-                    (
-                        "hour_output_tokens",
-                        "output tokens",
-                        limits.hour_output_tokens,
-                        1,
-                        |u| u.output,
-                    ),
-                ];
-                let used = window.used(now_ms);
-                for (limit, what, budget, extra, count) in checks {
-                    if budget == 0 || count(used).saturating_add(extra) <= budget {
-                        continue;
-                    }
-                    let retry_after_s = window.wait_s(now_ms, budget, extra, count);
-                    return Ok(Err(Refusal::Rate {
-                        limit,
-                        message: format!(
-                            "Rate limit exceeded: key {} has used {} of its {} {} per hour{}.",
-                            ask.key_id,
-                            count(used),
-                            budget,
-                            what,
-                            if retry_after_s.is_none() {
-                                " (this request alone is over the budget)"
-                            } else {
-                                ""
-                            }
-                        ),
-                        retry_after_s,
-                    }));
+                if let Some(refusal) = budget_refusal(ask, &limits, window, now_ms) {
+                    return Ok(Err(refusal));
                 }
             }
         } else {
             key_state.window = None;
         }
-        let mut owners = Vec::new();
-        if policy.key_metered {
-            owners.push(Owner::Key(ask.key_id.clone()));
-        }
-        if policy.workspace_metered {
-            owners.push(Owner::Workspace(policy.workspace_id.clone()));
-        }
+        let owners = owners(ask, policy);
         let needed = ask.reserve_picos.max(0);
         for owner in &owners {
-            let balance = match self.store.metering().balance(owner).await {
-                Ok(b) => b.unwrap_or(i64::MAX),
-                // Removed since the policy was built: nothing to charge.
-                Err(StoreError::NotFound(_)) => i64::MAX,
-                Err(e) => return Err(e),
-            };
+            let balance = balance(&*self.store, owner).await?;
             let available = balance.saturating_sub(state.reserved.get(owner).copied().unwrap_or(0));
-            // A zero balance admits nothing, not even a request that would cost nothing.
-            if available <= 0 || available < needed {
-                return Ok(Err(Refusal::Quota {
-                    message: quota_message(owner, available, needed),
-                }));
+            if let Some(refusal) = quota_refusal(owner, available, needed) {
+                return Ok(Err(refusal));
             }
         }
         if let Some(bucket) = state
@@ -377,10 +354,22 @@ impl Limiter {
         records: impl IntoIterator<Item = &'a UsageRecord>,
         now_ms: i64,
     ) {
-        let mut state = self.state.lock().await;
+        let state = match &self.counters {
+            Counters::Local(state) => state,
+            Counters::Shared(shared) => {
+                let records: Vec<&UsageRecord> = records.into_iter().collect();
+                if let Err(e) = shared.settle(&records, now_ms).await {
+                    // The records are stored and charged; what is lost is the early release of
+                    // their reservations (they lapse) and their tokens in the shared windows.
+                    tracing::error!(error = %e, records = records.len(), "settling in the shared counters failed");
+                }
+                return;
+            }
+        };
+        let mut state = state.lock().await;
         for r in records {
             state.release(&r.request_id);
-            if !r.replay_of.is_empty() || (r.input_tokens == 0 && r.output_tokens == 0) {
+            if !counts_tokens(r) {
                 continue;
             }
             if let Some(window) = state
@@ -399,13 +388,126 @@ impl Limiter {
     }
 
     /// Credit held by requests in flight for `owner`.
-    pub async fn reserved(&self, owner: &Owner) -> i64 {
-        self.state
-            .lock()
-            .await
-            .reserved
-            .get(owner)
-            .copied()
-            .unwrap_or(0)
+    pub async fn reserved(&self, owner: &Owner, now_ms: i64) -> Result<i64, LimitError> {
+        match &self.counters {
+            Counters::Local(state) => {
+                Ok(state.lock().await.reserved.get(owner).copied().unwrap_or(0))
+            }
+            Counters::Shared(shared) => shared.reserved(owner, now_ms).await,
+        }
     }
+}
+
+/// Whether a stored record's tokens count against its key's hourly budgets.
+fn counts_tokens(r: &UsageRecord) -> bool {
+    r.replay_of.is_empty() && (r.input_tokens > 0 || r.output_tokens > 0)
+}
+
+/// The balances a request of this key must fit: the key's and its workspace's, where metered.
+fn owners(ask: &Ask, policy: &Policy) -> Vec<Owner> {
+    let mut owners = Vec::new();
+    if policy.key_metered {
+        owners.push(Owner::Key(ask.key_id.clone()));
+    }
+    if policy.workspace_metered {
+        owners.push(Owner::Workspace(policy.workspace_id.clone()));
+    }
+    owners
+}
+
+/// An owner's stored balance (an owner removed since the policy was built has nothing to
+/// charge: unlimited).
+async fn balance(store: &dyn Store, owner: &Owner) -> Result<i64, StoreError> {
+    match store.metering().balance(owner).await {
+        Ok(b) => Ok(b.unwrap_or(i64::MAX)),
+        Err(StoreError::NotFound(_)) => Ok(i64::MAX),
+        Err(e) => Err(e),
+    }
+}
+
+/// The key's token usage of the last hour, from the request log.
+async fn load_window(
+    store: &dyn Store,
+    key_id: &str,
+    now_ms: i64,
+) -> Result<HourWindow, StoreError> {
+    let since = now_ms - (WINDOW_MINUTES + 5) * 60_000;
+    let mut window = HourWindow::default();
+    for m in store.metering().token_minutes(key_id, since).await? {
+        window.add(m.minute * 60_000, m.input, m.output, now_ms);
+    }
+    Ok(window)
+}
+
+fn rate_refusal(key_id: &str, rps: u32, wait_s: u32) -> Refusal {
+    Refusal::Rate {
+        limit: "requests_per_second",
+        message: format!("Rate limit exceeded: key {key_id} allows {rps} requests per second."),
+        retry_after_s: Some(wait_s),
+    }
+}
+
+/// `None` when the request's prompt fits every hourly budget of its key.
+fn budget_refusal(
+    ask: &Ask,
+    limits: &Effective,
+    window: &mut HourWindow,
+    now_ms: i64,
+) -> Option<Refusal> {
+    let checks: [BudgetCheck; 3] = [
+        (
+            "hour_total_tokens",
+            "total tokens",
+            limits.hour_total_tokens,
+            ask.input_tokens,
+            |u| u.total(),
+        ),
+        (
+            "hour_input_tokens",
+            "input tokens",
+            limits.hour_input_tokens,
+            ask.input_tokens,
+            |u| u.input,
+        ),
+        // The output of this request is not known yet: it must have room for one.
+        (
+            "hour_output_tokens",
+            "output tokens",
+            limits.hour_output_tokens,
+            1,
+            |u| u.output,
+        ),
+    ];
+    let used = window.used(now_ms);
+    for (limit, what, budget, extra, count) in checks {
+        if budget == 0 || count(used).saturating_add(extra) <= budget {
+            continue;
+        }
+        let retry_after_s = window.wait_s(now_ms, budget, extra, count);
+        return Some(Refusal::Rate {
+            limit,
+            message: format!(
+                "Rate limit exceeded: key {} has used {} of its {} {} per hour{}.",
+                ask.key_id,
+                count(used),
+                budget,
+                what,
+                if retry_after_s.is_none() {
+                    " (this request alone is over the budget)"
+                } else {
+                    ""
+                }
+            ),
+            retry_after_s,
+        });
+    }
+    None
+}
+
+/// `None` when `available` covers `needed`. A zero balance admits nothing, not even a request
+/// that would cost nothing.
+fn quota_refusal(owner: &Owner, available: i64, needed: i64) -> Option<Refusal> {
+    (available <= 0 || available < needed).then(|| Refusal::Quota {
+        message: quota_message(owner, available, needed),
+    })
 }

@@ -109,6 +109,11 @@ impl HourWindow {
         }
     }
 
+    /// (minute since the epoch, input, output) of every minute held, oldest first.
+    pub fn minutes(&self) -> impl Iterator<Item = (i64, u64, u64)> + '_ {
+        self.minutes.iter().copied()
+    }
+
     /// Tokens of the window ending now.
     pub fn used(&mut self, now_ms: i64) -> Used {
         self.expire(now_ms);

@@ -195,7 +195,10 @@ impl Service {
         };
         let balance = self.store.metering().balance(&owner).await?;
         let reserved = if balance.is_some() {
-            self.limiter.reserved(&owner).await
+            self.limiter
+                .reserved(&owner, crate::service::now_ms())
+                .await
+                .map_err(|e| ServiceError::Unavailable(e.to_string()))?
         } else {
             0
         };
@@ -419,7 +422,10 @@ mod tests {
             Ok(Ok(()))
         ));
         assert_eq!(
-            limiter.reserved(&Owner::Key(key.id.clone())).await,
+            limiter
+                .reserved(&Owner::Key(key.id.clone()), now_ms())
+                .await
+                .unwrap(),
             4 * CENT
         );
     }
@@ -657,5 +663,180 @@ mod tests {
         assert!(listed
             .iter()
             .any(|(w, n)| w.id == "team" && w.metered && *n == 1));
+    }
+
+    /// Two control planes ("replicas") on one database with their counters in one Redis:
+    /// `None` (the test is skipped) when no Redis answers, unless `CI=true`.
+    async fn replicas() -> Option<(Service, Service, tempfile::TempDir)> {
+        use crate::limits::shared::SharedCounters;
+        use crate::limits::Counters;
+        use crate::store::SqliteStore;
+        let url = std::env::var("TOKENROUTER_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("trtest-{}-{}", std::process::id(), now_ms());
+        let counters = match SharedCounters::connect(&url, &prefix).await {
+            Ok(c) => c,
+            Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("skipped: no Redis at {url} ({e}); set TOKENROUTER_TEST_REDIS_URL");
+                return None;
+            }
+            Err(e) => panic!("Redis at {url}: {e}"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let open = || async { Arc::new(SqliteStore::open(&db).await.unwrap()) };
+        let a = Service::start_with(
+            open().await,
+            crate::crypto::Sealer::new(&[9; 32]),
+            Counters::Shared(counters),
+        )
+        .await
+        .unwrap();
+        let b_counters = SharedCounters::connect(&url, &prefix).await.unwrap();
+        let b = Service::start_with(
+            open().await,
+            crate::crypto::Sealer::new(&[9; 32]),
+            Counters::Shared(b_counters),
+        )
+        .await
+        .unwrap();
+        Some((a, b, dir))
+    }
+
+    /// Keys created on `a` become known to `b` when it reloads (here: a restart would; the
+    /// test publishes `a`'s stored configuration on `b` directly).
+    async fn sync(a: &Service, b: &Service) {
+        a.settled().await;
+        let state = a.store.load_config().await.unwrap();
+        b.publisher.publish(&state).unwrap();
+    }
+
+    /// Balances, rates and hourly budgets hold across replicas sharing Redis: 50 admissions
+    /// split over two replicas against a balance for 5 admit 5, a settlement on one frees the
+    /// reservation for the other, 3 requests per second means 3 in all, and tokens reported
+    /// through one replica count against the budget checked on the other.
+    #[tokio::test]
+    async fn shared_counters_hold_across_replicas() {
+        let Some((a, b, _dir)) = replicas().await else {
+            return;
+        };
+        let (key, _) = a
+            .create_key_with("k", "", Some(10 * CENT), no_rps())
+            .await
+            .unwrap();
+        let (fast, _) = a
+            .create_key_with(
+                "fast",
+                "",
+                None,
+                Limits {
+                    rps: Some(3),
+                    ..Limits::default()
+                },
+            )
+            .await
+            .unwrap();
+        let (budget, _) = a
+            .create_key_with(
+                "budget",
+                "",
+                None,
+                Limits {
+                    rps: Some(0),
+                    hour_total_tokens: Some(100),
+                    ..Limits::default()
+                },
+            )
+            .await
+            .unwrap();
+        sync(&a, &b).await;
+        let (la, lb) = (a.limiter(), b.limiter());
+        assert!(la.shared() && lb.shared());
+
+        let asks: Vec<Ask> = (0..50)
+            .map(|i| ask(&key.id, &format!("r{i}"), 2 * CENT))
+            .collect();
+        let verdicts = futures::future::join_all(asks.iter().enumerate().map(|(i, a)| {
+            let limiter = if i % 2 == 0 { la.clone() } else { lb.clone() };
+            async move { limiter.admit(a, now_ms()).await }
+        }))
+        .await;
+        let admitted: Vec<&Ask> = asks
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| matches!(v, Ok(Ok(()))))
+            .map(|(a, _)| a)
+            .collect();
+        assert_eq!(admitted.len(), 5, "{verdicts:?}");
+        let owner = Owner::Key(key.id.clone());
+        assert_eq!(lb.reserved(&owner, now_ms()).await.unwrap(), 10 * CENT);
+        // The same request asking the other replica holds no second reservation.
+        assert!(matches!(lb.admit(admitted[0], now_ms()).await, Ok(Ok(()))));
+        assert_eq!(la.reserved(&owner, now_ms()).await.unwrap(), 10 * CENT);
+        let records: Vec<UsageRecord> = admitted
+            .iter()
+            .map(|r| record(&key.id, &r.request_id, CENT, 5, 5))
+            .collect();
+        a.ingest_usage(&records).await.unwrap();
+        let view = b.balance(Some(owner.clone())).await.unwrap();
+        assert_eq!((view.balance_picos, view.reserved_picos), (5 * CENT, 0));
+        let more: Vec<Ask> = (0..3)
+            .map(|i| ask(&key.id, &format!("m{i}"), 2 * CENT))
+            .collect();
+        let mut ok = 0;
+        for (i, m) in more.iter().enumerate() {
+            let limiter = if i % 2 == 0 { &lb } else { &la };
+            if matches!(limiter.admit(m, now_ms()).await, Ok(Ok(()))) {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 2);
+
+        let now = now_ms();
+        let mut admitted = 0;
+        for i in 0..10 {
+            let limiter = if i % 2 == 0 { &la } else { &lb };
+            match limiter
+                .admit(&ask(&fast.id, &format!("f{i}"), 0), now)
+                .await
+                .unwrap()
+            {
+                Ok(()) => admitted += 1,
+                Err(Refusal::Rate {
+                    limit,
+                    retry_after_s,
+                    ..
+                }) => {
+                    assert_eq!((limit, retry_after_s), ("requests_per_second", Some(1)));
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(admitted, 3);
+        // A third of a second later one more request's worth is back, for both.
+        assert!(matches!(
+            lb.admit(&ask(&fast.id, "f10", 0), now + 334).await,
+            Ok(Ok(()))
+        ));
+        assert!(matches!(
+            la.admit(&ask(&fast.id, "f11", 0), now + 334).await,
+            Ok(Err(Refusal::Rate { .. }))
+        ));
+
+        // b loads the (empty) window; 95 tokens reported through a count on b.
+        assert!(matches!(
+            lb.admit(&ask(&budget.id, "b0", 0), now_ms()).await,
+            Ok(Ok(()))
+        ));
+        a.ingest_usage(&[record(&budget.id, "b0", 0, 90, 5)])
+            .await
+            .unwrap();
+        match lb.admit(&ask(&budget.id, "b1", 0), now_ms()).await.unwrap() {
+            Err(Refusal::Rate { limit, message, .. }) => {
+                assert_eq!(limit, "hour_total_tokens");
+                assert!(message.contains("has used 95 of its 100"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! Persistence behind one trait, one implementation per database, each owning its migrations
-//! (`migrations/<backend>/`).
+//! Persistence behind one trait, one implementation per database (SQLite, the embedded
+//! default; PostgreSQL, for replicas sharing one database), each owning its migrations
+//! (`migrations/<backend>/`, the same schema numbered alike). Helpers that are not SQL are
+//! shared (`rows`); the storage tests run against both (`conformance`).
 //!
 //! Every configuration write goes through [`Store::change_config`]: the backend bumps the config
 //! version, applies the change and hands what it would commit ([`Proposed`]: the changed entity,
@@ -11,12 +13,20 @@
 
 pub mod idempotency;
 pub mod metering;
+pub mod postgres;
+pub(crate) mod rows;
 pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+pub(crate) mod test_db;
 
 use async_trait::async_trait;
 use tokenrouter_proto::config::v1 as pb;
 use tokenrouter_proto::sync::v1::UsageRecord;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Whether a key still authenticates.
@@ -672,6 +682,14 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     /// Closes the connections (waiting for queries in flight). Later calls fail.
     async fn close(&self);
+
+    /// Configuration versions committed by other processes sharing this database (replicas of
+    /// the control plane on one PostgreSQL database): the newest one seen, which only grows.
+    /// The receiver may also show versions this process committed itself. `None` where no other
+    /// process can write the configuration (SQLite: one server per file).
+    fn config_notifications(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     /// `Idempotency-Key` entries.
     fn idempotency(&self) -> &dyn idempotency::IdempotencyStore;

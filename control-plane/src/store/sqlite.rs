@@ -11,17 +11,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokenrouter_proto::config::v1 as pb;
-use tokenrouter_proto::sync::v1::{Attempt, UsageRecord};
+use tokenrouter_proto::sync::v1::UsageRecord;
 
+use super::rows::{
+    add_totals, attempts_json, counted_table, json_list, like_pattern, limit_columns,
+    limits_from_columns, parse_attempts, parse_json_list, proposed, routing_config_from_columns,
+    routing_config_json, to_i64, to_u32_saturating, to_u64, unique_violation, usage_totals,
+    RoutingConfigColumns, MODEL_FIELDS, USAGE_SUM_COLUMNS,
+};
 use super::{
     ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
-    KeyUsage, Limits, LogEntry, LogQuery, ModelRow, Proposed, ProviderRow, RoutingConfigRow,
-    RoutingRuleRow, Store, StoreError, UsageGroupBy, UsageGroupKey, UsageQuery, UsageReport,
-    UsageTotals, WorkspaceRow,
+    KeyUsage, Limits, LogEntry, LogQuery, ModelRow, ProviderRow, RoutingConfigRow, RoutingRuleRow,
+    Store, StoreError, UsageGroupBy, UsageGroupKey, UsageQuery, UsageReport, UsageTotals,
+    WorkspaceRow,
 };
 
 /// Starts a write transaction holding SQLite's write lock from its first statement, so a write
@@ -59,6 +64,12 @@ impl SqliteStore {
             writer: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
+
+    /// The pool, for tests that edit rows behind the store's back.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 mod idempotency;
@@ -89,40 +100,15 @@ impl Store for SqliteStore {
                 });
             }
         };
-        // Dropping `tx` on a refusal rolls the change back.
-        let verdict = match &changed {
-            Changed::Key(key) => check(Proposed::Key(key)),
-            Changed::Workspace(workspace) => check(Proposed::Workspace(workspace)),
-            Changed::Provider(provider) => check(Proposed::Provider(provider)),
-            Changed::ModelsSeeded(models) => check(Proposed::Models(models)),
-            Changed::Model(row) => check(Proposed::Models(std::slice::from_ref(&row.model))),
-            Changed::FirewallRule(rule) => {
-                let count: i64 = sqlx::query("SELECT COUNT(*) FROM firewall_rules")
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?;
-                check(Proposed::FirewallRule {
-                    rule,
-                    count: usize::try_from(count).unwrap_or(usize::MAX),
-                })
-            }
-            Changed::RoutingRule(rule) => {
-                let count: i64 = sqlx::query("SELECT COUNT(*) FROM routing_rules")
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?;
-                check(Proposed::RoutingRule {
-                    rule,
-                    count: usize::try_from(count).unwrap_or(usize::MAX),
-                })
-            }
-            Changed::RoutingConfig(config) => check(Proposed::RoutingConfig(config)),
-            Changed::ProviderRemoved(_)
-            | Changed::FirewallRuleRemoved(_)
-            | Changed::RoutingRuleRemoved(_)
-            | Changed::RoutingConfigRemoved(_) => check(Proposed::Removal),
+        let count: i64 = match counted_table(&changed) {
+            Some(table) => sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?,
+            None => 0,
         };
-        verdict.map_err(StoreError::Rejected)?;
+        // Dropping `tx` on a refusal rolls the change back.
+        check(proposed(&changed, count)).map_err(StoreError::Rejected)?;
         tx.commit().await?;
         Ok(ChangeOutcome {
             changed,
@@ -866,15 +852,7 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             if key.is_none() {
                 return Err(StoreError::NotFound(format!("key {}", config.key_id)));
             }
-            let rules: Vec<ConfigRuleJson> = config
-                .rules
-                .iter()
-                .map(|r| ConfigRuleJson {
-                    name: r.name.clone(),
-                    match_json: r.match_json.clone(),
-                    backends: backends_json(&r.backends),
-                })
-                .collect();
+            let (backends_json, rules_json) = routing_config_json(&config)?;
             sqlx::query(
                 "INSERT INTO routing_configs (key_id, active, strategy, backends_json, \
                  rules_json, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?) \
@@ -885,8 +863,8 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
             .bind(&config.key_id)
             .bind(config.active)
             .bind(&config.strategy)
-            .bind(encode_json(&backends_json(&config.backends))?)
-            .bind(encode_json(&rules)?)
+            .bind(backends_json)
+            .bind(rules_json)
             .bind(config.updated_at_ms)
             .execute(&mut *conn)
             .await?;
@@ -980,56 +958,6 @@ async fn load_firewall_rules(
     .collect()
 }
 
-/// A list of strings as a JSON array (request log columns).
-fn json_list(items: &[String]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
-}
-
-fn parse_json_list(text: String) -> Vec<String> {
-    serde_json::from_str(&text).unwrap_or_default()
-}
-
-/// One attempt in `request_logs.attempts_json`.
-#[derive(Serialize, Deserialize)]
-struct AttemptJson {
-    provider: String,
-    model: String,
-    /// 0 = no response.
-    status: u32,
-    latency_ms: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    error: String,
-}
-
-/// A record's attempts as a JSON array of objects (request log column `attempts_json`).
-fn attempts_json(attempts: &[Attempt]) -> String {
-    let rows: Vec<AttemptJson> = attempts
-        .iter()
-        .map(|a| AttemptJson {
-            provider: a.provider.clone(),
-            model: a.model.clone(),
-            status: a.status,
-            latency_ms: a.latency_ms,
-            error: a.error.clone(),
-        })
-        .collect();
-    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
-}
-
-fn parse_attempts(text: String) -> Vec<Attempt> {
-    serde_json::from_str::<Vec<AttemptJson>>(&text)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| Attempt {
-            provider: a.provider,
-            model: a.model,
-            status: a.status,
-            latency_ms: a.latency_ms,
-            error: a.error,
-        })
-        .collect()
-}
-
 /// A request log row as [`log_from_row`] reads it: the name and workspace of the key fall back
 /// to the key's current ones for rows recorded without them; bodies are only flagged.
 const LOG_SELECT: &str = "SELECT l.request_id, l.started_at_ms, l.key_id, l.client_api, \
@@ -1086,20 +1014,6 @@ fn log_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogEntry, StoreError> {
     })
 }
 
-/// A `LIKE … ESCAPE '\'` pattern matching `text` anywhere (ASCII case-insensitive).
-fn like_pattern(text: &str) -> String {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
 /// The aggregates of a usage summary, read back by [`usage_totals_at`]: every request, the
 /// failed ones, and tokens and cost of successful non-replayed ones. SQLite's SUM fails on i64
 /// overflow, and one row may hold i64::MAX tokens: each column is summed as a high part and a
@@ -1119,35 +1033,14 @@ const USAGE_SUMS: &str = "COUNT(*), \
          THEN cost_picos / 1000000 ELSE 0 END), 0), \
      COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299 AND replay_of = '' \
          THEN cost_picos % 1000000 ELSE 0 END), 0)";
-/// How many columns [`USAGE_SUMS`] yields.
-const USAGE_SUM_COLUMNS: usize = 8;
 
-/// The [`USAGE_SUMS`] columns starting at `first`.
+/// The [`USAGE_SUMS`] columns (as many as [`USAGE_SUM_COLUMNS`]) starting at `first`.
 fn usage_totals_at(row: &sqlx::sqlite::SqliteRow, first: usize) -> Result<UsageTotals, StoreError> {
-    let split = |hi: usize| -> Result<i128, StoreError> {
-        let high: i64 = row.try_get(first + hi)?;
-        let low: i64 = row.try_get(first + hi + 1)?;
-        Ok(i128::from(high) * 1_000_000 + i128::from(low))
-    };
-    let tokens = |n: i128| u64::try_from(n.max(0)).unwrap_or(u64::MAX);
-    Ok(UsageTotals {
-        requests: to_u64(row.try_get(first)?),
-        failed_requests: to_u64(row.try_get(first + 1)?),
-        input_tokens: tokens(split(2)?),
-        output_tokens: tokens(split(4)?),
-        cost_picos: split(6)?,
-    })
-}
-
-/// Two totals added (tokens saturate).
-pub fn add_totals(a: UsageTotals, b: UsageTotals) -> UsageTotals {
-    UsageTotals {
-        requests: a.requests.saturating_add(b.requests),
-        failed_requests: a.failed_requests.saturating_add(b.failed_requests),
-        input_tokens: a.input_tokens.saturating_add(b.input_tokens),
-        output_tokens: a.output_tokens.saturating_add(b.output_tokens),
-        cost_picos: a.cost_picos.saturating_add(b.cost_picos),
+    let mut columns = [0_i64; USAGE_SUM_COLUMNS];
+    for (i, column) in columns.iter_mut().enumerate() {
+        *column = row.try_get(first + i)?;
     }
+    Ok(usage_totals(columns))
 }
 
 const KEY_SELECT: &str = "SELECT id, name, key_prefix, sha256, workspace_id, status, \
@@ -1161,23 +1054,18 @@ const WORKSPACE_SELECT: &str = "SELECT id, created_at_ms, rps_limit, hour_total_
 
 /// Binds the four limit columns in table order (`NULL` = inherit).
 fn bind_limits<'q>(query: Query<'q>, limits: &Limits) -> Query<'q> {
-    let tokens = |v: Option<u64>| v.map(to_i64);
-    query
-        .bind(limits.rps.map(i64::from))
-        .bind(tokens(limits.hour_total_tokens))
-        .bind(tokens(limits.hour_input_tokens))
-        .bind(tokens(limits.hour_output_tokens))
+    limit_columns(limits)
+        .into_iter()
+        .fold(query, |query, column| query.bind(column))
 }
 
 fn limits_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Limits, StoreError> {
-    let get = |column: &str| -> Result<Option<i64>, StoreError> { Ok(row.try_get(column)?) };
-    let tokens = |v: Option<i64>| v.map(to_u64);
-    Ok(Limits {
-        rps: get("rps_limit")?.map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)),
-        hour_total_tokens: tokens(get("hour_total_tokens")?),
-        hour_input_tokens: tokens(get("hour_input_tokens")?),
-        hour_output_tokens: tokens(get("hour_output_tokens")?),
-    })
+    Ok(limits_from_columns([
+        row.try_get("rps_limit")?,
+        row.try_get("hour_total_tokens")?,
+        row.try_get("hour_input_tokens")?,
+        row.try_get("hour_output_tokens")?,
+    ]))
 }
 
 async fn load_workspaces(conn: &mut SqliteConnection) -> Result<Vec<WorkspaceRow>, StoreError> {
@@ -1254,28 +1142,6 @@ async fn load_providers(conn: &mut SqliteConnection) -> Result<Vec<ProviderRow>,
     .collect()
 }
 
-/// The `models` columns beyond the primary key `(provider_kind, id)`, in
-/// [`bind_model_fields`] order.
-const MODEL_FIELDS: [&str; 17] = [
-    "upstream_model",
-    "input_price_micros_per_mtok",
-    "output_price_micros_per_mtok",
-    "cached_input_price_micros_per_mtok",
-    "context_window",
-    "enabled",
-    "tools",
-    "vision",
-    "json_mode",
-    "streaming",
-    "embeddings",
-    "quality",
-    "tier",
-    "max_output_tokens",
-    "price_source",
-    "price_as_of",
-    "display_name",
-];
-
 /// `INSERT` of a whole model (bind with [`bind_model`], then `updated_at_ms`); on a taken
 /// `(kind, id)` either replace every field (`replace`) or do nothing.
 fn insert_model_sql(replace: bool) -> String {
@@ -1334,7 +1200,7 @@ async fn load_models(conn: &mut SqliteConnection) -> Result<Vec<pb::Model>, Stor
 async fn load_model_rows(conn: &mut SqliteConnection) -> Result<Vec<ModelRow>, StoreError> {
     // rowid = seeding order = catalogue order, which bare-model resolution relies on.
     let u32_of = |row: &sqlx::sqlite::SqliteRow, column: &str| -> Result<u32, StoreError> {
-        Ok(u32::try_from(row.try_get::<i64, _>(column)?).unwrap_or(u32::MAX))
+        Ok(to_u32_saturating(row.try_get(column)?))
     };
     sqlx::query(&format!(
         "SELECT provider_kind, id, {}, updated_at_ms FROM models ORDER BY rowid",
@@ -1410,48 +1276,6 @@ fn bind_routing_rule<'q>(query: Query<'q>, r: &'q RoutingRuleRow) -> Query<'q> {
         .bind(&r.key_id)
 }
 
-/// A backend as stored in `routing_configs.backends_json` (and inside `rules_json`).
-#[derive(Serialize, Deserialize)]
-struct BackendJson {
-    model: String,
-    priority: i32,
-    weight: u32,
-}
-
-/// A rule of the `rules` strategy as stored in `routing_configs.rules_json`.
-#[derive(Serialize, Deserialize)]
-struct ConfigRuleJson {
-    name: String,
-    match_json: String,
-    backends: Vec<BackendJson>,
-}
-
-fn backends_json(backends: &[pb::Backend]) -> Vec<BackendJson> {
-    backends
-        .iter()
-        .map(|b| BackendJson {
-            model: b.model.clone(),
-            priority: b.priority,
-            weight: b.weight,
-        })
-        .collect()
-}
-
-fn backends_proto(backends: Vec<BackendJson>) -> Vec<pb::Backend> {
-    backends
-        .into_iter()
-        .map(|b| pb::Backend {
-            model: b.model,
-            priority: b.priority,
-            weight: b.weight,
-        })
-        .collect()
-}
-
-fn encode_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("encoding JSON: {e}")))
-}
-
 async fn load_routing_configs(
     conn: &mut SqliteConnection,
 ) -> Result<Vec<RoutingConfigRow>, StoreError> {
@@ -1463,55 +1287,24 @@ async fn load_routing_configs(
     .await?
     .iter()
     .map(|row| {
-        let key_id: String = row.try_get("key_id")?;
-        let corrupt = |column: &str, e: serde_json::Error| {
-            StoreError::Corrupt(format!("routing configuration of {key_id}: {column}: {e}"))
-        };
-        let backends: Vec<BackendJson> =
-            serde_json::from_str(&row.try_get::<String, _>("backends_json")?)
-                .map_err(|e| corrupt("backends_json", e))?;
-        let rules: Vec<ConfigRuleJson> =
-            serde_json::from_str(&row.try_get::<String, _>("rules_json")?)
-                .map_err(|e| corrupt("rules_json", e))?;
-        Ok(RoutingConfigRow {
+        routing_config_from_columns(RoutingConfigColumns {
+            key_id: row.try_get("key_id")?,
             active: row.try_get("active")?,
             strategy: row.try_get("strategy")?,
-            backends: backends_proto(backends),
-            rules: rules
-                .into_iter()
-                .map(|r| pb::ConfigRule {
-                    name: r.name,
-                    match_json: r.match_json,
-                    backends: backends_proto(r.backends),
-                })
-                .collect(),
+            backends_json: row.try_get("backends_json")?,
+            rules_json: row.try_get("rules_json")?,
             updated_at_ms: row.try_get("updated_at_ms")?,
-            key_id,
         })
     })
     .collect()
 }
 
-fn unique_violation(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists(what()),
-        _ => StoreError::Database(e),
-    }
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
+// The backend-independent tests are in `super::conformance`, run against every backend.
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::store::StatusFilter;
+    use crate::store::Proposed;
 
     async fn temp_store() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -1535,23 +1328,6 @@ mod tests {
         }
     }
 
-    fn provider(name: &str, url: &str) -> ProviderRow {
-        ProviderRow {
-            name: name.into(),
-            kind: "openai".into(),
-            base_url: url.into(),
-            credential_sealed: Some(vec![1, 2, 3]),
-            fallbacks_sealed: None,
-            fallback_count: 0,
-            enabled: true,
-            created_at_ms: 5,
-        }
-    }
-
-    fn ok(_: Proposed<'_>) -> Result<(), String> {
-        Ok(())
-    }
-
     fn record(id: &str) -> UsageRecord {
         UsageRecord {
             request_id: id.into(),
@@ -1561,51 +1337,6 @@ mod tests {
             stream: true,
             ..UsageRecord::default()
         }
-    }
-
-    #[tokio::test]
-    async fn keys_create_revoke_and_version() {
-        let (store, _dir) = temp_store().await;
-        let v0 = store.load_config().await.unwrap().version;
-        let out = store
-            .change_config(ConfigChange::CreateKey(key("key_a", 1)), &ok)
-            .await
-            .unwrap();
-        assert_eq!(out.version, Some(v0 + 1));
-        let state = store.load_config().await.unwrap();
-        assert_eq!(state.version, v0 + 1);
-        assert_eq!(state.keys.len(), 1);
-
-        let dup = store
-            .change_config(ConfigChange::CreateKey(key("key_b", 1)), &ok)
-            .await;
-        assert!(matches!(dup, Err(StoreError::AlreadyExists(_))), "{dup:?}");
-
-        let revoke = || ConfigChange::RevokeKey {
-            id: "key_a".into(),
-            at_ms: 9,
-        };
-        let out = store.change_config(revoke(), &ok).await.unwrap();
-        assert_eq!(out.version, Some(v0 + 2));
-        let Changed::Key(k) = out.changed else {
-            panic!("not a key")
-        };
-        assert_eq!((k.status, k.revoked_at_ms), (KeyStatus::Revoked, Some(9)));
-        // Revoking again is a no-op: no new version.
-        let again = store.change_config(revoke(), &ok).await.unwrap();
-        assert!(again.version.is_none());
-        assert_eq!(store.load_config().await.unwrap().version, v0 + 2);
-
-        let missing = store
-            .change_config(
-                ConfigChange::RevokeKey {
-                    id: "key_x".into(),
-                    at_ms: 1,
-                },
-                &ok,
-            )
-            .await;
-        assert!(matches!(missing, Err(StoreError::NotFound(_))));
     }
 
     /// Regression: 16 concurrent writes used to fail with SQLite's "database is locked" once
@@ -1640,892 +1371,5 @@ mod tests {
         let expected: Vec<u64> = (v0 + 1..=v0 + 16).collect();
         assert_eq!(versions, expected);
         assert_eq!(store.load_config().await.unwrap().keys.len(), 16);
-    }
-
-    #[tokio::test]
-    async fn rejected_change_is_rolled_back() {
-        let (store, _dir) = temp_store().await;
-        let before = store.load_config().await.unwrap();
-        let refuse = |_: Proposed<'_>| Err("no".to_string());
-        let out = store
-            .change_config(ConfigChange::CreateKey(key("key_a", 1)), &refuse)
-            .await;
-        assert!(matches!(out, Err(StoreError::Rejected(_))));
-        let after = store.load_config().await.unwrap();
-        assert_eq!(after.version, before.version);
-        assert!(after.keys.is_empty());
-    }
-
-    #[tokio::test]
-    async fn providers_add_replace_remove() {
-        let (store, _dir) = temp_store().await;
-        let put = |row, replace| ConfigChange::PutProvider { row, replace };
-        store
-            .change_config(put(provider("p", "http://a"), false), &ok)
-            .await
-            .unwrap();
-        let dup = store
-            .change_config(put(provider("p", "http://b"), false), &ok)
-            .await;
-        assert!(matches!(dup, Err(StoreError::AlreadyExists(_))));
-        let mut replacement = provider("p", "http://b");
-        replacement.created_at_ms = 99;
-        replacement.credential_sealed = None;
-        let out = store
-            .change_config(put(replacement, true), &ok)
-            .await
-            .unwrap();
-        let Changed::Provider(p) = out.changed else {
-            panic!("not a provider")
-        };
-        assert_eq!(p.created_at_ms, 5, "replacement keeps its creation time");
-        let listed = store.list_providers().await.unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].base_url, "http://b");
-        assert_eq!(listed[0].credential_sealed, None);
-
-        store
-            .change_config(ConfigChange::RemoveProvider { name: "p".into() }, &ok)
-            .await
-            .unwrap();
-        assert!(store.list_providers().await.unwrap().is_empty());
-        let gone = store
-            .change_config(ConfigChange::RemoveProvider { name: "p".into() }, &ok)
-            .await;
-        assert!(matches!(gone, Err(StoreError::NotFound(_))));
-    }
-
-    #[tokio::test]
-    async fn models_are_seeded_once_in_order() {
-        let (store, _dir) = temp_store().await;
-        let builtin = tokenrouter_engine::catalogue::builtin().unwrap();
-        let out = store
-            .change_config(ConfigChange::SeedModels(builtin.clone()), &ok)
-            .await
-            .unwrap();
-        assert_eq!(out.changed, Changed::ModelsSeeded(builtin.clone()));
-        let again = store
-            .change_config(ConfigChange::SeedModels(builtin.clone()), &ok)
-            .await
-            .unwrap();
-        assert!(again.version.is_none());
-        let rows = store.list_models().await.unwrap();
-        assert!(rows.iter().all(|r| r.updated_at_ms == 0));
-        let models: Vec<pb::Model> = rows.into_iter().map(|r| r.model).collect();
-        assert_eq!(
-            models, builtin,
-            "every column round-trips, in catalogue order"
-        );
-    }
-
-    fn model(id: &str) -> pb::Model {
-        pb::Model {
-            id: id.into(),
-            provider_kind: "openai".into(),
-            upstream_model: id.into(),
-            input_price_micros_per_mtok: 1,
-            output_price_micros_per_mtok: 2,
-            cached_input_price_micros_per_mtok: 3,
-            context_window: 1000,
-            enabled: true,
-            tools: true,
-            vision: true,
-            json_mode: true,
-            streaming: true,
-            embeddings: false,
-            quality: 70,
-            tier: "complex".into(),
-            max_output_tokens: 100,
-            price_source: "https://example.com/pricing".into(),
-            price_as_of: "2025-01-01".into(),
-            display_name: id.to_uppercase(),
-        }
-    }
-
-    /// Every start inserts the built-in models the table lacks; rows that exist keep the
-    /// operator's values, and rows from before the capability columns get those filled once.
-    #[tokio::test]
-    async fn seeding_adds_missing_models_and_keeps_operator_edits() {
-        let (store, _dir) = temp_store().await;
-        let v1 = vec![model("a"), model("b")];
-        store
-            .change_config(ConfigChange::SeedModels(v1), &ok)
-            .await
-            .unwrap();
-        // The operator edits "a"; "b" is a row as migrated from before 0003 (no capabilities).
-        let mut edited = model("a");
-        edited.input_price_micros_per_mtok = 999;
-        edited.enabled = false;
-        edited.quality = 5;
-        store
-            .change_config(
-                ConfigChange::UpdateModel(ModelRow {
-                    model: edited.clone(),
-                    updated_at_ms: 7,
-                }),
-                &ok,
-            )
-            .await
-            .unwrap();
-        sqlx::query(
-            "UPDATE models SET tools = 0, quality = 0, tier = '', price_source = '', \
-             input_price_micros_per_mtok = 42 WHERE id = 'b'",
-        )
-        .execute(&store.pool)
-        .await
-        .unwrap();
-
-        // A newer catalogue: new values for all three, and a new model "c".
-        let newer: Vec<pb::Model> = ["a", "b", "c"]
-            .iter()
-            .map(|id| pb::Model {
-                quality: 88,
-                input_price_micros_per_mtok: 5,
-                ..model(id)
-            })
-            .collect();
-        let out = store
-            .change_config(ConfigChange::SeedModels(newer.clone()), &ok)
-            .await
-            .unwrap();
-        let Changed::ModelsSeeded(seeded) = out.changed else {
-            panic!("not a seed")
-        };
-        let ids: Vec<&str> = seeded.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, ["b", "c"]);
-        let rows = store.list_models().await.unwrap();
-        let ids: Vec<&str> = rows.iter().map(|r| r.model.id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c"], "new models come last");
-        assert_eq!(rows[0].model, edited, "operator edits win");
-        assert_eq!(rows[0].updated_at_ms, 7);
-        let b = &rows[1].model;
-        assert_eq!((b.quality, b.tier.as_str(), b.tools), (88, "complex", true));
-        assert_eq!(
-            b.input_price_micros_per_mtok, 42,
-            "prices are never overwritten"
-        );
-        assert_eq!(rows[2].model, newer[2]);
-
-        // The fill happens once: a later catalogue changes nothing that exists.
-        let out = store
-            .change_config(ConfigChange::SeedModels(newer), &ok)
-            .await
-            .unwrap();
-        assert!(out.version.is_none());
-    }
-
-    #[tokio::test]
-    async fn models_upsert_and_update() {
-        let (store, _dir) = temp_store().await;
-        let row = |m: pb::Model| ModelRow {
-            model: m,
-            updated_at_ms: 3,
-        };
-        let missing = store
-            .change_config(ConfigChange::UpdateModel(row(model("a"))), &ok)
-            .await;
-        assert!(
-            matches!(missing, Err(StoreError::NotFound(_))),
-            "{missing:?}"
-        );
-        for id in ["a", "b"] {
-            store
-                .change_config(ConfigChange::UpsertModel(row(model(id))), &ok)
-                .await
-                .unwrap();
-        }
-        let changed = pb::Model {
-            embeddings: true,
-            streaming: false,
-            tier: "simple".into(),
-            ..model("a")
-        };
-        let out = store
-            .change_config(ConfigChange::UpsertModel(row(changed.clone())), &ok)
-            .await
-            .unwrap();
-        assert_eq!(out.changed, Changed::Model(row(changed.clone())));
-        let rows = store.list_models().await.unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0], row(changed), "replaced in place");
-        // A refused model is rolled back.
-        let refuse = |_: Proposed<'_>| Err("no".to_string());
-        let out = store
-            .change_config(ConfigChange::UpsertModel(row(model("z"))), &refuse)
-            .await;
-        assert!(matches!(out, Err(StoreError::Rejected(_))));
-        assert_eq!(store.list_models().await.unwrap().len(), 2);
-    }
-
-    fn routing_rule(name: &str) -> RoutingRuleRow {
-        RoutingRuleRow {
-            id: 0,
-            name: name.into(),
-            priority: 100,
-            is_enabled: true,
-            match_json: r#"{"task":"coding"}"#.into(),
-            action_json: r#"{"set_model":"gpt-4o"}"#.into(),
-            key_id: String::new(),
-            created_at_ms: 1,
-            updated_at_ms: 1,
-        }
-    }
-
-    #[tokio::test]
-    async fn routing_rules_crud() {
-        let (store, _dir) = temp_store().await;
-        let counted = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = counted.clone();
-        let count = move |p: Proposed<'_>| {
-            if let Proposed::RoutingRule { count, .. } = p {
-                seen.lock().unwrap().push(count);
-            }
-            Ok(())
-        };
-        let Changed::RoutingRule(a) = store
-            .change_config(ConfigChange::CreateRoutingRule(routing_rule("a")), &count)
-            .await
-            .unwrap()
-            .changed
-        else {
-            panic!("not a rule")
-        };
-        assert!(a.id > 0);
-        store
-            .change_config(ConfigChange::CreateRoutingRule(routing_rule("b")), &count)
-            .await
-            .unwrap();
-        assert_eq!(*counted.lock().unwrap(), [1, 2]);
-        let dup = store
-            .change_config(ConfigChange::CreateRoutingRule(routing_rule("a")), &ok)
-            .await;
-        assert!(matches!(dup, Err(StoreError::AlreadyExists(_))), "{dup:?}");
-
-        let mut changed = RoutingRuleRow {
-            priority: -5,
-            is_enabled: false,
-            key_id: "key_x".into(),
-            created_at_ms: 99,
-            updated_at_ms: 50,
-            ..a.clone()
-        };
-        store
-            .change_config(ConfigChange::UpdateRoutingRule(changed.clone()), &ok)
-            .await
-            .unwrap();
-        changed.created_at_ms = a.created_at_ms;
-        let listed = store.list_routing_rules().await.unwrap();
-        assert_eq!(listed[0], changed, "creation time kept");
-        assert_eq!(store.load_config().await.unwrap().routing_rules, listed);
-
-        let rename_to_taken = RoutingRuleRow {
-            name: "b".into(),
-            ..changed.clone()
-        };
-        let taken = store
-            .change_config(ConfigChange::UpdateRoutingRule(rename_to_taken), &ok)
-            .await;
-        assert!(matches!(taken, Err(StoreError::AlreadyExists(_))));
-        store
-            .change_config(ConfigChange::DeleteRoutingRule { id: a.id }, &ok)
-            .await
-            .unwrap();
-        for change in [
-            ConfigChange::DeleteRoutingRule { id: a.id },
-            ConfigChange::UpdateRoutingRule(changed),
-        ] {
-            let gone = store.change_config(change, &ok).await;
-            assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
-        }
-        assert_eq!(store.list_routing_rules().await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn routing_configs_set_replace_delete() {
-        let (store, _dir) = temp_store().await;
-        let backend = |model: &str, weight| pb::Backend {
-            model: model.into(),
-            priority: 0,
-            weight,
-        };
-        let config = RoutingConfigRow {
-            key_id: "key_a".into(),
-            active: true,
-            strategy: "rules".into(),
-            backends: vec![backend("openai/gpt-4o", 3), backend("é/ü", 1)],
-            rules: vec![pb::ConfigRule {
-                name: "code".into(),
-                match_json: r#"{"headers":{"x-team":"a"}}"#.into(),
-                backends: vec![backend("gpt-4o-mini", 0)],
-            }],
-            updated_at_ms: 5,
-        };
-        let no_key = store
-            .change_config(ConfigChange::SetRoutingConfig(config.clone()), &ok)
-            .await;
-        assert!(matches!(no_key, Err(StoreError::NotFound(_))), "{no_key:?}");
-        store
-            .change_config(ConfigChange::CreateKey(key("key_a", 1)), &ok)
-            .await
-            .unwrap();
-        store
-            .change_config(ConfigChange::SetRoutingConfig(config.clone()), &ok)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.list_routing_configs().await.unwrap(),
-            std::slice::from_ref(&config)
-        );
-        let replaced = RoutingConfigRow {
-            active: false,
-            strategy: "split".into(),
-            rules: Vec::new(),
-            ..config
-        };
-        store
-            .change_config(ConfigChange::SetRoutingConfig(replaced.clone()), &ok)
-            .await
-            .unwrap();
-        let state = store.load_config().await.unwrap();
-        assert_eq!(state.routing_configs, [replaced]);
-
-        let delete = || ConfigChange::DeleteRoutingConfig {
-            key_id: "key_a".into(),
-        };
-        store.change_config(delete(), &ok).await.unwrap();
-        assert!(store.list_routing_configs().await.unwrap().is_empty());
-        let gone = store.change_config(delete(), &ok).await;
-        assert!(matches!(gone, Err(StoreError::NotFound(_))));
-    }
-
-    #[tokio::test]
-    async fn firewall_columns_of_the_request_log_round_trip() {
-        let (store, _dir) = temp_store().await;
-        let mut r = record("fw");
-        r.firewall_actions = vec!["mask:prompt:a, b".into(), "warn:response:é".into()];
-        r.warnings = vec!["firewall rule 'é' matched the response".into()];
-        store
-            .insert_usage(&[r.clone(), record("plain")], 1)
-            .await
-            .unwrap();
-        let rows = store
-            .list_logs(&LogQuery {
-                limit: 10,
-                ..LogQuery::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(rows[1].record.firewall_actions, r.firewall_actions);
-        assert_eq!(rows[1].record.warnings, r.warnings);
-        assert!(rows[0].record.firewall_actions.is_empty() && rows[0].record.warnings.is_empty());
-    }
-
-    #[tokio::test]
-    async fn routing_columns_of_the_request_log_round_trip() {
-        let (store, _dir) = temp_store().await;
-        let mut r = record("routed");
-        r.input_tokens = 7;
-        r.mode = "latency".into();
-        r.tier = "complex".into();
-        r.rule_trace = r#"[{"rule":"eu","id":3,"matched":true}]"#.into();
-        r.attempts = vec![
-            Attempt {
-                provider: "openai".into(),
-                model: "gpt-4o".into(),
-                status: 503,
-                latency_ms: 40,
-                error: "http_503".into(),
-            },
-            Attempt {
-                provider: "azure".into(),
-                model: "gpt-4o".into(),
-                status: 0,
-                latency_ms: 60_000,
-                error: "timeout".into(),
-            },
-            Attempt {
-                provider: "claude".into(),
-                model: "sonnet-é".into(),
-                status: 200,
-                latency_ms: 700,
-                error: String::new(),
-            },
-        ];
-        r.ttfb_ms = 812;
-        r.retry_after_s = 30;
-        store
-            .insert_usage(&[r.clone(), record("plain")], 1)
-            .await
-            .unwrap();
-        let rows = store
-            .list_logs(&LogQuery {
-                limit: 10,
-                ..LogQuery::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(rows[1].record, r);
-        let plain = &rows[0].record;
-        assert!(plain.attempts.is_empty() && plain.rule_trace.is_empty());
-        assert!(plain.mode.is_empty() && plain.tier.is_empty());
-        assert_eq!((plain.ttfb_ms, plain.retry_after_s), (0, 0));
-    }
-
-    #[tokio::test]
-    async fn usage_batches_are_idempotent() {
-        let (store, _dir) = temp_store().await;
-        let batch = vec![record("r1"), record("r2")];
-        assert_eq!(store.insert_usage(&batch, 100).await.unwrap(), [0, 1]);
-        assert!(store.insert_usage(&batch, 200).await.unwrap().is_empty());
-        assert_eq!(
-            store
-                .insert_usage(&[record("r2"), record("r3"), record("r3")], 300)
-                .await
-                .unwrap(),
-            [1],
-            "only the first r3 is new"
-        );
-        let all = store
-            .list_logs(&LogQuery {
-                limit: 10,
-                ..LogQuery::default()
-            })
-            .await
-            .unwrap();
-        let ids: Vec<_> = all.iter().map(|e| e.record.request_id.as_str()).collect();
-        assert_eq!(ids, ["r3", "r2", "r1"]);
-        assert_eq!(all[1].received_at_ms, 100, "a resend does not overwrite");
-        assert_eq!(all[0].record.input_tokens, i64::MAX as u64);
-        assert!(all[0].record.stream);
-
-        let page = store
-            .list_logs(&LogQuery {
-                limit: 10,
-                key_id: Some("key_1".into()),
-                before_request_id: Some("r2".into()),
-                ..LogQuery::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(page.len(), 1);
-        assert_eq!(page[0].record.request_id, "r1");
-        let none = store
-            .list_logs(&LogQuery {
-                limit: 10,
-                key_id: Some("other".into()),
-                before_request_id: None,
-                ..LogQuery::default()
-            })
-            .await
-            .unwrap();
-        assert!(none.is_empty());
-        let bad = store
-            .list_logs(&LogQuery {
-                limit: 10,
-                key_id: None,
-                before_request_id: Some("nope".into()),
-                ..LogQuery::default()
-            })
-            .await;
-        assert!(matches!(bad, Err(StoreError::NotFound(_))));
-    }
-
-    #[tokio::test]
-    async fn log_filters_and_usage_totals() {
-        let (store, _dir) = temp_store().await;
-        let row = |id: &str, key: &str, provider: &str, status: u32, cost: i64| UsageRecord {
-            request_id: id.into(),
-            key_id: key.into(),
-            provider: provider.into(),
-            model: "gpt-4o".into(),
-            requested_model: format!("{provider}/gpt-4o"),
-            status,
-            input_tokens: 10,
-            output_tokens: 5,
-            cost_picos: cost,
-            ..UsageRecord::default()
-        };
-        store
-            .insert_usage(&[row("a", "k1", "openai", 200, 1_500_000)], 1_000)
-            .await
-            .unwrap();
-        store
-            .insert_usage(
-                &[
-                    row("b", "k1", "claude", 500, 7),
-                    row("c", "k2", "openai", 201, 2_000_001),
-                ],
-                2_000,
-            )
-            .await
-            .unwrap();
-        let ids = |q: LogQuery| {
-            let store = &store;
-            async move {
-                let rows = store.list_logs(&LogQuery { limit: 10, ..q }).await.unwrap();
-                rows.into_iter()
-                    .map(|e| e.record.request_id)
-                    .collect::<Vec<_>>()
-            }
-        };
-        let provider = |p: &str| LogQuery {
-            provider: Some(p.into()),
-            ..LogQuery::default()
-        };
-        assert_eq!(ids(provider("openai")).await, ["c", "a"]);
-        let status = |s: &str| LogQuery {
-            status: Some(StatusFilter::parse(s).unwrap()),
-            ..LogQuery::default()
-        };
-        assert_eq!(ids(status("500")).await, ["b"]);
-        assert_eq!(ids(status("2xx")).await, ["c", "a"]);
-        assert_eq!(ids(status("5XX")).await, ["b"]);
-        assert!(ids(status("4xx")).await.is_empty());
-        let model = |m: &str| LogQuery {
-            model: Some(m.into()),
-            ..LogQuery::default()
-        };
-        assert_eq!(ids(model("gpt-4o")).await.len(), 3);
-        assert_eq!(ids(model("claude/gpt-4o")).await, ["b"]);
-        let window = LogQuery {
-            since_ms: Some(1_500),
-            until_ms: Some(2_001),
-            key_id: Some("k1".into()),
-            ..LogQuery::default()
-        };
-        assert_eq!(ids(window).await, ["b"]);
-        let until = LogQuery {
-            until_ms: Some(2_000),
-            ..LogQuery::default()
-        };
-        assert_eq!(ids(until).await, ["a"]);
-
-        let totals = |since_ms: i64, key: Option<&str>| {
-            let store = &store;
-            let query = UsageQuery {
-                since_ms,
-                key_id: key.map(str::to_string),
-                group_by: None,
-            };
-            async move { store.usage(&query).await.unwrap().totals }
-        };
-        assert_eq!(
-            totals(0, None).await,
-            UsageTotals {
-                requests: 3,
-                failed_requests: 1,
-                input_tokens: 20,
-                output_tokens: 10,
-                cost_picos: 3_500_001,
-            },
-            "the 500 is counted as a request, not as tokens or spend"
-        );
-        assert_eq!(totals(0, None).await.successful(), 2);
-        let recent = totals(1_500, Some("k1")).await;
-        assert_eq!((recent.requests, recent.failed_requests), (1, 1));
-        assert_eq!((recent.input_tokens, recent.cost_picos), (0, 0));
-        assert_eq!(totals(2_001, None).await, UsageTotals::default());
-        // Sums that would overflow i64 are still exact.
-        let huge: Vec<UsageRecord> = (0..3)
-            .map(|i| UsageRecord {
-                input_tokens: u64::MAX,
-                cost_picos: i64::MAX,
-                ..row(&format!("h{i}"), "big", "openai", 200, 0)
-            })
-            .collect();
-        store.insert_usage(&huge, 3_000).await.unwrap();
-        let big = totals(0, Some("big")).await;
-        assert_eq!(big.requests, 3);
-        assert_eq!(big.input_tokens, u64::MAX, "saturates instead of wrapping");
-        assert_eq!(big.cost_picos, 3 * i128::from(i64::MAX));
-    }
-
-    fn usage_row(id: &str, key: &str, model: &str, status: u32, at_day: i64) -> UsageRecord {
-        UsageRecord {
-            request_id: id.into(),
-            key_id: key.into(),
-            provider: format!("p-{model}"),
-            model: model.into(),
-            status,
-            input_tokens: 100,
-            output_tokens: 10,
-            cost_picos: 1_000_000 * (at_day + 1),
-            ..UsageRecord::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn usage_breakdowns_and_key_totals() {
-        let (store, _dir) = temp_store().await;
-        store
-            .change_config(ConfigChange::CreateKey(key("key_a", 1)), &ok)
-            .await
-            .unwrap();
-        let day = 86_400_000;
-        let base = 20_000 * day; // 2024-10-04
-        store
-            .insert_usage(
-                &[
-                    usage_row("1", "key_a", "m1", 200, 0),
-                    usage_row("2", "key_a", "m2", 429, 0),
-                    usage_row("3", "key_b", "m1", 200, 0),
-                ],
-                base + 5,
-            )
-            .await
-            .unwrap();
-        let replay = UsageRecord {
-            replay_of: "1".into(),
-            ..usage_row("4", "key_a", "m1", 200, 1)
-        };
-        store
-            .insert_usage(
-                &[usage_row("5", "key_a", "m1", 201, 1), replay],
-                base + day + 7,
-            )
-            .await
-            .unwrap();
-        let report = |group_by, key: Option<&str>| {
-            let store = &store;
-            let query = UsageQuery {
-                since_ms: base,
-                key_id: key.map(str::to_string),
-                group_by: Some(group_by),
-            };
-            async move {
-                let mut r = store.usage(&query).await.unwrap();
-                r.groups.sort_by_key(|(k, _)| format!("{k:?}"));
-                r
-            }
-        };
-        let t = |requests, failed_requests, ok: u64, cost_picos| UsageTotals {
-            requests,
-            failed_requests,
-            input_tokens: 100 * ok,
-            output_tokens: 10 * ok,
-            cost_picos,
-        };
-        let by_key = report(UsageGroupBy::Key, None).await;
-        assert_eq!(
-            by_key.totals,
-            t(5, 1, 3, 4_000_000),
-            "the replay is not charged"
-        );
-        assert_eq!(
-            by_key.groups,
-            [
-                (
-                    UsageGroupKey::Key {
-                        id: "key_a".into(),
-                        name: "n".into()
-                    },
-                    t(4, 1, 2, 3_000_000)
-                ),
-                (
-                    UsageGroupKey::Key {
-                        id: "key_b".into(),
-                        name: String::new()
-                    },
-                    t(1, 0, 1, 1_000_000)
-                ),
-            ]
-        );
-        let by_model = report(UsageGroupBy::Model, Some("key_a")).await;
-        assert_eq!(
-            by_model.groups,
-            [
-                (UsageGroupKey::Model("m1".into()), t(3, 0, 2, 3_000_000)),
-                (UsageGroupKey::Model("m2".into()), t(1, 1, 0, 0)),
-            ]
-        );
-        let by_provider = report(UsageGroupBy::Provider, None).await;
-        assert_eq!(
-            by_provider.groups[1].0,
-            UsageGroupKey::Provider("p-m2".into())
-        );
-        let by_day = report(UsageGroupBy::Day, None).await;
-        assert_eq!(
-            by_day.groups,
-            [
-                (UsageGroupKey::Day(20_000), t(3, 1, 2, 2_000_000)),
-                (UsageGroupKey::Day(20_001), t(2, 0, 1, 2_000_000)),
-            ]
-        );
-        assert_eq!(by_day.totals, by_key.totals);
-
-        let keys = store.key_usage(None).await.unwrap();
-        assert_eq!(keys.len(), 2);
-        assert_eq!(
-            keys["key_a"],
-            KeyUsage {
-                requests: 4,
-                failed_requests: 1,
-                input_tokens: 200,
-                output_tokens: 20,
-                cost_picos: 3_000_000,
-                last_used_at_ms: Some(base + day + 7),
-            }
-        );
-        let one = store.key_usage(Some("key_b")).await.unwrap();
-        assert_eq!(one.len(), 1);
-        assert_eq!(one["key_b"].last_used_at_ms, Some(base + 5));
-        assert!(store.key_usage(Some("key_x")).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn analytics_columns_bodies_and_metadata_search() {
-        let (store, _dir) = temp_store().await;
-        let mut k = key("key_a", 1);
-        k.name = "current".into();
-        k.workspace_id = "team".into();
-        store
-            .change_config(ConfigChange::CreateKey(k), &ok)
-            .await
-            .unwrap();
-        let full = UsageRecord {
-            metadata_json: r#"{"user":"Alice_1","pct":"50%"}"#.into(),
-            idempotency_key: "idem-1".into(),
-            key_name: "at-the-time".into(),
-            workspace_id: "ws".into(),
-            request_body: br#"{"model":"m"}"#.to_vec(),
-            response_body: vec![0xff, 0x00],
-            bodies_truncated: true,
-            ..usage_row("full", "key_a", "m", 200, 0)
-        };
-        let replay = UsageRecord {
-            replay_of: "full".into(),
-            idempotency_key: "idem-1".into(),
-            metadata_json: r#"{"user":"bob"}"#.into(),
-            ..usage_row("replay", "key_a", "m", 200, 0)
-        };
-        store
-            .insert_usage(&[full.clone(), replay], 1)
-            .await
-            .unwrap();
-        let listed = store
-            .list_logs(&LogQuery {
-                limit: 10,
-                ..LogQuery::default()
-            })
-            .await
-            .unwrap();
-        let (r, f) = (&listed[0], &listed[1]);
-        assert!(f.has_bodies && !r.has_bodies);
-        assert!(f.record.request_body.is_empty(), "lists carry no bodies");
-        assert_eq!(f.record.metadata_json, full.metadata_json);
-        assert_eq!(
-            (f.record.key_name.as_str(), f.record.workspace_id.as_str()),
-            ("at-the-time", "ws")
-        );
-        assert_eq!(r.record.replay_of, "full");
-        assert_eq!(
-            (r.record.key_name.as_str(), r.record.workspace_id.as_str()),
-            ("current", "team"),
-            "rows without a key name show the key's"
-        );
-        let got = store.get_log("full").await.unwrap().unwrap();
-        assert_eq!(got.record, full, "every field round-trips, bodies included");
-        assert!(store.get_log("nope").await.unwrap().is_none());
-        let bare = store.get_log("replay").await.unwrap().unwrap();
-        assert!(bare.record.request_body.is_empty() && !bare.has_bodies);
-
-        let search = |text: &str| {
-            let store = &store;
-            let query = LogQuery {
-                limit: 10,
-                metadata_contains: Some(text.into()),
-                ..LogQuery::default()
-            };
-            async move {
-                let rows = store.list_logs(&query).await.unwrap();
-                rows.into_iter()
-                    .map(|e| e.record.request_id)
-                    .collect::<Vec<_>>()
-            }
-        };
-        assert_eq!(search("alice").await, ["full"], "ASCII case-insensitive");
-        assert_eq!(search("\"user\"").await, ["replay", "full"]);
-        assert_eq!(search("50%").await, ["full"]);
-        assert!(search("5%0").await.is_empty(), "% is literal");
-        assert_eq!(search("e_1").await, ["full"]);
-        assert!(search("Alice-1").await.is_empty(), "_ is literal");
-        // A filter and the cursor together.
-        let page = store
-            .list_logs(&LogQuery {
-                limit: 10,
-                metadata_contains: Some("user".into()),
-                before_request_id: Some("replay".into()),
-                ..LogQuery::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(page.len(), 1);
-        assert_eq!(page[0].record.request_id, "full");
-    }
-
-    #[tokio::test]
-    async fn keys_are_updated_field_by_field() {
-        let (store, _dir) = temp_store().await;
-        store
-            .change_config(ConfigChange::CreateKey(key("key_a", 1)), &ok)
-            .await
-            .unwrap();
-        let update = |name: Option<&str>, store_bodies| ConfigChange::UpdateKey {
-            id: "key_a".into(),
-            name: name.map(str::to_string),
-            store_bodies,
-            limits: Limits::default(),
-        };
-        let out = store
-            .change_config(update(None, Some(true)), &ok)
-            .await
-            .unwrap();
-        assert!(out.version.is_some());
-        let Changed::Key(k) = out.changed else {
-            panic!("not a key")
-        };
-        assert!(k.store_bodies);
-        assert_eq!(k.name, "n");
-        let out = store
-            .change_config(update(Some("renamed"), None), &ok)
-            .await
-            .unwrap();
-        assert!(out.version.is_some());
-        let stored = store.get_key("key_a").await.unwrap().unwrap();
-        assert_eq!(
-            (stored.name.as_str(), stored.store_bodies),
-            ("renamed", true)
-        );
-        assert_eq!(store.load_config().await.unwrap().keys, [stored]);
-        let same = store
-            .change_config(update(Some("renamed"), Some(true)), &ok)
-            .await
-            .unwrap();
-        assert!(same.version.is_none(), "no change, no version");
-        let missing = store
-            .change_config(
-                ConfigChange::UpdateKey {
-                    id: "key_x".into(),
-                    name: None,
-                    store_bodies: Some(true),
-                    limits: Limits::default(),
-                },
-                &ok,
-            )
-            .await;
-        assert!(matches!(missing, Err(StoreError::NotFound(_))));
-        assert!(store.get_key("key_x").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn keys_are_found_by_hash() {
-        let (store, _dir) = temp_store().await;
-        let k = key("key_a", 1);
-        store
-            .change_config(ConfigChange::CreateKey(k.clone()), &ok)
-            .await
-            .unwrap();
-        assert_eq!(store.find_key_by_hash(&k.sha256).await.unwrap(), Some(k));
-        assert_eq!(store.find_key_by_hash(&[0; 32]).await.unwrap(), None);
     }
 }

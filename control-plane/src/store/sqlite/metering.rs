@@ -4,8 +4,10 @@
 use async_trait::async_trait;
 use sqlx::{Row, SqliteConnection};
 
-use super::{to_u64, SqliteStore, BEGIN_WRITE};
+use super::{SqliteStore, BEGIN_WRITE};
 use crate::store::metering::{Grant, Granted, MeteringStore, MinuteTokens, Owner, TopupSession};
+use crate::store::rows::to_u64;
+use crate::store::rows::unique_violation;
 use crate::store::StoreError;
 
 /// Charges `picos` to the key's balance and to its workspace's, where each has one; a balance
@@ -167,7 +169,7 @@ impl MeteringStore for SqliteStore {
         .bind(session.expires_at_ms)
         .execute(&mut *conn)
         .await
-        .map_err(|e| super::unique_violation(e, || format!("session {}", session.session_id)))?;
+        .map_err(|e| unique_violation(e, || format!("session {}", session.session_id)))?;
         Ok(())
     }
 
