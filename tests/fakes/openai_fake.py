@@ -40,6 +40,8 @@ REPLY_WITH_PREFIX = "reply-with: "
 AZURE_CHAT_PATH = re.compile(r"/openai/deployments/[A-Za-z0-9._~-]+/chat/completions")
 SYSTEM_FINGERPRINT = "fp_fake0001"
 KNOWN_MODELS = ("gpt-4o-mini", "gpt-4o")
+# Injected faults applied while an answer's body is written (see `FakeOpenAI.inject`).
+BODY_FAULTS = frozenset({"reset_mid_body", "truncate_stream", "stall_stream"})
 
 
 @dataclass(frozen=True)
@@ -228,14 +230,28 @@ class FakeOpenAI:
     def inject(self, *faults: dict[str, Any]) -> None:
         """Queues faults for the next POST requests, one each, in order:
         ``{"status": 503}`` / ``{"status": 429, "retry_after": 2}`` (the provider's own error
-        body), ``{"hang": seconds}`` (no answer, then the connection closes) or
-        ``{"reset": True}`` (the connection closes without an answer)."""
+        body), ``{"hang": seconds}`` (no answer, then the connection closes),
+        ``{"reset": True}`` (the connection closes without an answer), ``{"delay": seconds}``
+        (then the normal answer), ``{"raw": text, "content_type": ..., "status": 200}`` (that
+        body as the answer, e.g. malformed JSON or an HTML page).
+
+        Faults of the answer's body (Chat Completions only; the request is answered normally
+        up to the fault): ``{"reset_mid_body": True}`` (a JSON answer's headers and half its
+        body, or a stream's first two events, then the connection closes without the rest),
+        ``{"truncate_stream": n}`` (a stream ends cleanly after ``n`` events, without its usage
+        chunk and ``data: [DONE]``), ``{"stall_stream": seconds, "after": n}`` (a stream pauses
+        for ``seconds`` after ``n`` events, then goes on)."""
         with self._lock:
             self._faults.extend(faults)
 
     def next_fault(self) -> dict[str, Any] | None:
         with self._lock:
             return self._faults.pop(0) if self._faults else None
+
+    def clear_faults(self) -> None:
+        """Forgets the faults not yet applied."""
+        with self._lock:
+            self._faults.clear()
 
     def expected_usage(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         return usage_for(messages, self.cached_tokens)
@@ -357,9 +373,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def fault(self) -> bool:
         """Applies the next injected fault, if any; True when the request was answered by it."""
+        # A fault of the answer's body is applied while the answer is written.
+        self.body_fault: dict[str, Any] | None = None
         fault = self.server.fake.next_fault()
         if fault is None:
             return False
+        if BODY_FAULTS & fault.keys():
+            self.body_fault = fault
+            return False
+        if "raw" in fault:
+            self._send_raw(
+                int(fault.get("status", HTTPStatus.OK)),
+                str(fault.get("content_type", "application/json")),
+                str(fault["raw"]).encode(),
+            )
+            return True
         if "delay" in fault:
             time.sleep(float(fault["delay"]))
             return False
@@ -386,6 +414,19 @@ class _Handler(BaseHTTPRequestHandler):
             payload = openai_error("The server had an error while processing your request.", "server_error", None)
         self._send_json(status, payload, headers)
 
+    def _send_raw(self, status: int, content_type: str, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _reset_connection(self) -> None:
+        """Closes the connection at once (what a provider crashing mid-answer looks like)."""
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(2)
+
     # responses
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
@@ -397,6 +438,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
         self.end_headers()
+        fault = getattr(self, "body_fault", None) or {}
+        if fault.get("reset_mid_body"):
+            self.wfile.write(data[: len(data) // 2])
+            self._reset_connection()
+            return
         self.wfile.write(data)
 
     def _send_error(self, status: int, message: str, type_: str, code: str | None) -> None:
@@ -450,6 +496,20 @@ class _Handler(BaseHTTPRequestHandler):
                 "missing_required_parameter",
             )
             return
+        for limit in ("max_tokens", "max_completion_tokens"):
+            value = body.get(limit)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                self._send_json(
+                    HTTPStatus.BAD_REQUEST,
+                    openai_error(
+                        f"Invalid type for '{limit}': expected an integer, but got "
+                        f"{type(value).__name__} instead.",
+                        "invalid_request_error",
+                        "invalid_type",
+                        limit,
+                    ),
+                )
+                return
         if _is_stream(body):
             self._stream_completion(body, messages)
         elif _tool_call(body) is not None:
@@ -533,7 +593,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
         self.end_headers()
-        for event in self._stream_events(body, messages):
+        fault = getattr(self, "body_fault", None) or {}
+        for n, event in enumerate(self._stream_events(body, messages)):
+            if fault.get("reset_mid_body") and n == 2:
+                self._reset_connection()
+                return
+            if "truncate_stream" in fault and n == int(fault["truncate_stream"]):
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+                return
+            if "stall_stream" in fault and n == int(fault.get("after", 2)):
+                time.sleep(float(fault["stall_stream"]))
             self._write_chunk(f"data: {event}\n\n".encode())
         self._write_chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")

@@ -347,6 +347,15 @@ impl ClientStreamObserver {
             ClientStreamObserver::Events(o) => o.done,
         }
     }
+
+    /// The stream ended without its terminal event (a broken stream). Unknown, hence false,
+    /// once an oversized event stopped the parsing.
+    pub fn cut_short(&self) -> bool {
+        match self {
+            ClientStreamObserver::Chat(o) => !o.done && !o.overflowed,
+            ClientStreamObserver::Events(o) => !o.done && !o.overflowed,
+        }
+    }
 }
 
 /// Usage from a Responses stream (`response.completed` / `response.incomplete` /
@@ -637,6 +646,7 @@ mod tests {
             let mut o = ClientStreamObserver::new(api, false);
             o.feed(cut.as_bytes(), true);
             assert!(!o.done(), "{api:?}: a cut stream is not done");
+            assert!(o.cut_short(), "{api:?}: a cut stream is cut short");
         }
     }
 
