@@ -462,12 +462,6 @@ BODY_FAULTS: dict[str, dict[str, Any]] = {
         "content_type": "text/html; charset=utf-8",
     },
 }
-BODY_FAULT_BUG = (
-    "A 2xx answer is passed on as soon as its headers arrive (Envoy cannot retry after that, "
-    "and the edge holds nothing back on the no-rule path): a non-streamed 2xx whose body is "
-    "cut, not JSON or HTML reaches the client as a 200 (or a cut connection) instead of "
-    "failing over / becoming a typed 502 naming the provider."
-)
 
 
 def inject(gw: Gateway, fault: dict[str, Any] | None) -> None:
@@ -573,7 +567,6 @@ def test_provider_fault_without_fallback_is_a_typed_error_naming_the_provider(
     gw.assert_still_serving()
 
 
-@pytest.mark.xfail(strict=True, reason=BODY_FAULT_BUG)
 @pytest.mark.parametrize("fault", list(BODY_FAULTS))
 def test_unusable_2xx_answer_fails_over(gw: Gateway, fault: str) -> None:
     """With a fallback chain, a non-streamed 2xx answer that is cut, not JSON, or an HTML page
@@ -592,7 +585,6 @@ def test_unusable_2xx_answer_fails_over(gw: Gateway, fault: str) -> None:
         gw.assert_still_serving()
 
 
-@pytest.mark.xfail(strict=True, reason=BODY_FAULT_BUG)
 @pytest.mark.parametrize("fault", list(BODY_FAULTS))
 def test_unusable_2xx_answer_without_fallback_is_a_typed_502(gw: Gateway, fault: str) -> None:
     """Without a fallback, a non-streamed 2xx answer that is cut, not JSON, or an HTML page is

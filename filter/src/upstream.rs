@@ -1,14 +1,19 @@
 //! The upstream filter: runs in the provider cluster, once per attempt. It removes the gateway's
 //! internal headers, sets the provider's credential, and lets the engine's translator turn the
 //! client's request into the provider's wire format and the provider's response back into the
-//! client's format (SSE chunk by chunk).
+//! client's format (SSE chunk by chunk). A non-streamed 2xx answer is held until it is whole
+//! and checked to be JSON; an unusable one becomes a 502 that Envoy retries on the chain's next
+//! attempt.
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use tokenrouter_engine::request::ClientApi;
 use tokenrouter_engine::routing;
 use tokenrouter_engine::snapshot::ProviderEntry;
-use tokenrouter_engine::translate::{translator_for, AttemptTarget, Translator, UpstreamRequest};
+use tokenrouter_engine::translate::{
+    translator_for, unusable_reply, unusable_reply_body, AttemptTarget, Translator,
+    UpstreamRequest, MAX_RESPONSE_BODY_BYTES,
+};
 use tokenrouter_engine::usage::ChunkOutput;
 use tokenrouter_engine::{ErrorKind, GatewayError};
 
@@ -46,9 +51,24 @@ struct Attempt {
     stream: bool,
 }
 
+/// A non-streamed 2xx answer held back (headers and body) until it is whole and known to be
+/// JSON: until then Envoy has sent nothing to the client, so an unusable one can still become
+/// a 502 that Envoy's retry policy moves to the chain's next attempt.
+struct Held {
+    status: u16,
+    content_type: Option<String>,
+    body: Vec<u8>,
+    overflowed: bool,
+}
+
 pub struct Upstream {
     /// Provider of the cluster this filter instance belongs to.
     provider: String,
+    /// The attempt's provider, client API and whether the client asked for a stream.
+    attempt_provider: String,
+    client: ClientApi,
+    stream: bool,
+    held: Option<Held>,
     /// Set once the request headers were read; `None` for a local reply.
     translator: Option<Box<dyn Translator>>,
     /// Set while the body is awaited (the translator reads it).
@@ -61,6 +81,10 @@ impl Upstream {
     pub fn new(provider: String) -> Upstream {
         Upstream {
             provider,
+            attempt_provider: String::new(),
+            client: ClientApi::ChatCompletions,
+            stream: false,
+            held: None,
             translator: None,
             pending: None,
             request_id: String::new(),
@@ -122,6 +146,9 @@ impl Upstream {
         };
         self.request_id = attempt.request_id.clone();
         self.number = number;
+        self.attempt_provider = provider.name.clone();
+        self.client = api;
+        self.stream = plan.stream;
         attempts::start(
             &attempt.request_id,
             &provider.name,
@@ -297,20 +324,36 @@ impl HttpContext for Upstream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(translator) = self.translator.as_mut() else {
             return Action::Continue;
         };
-        let status = host::response_header(":status")
+        let status: u16 = host::response_header(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        let content_type = host::response_header("content-type");
+        host::set_response_header(ATTEMPT_HEADER, Some(&self.number.to_string()));
+        let streamed = content_type
+            .as_deref()
+            .is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
+        if (200..300).contains(&status) && !self.stream && !streamed {
+            // Judged once the body is in (`on_http_response_body`), headers included.
+            self.held = Some(Held {
+                status,
+                content_type,
+                body: Vec::new(),
+                overflowed: false,
+            });
+            if end_of_stream {
+                return self.release_held(0);
+            }
+            return Action::Pause;
+        }
         let retry_after = (status == 429)
             .then(|| host::response_header("retry-after"))
             .flatten()
             .and_then(|v| v.trim().parse::<u32>().ok());
         attempts::answered(&self.request_id, status, retry_after, host::now_ms());
-        host::set_response_header(ATTEMPT_HEADER, Some(&self.number.to_string()));
-        let content_type = host::response_header("content-type");
         let mutation = translator.response_headers(status, content_type.as_deref());
         for name in &mutation.remove_headers {
             host::set_response_header(name, None);
@@ -322,16 +365,82 @@ impl HttpContext for Upstream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(translator) = self.translator.as_mut() else {
+        if self.translator.is_none() {
             return Action::Continue;
-        };
+        }
         let chunk = if body_size > 0 {
             host::response_body(body_size).unwrap_or_default()
         } else {
             Vec::new()
         };
+        if let Some(held) = self.held.as_mut() {
+            if held.body.len() + chunk.len() > MAX_RESPONSE_BODY_BYTES {
+                held.overflowed = true;
+            } else {
+                held.body.extend_from_slice(&chunk);
+            }
+            if !end_of_stream {
+                // Kept here, not in Envoy's buffer (whose limit is the cluster's).
+                host::set_response_body(body_size, &[]);
+                return Action::Pause;
+            }
+            return self.release_held(body_size);
+        }
+        let Some(translator) = self.translator.as_mut() else {
+            return Action::Continue;
+        };
         if let ChunkOutput::Replace(out) = translator.response_body(&chunk, end_of_stream) {
             host::set_response_body(body_size, &out);
+        }
+        Action::Continue
+    }
+}
+
+impl Upstream {
+    /// Lets a held answer go: as it came (translated) when usable, else as a 502 naming the
+    /// provider — which Envoy retries on the chain's next attempt, if there is one.
+    fn release_held(&mut self, body_size: usize) -> Action {
+        let (Some(held), Some(translator)) = (self.held.take(), self.translator.as_mut()) else {
+            return Action::Continue;
+        };
+        let now = host::now_ms();
+        match unusable_reply(
+            &self.attempt_provider,
+            held.content_type.as_deref(),
+            &held.body,
+            held.overflowed,
+        ) {
+            None => {
+                attempts::answered(&self.request_id, held.status, None, now);
+                let mutation =
+                    translator.response_headers(held.status, held.content_type.as_deref());
+                for name in &mutation.remove_headers {
+                    host::set_response_header(name, None);
+                }
+                for (name, value) in &mutation.set_headers {
+                    host::set_response_header(name, Some(value));
+                }
+                let out = match translator.response_body(&held.body, true) {
+                    ChunkOutput::Replace(out) => out,
+                    ChunkOutput::Unchanged => held.body,
+                };
+                host::set_response_body(body_size, &out);
+            }
+            Some(message) => {
+                log::warn!("{message} (request {})", self.request_id);
+                attempts::answered(&self.request_id, 502, None, now);
+                let body = unusable_reply_body(
+                    self.client,
+                    &self.attempt_provider,
+                    message,
+                    &self.request_id,
+                );
+                host::set_response_header(":status", Some("502"));
+                host::set_response_header("content-type", Some("application/json"));
+                host::set_response_header("content-length", None);
+                host::set_response_body(body_size, &body);
+                self.translator = None;
+            }
         }
         Action::Continue
     }

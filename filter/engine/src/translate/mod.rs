@@ -50,6 +50,55 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// a 502 in the client's format.
 pub const MAX_RESPONSE_BODY_BYTES: usize = 16 * 1024 * 1024;
 
+/// Why a non-streamed 2xx provider reply cannot be given to the client, or `None` when it can:
+/// a reply that is not JSON (by its content type or its bytes), was cut short, or is larger
+/// than [`MAX_RESPONSE_BODY_BYTES`] is a failed attempt (the next one in the chain is tried).
+pub fn unusable_reply(
+    provider: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    overflowed: bool,
+) -> Option<String> {
+    if overflowed {
+        return Some(format!(
+            "The reply from provider '{provider}' exceeds {MAX_RESPONSE_BODY_BYTES} bytes."
+        ));
+    }
+    let content_type = content_type.unwrap_or("").trim();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json" && !essence.ends_with("+json") {
+        return Some(format!(
+            "Provider '{provider}' answered 2xx with content type {content_type:?} instead of JSON."
+        ));
+    }
+    // Validated without building it (the edge reads what it needs from it later).
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(e) => Some(format!(
+            "Provider '{provider}' answered 2xx with a body that is not valid JSON ({e})."
+        )),
+        Ok(_) if body.trim_ascii_start().first() != Some(&b'{') => Some(format!(
+            "Provider '{provider}' answered 2xx with JSON that is not an object."
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// The client-format error (HTTP 502, `provider_error`, naming the provider) for a 2xx reply
+/// [`unusable_reply`] refused.
+pub fn unusable_reply_body(
+    client: ClientApi,
+    provider: &str,
+    message: String,
+    request_id: &str,
+) -> Vec<u8> {
+    ClientError::provider_failure(provider, message).body(client, request_id)
+}
+
 /// Where one attempt goes, as the upstream filter knows it.
 #[derive(Clone, Copy, Debug)]
 pub struct AttemptTarget<'a> {
@@ -793,6 +842,55 @@ impl Translator for Hub {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusable_replies_are_named() {
+        let json = br#"{"id":"x","choices":[]}"#;
+        /// Content type, body, overflowed, a part of the reason (`None`: usable).
+        type Case<'a> = (Option<&'a str>, &'a [u8], bool, Option<&'a str>);
+        let cases: [Case; 8] = [
+            (Some("application/json"), json, false, None),
+            (Some("application/json; charset=utf-8"), json, false, None),
+            (Some("application/problem+json"), json, false, None),
+            (
+                Some("text/html"),
+                b"<html></html>",
+                false,
+                Some("content type"),
+            ),
+            (None, json, false, Some("content type")),
+            (
+                Some("application/json"),
+                br#"{"id":"x","choi"#,
+                false,
+                Some("not valid JSON"),
+            ),
+            (
+                Some("application/json"),
+                b"[1]",
+                false,
+                Some("not an object"),
+            ),
+            (Some("application/json"), json, true, Some("exceeds")),
+        ];
+        for (content_type, body, overflowed, expected) in cases {
+            let got = unusable_reply("openai", content_type, body, overflowed);
+            match (expected, &got) {
+                (None, None) => {}
+                (Some(part), Some(message)) => {
+                    assert!(message.contains(part), "{message}");
+                    assert!(message.contains("'openai'"), "{message}");
+                }
+                _ => panic!("{content_type:?} {body:?}: {got:?}"),
+            }
+        }
+        let body = unusable_reply_body(ClientApi::Messages, "openai", "bad".into(), "req_1");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "provider_error");
+        assert_eq!(v["error"]["provider"], "openai");
+        assert_eq!(v["error"]["code"], 502);
+    }
 
     fn target<'a>(kind: ProviderKind, base: &'a BaseUrl, stream: bool) -> AttemptTarget<'a> {
         AttemptTarget {
