@@ -119,7 +119,12 @@ impl BaseUrl {
             q.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._~=&%".contains(&b))
         });
-        if authority.is_empty() || authority.contains('@') || path.contains('#') || !query_ok {
+        // The path goes into `:path` as it is: RFC 3986 path characters only (percent-encoded
+        // otherwise), so no space, quote or control character reaches the request line.
+        let path_ok = path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%/".contains(&b));
+        if authority.is_empty() || authority.contains('@') || !path_ok || !query_ok {
             return Err(format!(
                 "base URL {url:?} is not of the form scheme://host[:port][/path]"
             ));
@@ -236,6 +241,18 @@ mod tests {
             );
             assert_eq!(b.authority(), authority, "{url}");
         }
+        // The path reaches `:path` as it is: nothing outside RFC 3986's path characters.
+        for bad in [
+            "http://h/a b",
+            "http://h/a\"b",
+            "http://h/a\r\nx: y",
+            "http://h/a#frag",
+            "http://h/<v1>",
+        ] {
+            assert!(BaseUrl::parse(bad).is_err(), "{bad:?}");
+        }
+        let ok = BaseUrl::parse("http://h/openai/deployments/gpt-4o%2Dmini/v1;x=1").unwrap();
+        assert_eq!(ok.path, "/openai/deployments/gpt-4o%2Dmini/v1;x=1");
     }
 
     #[test]
