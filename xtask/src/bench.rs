@@ -8,6 +8,10 @@
 //! - [`admin`]: seeding through the control plane's gRPC Admin API (keys, provider, revokes,
 //!   routing rules, firewall rules);
 //! - [`report`]: statistics and the BENCHMARKS.md renderer;
+//! - [`admission`]: the cost of admission (a key with no limits against one with a rate limit
+//!   and one with a balance, which make the edge call the control plane's Rate Limit Service);
+//! - [`soak`]: one tokenrouter stack under a steady mixed load for half an hour (memory,
+//!   errors, a usage row per request); only `--only soak` runs it, never the full run;
 //! - this file: the plan ([`Plan`]), the candidates' processes ([`Stacks`]) and the run.
 //!
 //! Candidates: `direct` (the fake), `bare` (Envoy, static route to the fake, no filter), `tr`
@@ -19,16 +23,22 @@
 //!
 //! Besides the candidates: the firewall and routing-rule scaling figures (latency at one
 //! connection against the number of enabled rules), the prompt complexity classifier's
-//! accuracy test, whose summary line is copied into the report, and the usage ingest rate
+//! accuracy test, whose summary line is copied into the report, the usage ingest rate
 //! ([`ingest`]: fake edges over FilterSync into a control plane's SQLite store, against the
-//! gateway's saturated throughput).
+//! gateway's saturated throughput) and the cost of admission ([`admission`]).
+//!
+//! `--only <phases>` runs some parts alone and merges their section into the existing report;
+//! `--only soak` ([`soak`], 30 minutes by default: `--soak-minutes`, `--soak-rate`) is the only
+//! way to run the soak, which the full run leaves out for its length.
 
 mod admin;
+mod admission;
 mod client;
 mod fake;
 mod ingest;
 mod load;
 mod report;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -95,6 +105,12 @@ pub enum Phase {
     /// Usage records/s stored through FilterSync (1 and 2 fake edges) against the gateway's
     /// saturated throughput (measured briefly in the same run).
     Ingest,
+    /// The cost of admission: latency and saturated throughput of a key with no limits, one
+    /// with a rate limit that never refuses and one with a balance (interleaved rounds).
+    Admission,
+    /// One tokenrouter stack under a steady mixed load for `--soak-minutes` (memory, errors, a
+    /// usage row per request). Only through `--only`: the full run leaves it out.
+    Soak,
 }
 
 impl Phase {
@@ -105,6 +121,8 @@ impl Phase {
             Phase::Routing => "routing",
             Phase::Classifier => "classifier",
             Phase::Ingest => "ingest",
+            Phase::Admission => "admission",
+            Phase::Soak => "soak",
         }
     }
 }
@@ -131,8 +149,8 @@ pub struct BenchArgs {
     /// Where to write the report [default: <repo>/BENCHMARKS.md].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these parts (comma-separated: firewall, keys, routing, classifier, ingest) and
-    /// merge their tables into the existing report as a labelled section (one per selection; a
+    /// Run only these parts (comma-separated: firewall, keys, routing, classifier, ingest,
+    /// admission, soak) and merge their tables into the existing report as a labelled section (one per selection; a
     /// rerun of the same selection replaces it), keeping the full run's figures for the rest.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Phase>,
@@ -140,6 +158,12 @@ pub struct BenchArgs {
     /// --quick].
     #[arg(long)]
     keys_budget: Option<u64>,
+    /// Minutes of steady load in the soak (`--only soak`) [default: 30].
+    #[arg(long, default_value_t = soak::DEFAULT_MINUTES)]
+    soak_minutes: u64,
+    /// Requests per second of the soak (one in three streamed) [default: 200].
+    #[arg(long, default_value_t = soak::DEFAULT_RATE)]
+    soak_rate: u32,
 }
 
 /// Durations and sizes of one run.
@@ -359,6 +383,8 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
     report.firewall_scaling = firewall_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
     println!("==> routing-rule scaling");
     report.routing_scaling = routing_scaling(&rt, &oha, &plan, &mut stacks, &base_url)?;
+    println!("==> admission");
+    report.admission = Some(admission::run(&rt, &oha, &plan, &mut stacks, &base_url)?);
     println!("==> usage ingest");
     let gateway = ingest::Gateway {
         rps: report.values(Metric::Saturated2Rps, Candidate::Tr).to_vec(),
@@ -835,6 +861,18 @@ fn bench_only(paths: &Paths, args: &BenchArgs) -> Result<()> {
         let gateway = ingest::gateway_throughput(&rt, &oha, &plan, &mut stacks, &base_url)?;
         println!("==> usage ingest");
         report.ingest = Some(ingest::run(&rt, &plan, &mut stacks, gateway)?);
+    }
+    if args.only.contains(&Phase::Admission) {
+        println!("==> admission");
+        report.admission = Some(admission::run(&rt, &oha, &plan, &mut stacks, &base_url)?);
+    }
+    if args.only.contains(&Phase::Soak) {
+        println!("==> soak");
+        let options = soak::Options {
+            rate: args.soak_rate.max(1),
+            duration: Duration::from_secs(args.soak_minutes.max(1) * 60),
+        };
+        report.soak = Some(soak::run(&rt, &mut stacks, &base_url, options)?);
     }
     report.load_after = loadavg();
     report.elapsed = started.elapsed();

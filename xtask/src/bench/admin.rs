@@ -1,5 +1,6 @@
 //! Seeding the tokenrouter candidate through the control plane's gRPC Admin API (never the
-//! database): keys (concurrently), the provider, revokes, routing rules and firewall rules.
+//! database): keys (concurrently, or one with limits or a balance), the provider, revokes,
+//! routing rules and firewall rules; and the stored usage per key.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -103,6 +104,56 @@ impl Admin {
             .map(|k| k.id)
             .ok_or_else(|| anyhow!("CreateKey answered without a key"))?;
         Ok(Key { id, raw: reply.raw })
+    }
+
+    /// `CreateKey` with per-key limits and/or a balance (exact decimal USD): such a key is
+    /// admitted by the control plane (one Rate Limit Service call per request).
+    pub async fn create_key_with(
+        &self,
+        name: String,
+        limits: Option<pb::Limits>,
+        balance_usd: Option<String>,
+    ) -> Result<Key> {
+        let message = pb::CreateKeyRequest {
+            name: name.clone(),
+            balance_usd,
+            limits,
+            ..Default::default()
+        };
+        let reply = self
+            .client
+            .clone()
+            .create_key(self.request(message))
+            .await
+            .with_context(|| format!("CreateKey {name}"))?
+            .into_inner();
+        let id = reply
+            .key
+            .map(|k| k.id)
+            .ok_or_else(|| anyhow!("CreateKey answered without a key"))?;
+        Ok(Key { id, raw: reply.raw })
+    }
+
+    /// Requests stored per key over the last `days` UTC days (`GetUsage`, grouped by key):
+    /// every stored usage row, failed ones included.
+    pub async fn requests_by_key(&self, days: u32) -> Result<Vec<(String, u64)>> {
+        let message = pb::GetUsageRequest {
+            days,
+            group_by: "key".into(),
+            key_id: String::new(),
+        };
+        let reply = self
+            .client
+            .clone()
+            .get_usage(self.request(message))
+            .await
+            .context("GetUsage")?
+            .into_inner();
+        Ok(reply
+            .breakdown
+            .into_iter()
+            .map(|g| (g.key_id, g.requests))
+            .collect())
     }
 
     /// [`Admin::create_key`], retried (up to [`CREATE_RETRIES`] times) when the control plane

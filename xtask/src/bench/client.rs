@@ -1,5 +1,6 @@
 //! A minimal keep-alive HTTP/1.1 client (hyper) for what the load tool cannot measure: time to
-//! first and last byte of a streamed answer, and the first 401 after a key revoke.
+//! first and last byte of a streamed answer, the first 401 after a key revoke, and the soak's
+//! mixed load (whose streams must end with `[DONE]`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,7 +33,12 @@ pub struct Timing {
     pub body_bytes: usize,
     /// The gateway's `x-tokenrouter-rule-trace` response header, if any.
     pub rule_trace: Option<String>,
+    /// The body's last [`TAIL_BYTES`] bytes (or all of it when shorter).
+    pub tail: Vec<u8>,
 }
+
+/// How much of a body's end [`Timing::tail`] keeps (enough for a stream's `data: [DONE]`).
+pub const TAIL_BYTES: usize = 64;
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
@@ -46,6 +52,12 @@ impl Conn {
             let _ = connection.await;
         });
         Ok(Conn { addr, sender })
+    }
+
+    /// Whether the server closed the connection (a keep-alive connection may be closed between
+    /// requests; nothing was sent on it then).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
     }
 
     /// `POST path` with a JSON body and, when given, `authorization: Bearer <key>`; reads the
@@ -79,12 +91,17 @@ impl Conn {
         let mut body = response.into_body();
         let mut first_byte = None;
         let mut body_bytes = 0;
+        let mut tail = Vec::with_capacity(2 * TAIL_BYTES);
         while let Some(frame) = body.frame().await {
             if let Some(data) = frame?.data_ref() {
                 if !data.is_empty() && first_byte.is_none() {
                     first_byte = Some(started.elapsed());
                 }
                 body_bytes += data.len();
+                tail.extend_from_slice(&data[data.len().saturating_sub(TAIL_BYTES)..]);
+                if tail.len() > TAIL_BYTES {
+                    tail.drain(..tail.len() - TAIL_BYTES);
+                }
             }
         }
         let last_byte = started.elapsed();
@@ -94,6 +111,7 @@ impl Conn {
             last_byte,
             body_bytes,
             rule_trace,
+            tail,
         })
     }
 }

@@ -10,7 +10,9 @@ use std::fs;
 use std::time::Duration;
 
 use super::admin::Seeded;
+use super::admission::AdmissionFigures;
 use super::ingest::IngestFigures;
+use super::soak::SoakFigures;
 use super::{Plan, PropagationTrial};
 
 /// The benchmark's candidates, in table order.
@@ -293,6 +295,10 @@ pub struct Report {
     pub classifier: Option<ClassifierFigures>,
     /// Usage records/s through FilterSync into SQLite against the gateway's throughput.
     pub ingest: Option<IngestFigures>,
+    /// Latency and throughput of keys the control plane admits against one it never asks.
+    pub admission: Option<AdmissionFigures>,
+    /// The soak (`--only soak` only).
+    pub soak: Option<SoakFigures>,
     /// (process, VmRSS in KiB).
     pub memory: Vec<(String, u64)>,
     pub commands: Vec<String>,
@@ -319,6 +325,8 @@ impl Report {
             routing_scaling: Vec::new(),
             classifier: None,
             ingest: None,
+            admission: None,
+            soak: None,
             memory: Vec::new(),
             commands: Vec::new(),
             load_before: String::new(),
@@ -419,8 +427,14 @@ impl Report {
         self.render_streaming(&mut md);
         self.render_scaling(&mut md);
         self.render_propagation(&mut md);
+        if let Some(admission) = &self.admission {
+            admission.render(&mut md);
+        }
         if let Some(ingest) = &self.ingest {
             ingest.render(&mut md, &self.machine);
+        }
+        if let Some(soak) = &self.soak {
+            soak.render(&mut md);
         }
         self.render_memory(&mut md);
         self.render_criterion(&mut md);
@@ -575,6 +589,10 @@ impl Report {
         }
         if let Some(ingest) = &self.ingest {
             md.push_str(&ingest.target_row("").1);
+            md.push('\n');
+        }
+        if let Some(soak) = &self.soak {
+            md.push_str(&soak.target_row("").1);
             md.push('\n');
         }
         let worst = self
@@ -821,12 +839,17 @@ impl Report {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "## Partial run: `cargo xtask bench --only {only}` ({date}, {} round(s){}, {:.0} s)\n\n\
+            "## Partial run: `cargo xtask bench --only {only}` ({date}{}{}, {:.0} s)\n\n\
              **The tables in this section come from this later run of only these parts**; every \
              other table in this file is from the full run named at the top and was not \
              re-measured. The machine is shared with other work and noisy, so absolute figures \
              move between runs; load average (1/5/15 min) before this run: {}; after: {}.\n",
-            self.plan.rounds,
+            // The soak alone has no rounds.
+            if only == "soak" {
+                String::new()
+            } else {
+                format!(", {} round(s)", self.plan.rounds)
+            },
             if self.plan.quick { ", --quick" } else { "" },
             self.elapsed.as_secs_f64(),
             self.load_before,
@@ -846,6 +869,26 @@ impl Report {
                 body.push('\n');
             }
             ingest.render(&mut body, &self.machine);
+        }
+        for section in [
+            self.admission.as_ref().map(|a| {
+                let mut md = String::new();
+                a.render(&mut md);
+                md
+            }),
+            self.soak.as_ref().map(|s| {
+                let mut md = String::new();
+                s.render(&mut md);
+                md
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !body.is_empty() && !body.ends_with("\n\n") {
+                body.push('\n');
+            }
+            body.push_str(&section);
         }
         for line in body.trim_start_matches('\n').lines() {
             if line.starts_with('#') {
@@ -891,6 +934,9 @@ impl Report {
         let mut rows = self.rules_target_rows(" (partial run below)");
         if let Some(ingest) = &self.ingest {
             rows.push(ingest.target_row(" (partial run below)"));
+        }
+        if let Some(soak) = &self.soak {
+            rows.push(soak.target_row(" (partial run below)"));
         }
         rows
     }
@@ -1145,6 +1191,8 @@ impl Report {
              cargo xtask bench --help     # --rounds, --keys, --keys-budget, --no-litellm, --no-criterion, --out\n\
              cargo xtask bench --only routing,classifier  # re-measure those parts (also: keys, firewall, ingest); merged into the report as a labelled section\n\
              cargo xtask bench --only ingest  # usage records/s through FilterSync into SQLite against the gateway's saturated throughput\n\
+             cargo xtask bench --only admission  # latency and throughput of keys with a rate limit or a balance against a plain key (also in the full run)\n\
+             cargo xtask bench --only soak --soak-minutes 30 --soak-rate 200  # steady mixed load on one stack: memory, errors, usage rows (never in the full run)\n\
              ```\n\n\
              It installs what it needs: Envoy (`target/venv`), oha (`cargo install --locked oha \
              --root target/bench-tools`), LiteLLM (`pip install 'litellm[proxy]'` into \
