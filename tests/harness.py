@@ -79,10 +79,28 @@ def wait_for(
         time.sleep(interval)
 
 
+# Ports for the processes of the tests come from below the kernel's ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default), one block per pytest-xdist
+# worker: a port handed out here is then never taken, between this check and the child's bind, by
+# an outgoing connection or by the other worker (a port from bind(0) could be; Envoy then exits).
+_PORT_BLOCK = 2_000
+_PORT_BASE = 12_000
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+_PORT_FIRST = _PORT_BASE + (int(_WORKER) if _WORKER.isdigit() else 0) % 10 * _PORT_BLOCK
+_NEXT_PORT = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback TCP port nobody listens on, not reused by this process for a while."""
+    for _ in range(_PORT_BLOCK):
+        port = _PORT_FIRST + next(_NEXT_PORT) % _PORT_BLOCK
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORT_FIRST}..{_PORT_FIRST + _PORT_BLOCK}")
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -445,9 +463,20 @@ class Envoy:
             json=False,
         )
 
-    def start(self, *, providers: Iterable[str] = (), timeout: float = START_TIMEOUT_S) -> Envoy:
-        """Starts Envoy and waits until it is LIVE and has the clusters of ``providers``."""
+    def start(
+        self,
+        *,
+        providers: Iterable[str] = (),
+        timeout: float = START_TIMEOUT_S,
+        edit_bootstrap: Callable[[str], str] | None = None,
+    ) -> Envoy:
+        """Starts Envoy and waits until it is LIVE and has the clusters of ``providers``.
+
+        ``edit_bootstrap`` rewrites the rendered bootstrap first (tests of Envoy's own replies).
+        """
         self.render_bootstrap()
+        if edit_bootstrap is not None:
+            self.config_path.write_text(edit_bootstrap(self.config_path.read_text()))
         args = [
             str(self.binaries.envoy),
             "-c",
@@ -571,6 +600,7 @@ class Harness:
         providers: Iterable[str] = (),
         max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
         control: str | None = None,
+        edit_bootstrap: Callable[[str], str] | None = None,
     ) -> Envoy:
         workdir = self.workdir / f"envoy{next(self._counter)}"
         envoy = Envoy(
@@ -581,7 +611,7 @@ class Harness:
             control=control,
         )
         self._envoys.append(envoy)
-        return envoy.start(providers=providers)
+        return envoy.start(providers=providers, edit_bootstrap=edit_bootstrap)
 
     def close(self) -> None:
         for envoy in self._envoys:

@@ -280,6 +280,10 @@ fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
         ("listen_address", p.listen.ip().to_string()),
         ("listen_port", p.listen.port().to_string()),
         ("buffer_limit_bytes", buffer_limit.to_string()),
+        (
+            "max_request_body_bytes",
+            p.max_request_body_bytes.to_string(),
+        ),
         ("edge_configuration", yaml_dq_escape(&edge_configuration)),
         ("sync_configuration", yaml_dq_escape(&sync_configuration)),
     ]
@@ -356,6 +360,8 @@ mod tests {
         assert!(yaml.contains("address: \"127.0.0.1\"\n        port_value: 8080"));
         let limit = 10 * 1024 * 1024 + 64 * 1024;
         assert!(yaml.contains(&format!("per_connection_buffer_limit_bytes: {limit}")));
+        // Envoy's own 413 names the same limit as the filter's.
+        assert!(yaml.contains("exceeds the gateway's limit of 10485760 bytes."));
         assert!(
             yaml.contains(r#"value: "{\"role\":\"edge\",\"max_request_body_bytes\":10485760,\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\"}""#)
         );

@@ -35,6 +35,13 @@ const MAX_STORED_BODY: usize = 256 * 1024;
 /// Largest client `metadata` object kept in the request log (compact JSON).
 const MAX_STORED_METADATA: usize = 16 * 1024;
 
+/// The log's `error_type` of a request whose client went away before its answer was whole.
+const CLIENT_CLOSED: &str = "client_closed_request";
+
+/// Envoy's response code details (a prefix) when the provider's connection was reset after
+/// the response had started.
+const UPSTREAM_RESET_DETAILS: &str = "upstream_reset_after_response_started";
+
 /// Envoy stats the edge defines (admin `/stats`, `/stats/prometheus`; Envoy prefixes them with
 /// `wasmcustom.`).
 #[derive(Clone, Default)]
@@ -654,7 +661,7 @@ impl Edge {
                 random,
                 now_ms: host::now_ms(),
             };
-            routing::decide(&snapshot, &scores, &input)?
+            routing::decide_traced(&snapshot, &scores, &input, routing::Tracing::Served)?
         };
         self.warnings.extend(decision.warnings.iter().cloned());
         let Some(first) = decision.attempts.first() else {
@@ -674,9 +681,9 @@ impl Edge {
             "x-tr-attempts",
             Some(&routing::attempts_header(&decision.attempts)),
         );
+        // The upstream filter finds the plan by it (x-request-id, set in the headers callback,
+        // is the same id).
         host::set_request_header("x-tr-request-id", Some(&self.request_id));
-        // Providers see the gateway's request id; the upstream filter finds the plan by it.
-        host::set_request_header("x-request-id", Some(&self.request_id));
         attempts::plan(
             &self.request_id,
             attempts::Plan {
@@ -920,14 +927,23 @@ impl Edge {
                 r.retry_after_s = retry_after;
                 let price = served.map(|p| p.price).unwrap_or_default();
                 fill_usage(&mut r, &usage, &price);
-                let broken = match &routed.response {
+                let cut = match &routed.response {
                     ResponseWatch::Sse(observer) | ResponseWatch::GuardedSse(observer, _) => {
-                        routed.ended && observer.cut_short()
+                        observer.cut_short()
                     }
                     _ => false,
                 };
-                if routed.status >= 400 || routed.status == 0 || broken {
+                // A stream without its final event: ended early by the provider, or reset
+                // mid-way (then no filter callback ran after the reset; Envoy's response code
+                // details say whose side it was).
+                let reset = cut && !routed.ended;
+                let provider_reset = reset
+                    && host::property(&["response", "code_details"])
+                        .is_some_and(|d| d.starts_with(UPSTREAM_RESET_DETAILS));
+                if routed.status >= 400 || routed.status == 0 || (cut && !reset) || provider_reset {
                     r.error_type = ErrorKind::Provider.type_str().into();
+                } else if reset {
+                    r.error_type = CLIENT_CLOSED.into();
                 }
             }
             Stage::Replied { status, error } => {
@@ -942,7 +958,7 @@ impl Edge {
             }
             Stage::AwaitingBody { .. } | Stage::AwaitingIdempotency { .. } => {
                 // The client went away before its body arrived.
-                r.error_type = "client_closed_request".into();
+                r.error_type = CLIENT_CLOSED.into();
                 r.status = 499;
             }
         }
@@ -1160,6 +1176,9 @@ impl Context for Edge {
 impl HttpContext for Edge {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         host::increment(self.config.metrics.requests, 1);
+        // The gateway's request id from the start: providers see it, and so do replies Envoy
+        // makes itself (the bootstrap's local_reply_config puts it in their envelope).
+        host::set_request_header("x-request-id", Some(&self.request_id));
         match self.on_headers(end_of_stream) {
             Ok(action) => action,
             Err(e) => self.reject(e),

@@ -88,6 +88,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A stream property of the host (e.g. `["response", "code_details"]`) as text.
+pub fn property(path: &[&str]) -> Option<String> {
+    hostcalls::get_property(path.to_vec())
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
+}
+
 pub fn shared_data(key: &str) -> Option<Vec<u8>> {
     hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
 }

@@ -33,6 +33,11 @@ use super::{
 /// never fails on a read → write lock upgrade.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
+/// Page cache of one pooled connection, in KiB.
+const CACHE_KIB: u32 = 1024;
+/// SQLite's soft heap limit for the whole process (the page caches of all connections).
+const HEAP_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
+
 /// SQLite-backed [`Store`].
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -53,7 +58,13 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Memory stays flat while the database grows: each pooled connection caches at most
+            // CACHE_KIB of pages (SQLite's default is 2 MiB, 16 MiB for the pool), and all of
+            // SQLite's heap gives pages back above HEAP_LIMIT_BYTES. Pages not cached are one
+            // pread away in the OS page cache.
+            .pragma("cache_size", format!("-{CACHE_KIB}"))
+            .pragma("soft_heap_limit", HEAP_LIMIT_BYTES.to_string());
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -1336,6 +1347,27 @@ mod tests {
             cost_picos: 42,
             stream: true,
             ..UsageRecord::default()
+        }
+    }
+
+    /// Every pooled connection has the bounded page cache, and the process the heap limit.
+    #[tokio::test]
+    async fn page_cache_is_bounded_on_every_connection() {
+        let (store, _dir) = temp_store().await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = store.pool().acquire().await.unwrap();
+            let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(cache, -i64::from(CACHE_KIB));
+            let limit: i64 = sqlx::query_scalar("PRAGMA soft_heap_limit")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(u64::try_from(limit).unwrap(), HEAP_LIMIT_BYTES);
+            held.push(conn); // the next acquire opens another connection
         }
     }
 

@@ -7,9 +7,11 @@
 //! - `auth/*`: key extraction + SHA-256 + snapshot lookup, with 100 and 100 000 keys;
 //! - `request/*`: parse of a realistic Chat Completions body and its rewrite for the upstream;
 //! - `routing/*`: `provider/model` and bare-model resolution; the whole decision for the load
-//!   benchmark's request with 10 and 1 000 enabled routing rules that do not match it (every
-//!   condition evaluated and traced), and with a 2 KB prompt; the trace's JSON for the log row
-//!   and the `x-tokenrouter-rule-trace` header;
+//!   benchmark's request with 10 and 1 000 enabled routing rules that do not match it, as the
+//!   edge decides (`Tracing::Served`: above 32 rules an unmatched rule stops at its first
+//!   failing condition) and as the preview does (`decide_full_trace_*`: every condition
+//!   evaluated and traced), and with a 2 KB prompt; the trace's JSON for the log row and the
+//!   `x-tokenrouter-rule-trace` header;
 //! - `complexity/*`: the prompt complexity classifier over a 2 KB prompt with a code block;
 //! - `usage/*`: the SSE usage observer over a 50-chunk stream (fed as the provider sent it).
 //!
@@ -25,7 +27,9 @@ use tokenrouter_engine::keys::hash_key;
 use tokenrouter_engine::request::{ChatRequest, ClientApi};
 use tokenrouter_engine::routing::complexity::classify;
 use tokenrouter_engine::routing::features::features;
-use tokenrouter_engine::routing::{decide, resolve, RouteInput, ScoreBoard};
+use tokenrouter_engine::routing::{
+    decide, decide_traced, resolve, RouteInput, ScoreBoard, Tracing,
+};
 use tokenrouter_engine::snapshot::SCHEMA;
 use tokenrouter_engine::usage::OpenAiStreamObserver;
 use tokenrouter_engine::Snapshot;
@@ -253,12 +257,21 @@ fn routing(c: &mut Criterion) {
         };
         for &rules in sizes {
             let s = snapshot_with_rules(100, rules);
-            let d = decide(&s, &scores, &input).expect("routed");
+            // As the edge decides (the preview's full trace is `decide`).
+            let d = decide_traced(&s, &scores, &input, Tracing::Served).expect("routed");
             assert_eq!(d.attempts[0].provider.name, "bench");
             assert!(d.trace.rules.len() == rules && d.trace.rules.iter().all(|r| !r.matched));
             group.bench_function(format!("decide_{rules}_rules{suffix}"), |b| {
-                b.iter(|| decide(black_box(&s), &scores, black_box(&input)).is_ok())
+                b.iter(|| {
+                    decide_traced(black_box(&s), &scores, black_box(&input), Tracing::Served)
+                        .is_ok()
+                })
             });
+            if rules > 10 && suffix.is_empty() {
+                group.bench_function(format!("decide_full_trace_{rules}_rules"), |b| {
+                    b.iter(|| decide(black_box(&s), &scores, black_box(&input)).is_ok())
+                });
+            }
             if !suffix.is_empty() {
                 continue;
             }
@@ -267,7 +280,7 @@ fn routing(c: &mut Criterion) {
             group.bench_function(format!("trace_json_{rules}_rules"), |b| {
                 b.iter(|| {
                     (
-                        d.trace.to_json().len(),
+                        d.trace.to_log_json().len(),
                         d.trace.header_value().map(|h| h.len()),
                     )
                 })

@@ -9,7 +9,7 @@ use super::complexity::{self, Tier};
 use super::features::Features;
 use super::rules::{Evaluation, Facts};
 use super::scores::{ScoreBoard, MIN_SAMPLES};
-use super::trace::Trace;
+use super::trace::{Trace, LOG_FULL_TRACE_RULES};
 use super::{check_pair, resolve, resolve_pinned, Mode, Target};
 use crate::error::{ErrorKind, GatewayError};
 use crate::money::Price;
@@ -465,6 +465,28 @@ pub fn decide<'s>(
     scores: &ScoreBoard,
     input: &RouteInput<'_>,
 ) -> Result<Decision<'s>, GatewayError> {
+    decide_traced(snapshot, scores, input, Tracing::Full)
+}
+
+/// How much of the rules' evaluation the trace keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracing {
+    /// Every condition of every rule (the preview, tests).
+    Full,
+    /// What the log row and the response header show (the edge): above
+    /// [`LOG_FULL_TRACE_RULES`] in-scope rules, a rule that does not match is checked only up
+    /// to its first failing condition and traced without conditions. The decision is the
+    /// same.
+    Served,
+}
+
+/// [`decide`], keeping the trace `tracing` asks for.
+pub fn decide_traced<'s>(
+    snapshot: &'s Snapshot,
+    scores: &ScoreBoard,
+    input: &RouteInput<'_>,
+    tracing: Tracing,
+) -> Result<Decision<'s>, GatewayError> {
     let mut trace = Trace::default();
     let mut warnings = Vec::new();
     let (model_ref, suffix_mode) = parse_model(input.model);
@@ -496,9 +518,15 @@ pub fn decide<'s>(
         let facts = RequestFacts::new(input, input.features.text.to_ascii_lowercase(), mode);
         let evaluation = Evaluation::of_rules(&facts, snapshot.routing_rule_set());
         trace.rules.reserve(rules.len());
+        let skip_unmatched = tracing == Tracing::Served && rules.len() > LOG_FULL_TRACE_RULES;
+        trace.conditions_skipped = skip_unmatched;
         for rule in rules {
             facts.mode.set(mode);
-            let (matched, mut rt) = rule.check(&evaluation);
+            let (matched, mut rt) = if skip_unmatched && !rule.matches(&evaluation) {
+                (false, rule.unmatched())
+            } else {
+                rule.check(&evaluation)
+            };
             if matched {
                 let a = &rule.actions;
                 if let Some(m) = a.set_mode {
@@ -1147,6 +1175,15 @@ mod tests {
         scores: &ScoreBoard,
         r: &Req,
     ) -> Result<Decision<'s>, GatewayError> {
+        run_traced(s, scores, r, Tracing::Full)
+    }
+
+    fn run_traced<'s>(
+        s: &'s Snapshot,
+        scores: &ScoreBoard,
+        r: &Req,
+        tracing: Tracing,
+    ) -> Result<Decision<'s>, GatewayError> {
         let f = features(r.api, &r.body, serde_json::to_vec(&r.body).unwrap().len());
         let headers = r.headers.clone();
         let header = move |n: &str| {
@@ -1170,7 +1207,7 @@ mod tests {
             random: r.random,
             now_ms: 1_000,
         };
-        decide(s, scores, &input)
+        decide_traced(s, scores, &input, tracing)
     }
 
     fn chain(d: &Decision<'_>) -> Vec<String> {
@@ -1372,6 +1409,88 @@ mod tests {
             match_json: m.into(),
             action_json: a.into(),
             key_id: String::new(),
+        }
+    }
+
+    /// The edge's decision (`Tracing::Served`) is the preview's: the same route, mode and
+    /// warnings, the same rules matched with the same actions, the same log row. Only rules
+    /// that did not match lose their conditions, and only above the log's full-trace size.
+    #[test]
+    fn served_tracing_decides_and_logs_like_full_tracing() {
+        let conditions = [
+            r#"{"contains": ["zebra"]}"#,
+            r#"{"metadata_equals": {"team": "ml"}}"#,
+            r#"{"headers": {"x-team": "ml"}}"#,
+            r#"{"mode": "cost"}"#,
+            r#"{"task": "coding"}"#,
+            r#"{"model": "gpt-4*"}"#,
+            r#"{"contains": ["function"], "metadata_equals": {"team": "web"}}"#,
+            r#"{"contains": ["function"], "headers": {"x-team": "ml"}, "mode": "balance"}"#,
+            r#"{"metadata_equals": {"team": "ml", "tier": "gold"}}"#,
+        ];
+        let action = |i: usize| match i % 4 {
+            0 => r#"{"set_mode": "cost"}"#.to_string(),
+            1 => format!(r#"{{"add_warning": {{"message": "w{i}"}}}}"#),
+            2 => r#"{"set_model": "gpt-4o-mini"}"#.to_string(),
+            _ => r#"{"set_provider": "openai"}"#.to_string(),
+        };
+        let mut requests = [
+            chat("auto", "Write a function that sorts a list"),
+            chat("openai/gpt-4o", "hello zebra"),
+            chat("gpt-4o-mini", "hello"),
+        ];
+        requests[0]
+            .body
+            .insert("metadata".into(), json!({"team": "ml", "tier": "gold"}));
+        requests[0].headers = vec![("x-team", "ml")];
+        requests[1].headers = vec![("x-team", "web")];
+        requests[2].body.insert("router_mode".into(), json!("cost"));
+        for count in [LOG_FULL_TRACE_RULES, LOG_FULL_TRACE_RULES + 1, 200] {
+            let mut p = snapshot();
+            p.routing_rules = (0..count)
+                .map(|i| {
+                    let priority = 1_000 - i32::try_from(i).unwrap();
+                    rule(
+                        i as i64,
+                        priority,
+                        conditions[i % conditions.len()],
+                        &action(i),
+                    )
+                })
+                .collect();
+            let s = snap(p);
+            let scores = ScoreBoard::default();
+            for (n, r) in requests.iter().enumerate() {
+                let full = run_traced(&s, &scores, r, Tracing::Full).unwrap();
+                let served = run_traced(&s, &scores, r, Tracing::Served).unwrap();
+                let what = format!("{count} rules, request {n}");
+                assert_eq!(chain(&served), chain(&full), "{what}");
+                assert_eq!(served.cluster, full.cluster, "{what}");
+                assert_eq!((served.mode, served.tier), (full.mode, full.tier), "{what}");
+                assert_eq!(served.warnings, full.warnings, "{what}");
+                let outline = |d: &Decision<'_>| -> Vec<_> {
+                    d.trace
+                        .rules
+                        .iter()
+                        .map(|r| (r.id, r.matched, r.applied.clone(), r.ignored.clone()))
+                        .collect()
+                };
+                assert_eq!(outline(&served), outline(&full), "{what}");
+                assert!(full.trace.rules.iter().any(|r| r.matched), "{what}");
+                assert_eq!(
+                    served.trace.to_log_json(),
+                    full.trace.to_log_json(),
+                    "{what}"
+                );
+                let skipped = count > LOG_FULL_TRACE_RULES;
+                assert_eq!(served.trace.conditions_skipped, skipped, "{what}");
+                if skipped {
+                    assert!(served.trace.rules.iter().any(|r| r.conditions.is_empty()));
+                } else {
+                    assert_eq!(served.trace, full.trace, "{what}");
+                }
+                assert!(!full.trace.conditions_skipped);
+            }
         }
     }
 

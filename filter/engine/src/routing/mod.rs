@@ -19,8 +19,9 @@ mod decide;
 
 pub use complexity::Tier;
 pub use decide::{
-    auto_chain_len, chain_children, chain_cluster_name, config_chains, decide, implied_chains,
-    Decision, RouteInput, DEFAULT_MAX_ATTEMPTS, DEFAULT_PER_TRY_TIMEOUT_MS, MAX_ATTEMPTS,
+    auto_chain_len, chain_children, chain_cluster_name, config_chains, decide, decide_traced,
+    implied_chains, Decision, RouteInput, Tracing, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PER_TRY_TIMEOUT_MS, MAX_ATTEMPTS,
 };
 pub use scores::ScoreBoard;
 

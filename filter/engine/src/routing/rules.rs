@@ -462,6 +462,28 @@ impl<'f> Evaluation<'f> {
         all
     }
 
+    /// Whether every condition holds, stopping at the first that does not and building no
+    /// trace: [`Self::conditions`]'s verdict at a fraction of its cost.
+    fn all_hold(&self, conditions: &[Condition], traced: &[Traced]) -> bool {
+        conditions.iter().zip(traced).all(|(c, t)| self.holds(c, t))
+    }
+
+    /// Whether one condition holds; the second half of [`Self::check`] without its `actual`.
+    fn holds(&self, c: &Condition, traced: &Traced) -> bool {
+        let facts = self.facts;
+        match c {
+            Condition::Contains(items) => self.first_contained(items, &traced.needles).is_some(),
+            Condition::MetadataEquals(pairs) => pairs
+                .iter()
+                .all(|(k, v)| facts.metadata(k) == Some(v.as_str())),
+            Condition::Headers(pairs) => pairs
+                .iter()
+                .all(|(k, v)| facts.header(k).as_deref() == Some(v.as_str())),
+            Condition::Mode(m) => facts.mode() == Some(*m),
+            Condition::Task(_) | Condition::Model(_) => self.check(c, traced).1,
+        }
+    }
+
     /// Checks one condition: what the request has (for the trace) and whether it holds.
     fn check(&self, c: &Condition, traced: &Traced) -> (Arc<Value>, bool) {
         let facts = self.facts;
@@ -569,6 +591,25 @@ impl Rule {
     /// Whether the rule applies to requests of this key at all.
     pub fn in_scope(&self, key_id: &str) -> bool {
         self.enabled && (self.key_id.is_empty() || self.key_id == key_id)
+    }
+
+    /// Whether the rule matches, without a trace (stops at the first condition that fails).
+    pub fn matches(&self, evaluation: &Evaluation<'_>) -> bool {
+        evaluation.all_hold(&self.conditions, &self.traced)
+    }
+
+    /// The trace entry of a rule that did not match, without its conditions (see
+    /// [`Trace::conditions_skipped`](super::trace::Trace::conditions_skipped)).
+    pub fn unmatched(&self) -> RuleTrace {
+        RuleTrace {
+            id: self.id,
+            name: Arc::clone(&self.name),
+            priority: self.priority,
+            matched: false,
+            conditions: Vec::new(),
+            applied: Vec::new(),
+            ignored: Vec::new(),
+        }
     }
 
     /// Evaluates the rule's conditions into a fresh trace entry.
@@ -737,6 +778,11 @@ mod tests {
             let r = compile(&rule(m, r#"{"set_mode": "cost"}"#)).unwrap();
             let (held, trace) = r.check(&Evaluation::new(&F));
             assert_eq!(held, want, "{m}");
+            assert_eq!(
+                r.matches(&Evaluation::new(&F)),
+                want,
+                "{m}: the untraced check"
+            );
             assert_eq!(trace.conditions.len(), r.conditions.len(), "{m}");
             assert_eq!(trace.matched, want);
         }

@@ -52,6 +52,11 @@ pub struct Step {
 pub struct Trace {
     pub rules: Vec<RuleTrace>,
     pub steps: Vec<Step>,
+    /// Some rules that did not match carry no conditions: the edge's decision (above
+    /// [`LOG_FULL_TRACE_RULES`] rules, where neither the log row nor the header shows an
+    /// unmatched rule's conditions) stops at a rule's first failing condition. The header then
+    /// goes straight to its condition-less form; the preview always traces every condition.
+    pub conditions_skipped: bool,
 }
 
 impl Trace {
@@ -182,7 +187,12 @@ impl Trace {
             return None;
         }
         let mut longest = String::new();
-        for (conditions, candidates) in [(true, true), (true, false), (false, false)] {
+        let forms: &[(bool, bool)] = if self.conditions_skipped {
+            &[(false, false)]
+        } else {
+            &[(true, true), (true, false), (false, false)]
+        };
+        for &(conditions, candidates) in forms {
             // ASCII escaping only lengthens, so a raw prefix past the limit cannot fit.
             let s = match self.serialize(conditions, candidates, MAX_HEADER_BYTES) {
                 Ok(s) | Err(s) => ascii(s),
