@@ -404,7 +404,9 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| paths.root.join("BENCHMARKS.md"));
-    fs::write(&out, report.render()).with_context(|| format!("cannot write {}", out.display()))?;
+    let existing = fs::read_to_string(&out).unwrap_or_default();
+    let rendered = carry_soak(&existing, report.render());
+    fs::write(&out, rendered).with_context(|| format!("cannot write {}", out.display()))?;
     println!(
         "\nxtask bench: wrote {} ({:.0}s)",
         out.display(),
@@ -1008,6 +1010,34 @@ fn keys_only(
         }
     }
     Ok(())
+}
+
+/// A full report (`fresh`) with the soak's partial section and target row of the report it
+/// replaces (`existing`): the full run leaves the soak out for its length, so its last figures
+/// stay until `--only soak` runs again.
+fn carry_soak(existing: &str, fresh: String) -> String {
+    let name = Phase::Soak.name();
+    let mut from = 0;
+    while let Some(begin) = existing[from..].find(PARTIAL_BEGIN).map(|b| b + from) {
+        let Some(end) = existing[begin..].find(PARTIAL_END).map(|e| e + begin) else {
+            break;
+        };
+        let end = end + PARTIAL_END.len();
+        let section = &existing[begin..end];
+        if partial_selection(section) == name {
+            let merged = merge_partial(&fresh, name, section);
+            let prefix = format!("| {}", soak::TARGET_KEY);
+            let rows: Vec<(String, String)> = existing
+                .lines()
+                .filter(|l| l.starts_with(&prefix))
+                .take(1)
+                .map(|l| (soak::TARGET_KEY.to_string(), l.to_string()))
+                .collect();
+            return report::replace_target_rows(&merged, &rows);
+        }
+        from = end;
+    }
+    fresh
 }
 
 /// `existing` with `section` in place of the partial section of the same selection `only`;
@@ -1735,6 +1765,37 @@ fn commands(oha: &Oha, plan: &Plan) -> Vec<String> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// A full run keeps the soak's section and target row of the report it replaces, and
+    /// drops the other partial sections (it measured those parts itself).
+    #[test]
+    fn a_full_run_carries_the_soak_over() {
+        let row = format!("| {} (30 min) | within 7.6 % | met |", soak::TARGET_KEY);
+        let existing = format!(
+            "# B\n\n## Targets (issue #9) and where we stand\n\n| target | measured | status |\n| --- | --- | --- |\n| old | x | met |\n{row}\n\n\
+             {PARTIAL_BEGIN} routing -->\nrouting figures\n{PARTIAL_END}\n\n\
+             {PARTIAL_BEGIN} soak -->\nsoak figures\n{PARTIAL_END}\n\n## Scaling\n\nold\n"
+        );
+        let fresh = "# B\n\n## Targets (issue #9) and where we stand\n\n| target | measured | status |\n| --- | --- | --- |\n| new | y | met |\n\n## Latency\n\nz\n\n## Scaling\n\nnew\n";
+        let out = carry_soak(&existing, fresh.to_string());
+        assert!(
+            out.contains(&format!("| new | y | met |\n{row}\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains("soak figures") && !out.contains("routing figures"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\n\n## Scaling\n\nnew\n") && !out.contains("| old |"),
+            "{out}"
+        );
+        assert_eq!(
+            carry_soak("# B\n", fresh.to_string()),
+            fresh,
+            "nothing to carry"
+        );
+    }
 
     #[test]
     fn partial_sections_are_inserted_then_replaced() {

@@ -49,6 +49,9 @@ pub const DEFAULT_MINUTES: u64 = 30;
 /// Sampling period.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// The first minute is warm-up: the "start" memory figure is the first sample after it.
+/// How the soak's row in the report's target table starts (after `| `).
+pub const TARGET_KEY: &str = "memory flat under a steady load";
+
 const WARMUP: Duration = Duration::from_secs(60);
 /// Keep-alive connections of the load.
 const CONNECTIONS: usize = 8;
@@ -637,7 +640,7 @@ impl SoakFigures {
 
     /// The Targets row (keyed by its first words).
     pub fn target_row(&self, note: &str) -> (String, String) {
-        let key = "memory flat under a steady load".to_string();
+        let key = TARGET_KEY.to_string();
         let spread =
             |m: Option<Memory>| m.map_or("—".into(), |m| format!("{:.1} %", m.spread_pct()));
         let met = self.flat() && self.errors == 0 && self.rows_ok();
