@@ -933,16 +933,16 @@ impl Edge {
                     }
                     _ => false,
                 };
-                // A stream without its final event: ended early by the provider, or reset
-                // mid-way (then no filter callback ran after the reset; Envoy's response code
-                // details say whose side it was).
-                let reset = cut && !routed.ended;
-                let provider_reset = reset
-                    && host::property(&["response", "code_details"])
+                // A stream without its final event is the provider's fault (ended early, or
+                // its connection reset), unless the client reset it: no filter callback ran
+                // after a reset, and Envoy's response code details say whose side it was.
+                let client_left = cut
+                    && !routed.ended
+                    && !host::property(&["response", "code_details"])
                         .is_some_and(|d| d.starts_with(UPSTREAM_RESET_DETAILS));
-                if routed.status >= 400 || routed.status == 0 || (cut && !reset) || provider_reset {
+                if routed.status >= 400 || routed.status == 0 || (cut && !client_left) {
                     r.error_type = ErrorKind::Provider.type_str().into();
-                } else if reset {
+                } else if client_left {
                     r.error_type = CLIENT_CLOSED.into();
                 }
             }

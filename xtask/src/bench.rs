@@ -1017,27 +1017,31 @@ fn keys_only(
 /// stay until `--only soak` runs again.
 fn carry_soak(existing: &str, fresh: String) -> String {
     let name = Phase::Soak.name();
+    let Some((begin, end)) = partial_sections(existing)
+        .find(|&(begin, end)| partial_selection(&existing[begin..end]) == name)
+    else {
+        return fresh;
+    };
+    let merged = merge_partial(&fresh, name, &existing[begin..end]);
+    let prefix = format!("| {}", soak::TARGET_KEY);
+    let rows: Vec<(String, String)> = existing
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .take(1)
+        .map(|l| (soak::TARGET_KEY.to_string(), l.to_string()))
+        .collect();
+    report::replace_target_rows(&merged, &rows)
+}
+
+/// The byte ranges of `md`'s partial sections, from their begin mark to past their end mark.
+fn partial_sections(md: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut from = 0;
-    while let Some(begin) = existing[from..].find(PARTIAL_BEGIN).map(|b| b + from) {
-        let Some(end) = existing[begin..].find(PARTIAL_END).map(|e| e + begin) else {
-            break;
-        };
-        let end = end + PARTIAL_END.len();
-        let section = &existing[begin..end];
-        if partial_selection(section) == name {
-            let merged = merge_partial(&fresh, name, section);
-            let prefix = format!("| {}", soak::TARGET_KEY);
-            let rows: Vec<(String, String)> = existing
-                .lines()
-                .filter(|l| l.starts_with(&prefix))
-                .take(1)
-                .map(|l| (soak::TARGET_KEY.to_string(), l.to_string()))
-                .collect();
-            return report::replace_target_rows(&merged, &rows);
-        }
+    std::iter::from_fn(move || {
+        let begin = md[from..].find(PARTIAL_BEGIN)? + from;
+        let end = md[begin..].find(PARTIAL_END)? + begin + PARTIAL_END.len();
         from = end;
-    }
-    fresh
+        Some((begin, end))
+    })
 }
 
 /// `existing` with `section` in place of the partial section of the same selection `only`;
@@ -1045,17 +1049,11 @@ fn carry_soak(existing: &str, fresh: String) -> String {
 /// section (at the end when there is none).
 fn merge_partial(existing: &str, only: &str, section: &str) -> String {
     let mut last_end = None;
-    let mut from = 0;
-    while let Some(begin) = existing[from..].find(PARTIAL_BEGIN).map(|b| b + from) {
-        let Some(end) = existing[begin..].find(PARTIAL_END).map(|e| e + begin) else {
-            break;
-        };
-        let end = end + PARTIAL_END.len();
+    for (begin, end) in partial_sections(existing) {
         if partial_selection(&existing[begin..end]) == only {
             return format!("{}{section}{}", &existing[..begin], &existing[end..]);
         }
         last_end = Some(end);
-        from = end;
     }
     if let Some(end) = last_end {
         return format!("{}\n\n{section}{}", &existing[..end], &existing[end..]);

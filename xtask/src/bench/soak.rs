@@ -48,10 +48,9 @@ pub const DEFAULT_RATE: u32 = 200;
 pub const DEFAULT_MINUTES: u64 = 30;
 /// Sampling period.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-/// The first minute is warm-up: the "start" memory figure is the first sample after it.
 /// How the soak's row in the report's target table starts (after `| `).
 pub const TARGET_KEY: &str = "memory flat under a steady load";
-
+/// The first minute is warm-up: the "start" memory figure is the first sample after it.
 const WARMUP: Duration = Duration::from_secs(60);
 /// Keep-alive connections of the load.
 const CONNECTIONS: usize = 8;
