@@ -69,6 +69,7 @@ backends!(
     usage_is_charged_once_to_key_and_workspace,
     topup_sessions_round_trip,
     token_minutes_count_started_minutes,
+    keys_changed_since_a_version,
 );
 
 fn key(id: &str, byte: u8) -> KeyRow {
@@ -157,6 +158,108 @@ async fn keys_create_revoke_and_version(db: TestDb) {
         )
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound(_))));
+}
+
+/// `load_config_since` reads every key a version above the given one created, revoked, updated
+/// or made metered, and no other; the rest of the configuration whole.
+async fn keys_changed_since_a_version(db: TestDb) {
+    let store = &db.store;
+    let ids = |state: &super::ConfigState| -> Vec<String> {
+        state.keys.iter().map(|k| k.id.clone()).collect()
+    };
+    for (i, id) in ["key_a", "key_b", "key_c", "key_d"].into_iter().enumerate() {
+        let mut k = key(id, u8::try_from(i).unwrap() + 1);
+        k.created_at_ms = i64::try_from(i).unwrap();
+        store
+            .change_config(ConfigChange::CreateKey(k), &ok)
+            .await
+            .unwrap();
+    }
+    store
+        .change_config(
+            ConfigChange::PutProvider {
+                row: provider("p", "http://127.0.0.1:1/v1"),
+                replace: false,
+            },
+            &ok,
+        )
+        .await
+        .unwrap();
+    let base = store.load_config().await.unwrap();
+    let since = store.load_config_since(base.version).await.unwrap();
+    assert!(since.keys.is_empty(), "nothing changed: {:?}", ids(&since));
+    assert_eq!(since.version, base.version);
+    assert_eq!(since.providers.len(), 1, "the other tables come whole");
+
+    store
+        .change_config(
+            ConfigChange::RevokeKey {
+                id: "key_c".into(),
+                at_ms: 9,
+            },
+            &ok,
+        )
+        .await
+        .unwrap();
+    store
+        .change_config(
+            ConfigChange::UpdateKey {
+                id: "key_a".into(),
+                name: Some("renamed".into()),
+                store_bodies: None,
+                limits: Limits::default(),
+            },
+            &ok,
+        )
+        .await
+        .unwrap();
+    let granted = store
+        .metering()
+        .grant(&Grant {
+            owner: Owner::Key("key_d".into()),
+            amount_picos: 5,
+            source: "admin".into(),
+            external_id: None,
+            note: String::new(),
+            at_ms: 1,
+        })
+        .await
+        .unwrap();
+    assert!(granted.new_version.is_some());
+    // A no-op changes nothing, so it is not read either.
+    store
+        .change_config(
+            ConfigChange::RevokeKey {
+                id: "key_c".into(),
+                at_ms: 10,
+            },
+            &ok,
+        )
+        .await
+        .unwrap();
+    let mut e = key("key_e", 9);
+    e.created_at_ms = 10;
+    store
+        .change_config(ConfigChange::CreateKey(e), &ok)
+        .await
+        .unwrap();
+
+    let since = store.load_config_since(base.version).await.unwrap();
+    assert_eq!(ids(&since), ["key_a", "key_c", "key_d", "key_e"]);
+    let full = store.load_config().await.unwrap();
+    assert_eq!(since.version, full.version);
+    for changed in &since.keys {
+        let stored = full.keys.iter().find(|k| k.id == changed.id).unwrap();
+        assert_eq!(changed, stored, "the key as it is now");
+    }
+    assert!(since.keys[2].metered);
+    assert_eq!(since.keys[1].status, KeyStatus::Revoked);
+    assert!(store
+        .load_config_since(full.version)
+        .await
+        .unwrap()
+        .keys
+        .is_empty());
 }
 
 async fn rejected_change_is_rolled_back(db: TestDb) {

@@ -636,6 +636,12 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// The current configuration, read in one transaction so the version matches the rows.
     async fn load_config(&self) -> Result<ConfigState, StoreError>;
 
+    /// [`Store::load_config`], except that `keys` holds only the keys changed after version
+    /// `keys_after` (created, revoked, updated or made metered by a version above it), in the
+    /// same order. A publisher that holds the keys of version `keys_after` applies these to them
+    /// instead of reading every key again.
+    async fn load_config_since(&self, keys_after: u64) -> Result<ConfigState, StoreError>;
+
     async fn list_keys(&self) -> Result<Vec<KeyRow>, StoreError>;
     async fn get_key(&self, id: &str) -> Result<Option<KeyRow>, StoreError>;
     /// The key with this SHA-256 (active or revoked), if any.

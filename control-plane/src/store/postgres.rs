@@ -142,6 +142,9 @@ impl Store for PostgresStore {
         };
         // Dropping `tx` on a refusal rolls the change back.
         check(proposed(&changed, count)).map_err(StoreError::Rejected)?;
+        if let Changed::Key(key) = &changed {
+            mark_key_changed(&mut tx, &key.id, version).await?;
+        }
         notify_version(&mut tx, version).await?;
         tx.commit().await?;
         Ok(ChangeOutcome {
@@ -152,7 +155,14 @@ impl Store for PostgresStore {
 
     async fn load_config(&self) -> Result<ConfigState, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
-        let state = load_config(&mut tx).await?;
+        let state = load_config(&mut tx, None).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn load_config_since(&self, keys_after: u64) -> Result<ConfigState, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
+        let state = load_config(&mut tx, Some(keys_after)).await?;
         tx.commit().await?;
         Ok(state)
     }
@@ -1040,10 +1050,27 @@ async fn set_routing_config(
     Ok(Applied::Committed(Changed::RoutingConfig(config)))
 }
 
-async fn load_config(conn: &mut PgConnection) -> Result<ConfigState, StoreError> {
+/// The configuration; with `keys_after`, `keys` holds only the keys changed after that version.
+async fn load_config(
+    conn: &mut PgConnection,
+    keys_after: Option<u64>,
+) -> Result<ConfigState, StoreError> {
+    let version = to_u64(read_version(conn).await?);
+    let keys = match keys_after {
+        None => load_keys(conn).await?,
+        Some(after) => sqlx::query(&format!(
+            "{KEY_SELECT} WHERE changed_version > $1 ORDER BY created_at_ms, id COLLATE \"C\""
+        ))
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(key_from_row)
+        .collect::<Result<_, _>>()?,
+    };
     Ok(ConfigState {
-        version: to_u64(read_version(conn).await?),
-        keys: load_keys(conn).await?,
+        version,
+        keys,
         workspaces: load_workspaces(conn).await?,
         providers: load_providers(conn).await?,
         models: load_model_rows(conn)
@@ -1252,6 +1279,20 @@ async fn load_keys(conn: &mut PgConnection) -> Result<Vec<KeyRow>, StoreError> {
     .iter()
     .map(key_from_row)
     .collect()
+}
+
+/// Records that a key changed at `version` (what [`Store::load_config_since`] reads).
+pub(super) async fn mark_key_changed(
+    conn: &mut PgConnection,
+    id: &str,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE api_keys SET changed_version = $1 WHERE id = $2")
+        .bind(version)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 fn key_from_row(row: &PgRow) -> Result<KeyRow, StoreError> {

@@ -120,6 +120,9 @@ impl Store for SqliteStore {
         };
         // Dropping `tx` on a refusal rolls the change back.
         check(proposed(&changed, count)).map_err(StoreError::Rejected)?;
+        if let Changed::Key(key) = &changed {
+            mark_key_changed(&mut tx, &key.id, version).await?;
+        }
         tx.commit().await?;
         Ok(ChangeOutcome {
             changed,
@@ -130,7 +133,14 @@ impl Store for SqliteStore {
     async fn load_config(&self) -> Result<ConfigState, StoreError> {
         // One read transaction, so the version matches the rows.
         let mut tx = self.pool.begin().await?;
-        let state = load_config(&mut tx).await?;
+        let state = load_config(&mut tx, None).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn load_config_since(&self, keys_after: u64) -> Result<ConfigState, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let state = load_config(&mut tx, Some(keys_after)).await?;
         tx.commit().await?;
         Ok(state)
     }
@@ -897,14 +907,30 @@ async fn apply(conn: &mut SqliteConnection, change: ConfigChange) -> Result<Appl
     Ok(applied)
 }
 
-async fn load_config(conn: &mut SqliteConnection) -> Result<ConfigState, StoreError> {
+/// The configuration; with `keys_after`, `keys` holds only the keys changed after that version.
+async fn load_config(
+    conn: &mut SqliteConnection,
+    keys_after: Option<u64>,
+) -> Result<ConfigState, StoreError> {
     let version: i64 = sqlx::query("SELECT version FROM config_version WHERE id = 1")
         .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
+    let keys = match keys_after {
+        None => load_keys(conn).await?,
+        Some(after) => sqlx::query(&format!(
+            "{KEY_SELECT} WHERE changed_version > ? ORDER BY created_at_ms, id"
+        ))
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(key_from_row)
+        .collect::<Result<_, _>>()?,
+    };
     Ok(ConfigState {
         version: to_u64(version),
-        keys: load_keys(conn).await?,
+        keys,
         workspaces: load_workspaces(conn).await?,
         providers: load_providers(conn).await?,
         models: load_models(conn).await?,
@@ -1104,6 +1130,20 @@ async fn load_keys(conn: &mut SqliteConnection) -> Result<Vec<KeyRow>, StoreErro
         .iter()
         .map(key_from_row)
         .collect()
+}
+
+/// Records that a key changed at `version` (what [`Store::load_config_since`] reads).
+pub(super) async fn mark_key_changed(
+    conn: &mut SqliteConnection,
+    id: &str,
+    version: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE api_keys SET changed_version = ? WHERE id = ?")
+        .bind(version)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 fn key_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<KeyRow, StoreError> {

@@ -157,6 +157,9 @@ impl MeteringStore for PostgresStore {
         // concurrent first credit may have made the owner metered meanwhile: then none).
         let new_version = match version {
             Some(version) if before.is_none() => {
+                if let Owner::Key(id) = &grant.owner {
+                    super::mark_key_changed(&mut tx, id, version).await?;
+                }
                 notify_version(&mut tx, version).await?;
                 Some(to_u64(version))
             }

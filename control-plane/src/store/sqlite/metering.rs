@@ -115,6 +115,9 @@ impl MeteringStore for SqliteStore {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
+            if let Owner::Key(id) = &grant.owner {
+                super::mark_key_changed(&mut tx, id, version).await?;
+            }
             Some(to_u64(version))
         } else {
             None
