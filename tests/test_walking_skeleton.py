@@ -247,6 +247,51 @@ def test_revoked_key_is_rejected_within_a_second(stack: Stack) -> None:
     assert_error_envelope(stack.envoy.post_chat(stack.key, body), 401, "authentication_error")
 
 
+def _sent(control_plane: Any) -> tuple[int, int]:
+    """(snapshots, key deltas) the control plane has sent to edges so far."""
+    text = requests.get(f"{control_plane.rest_url}/metrics", timeout=5).text
+    counts = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("tokenrouter_snapshots_sent_total", "tokenrouter_key_deltas_sent_total"):
+            counts[name] = int(float(value))
+    return counts["tokenrouter_snapshots_sent_total"], counts["tokenrouter_key_deltas_sent_total"]
+
+
+def test_key_changes_travel_as_deltas_to_every_worker(stack: Stack) -> None:
+    """Creating and revoking keys sends key deltas, not snapshots; both workers apply them, and
+    after a change besides keys (a full snapshot, a new base) deltas apply on top of that."""
+    body = {"model": "openai/gpt-4o-mini", "messages": user("delta")}
+    cp = stack.control_plane
+    snapshots0, deltas0 = _sent(cp)
+
+    def everywhere(key: str, status: int) -> bool:
+        # Fresh connections land on both of the Envoy's workers.
+        return all(stack.envoy.post_chat(key, body).status_code == status for _ in range(8))
+
+    new_id, new_key = cp.create_key("delta-new")
+    wait_for(lambda: everywhere(new_key, 200), timeout=5, interval=0.05, what="new key served")
+    cp.cli("keys", "revoke", new_id)
+    returned = time.monotonic()
+    wait_for(lambda: everywhere(new_key, 401), timeout=5, interval=0.02, what="revoke enforced")
+    assert time.monotonic() - returned < 1.0
+    assert everywhere(stack.key, 200), "the other keys are untouched"
+    snapshots1, deltas1 = _sent(cp)
+    assert snapshots1 == snapshots0, "key changes sent no snapshot"
+    assert deltas1 >= deltas0 + 2
+
+    # A change besides keys is a full snapshot; deltas then build on it.
+    cp.cli("models", "update", "openai/gpt-4o-mini", "--input-price", "0.2")
+    wait_for(lambda: _sent(cp)[0] > snapshots1, timeout=5, interval=0.05, what="a full snapshot")
+    later_id, later_key = cp.create_key("delta-later")
+    wait_for(lambda: everywhere(later_key, 200), timeout=5, interval=0.05, what="later key")
+    assert everywhere(new_key, 401), "the revoke survives the new base"
+    cp.cli("keys", "revoke", stack.key_id)
+    wait_for(lambda: everywhere(stack.key, 401), timeout=5, interval=0.02, what="revoke on new base")
+    assert everywhere(later_key, 200)
+    assert _sent(cp)[1] >= deltas1 + 2
+
+
 def test_provider_added_at_runtime_is_served_without_restart(
     stack: Stack, harness: Harness
 ) -> None:

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub sync_streams_open: AtomicI64,
     /// Snapshots sent to edges over FilterSync.
     pub snapshots_sent: AtomicU64,
+    /// Key deltas sent to edges over FilterSync instead of a snapshot.
+    pub key_deltas_sent: AtomicU64,
     /// Configuration version last published.
     pub config_version: AtomicU64,
     /// The GenAI histograms, fed by [`Metrics::observe_usage`].
@@ -242,6 +244,12 @@ impl Metrics {
             "counter",
             "Configuration snapshots sent to edges.",
             get(&self.snapshots_sent),
+        );
+        metric(
+            "tokenrouter_key_deltas_sent_total",
+            "counter",
+            "Key deltas sent to edges instead of a snapshot (only keys changed).",
+            get(&self.key_deltas_sent),
         );
         metric(
             "tokenrouter_config_version",

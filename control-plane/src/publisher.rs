@@ -68,6 +68,54 @@ fn routing_rules(rows: &[RoutingRuleRow]) -> Vec<pb::RoutingRule> {
     rules
 }
 
+/// Most keys one delta lists; past this a full snapshot, a new base, is published instead (a
+/// delta's keys are decoded by every worker on every version, a base's only once).
+pub const MAX_DELTA_KEYS: usize = 4096;
+
+/// A full snapshot later versions' key deltas are computed against.
+#[derive(Debug)]
+struct DeltaBase {
+    snapshot: Arc<pb::Snapshot>,
+    /// `snapshot` without its keys and version, to compare later builds with.
+    rest: pb::Snapshot,
+}
+
+/// `snapshot` without its keys and version (`snapshot` itself is left as it was).
+fn without_keys(snapshot: &mut pb::Snapshot) -> pb::Snapshot {
+    let keys = std::mem::take(&mut snapshot.keys);
+    let rest = pb::Snapshot {
+        version: 0,
+        ..snapshot.clone()
+    };
+    snapshot.keys = keys;
+    rest
+}
+
+/// The delta from `base` to `next` (whose [`without_keys`] is `rest`): the keys of `next` that
+/// `base` lacks or holds otherwise, when nothing else changed and at most [`MAX_DELTA_KEYS`]
+/// did. Keys are compared position by position: the publishing loop keeps each key where it
+/// was and appends new ones, so a key moved or missing means a full snapshot.
+fn key_delta(base: &DeltaBase, next: &pb::Snapshot, rest: &pb::Snapshot) -> Option<pb::KeyDelta> {
+    if *rest != base.rest || next.keys.len() < base.snapshot.keys.len() {
+        return None;
+    }
+    let mut keys = Vec::new();
+    for (at, key) in next.keys.iter().enumerate() {
+        match base.snapshot.keys.get(at) {
+            Some(held) if held.id != key.id => return None,
+            Some(held) if held == key => {}
+            _ if keys.len() == MAX_DELTA_KEYS => return None,
+            _ => keys.push(key.clone()),
+        }
+    }
+    Some(pb::KeyDelta {
+        schema: SCHEMA,
+        base_version: base.snapshot.version,
+        version: next.version,
+        keys,
+    })
+}
+
 /// Both outputs of one configuration version.
 #[derive(Debug)]
 pub struct Built {
@@ -82,9 +130,13 @@ pub struct Publisher {
     snapshots: watch::Sender<Arc<pb::Snapshot>>,
     clusters: watch::Sender<ClusterSet>,
     policies: watch::Sender<Arc<Policies>>,
-    /// Held while comparing versions and sending on both channels, so two concurrent publishes
-    /// cannot interleave and an older version never replaces a newer one.
-    order: Mutex<()>,
+    /// Key deltas: the one from the base below to the version in `snapshots`, when only keys
+    /// changed in between (`None` when that version is itself a base).
+    key_deltas: watch::Sender<Option<Arc<pb::KeyDelta>>>,
+    /// The last full snapshot that is a delta base. Held while comparing versions and sending
+    /// on the channels, so two concurrent publishes cannot interleave and an older version
+    /// never replaces a newer one.
+    order: Mutex<Option<DeltaBase>>,
     metrics: Arc<Metrics>,
     /// Time an attempt may take to answer before failover (`TOKENROUTER_PER_TRY_TIMEOUT_MS`).
     per_try_timeout_ms: u32,
@@ -115,7 +167,8 @@ impl Publisher {
             snapshots,
             clusters,
             policies,
-            order: Mutex::new(()),
+            key_deltas: watch::channel(None).0,
+            order: Mutex::new(None),
             metrics,
             per_try_timeout_ms: std::env::var("TOKENROUTER_PER_TRY_TIMEOUT_MS")
                 .ok()
@@ -331,8 +384,8 @@ impl Publisher {
     /// Builds and publishes `state` unless a newer version is already out. Returns whether it
     /// was published.
     pub fn publish(&self, state: &ConfigState) -> Result<bool, String> {
-        let built = self.build(state)?;
-        let _order = self
+        let mut built = self.build(state)?;
+        let mut base = self
             .order
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -340,10 +393,23 @@ impl Publisher {
             return Ok(false);
         }
         let version = built.snapshot.version;
+        let rest = without_keys(&mut built.snapshot);
+        let delta = base
+            .as_ref()
+            .and_then(|base| key_delta(base, &built.snapshot, &rest));
+        let snapshot = Arc::new(built.snapshot);
+        if delta.is_none() {
+            *base = Some(DeltaBase {
+                snapshot: snapshot.clone(),
+                rest,
+            });
+        }
         self.clusters.send_replace(built.clusters);
         // Before the snapshot: an edge that learns of a limit finds it enforced here.
         self.policies.send_replace(Arc::new(built.policies));
-        self.snapshots.send_replace(Arc::new(built.snapshot));
+        // Before the snapshot too: a stream woken by the snapshot finds its delta.
+        self.key_deltas.send_replace(delta.map(Arc::new));
+        self.snapshots.send_replace(snapshot);
         self.metrics
             .config_version
             .store(version, std::sync::atomic::Ordering::Relaxed);
@@ -353,6 +419,12 @@ impl Publisher {
 
     pub fn snapshots(&self) -> watch::Receiver<Arc<pb::Snapshot>> {
         self.snapshots.subscribe()
+    }
+
+    /// The key delta of the published version, if that version is not a base (see
+    /// [`pb::KeyDelta`]). Read it after the snapshot: it is sent first.
+    pub fn key_delta(&self) -> Option<Arc<pb::KeyDelta>> {
+        self.key_deltas.borrow().clone()
     }
 
     pub fn clusters(&self) -> watch::Receiver<ClusterSet> {
@@ -697,6 +769,74 @@ mod tests {
         assert_eq!(c.version, 3);
         assert_eq!(c.providers[0].cluster, "tr_provider_up");
         assert_eq!(c.providers[0].base_url, "http://127.0.0.1:1/v1");
+    }
+
+    /// Versions that change only keys get a delta from the last base, cumulative; any other
+    /// change, a key out of place or too many keys make a new base.
+    #[test]
+    fn key_only_versions_are_published_as_deltas() {
+        let (p, mut s) = state(3);
+        let template = s.keys[0].clone();
+        let key = |i: u8| KeyRow {
+            id: format!("key_{i}"),
+            sha256: [i; 32],
+            status: KeyStatus::Active,
+            ..template.clone()
+        };
+        s.keys = (10..15).map(key).collect();
+        assert!(p.publish(&s).unwrap());
+        assert!(p.key_delta().is_none(), "the first version is a base");
+
+        s.version = 4;
+        s.keys[1].status = KeyStatus::Revoked;
+        assert!(p.publish(&s).unwrap());
+        let d = p.key_delta().unwrap();
+        assert_eq!((d.base_version, d.version), (3, 4));
+        assert_eq!(d.keys.len(), 1);
+        assert!(d.keys[0].revoked && d.keys[0].id == "key_11");
+
+        s.version = 5;
+        s.keys.push(key(20));
+        assert!(p.publish(&s).unwrap());
+        let d = p.key_delta().unwrap();
+        assert_eq!((d.base_version, d.version), (3, 5));
+        let ids: Vec<&str> = d.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["key_11", "key_20"], "cumulative since the base");
+        assert_eq!(
+            p.snapshots().borrow().keys.len(),
+            6,
+            "the snapshot is whole"
+        );
+
+        // A change besides keys: a new base.
+        s.version = 6;
+        s.providers[0].base_url = "http://127.0.0.1:2/v1".into();
+        assert!(p.publish(&s).unwrap());
+        assert!(p.key_delta().is_none());
+        s.version = 7;
+        s.keys[0].name = "renamed".into();
+        assert!(p.publish(&s).unwrap());
+        assert_eq!(p.key_delta().unwrap().base_version, 6);
+
+        // Keys out of place (a full read sorted them otherwise): a new base.
+        s.version = 8;
+        s.keys.swap(0, 1);
+        assert!(p.publish(&s).unwrap());
+        assert!(p.key_delta().is_none());
+
+        // More than MAX_DELTA_KEYS changed keys: a new base.
+        s.version = 9;
+        for i in 0..=MAX_DELTA_KEYS {
+            let mut sha256 = [0xee; 32];
+            sha256[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            s.keys.push(KeyRow {
+                id: format!("key_bulk_{i}"),
+                sha256,
+                ..s.keys[0].clone()
+            });
+        }
+        assert!(p.publish(&s).unwrap());
+        assert!(p.key_delta().is_none());
     }
 
     #[test]

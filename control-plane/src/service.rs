@@ -849,6 +849,11 @@ impl Service {
         self.publisher.snapshots()
     }
 
+    /// The key delta of the published version, if it has one ([`Publisher::key_delta`]).
+    pub fn key_delta(&self) -> Option<Arc<pb::KeyDelta>> {
+        self.publisher.key_delta()
+    }
+
     /// Every published cluster set (for ADS), starting with the current one.
     pub fn clusters(&self) -> watch::Receiver<ClusterSet> {
         self.publisher.clusters()

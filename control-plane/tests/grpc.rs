@@ -39,7 +39,8 @@ async fn next(down: &mut Streaming<ControlMessage>) -> Down {
         .expect("empty message")
 }
 
-/// Skips snapshots until one satisfies `want`.
+/// Skips snapshots until one satisfies `want`. A key delta counts as a snapshot holding only
+/// the delta's keys (what the callers look for in one is a key they changed).
 async fn snapshot_where(
     down: &mut Streaming<ControlMessage>,
     want: impl Fn(&Snapshot) -> bool,
@@ -47,6 +48,16 @@ async fn snapshot_where(
     loop {
         match next(down).await {
             Down::Snapshot(s) if want(&s) => return s,
+            Down::Keys(d) => {
+                let keys_only = Snapshot {
+                    version: d.version,
+                    keys: d.keys,
+                    ..Snapshot::default()
+                };
+                if want(&keys_only) {
+                    return keys_only;
+                }
+            }
             Down::Snapshot(_) | Down::Scores(_) => {}
             Down::Ack(a) => panic!("unexpected ack {a:?}"),
         }
@@ -334,6 +345,7 @@ async fn scores_from_ingested_usage_reach_the_edge() {
             Down::Scores(s) if !s.scores.is_empty() => break s,
             Down::Scores(_) | Down::Ack(_) => {}
             Down::Snapshot(s) => panic!("unexpected snapshot {}", s.version),
+            Down::Keys(d) => panic!("unexpected key delta {}", d.version),
         }
     };
     assert!(scores.version > initial.version);

@@ -23,7 +23,11 @@ pub mod vm;
 
 /// Shared data key holding the encoded snapshot.
 pub const SNAPSHOT_KEY: &str = "tokenrouter.snapshot";
-/// Shared data key holding the snapshot version (u64 little-endian), written after the snapshot.
+/// Shared data key holding the key delta (`config.v1.KeyDelta`) to apply to that snapshot; after
+/// a full snapshot, an empty delta of that snapshot's version.
+pub const KEY_DELTA_KEY: &str = "tokenrouter.snapshot.key_delta";
+/// Shared data key holding the configuration version (u64 little-endian), written after the
+/// snapshot and the key delta: the delta's version when it has one.
 pub const SNAPSHOT_VERSION_KEY: &str = "tokenrouter.snapshot.version";
 /// Shared data key holding the encoded live scores (`config.v1.Scores`).
 pub const SCORES_KEY: &str = "tokenrouter.scores";

@@ -2,7 +2,8 @@
 //! Envoy and the control plane.
 //!
 //! Down the stream come snapshots, which are validated by the engine and written to shared data
-//! (snapshot first, then its version), live provider scores (written the same way under their
+//! (snapshot first, then an empty key delta, then its version), key deltas (the keys changed
+//! since a snapshot; written after it, then their version), live provider scores (written the same way under their
 //! own keys) and acks of usage batches. Up the stream go a hello and usage batches drained from
 //! the shared queue. A batch stays in `inflight` until acknowledged and is resent after a
 //! reconnect or a timeout; the control plane stores records idempotently by request id, so a
@@ -17,6 +18,7 @@ use proxy_wasm::types::BufferType;
 use serde::Deserialize;
 use tokenrouter_engine::firewall::Firewall;
 use tokenrouter_engine::Snapshot;
+use tokenrouter_proto::config::v1::KeyDelta;
 use tokenrouter_proto::sync::v1::{
     control_message, edge_message, ControlMessage, EdgeMessage, Hello, UsageBatch, UsageRecord,
 };
@@ -54,8 +56,11 @@ pub struct Sync {
     queue: u32,
     /// Token of the open stream; `None` while disconnected.
     stream: Option<u32>,
-    /// Snapshot version last written to shared data (sent in the hello).
+    /// Configuration version last written to shared data (sent in the hello): that of the
+    /// snapshot or of the key delta on top of it.
     have_version: u64,
+    /// Version of the full snapshot in shared data, which key deltas apply to.
+    snapshot_version: u64,
     /// Scores version last written to shared data; for the log only.
     scores_version: u64,
     pending: VecDeque<UsageRecord>,
@@ -79,6 +84,7 @@ impl Sync {
             queue,
             stream: None,
             have_version: 0,
+            snapshot_version: 0,
             scores_version: 0,
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
@@ -167,6 +173,7 @@ impl Sync {
                 }
             }
             Some(control_message::Msg::Scores(scores)) => self.install_scores(scores),
+            Some(control_message::Msg::Keys(delta)) => self.install_key_delta(delta),
             None => {}
         }
     }
@@ -187,13 +194,65 @@ impl Sync {
                 return;
             }
         }
+        // No delta applies on top of a new full snapshot until one comes for it.
+        let no_delta = KeyDelta {
+            schema: tokenrouter_engine::snapshot::SCHEMA,
+            base_version: version,
+            version,
+            keys: Vec::new(),
+        };
         if host::set_shared_data(crate::SNAPSHOT_KEY, &bytes)
+            && host::set_shared_data(crate::KEY_DELTA_KEY, &no_delta.encode_to_vec())
+            && host::set_shared_data(crate::SNAPSHOT_VERSION_KEY, &version.to_le_bytes())
+        {
+            self.have_version = version;
+            self.snapshot_version = version;
+        } else {
+            log::error!("cannot write snapshot {version} to shared data");
+        }
+    }
+
+    /// Publishes a key delta to the workers, who apply it to the full snapshot in shared data
+    /// (`vm::refresh_snapshot`). It must be a delta from a version at or below that snapshot's;
+    /// when it is not, this edge and the control plane disagree on what the edge holds, and
+    /// reconnecting makes the control plane send a full snapshot. A malformed delta is refused
+    /// whole, like a snapshot.
+    fn install_key_delta(&mut self, delta: KeyDelta) {
+        let version = delta.version;
+        if !(delta.base_version..=version).contains(&self.snapshot_version) {
+            log::error!(
+                "key delta {}..{version} does not apply to snapshot {}; reconnecting for a \
+                 full snapshot",
+                delta.base_version,
+                self.snapshot_version
+            );
+            self.reconnect_now();
+            return;
+        }
+        if let Err(e) = tokenrouter_engine::snapshot::validate_key_delta(&delta) {
+            host::increment(self.snapshots_refused, 1);
+            log::error!(
+                "key delta {version} refused, keeping {}: {e}",
+                self.have_version
+            );
+            return;
+        }
+        if host::set_shared_data(crate::KEY_DELTA_KEY, &delta.encode_to_vec())
             && host::set_shared_data(crate::SNAPSHOT_VERSION_KEY, &version.to_le_bytes())
         {
             self.have_version = version;
         } else {
-            log::error!("cannot write snapshot {version} to shared data");
+            log::error!("cannot write key delta {version} to shared data");
         }
+    }
+
+    /// Drops the stream and opens a new one at once (unacknowledged batches are resent on it).
+    fn reconnect_now(&mut self) {
+        if let Some(token) = self.stream.take() {
+            let _ = hostcalls::cancel_grpc_stream(token);
+        }
+        self.requeue_inflight();
+        self.connect();
     }
 
     /// Publishes live scores to the workers. Scores without a version are refused and the

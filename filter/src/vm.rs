@@ -23,6 +23,8 @@ const MAX_BACKLOG: usize = 10_000;
 #[derive(Default)]
 struct VmState {
     snapshot: Option<Rc<Snapshot>>,
+    /// The full snapshot `snapshot` was derived from (the same one when no key delta applied).
+    base: Option<Rc<Snapshot>>,
     /// Version of `snapshot`, or of the last refused one, so it is not decoded again.
     seen_version: u64,
     scores: Option<Rc<ScoreBoard>>,
@@ -79,6 +81,11 @@ pub fn refresh_scores() {
 }
 
 /// Re-reads shared data when its version changed. Cheap when it did not (8 bytes).
+///
+/// The configuration is the full snapshot in shared data with the key delta beside it applied
+/// (an empty one after a full snapshot). A delta that applies to the full snapshot this worker
+/// already decoded costs only its own keys: the snapshot (10 MB at 100 000 keys) is decoded
+/// again only when the control plane sent a new one.
 pub fn refresh_snapshot() {
     let Some(version) = shared_version(crate::SNAPSHOT_VERSION_KEY) else {
         return;
@@ -86,22 +93,70 @@ pub fn refresh_snapshot() {
     if STATE.with(|s| s.borrow().seen_version) == version {
         return;
     }
-    let Some(bytes) = host::shared_data(crate::SNAPSHOT_KEY) else {
-        return;
+    let delta = host::shared_data(crate::KEY_DELTA_KEY)
+        .and_then(|bytes| match pb::KeyDelta::decode(bytes.as_slice()) {
+            Ok(delta) => Some(delta),
+            Err(e) => {
+                log::error!("key delta undecodable, ignored: {e}");
+                None
+            }
+        })
+        .filter(|d| d.version > 0);
+    let applies = |base: &Snapshot| {
+        delta
+            .as_ref()
+            .is_some_and(|d| (d.base_version..=d.version).contains(&base.version))
     };
-    let previous = STATE.with(|s| s.borrow().snapshot.clone());
-    match Snapshot::decode_after(&bytes, previous.as_deref()) {
-        // The version key is written after the snapshot; use the snapshot's own version.
-        Ok(snap) => STATE.with(|s| {
-            let mut s = s.borrow_mut();
-            s.seen_version = version;
-            s.snapshot = Some(Rc::new(snap));
-        }),
-        Err(e) => {
-            log::error!("snapshot version {version} refused, keeping the previous one: {e}");
-            STATE.with(|s| s.borrow_mut().seen_version = version);
+    let held = STATE.with(|s| s.borrow().base.clone());
+    // Read after the delta: the sync singleton writes the snapshot first, so this one is the
+    // delta's or newer.
+    let base = match held {
+        Some(base) if applies(&base) => base,
+        _ => {
+            let Some(bytes) = host::shared_data(crate::SNAPSHOT_KEY) else {
+                return;
+            };
+            let previous = STATE.with(|s| s.borrow().base.clone());
+            match Snapshot::decode_after(&bytes, previous.as_deref()) {
+                Ok(snap) => Rc::new(snap),
+                Err(e) => {
+                    log::error!(
+                        "snapshot version {version} refused, keeping the previous one: {e}"
+                    );
+                    STATE.with(|s| s.borrow_mut().seen_version = version);
+                    return;
+                }
+            }
         }
-    }
+    };
+    let current = match delta {
+        Some(delta)
+            if applies(&base) && !(delta.keys.is_empty() && delta.version == base.version) =>
+        {
+            let delta_version = delta.version;
+            match base.with_key_delta(delta) {
+                Ok(snap) => Rc::new(snap),
+                Err(e) => {
+                    log::error!(
+                        "key delta {delta_version} refused, keeping the previous configuration: \
+                         {e}"
+                    );
+                    STATE.with(|s| s.borrow_mut().seen_version = version);
+                    return;
+                }
+            }
+        }
+        // No delta, one for an older snapshot than the one just read (a newer snapshot came
+        // after it), or the empty one of this snapshot.
+        _ => base.clone(),
+    };
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        // The version key is written last; use the configuration's own version.
+        s.seen_version = current.version;
+        s.base = Some(base);
+        s.snapshot = Some(current);
+    });
 }
 
 /// Hands an encoded usage record to the sync singleton (or keeps it until it can).

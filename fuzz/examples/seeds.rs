@@ -605,6 +605,30 @@ fn snapshot(corpus: &mut Corpus) {
         ],
     }
     .encode_to_vec();
+    // Key deltas on the fixed snapshot: one adding a key and revoking another, one whose hash
+    // belongs to another key (refused).
+    let mut revoked = full.keys[0].clone();
+    revoked.revoked = true;
+    let added = pb::ApiKey {
+        id: "key_added".into(),
+        sha256: vec![0xab; 32],
+        name: "added".into(),
+        workspace_id: "default".into(),
+        ..pb::ApiKey::default()
+    };
+    let clash = pb::ApiKey {
+        id: "key_clash".into(),
+        ..revoked.clone()
+    };
+    for keys in [vec![revoked, added], vec![clash]] {
+        let delta = pb::KeyDelta {
+            schema: 1,
+            base_version: full.version,
+            version: full.version + 2,
+            keys,
+        };
+        corpus.add("snapshot", &cat(&[&[0, 0, 0], &delta.encode_to_vec()]));
+    }
     for (flags, s) in [(0u8, &full), (0x81, &small), (2, &empty)] {
         let bytes = s.encode_to_vec();
         corpus.add("snapshot", &cat(&[&[flags, 0, 0], &bytes]));

@@ -8,6 +8,10 @@
 //! accepts and refuses the same bytes and gives the same firewall; the models list is JSON;
 //! decisions have at least one attempt, each a pair the gateway can translate.
 //!
+//! The snapshot bytes are also read as a key delta (`config.v1.KeyDelta`) applied to a fixed
+//! snapshot: no panic, accepted only when `validate_key_delta` accepts it, and every key it
+//! lists is then found by its hash.
+//!
 //! Input: `[flags] [scores length u16] scores… snapshot…`.
 
 #![no_main]
@@ -37,6 +41,22 @@ fuzz_target!(|data: &[u8]| {
     let board = pb::Scores::decode(scores)
         .map(ScoreBoard::from_proto)
         .unwrap_or_default();
+
+    // The same bytes as a key delta on the fixed snapshot: accepted only when its own checks
+    // pass, and then every key it lists is found by its hash as that key.
+    if let Ok(delta) = pb::KeyDelta::decode(bytes) {
+        let valid = tokenrouter_engine::snapshot::validate_key_delta(&delta).is_ok();
+        if let Ok(applied) = PREVIOUS.with_key_delta(delta.clone()) {
+            assert!(valid, "with_key_delta accepted what validate_key_delta refuses");
+            assert_eq!(applied.version, delta.version);
+            assert!(applied.key_count() >= PREVIOUS.key_count());
+            for k in &delta.keys {
+                let hash: [u8; 32] = k.sha256.as_slice().try_into().expect("checked: 32 bytes");
+                let found = applied.key_by_hash(&hash).map(|e| e.id.as_str());
+                assert_eq!(found, Some(k.id.as_str()));
+            }
+        }
+    }
 
     let decoded = Snapshot::decode(bytes);
     let after = Snapshot::decode_after(bytes, Some(&PREVIOUS));

@@ -5,6 +5,7 @@
 //! configuration before it reaches an edge.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prost::Message;
 use tokenrouter_proto::config::v1 as pb;
@@ -92,7 +93,21 @@ impl std::error::Error for ConfigError {}
 pub struct Snapshot {
     pub version: u64,
     pub max_request_body_bytes: u64,
-    keys: HashMap<[u8; 32], KeyEntry>,
+    /// Keys of the full snapshot this one was built from, and its version.
+    keys: Arc<HashMap<[u8; 32], KeyEntry>>,
+    keys_version: u64,
+    /// Keys changed since that snapshot ([`Snapshot::with_key_delta`]), looked up first.
+    changed_keys: HashMap<[u8; 32], KeyEntry>,
+    /// Everything else, shared by the snapshots a key delta derives from one full snapshot.
+    parts: Arc<Parts>,
+    pub max_attempts: u32,
+    pub per_try_timeout_ms: u32,
+    pub auto_chain_len: u32,
+}
+
+/// What a snapshot holds besides keys.
+#[derive(Debug, Default)]
+struct Parts {
     providers: Vec<ProviderEntry>,
     provider_by_name: HashMap<String, usize>,
     /// (kind, model id) → model.
@@ -109,9 +124,6 @@ pub struct Snapshot {
     chain_clusters: HashMap<Vec<String>, String>,
     /// Kind → ids of its catalogue models, in catalogue order.
     kind_models: HashMap<ProviderKind, Vec<String>>,
-    pub max_attempts: u32,
-    pub per_try_timeout_ms: u32,
-    pub auto_chain_len: u32,
 }
 
 impl Snapshot {
@@ -131,7 +143,7 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigError> {
         let proto = pb::Snapshot::decode(bytes)
             .map_err(|e| ConfigError(format!("snapshot does not decode: {e}")))?;
-        Snapshot::from_proto_after(proto, previous.map(|p| &p.firewall))
+        Snapshot::from_proto_after(proto, previous.map(|p| &p.parts.firewall))
     }
 
     /// Validates and indexes a snapshot. Refuses the whole snapshot on any invalid entry.
@@ -155,20 +167,7 @@ impl Snapshot {
         }
         let mut keys = HashMap::with_capacity(p.keys.len());
         for k in p.keys {
-            let hash: [u8; 32] = k
-                .sha256
-                .as_slice()
-                .try_into()
-                .map_err(|_| ConfigError(format!("key {}: sha256 must be 32 bytes", k.id)))?;
-            let entry = KeyEntry {
-                id: k.id,
-                name: k.name,
-                workspace_id: k.workspace_id,
-                revoked: k.revoked,
-                store_bodies: k.store_bodies,
-                admission: k.admission,
-                metered: k.metered,
-            };
+            let (hash, entry) = key_entry(k)?;
             if keys.insert(hash, entry).is_some() {
                 return Err(ConfigError("two keys share one hash".into()));
             }
@@ -255,16 +254,20 @@ impl Snapshot {
         Ok(Snapshot {
             version: p.version,
             max_request_body_bytes,
-            keys,
-            providers,
-            provider_by_name,
-            models,
-            model_kinds,
-            firewall,
-            routing_rules: RuleSet::new(routing_rules),
-            routing_configs,
-            chain_clusters,
-            kind_models,
+            keys: Arc::new(keys),
+            keys_version: p.version,
+            changed_keys: HashMap::new(),
+            parts: Arc::new(Parts {
+                providers,
+                provider_by_name,
+                models,
+                model_kinds,
+                firewall,
+                routing_rules: RuleSet::new(routing_rules),
+                routing_configs,
+                chain_clusters,
+                kind_models,
+            }),
             max_attempts,
             per_try_timeout_ms,
             auto_chain_len: settings.auto_chain_len.min(max_attempts),
@@ -273,76 +276,118 @@ impl Snapshot {
 
     /// The key with this SHA-256, revoked or not.
     pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&KeyEntry> {
-        self.keys.get(hash)
+        self.changed_keys.get(hash).or_else(|| self.keys.get(hash))
     }
 
     /// The key with this id, revoked or not: a scan of every key, for previews (the edge finds
     /// keys by hash).
     pub fn key_by_id(&self, id: &str) -> Option<&KeyEntry> {
-        self.keys.values().find(|k| k.id == id)
+        self.changed_keys
+            .values()
+            .find(|k| k.id == id)
+            .or_else(|| self.keys.values().find(|k| k.id == id))
+    }
+
+    /// This snapshot with the keys of `delta` (the configuration at `delta.version`), sharing
+    /// everything else. `delta` must apply to this snapshot: it lists the keys changed since a
+    /// version at or below the one this snapshot was built from, when nothing but keys changed
+    /// (the control plane sends one only then). Keys a previous delta changed are replaced:
+    /// deltas are cumulative. Refused whole, as a snapshot would be, when a hash is not 32
+    /// bytes or belongs to two keys.
+    pub fn with_key_delta(&self, delta: pb::KeyDelta) -> Result<Snapshot, ConfigError> {
+        validate_key_delta(&delta)?;
+        let base = self.keys_version;
+        if !(delta.base_version..=delta.version).contains(&base) {
+            return Err(ConfigError(format!(
+                "key delta {}..{} does not apply to snapshot {base}",
+                delta.base_version, delta.version
+            )));
+        }
+        let mut changed_keys = HashMap::with_capacity(delta.keys.len());
+        for k in delta.keys {
+            let (hash, entry) = key_entry(k)?;
+            if self.keys.get(&hash).is_some_and(|held| held.id != entry.id) {
+                return Err(ConfigError("two keys share one hash".into()));
+            }
+            changed_keys.insert(hash, entry);
+        }
+        Ok(Snapshot {
+            version: delta.version,
+            keys: self.keys.clone(),
+            changed_keys,
+            parts: self.parts.clone(),
+            ..*self
+        })
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderEntry> {
-        self.provider_by_name
+        self.parts
+            .provider_by_name
             .get(name)
-            .and_then(|&i| self.providers.get(i))
+            .and_then(|&i| self.parts.providers.get(i))
     }
 
     /// Enabled providers of a kind, in registration order.
     pub fn providers_of_kind(&self, kind: ProviderKind) -> impl Iterator<Item = &ProviderEntry> {
-        self.providers
+        self.parts
+            .providers
             .iter()
             .filter(move |p| p.enabled && p.kind == kind)
     }
 
     pub fn model(&self, kind: ProviderKind, id: &str) -> Option<&ModelEntry> {
-        self.models.get(&(kind, id.to_string()))
+        self.parts.models.get(&(kind, id.to_string()))
     }
 
     /// Every catalogue model, enabled or not, in no particular order.
     pub fn models(&self) -> impl Iterator<Item = &ModelEntry> {
-        self.models.values()
+        self.parts.models.values()
     }
 
     /// Kinds whose catalogue has this bare model id.
     pub fn kinds_of_model(&self, id: &str) -> &[ProviderKind] {
-        self.model_kinds.get(id).map(Vec::as_slice).unwrap_or(&[])
+        self.parts
+            .model_kinds
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Routing rules, higher priority first.
     pub fn routing_rules(&self) -> &[Rule] {
-        self.routing_rules.rules()
+        self.parts.routing_rules.rules()
     }
 
     /// Routing rules with what evaluates them per request.
     pub fn routing_rule_set(&self) -> &RuleSet {
-        &self.routing_rules
+        &self.parts.routing_rules
     }
 
     /// Every key's routing configuration.
     pub fn routing_configs(&self) -> impl Iterator<Item = &KeyConfig> {
-        self.routing_configs.values()
+        self.parts.routing_configs.values()
     }
 
     /// The key's routing configuration, active or not.
     pub fn routing_config(&self, key_id: &str) -> Option<&KeyConfig> {
-        self.routing_configs.get(key_id)
+        self.parts.routing_configs.get(key_id)
     }
 
     /// The chain cluster materialised for these provider names in this order, if any.
     pub fn explicit_chain(&self, providers: &[&str]) -> Option<&str> {
         let key: Vec<String> = providers.iter().map(|p| (*p).to_string()).collect();
-        self.chain_clusters.get(&key).map(String::as_str)
+        self.parts.chain_clusters.get(&key).map(String::as_str)
     }
 
     /// Every enabled provider, in registration order.
     pub fn enabled_providers(&self) -> impl Iterator<Item = &ProviderEntry> {
-        self.providers.iter().filter(|p| p.enabled)
+        self.parts.providers.iter().filter(|p| p.enabled)
     }
 
     /// Catalogue models of a kind (ids), in catalogue order.
     pub fn models_of_kind(&self, kind: ProviderKind) -> &[String] {
-        self.kind_models
+        self.parts
+            .kind_models
             .get(&kind)
             .map(Vec::as_slice)
             .unwrap_or(&[])
@@ -350,17 +395,68 @@ impl Snapshot {
 
     /// Keeps only the compiled firewall (for reuse by the next snapshot's validation).
     pub fn into_firewall(self) -> Firewall {
-        self.firewall
+        match Arc::try_unwrap(self.parts) {
+            Ok(parts) => parts.firewall,
+            Err(shared) => shared.firewall.clone(),
+        }
     }
 
     /// The compiled firewall rules.
     pub fn firewall(&self) -> &Firewall {
-        &self.firewall
+        &self.parts.firewall
     }
 
     pub fn key_count(&self) -> usize {
-        self.keys.len()
+        let added = self
+            .changed_keys
+            .keys()
+            .filter(|hash| !self.keys.contains_key(*hash))
+            .count();
+        self.keys.len() + added
     }
+}
+
+/// What can be checked of a key delta without the snapshot it applies to: its schema, 32-byte
+/// hashes and no hash twice (the sync singleton runs it before publishing a delta to the
+/// workers, who run [`Snapshot::with_key_delta`]).
+pub fn validate_key_delta(delta: &pb::KeyDelta) -> Result<(), ConfigError> {
+    if delta.schema != SCHEMA {
+        return Err(ConfigError(format!(
+            "key delta schema {} is not supported (this edge understands {SCHEMA})",
+            delta.schema
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(delta.keys.len());
+    for k in &delta.keys {
+        let hash: [u8; 32] = k
+            .sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| ConfigError(format!("key {}: sha256 must be 32 bytes", k.id)))?;
+        if !seen.insert(hash) {
+            return Err(ConfigError("two keys share one hash".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A key as the edge indexes it: its hash (which must be 32 bytes) and the rest.
+fn key_entry(k: pb::ApiKey) -> Result<([u8; 32], KeyEntry), ConfigError> {
+    let hash: [u8; 32] = k
+        .sha256
+        .as_slice()
+        .try_into()
+        .map_err(|_| ConfigError(format!("key {}: sha256 must be 32 bytes", k.id)))?;
+    let entry = KeyEntry {
+        id: k.id,
+        name: k.name,
+        workspace_id: k.workspace_id,
+        revoked: k.revoked,
+        store_bodies: k.store_bodies,
+        admission: k.admission,
+        metered: k.metered,
+    };
+    Ok((hash, entry))
 }
 
 /// Validates one provider on its own: everything [`Snapshot::from_proto`] checks about a
@@ -550,6 +646,104 @@ pub(crate) mod tests {
             break_it(&mut s);
             assert!(Snapshot::from_proto(s).is_err(), "{name} was accepted");
         }
+    }
+
+    fn delta(base_version: u64, version: u64, keys: Vec<pb::ApiKey>) -> pb::KeyDelta {
+        pb::KeyDelta {
+            schema: SCHEMA,
+            base_version,
+            version,
+            keys,
+        }
+    }
+
+    fn key(id: &str, raw: &str, revoked: bool) -> pb::ApiKey {
+        pb::ApiKey {
+            id: id.into(),
+            sha256: hash_key(raw).to_vec(),
+            name: id.into(),
+            workspace_id: "default".into(),
+            revoked,
+            ..pb::ApiKey::default()
+        }
+    }
+
+    #[test]
+    fn key_deltas_revoke_add_and_replace_keys() {
+        let base = Snapshot::from_proto(sample()).unwrap();
+        let live = hash_key("sk-tr-live");
+        let new = hash_key("sk-tr-new");
+        // Version 8 revokes a key; 9 adds one (cumulative: the revoke is listed again).
+        let v8 = base
+            .with_key_delta(delta(7, 8, vec![key("key_live", "sk-tr-live", true)]))
+            .unwrap();
+        assert_eq!(v8.version, 8);
+        assert!(v8.key_by_hash(&live).unwrap().revoked);
+        assert!(!base.key_by_hash(&live).unwrap().revoked, "base untouched");
+        assert_eq!(v8.key_count(), 2);
+        let both = vec![
+            key("key_live", "sk-tr-live", true),
+            key("key_new", "sk-tr-new", false),
+        ];
+        for from in [&base, &v8] {
+            let v9 = from.with_key_delta(delta(7, 9, both.clone())).unwrap();
+            assert!(v9.key_by_hash(&live).unwrap().revoked);
+            assert_eq!(v9.key_by_hash(&new).unwrap().id, "key_new");
+            assert_eq!(v9.key_by_id("key_new").unwrap().name, "key_new");
+            assert!(v9.key_by_id("key_live").unwrap().revoked);
+            assert_eq!(v9.key_count(), 3);
+            assert_eq!(v9.provider("openai").unwrap().cluster, "tr_provider_openai");
+            assert_eq!(v9.firewall().rules().len(), base.firewall().rules().len());
+        }
+        // A delta from an older base applies to a newer full snapshot it covers.
+        let mut s = sample();
+        s.version = 8;
+        let at8 = Snapshot::from_proto(s).unwrap();
+        assert_eq!(at8.with_key_delta(delta(7, 9, both)).unwrap().version, 9);
+    }
+
+    #[test]
+    fn key_deltas_that_do_not_apply_are_refused() {
+        let base = Snapshot::from_proto(sample()).unwrap();
+        let cases = [
+            ("newer base", delta(8, 9, vec![])),
+            ("older than the snapshot", delta(5, 6, vec![])),
+            (
+                "schema",
+                pb::KeyDelta {
+                    schema: 99,
+                    ..delta(7, 8, vec![])
+                },
+            ),
+            ("short hash", {
+                let mut k = key("key_x", "sk-tr-x", false);
+                k.sha256 = vec![1, 2, 3];
+                delta(7, 8, vec![k])
+            }),
+            (
+                "hash of another key",
+                delta(7, 8, vec![key("key_other", "sk-tr-live", false)]),
+            ),
+            (
+                "one hash twice",
+                delta(
+                    7,
+                    8,
+                    vec![
+                        key("key_a", "sk-tr-a", false),
+                        key("key_b", "sk-tr-a", false),
+                    ],
+                ),
+            ),
+        ];
+        for (name, d) in cases {
+            assert!(base.with_key_delta(d).is_err(), "{name} was accepted");
+        }
+        // A derived snapshot checks against the full snapshot its keys came from (7), not its
+        // own version.
+        let v9 = base.with_key_delta(delta(7, 9, vec![])).unwrap();
+        assert!(v9.with_key_delta(delta(8, 10, vec![])).is_err());
+        assert!(v9.with_key_delta(delta(7, 10, vec![])).is_ok());
     }
 
     #[test]

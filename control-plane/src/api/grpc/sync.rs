@@ -1,13 +1,14 @@
 //! `tokenrouter.sync.v1.FilterSync/Sync`: one long-lived stream per Envoy (its singleton wasm
 //! service). Down: the current snapshot at once, then the current live scores, then every newer
-//! snapshot and scores, and usage acks. Up: a hello, then usage batches, each acknowledged only
+//! snapshot (a key delta instead when only keys changed since a full snapshot this stream sent)
+//! and scores, and usage acks. Up: a hello, then usage batches, each acknowledged only
 //! after its transaction committed.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokenrouter_proto::config::v1::{Scores, Snapshot};
+use tokenrouter_proto::config::v1::{KeyDelta, Scores, Snapshot};
 use tokenrouter_proto::sync::v1::control_message::Msg as Down;
 use tokenrouter_proto::sync::v1::edge_message::Msg as Up;
 use tokenrouter_proto::sync::v1::filter_sync_server::FilterSync;
@@ -65,6 +66,7 @@ impl FilterSync for SyncApi {
             out: tx,
             peer,
             node_id: String::new(),
+            sent_full: 0,
         };
         tokio::spawn(stream.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -84,6 +86,9 @@ struct EdgeStream {
     peer: String,
     /// From the edge's hello; for the log only.
     node_id: String,
+    /// Version of the last full snapshot sent on this stream: a key delta whose base is at or
+    /// below it applies at the edge.
+    sent_full: u64,
 }
 
 /// What woke the stream up.
@@ -146,7 +151,15 @@ impl EdgeStream {
                 Event::Closed => false,
                 Event::NewSnapshot => {
                     let snapshot = self.snapshots.borrow_and_update().clone();
-                    self.send_snapshot(snapshot).await.is_ok()
+                    match self.service.key_delta() {
+                        Some(delta)
+                            if delta.version == snapshot.version
+                                && delta.base_version <= self.sent_full =>
+                        {
+                            self.send_key_delta(&delta).await.is_ok()
+                        }
+                        _ => self.send_snapshot(snapshot).await.is_ok(),
+                    }
                 }
                 Event::NewScores => {
                     let scores = self.scores.borrow_and_update().clone();
@@ -181,14 +194,31 @@ impl EdgeStream {
         }
     }
 
-    async fn send_snapshot(&self, snapshot: Arc<Snapshot>) -> Result<(), ()> {
+    async fn send_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Result<(), ()> {
         let version = snapshot.version;
         let message = ControlMessage {
             msg: Some(Down::Snapshot(Snapshot::clone(&snapshot))),
         };
         self.out.send(Ok(message)).await.map_err(drop)?;
+        self.sent_full = version;
         Metrics::add(&self.service.metrics().snapshots_sent, 1);
         tracing::debug!(peer = %self.peer, version, "snapshot sent");
+        Ok(())
+    }
+
+    async fn send_key_delta(&self, delta: &KeyDelta) -> Result<(), ()> {
+        let message = ControlMessage {
+            msg: Some(Down::Keys(delta.clone())),
+        };
+        self.out.send(Ok(message)).await.map_err(drop)?;
+        Metrics::add(&self.service.metrics().key_deltas_sent, 1);
+        tracing::debug!(
+            peer = %self.peer,
+            version = delta.version,
+            base = delta.base_version,
+            keys = delta.keys.len(),
+            "key delta sent"
+        );
         Ok(())
     }
 
