@@ -422,15 +422,14 @@ impl Service {
     }
 
     /// What the limiter enforces for `key`: its limits, else its workspace's, else the
-    /// server's defaults.
+    /// server's defaults. (Every key call answers with this: one primary-key read, not the
+    /// workspace list, whose key counts scan every key.)
     pub async fn effective_limits(&self, key: &KeyRow) -> Result<Effective> {
         let workspace = self
             .store
-            .list_workspaces()
+            .get_workspace(&key.workspace_id)
             .await?
-            .into_iter()
-            .find(|(w, _)| w.id == key.workspace_id)
-            .map(|(w, _)| w.limits)
+            .map(|w| w.limits)
             .unwrap_or_default();
         Ok(Effective::resolve(
             key.limits,

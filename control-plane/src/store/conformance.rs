@@ -70,6 +70,7 @@ backends!(
     topup_sessions_round_trip,
     token_minutes_count_started_minutes,
     keys_changed_since_a_version,
+    workspaces_are_read_by_id,
 );
 
 fn key(id: &str, byte: u8) -> KeyRow {
@@ -158,6 +159,34 @@ async fn keys_create_revoke_and_version(db: TestDb) {
         )
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound(_))));
+}
+
+async fn workspaces_are_read_by_id(db: TestDb) {
+    let store = &db.store;
+    let mut k = key("key_a", 1);
+    k.workspace_id = "team".into();
+    store
+        .change_config(ConfigChange::CreateKey(k), &ok)
+        .await
+        .unwrap();
+    store
+        .change_config(
+            ConfigChange::UpdateWorkspace {
+                id: "team".into(),
+                limits: Limits {
+                    rps: Some(4),
+                    ..Limits::default()
+                },
+            },
+            &ok,
+        )
+        .await
+        .unwrap();
+    let team = store.get_workspace("team").await.unwrap().unwrap();
+    assert_eq!((team.id.as_str(), team.limits.rps), ("team", Some(4)));
+    let listed = store.list_workspaces().await.unwrap();
+    assert!(listed.iter().any(|(w, n)| *w == team && *n == 1));
+    assert!(store.get_workspace("nope").await.unwrap().is_none());
 }
 
 /// `load_config_since` reads every key a version above the given one created, revoked, updated

@@ -212,6 +212,16 @@ impl Store for PostgresStore {
         load_routing_rules(&mut conn).await
     }
 
+    async fn get_workspace(&self, id: &str) -> Result<Option<WorkspaceRow>, StoreError> {
+        sqlx::query(&format!("{WORKSPACE_SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(workspace_from_row)
+            .transpose()
+    }
+
     async fn list_workspaces(&self) -> Result<Vec<(WorkspaceRow, u32)>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let workspaces = load_workspaces(&mut conn).await?;

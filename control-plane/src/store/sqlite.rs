@@ -192,6 +192,17 @@ impl Store for SqliteStore {
         load_routing_rules(&mut conn).await
     }
 
+    async fn get_workspace(&self, id: &str) -> Result<Option<WorkspaceRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(&format!("{WORKSPACE_SELECT} WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .as_ref()
+            .map(workspace_from_row)
+            .transpose()
+    }
+
     async fn list_workspaces(&self) -> Result<Vec<(WorkspaceRow, u32)>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let workspaces = load_workspaces(&mut conn).await?;
