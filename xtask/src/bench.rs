@@ -300,6 +300,10 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
             s.elapsed.as_secs_f64()
         );
     }
+    // The large key set carries the same rules, so the keys scaling row compares key counts
+    // only.
+    rt.block_on(large_admin.seed_routing_rules(0, SMALL_ROUTING_RULES))?;
+    rt.block_on(large_admin.seed_firewall_rules(0, SMALL_FIREWALL_RULES))?;
     let (Some(small_key), Some(large_key)) = (small_keys.first(), large_keys.first()) else {
         bail!("no key could be created");
     };
