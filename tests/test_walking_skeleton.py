@@ -13,7 +13,7 @@ import requests
 from openai import OpenAI
 
 from fakes.openai_fake import reply_for, usage_for
-from harness import PROVIDER_SECRET, Harness, Stack, wait_for
+from harness import PROVIDER_SECRET, ControlPlane, Harness, Stack, wait_for
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def test_revoked_key_is_rejected_within_a_second(stack: Stack) -> None:
     assert_error_envelope(stack.envoy.post_chat(stack.key, body), 401, "authentication_error")
 
 
-def _sent(control_plane: Any) -> tuple[int, int]:
+def _sent(control_plane: ControlPlane) -> tuple[int, int]:
     """(snapshots, key deltas) the control plane has sent to edges so far."""
     text = requests.get(f"{control_plane.rest_url}/metrics", timeout=5).text
     counts = {}

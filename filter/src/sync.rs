@@ -3,8 +3,8 @@
 //!
 //! Down the stream come snapshots, which are validated by the engine and written to shared data
 //! (snapshot first, then an empty key delta, then its version), key deltas (the keys changed
-//! since a snapshot; written after it, then their version), live provider scores (written the same way under their
-//! own keys) and acks of usage batches. Up the stream go a hello and usage batches drained from
+//! since a snapshot; written after it, then their version), live provider scores (written the
+//! same way under their own keys) and acks of usage batches. Up the stream go a hello and usage batches drained from
 //! the shared queue. A batch stays in `inflight` until acknowledged and is resent after a
 //! reconnect or a timeout; the control plane stores records idempotently by request id, so a
 //! resend never double-counts.
@@ -17,7 +17,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::BufferType;
 use serde::Deserialize;
 use tokenrouter_engine::firewall::Firewall;
-use tokenrouter_engine::Snapshot;
+use tokenrouter_engine::{snapshot, Snapshot};
 use tokenrouter_proto::config::v1::KeyDelta;
 use tokenrouter_proto::sync::v1::{
     control_message, edge_message, ControlMessage, EdgeMessage, Hello, UsageBatch, UsageRecord,
@@ -196,7 +196,7 @@ impl Sync {
         }
         // No delta applies on top of a new full snapshot until one comes for it.
         let no_delta = KeyDelta {
-            schema: tokenrouter_engine::snapshot::SCHEMA,
+            schema: snapshot::SCHEMA,
             base_version: version,
             version,
             keys: Vec::new(),
@@ -219,7 +219,7 @@ impl Sync {
     /// whole, like a snapshot.
     fn install_key_delta(&mut self, delta: KeyDelta) {
         let version = delta.version;
-        if !(delta.base_version..=version).contains(&self.snapshot_version) {
+        if !snapshot::key_delta_applies(&delta, self.snapshot_version) {
             log::error!(
                 "key delta {}..{version} does not apply to snapshot {}; reconnecting for a \
                  full snapshot",
@@ -229,7 +229,7 @@ impl Sync {
             self.reconnect_now();
             return;
         }
-        if let Err(e) = tokenrouter_engine::snapshot::validate_key_delta(&delta) {
+        if let Err(e) = snapshot::validate_key_delta(&delta) {
             host::increment(self.snapshots_refused, 1);
             log::error!(
                 "key delta {version} refused, keeping {}: {e}",

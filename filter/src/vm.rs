@@ -12,7 +12,7 @@ use std::rc::Rc;
 use prost::Message;
 use proxy_wasm::hostcalls;
 use tokenrouter_engine::routing::ScoreBoard;
-use tokenrouter_engine::Snapshot;
+use tokenrouter_engine::{snapshot, Snapshot};
 use tokenrouter_proto::config::v1 as pb;
 
 use crate::host;
@@ -105,19 +105,18 @@ pub fn refresh_snapshot() {
     let applies = |base: &Snapshot| {
         delta
             .as_ref()
-            .is_some_and(|d| (d.base_version..=d.version).contains(&base.version))
+            .is_some_and(|d| snapshot::key_delta_applies(d, base.version))
     };
     let held = STATE.with(|s| s.borrow().base.clone());
     // Read after the delta: the sync singleton writes the snapshot first, so this one is the
     // delta's or newer.
-    let base = match held {
-        Some(base) if applies(&base) => base,
+    let base = match &held {
+        Some(base) if applies(base) => base.clone(),
         _ => {
             let Some(bytes) = host::shared_data(crate::SNAPSHOT_KEY) else {
                 return;
             };
-            let previous = STATE.with(|s| s.borrow().base.clone());
-            match Snapshot::decode_after(&bytes, previous.as_deref()) {
+            match Snapshot::decode_after(&bytes, held.as_deref()) {
                 Ok(snap) => Rc::new(snap),
                 Err(e) => {
                     log::error!(
@@ -130,9 +129,7 @@ pub fn refresh_snapshot() {
         }
     };
     let current = match delta {
-        Some(delta)
-            if applies(&base) && !(delta.keys.is_empty() && delta.version == base.version) =>
-        {
+        Some(delta) if applies(&base) => {
             let delta_version = delta.version;
             match base.with_key_delta(delta) {
                 Ok(snap) => Rc::new(snap),
@@ -146,8 +143,8 @@ pub fn refresh_snapshot() {
                 }
             }
         }
-        // No delta, one for an older snapshot than the one just read (a newer snapshot came
-        // after it), or the empty one of this snapshot.
+        // No delta, or one for an older snapshot than the one just read (a newer snapshot
+        // came after it).
         _ => base.clone(),
     };
     STATE.with(|s| {

@@ -244,14 +244,7 @@ async fn keys_changed_since_a_version(db: TestDb) {
         .unwrap();
     let granted = store
         .metering()
-        .grant(&Grant {
-            owner: Owner::Key("key_d".into()),
-            amount_picos: 5,
-            source: "admin".into(),
-            external_id: None,
-            note: String::new(),
-            at_ms: 1,
-        })
+        .grant(&grant(Owner::Key("key_d".into()), 5, None))
         .await
         .unwrap();
     assert!(granted.new_version.is_some());

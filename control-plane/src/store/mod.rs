@@ -656,9 +656,9 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Routing configurations by key id.
     async fn list_routing_configs(&self) -> Result<Vec<RoutingConfigRow>, StoreError>;
 
-    /// Every workspace by id, with how many active keys it has.
     /// One workspace, without its key count (a primary-key read, whatever the number of keys).
     async fn get_workspace(&self, id: &str) -> Result<Option<WorkspaceRow>, StoreError>;
+    /// Every workspace by id, with how many active keys it has.
     async fn list_workspaces(&self) -> Result<Vec<(WorkspaceRow, u32)>, StoreError>;
 
     /// Stores a batch in one transaction; records whose request id is already stored (or

@@ -296,11 +296,10 @@ impl Snapshot {
     /// bytes or belongs to two keys.
     pub fn with_key_delta(&self, delta: pb::KeyDelta) -> Result<Snapshot, ConfigError> {
         validate_key_delta(&delta)?;
-        let base = self.keys_version;
-        if !(delta.base_version..=delta.version).contains(&base) {
+        if !key_delta_applies(&delta, self.keys_version) {
             return Err(ConfigError(format!(
-                "key delta {}..{} does not apply to snapshot {base}",
-                delta.base_version, delta.version
+                "key delta {}..{} does not apply to snapshot {}",
+                delta.base_version, delta.version, self.keys_version
             )));
         }
         let mut changed_keys = HashMap::with_capacity(delta.keys.len());
@@ -428,25 +427,30 @@ pub fn validate_key_delta(delta: &pb::KeyDelta) -> Result<(), ConfigError> {
     }
     let mut seen = std::collections::HashSet::with_capacity(delta.keys.len());
     for k in &delta.keys {
-        let hash: [u8; 32] = k
-            .sha256
-            .as_slice()
-            .try_into()
-            .map_err(|_| ConfigError(format!("key {}: sha256 must be 32 bytes", k.id)))?;
-        if !seen.insert(hash) {
+        if !seen.insert(key_hash(k)?) {
             return Err(ConfigError("two keys share one hash".into()));
         }
     }
     Ok(())
 }
 
-/// A key as the edge indexes it: its hash (which must be 32 bytes) and the rest.
-fn key_entry(k: pb::ApiKey) -> Result<([u8; 32], KeyEntry), ConfigError> {
-    let hash: [u8; 32] = k
-        .sha256
+/// Whether `delta` applies to a full snapshot of version `snapshot_version`: the delta lists
+/// every key changed since a version at or below it, up to a version at or above it.
+pub fn key_delta_applies(delta: &pb::KeyDelta, snapshot_version: u64) -> bool {
+    (delta.base_version..=delta.version).contains(&snapshot_version)
+}
+
+/// A key's SHA-256, which must be 32 bytes.
+fn key_hash(k: &pb::ApiKey) -> Result<[u8; 32], ConfigError> {
+    k.sha256
         .as_slice()
         .try_into()
-        .map_err(|_| ConfigError(format!("key {}: sha256 must be 32 bytes", k.id)))?;
+        .map_err(|_| ConfigError(format!("key {}: sha256 must be 32 bytes", k.id)))
+}
+
+/// A key as the edge indexes it: its hash (which must be 32 bytes) and the rest.
+fn key_entry(k: pb::ApiKey) -> Result<([u8; 32], KeyEntry), ConfigError> {
+    let hash = key_hash(&k)?;
     let entry = KeyEntry {
         id: k.id,
         name: k.name,
