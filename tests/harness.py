@@ -37,6 +37,8 @@ PROVIDER_SECRET = "sk-provider-secret"
 LOG_TAIL_LINES = 100
 DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024
 START_TIMEOUT_S = 30.0
+# The filter's worker tick: each Envoy worker reads a new configuration from shared data on it.
+WORKER_TICK_S = 0.1
 # Everything the tests talk to is on loopback: never through an HTTP proxy.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
@@ -522,10 +524,12 @@ class Envoy:
         )
 
     def wait_until_serving(self, key: str, timeout: float = START_TIMEOUT_S) -> None:
-        """Waits until the filter knows ``key`` (the snapshot arrived).
+        """Waits until every worker of this Envoy knows ``key`` (the configuration arrived).
 
-        The probe is malformed JSON with a valid key: once the snapshot is there it is a 400 from
-        the filter (not 401 / 503), and it never reaches a provider.
+        The probe is malformed JSON with a valid key: once the configuration is there it is a
+        400 from the filter (not 401 / 503), and it never reaches a provider. A probe answers
+        from one worker; the others read the same shared data within one worker tick, so the
+        wait ends two ticks after the first accepted probe.
         """
 
         def serving() -> bool:
@@ -534,6 +538,7 @@ class Envoy:
             return status not in (401, 503)
 
         wait_for(serving, timeout, interval=0.1, what="the filter to accept the test key")
+        time.sleep(2 * WORKER_TICK_S)
 
     # clients
 

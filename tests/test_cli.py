@@ -141,16 +141,6 @@ def gateway_cli(
     )
 
 
-def wait_known(stack: Stack, key: str) -> None:
-    """Waits until the filter knows ``key`` (a malformed body is then a 400, never a 401)."""
-    wait_for(
-        lambda: stack.envoy.post_chat(key, b"{").status_code not in (401, 503),
-        15,
-        interval=0.1,
-        what="the filter to know the key",
-    )
-
-
 def test_env_prints_the_two_lines_from_the_flag_or_the_cached_key(
     control_plane: ControlPlane, tmp_path: Path
 ) -> None:
@@ -229,7 +219,7 @@ def test_test_verb_round_trip_revoked_broke_and_unreachable(stack: Stack, tmp_pa
             control_plane, "keys", "create", "--name", "cached", data_dir=data_dir, json=True
         ).stdout
     )
-    wait_known(stack, created["raw"])
+    stack.envoy.wait_until_serving(created["raw"], 15)
     cached = gateway_cli(control_plane, "test", data_dir=data_dir, gateway_url=url)
     assert cached.returncode == EXIT_OK, cached
     assert cached.stdout.startswith("OK connected ("), cached
@@ -254,7 +244,7 @@ def test_test_verb_round_trip_revoked_broke_and_unreachable(stack: Stack, tmp_pa
 
     # No credit: the gateway's 402, exit 1, and the cue to top up.
     broke = control_plane.cli("keys", "create", "--name", "broke", "--balance", "0")["raw"]
-    wait_known(stack, broke)
+    stack.envoy.wait_until_serving(broke, 15)
     refused = gateway_cli(
         control_plane, "test", "--key", broke, data_dir=data_dir, gateway_url=url
     )

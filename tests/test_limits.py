@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from harness import PROVIDER_SECRET, Envoy, Harness, wait_for
+from harness import PROVIDER_SECRET, Harness, wait_for
 
 MODEL = "openai/gpt-4o-mini"
 
@@ -35,16 +35,6 @@ def setup(harness: Harness, env: dict[str, Any] | None = None, envoys: int = 1):
     return control_plane, provider, started
 
 
-def wait_known(envoy: Envoy, key: str) -> None:
-    """Waits until the edge knows ``key`` (a malformed body is then a 400, never a 401)."""
-    wait_for(
-        lambda: envoy.post_chat(key, b"{").status_code not in (401, 503),
-        15,
-        interval=0.1,
-        what="the filter to know the key",
-    )
-
-
 def error_of(response: requests.Response) -> dict[str, Any]:
     body = response.json()
     assert "error" in body, body
@@ -59,7 +49,7 @@ def test_zero_balance_is_402_and_credit_admits(harness: Harness) -> None:
     control_plane, provider, (envoy,) = setup(harness)
     created = control_plane.cli("keys", "create", "--name", "broke", "--balance", "0")
     key_id, key = created["id"], created["raw"]
-    wait_known(envoy, key)
+    envoy.wait_until_serving(key, 15)
 
     refused = envoy.post_chat(key, chat_body("hello"))
     assert refused.status_code == 402, refused.text
@@ -105,7 +95,7 @@ def test_fifty_concurrent_requests_never_overdraw_a_balance_for_five(harness: Ha
         "keys", "create", "--name", "race", "--balance", str(balance), "--rps", "0"
     )
     key_id, key = created["id"], created["raw"]
-    wait_known(envoy, key)
+    envoy.wait_until_serving(key, 15)
     # Every admitted request stays in flight for a second: the 50 overlap completely.
     provider.inject(*[{"delay": 1.5} for _ in range(50)])
 
@@ -135,7 +125,7 @@ def test_request_rate_burst_is_429_with_retry_after(harness: Harness) -> None:
     control_plane, provider, (envoy,) = setup(harness)
     created = control_plane.cli("keys", "create", "--name", "burst", "--rps", "3")
     key = created["raw"]
-    wait_known(envoy, key)
+    envoy.wait_until_serving(key, 15)
     # Admission is taken at the control plane: fire faster than 3 per second.
     with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(lambda i: envoy.post_chat(key, chat_body(f"b{i}")), range(10)))
@@ -158,7 +148,7 @@ def test_default_rate_is_ten_per_second(harness: Harness) -> None:
     created = control_plane.cli("keys", "create", "--name", "default-rate")
     assert created["effective_limits"]["rps"] == 10
     key = created["raw"]
-    wait_known(envoy, key)
+    envoy.wait_until_serving(key, 15)
     with ThreadPoolExecutor(25) as pool:
         responses = list(pool.map(lambda i: envoy.post_chat(key, chat_body(f"d{i}")), range(25)))
     statuses = [r.status_code for r in responses]
@@ -172,7 +162,7 @@ def test_hourly_token_budget_counts_streamed_responses(harness: Harness) -> None
         "keys", "create", "--name", "budget", "--rps", "0", "--hour-tokens", "120"
     )
     key = created["raw"]
-    wait_known(envoy, key)
+    envoy.wait_until_serving(key, 15)
     used = 0
     for i in range(20):
         body = {
@@ -206,7 +196,7 @@ def test_a_limit_holds_across_two_envoys(harness: Harness) -> None:
     created = control_plane.cli("keys", "create", "--name", "fleet", "--rps", "4")
     key = created["raw"]
     for envoy in envoys:
-        wait_known(envoy, key)
+        envoy.wait_until_serving(key, 15)
     jobs = [(envoys[i % 2], i) for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda j: j[0].post_chat(key, chat_body(f"f{j[1]}")), jobs))
@@ -226,8 +216,8 @@ def test_control_plane_away_keeps_rate_limited_keys_serving_and_refuses_metered_
     control_plane, _, (envoy,) = setup(harness)
     limited = control_plane.cli("keys", "create", "--name", "limited", "--rps", "100")["raw"]
     metered = control_plane.cli("keys", "create", "--name", "metered", "--balance", "5")["raw"]
-    wait_known(envoy, limited)
-    wait_known(envoy, metered)
+    envoy.wait_until_serving(limited, 15)
+    envoy.wait_until_serving(metered, 15)
     assert envoy.post_chat(metered, chat_body("before")).status_code == 200
     control_plane.stop()
 
