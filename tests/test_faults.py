@@ -414,6 +414,57 @@ def test_oversized_header_is_refused_by_envoy_and_the_gateway_keeps_serving(gw: 
     gw.assert_still_serving()
 
 
+def raw_post(gw: Gateway, path: str, body: bytes, headers: list[bytes]) -> tuple[int, bytes]:
+    """One HTTP/1.1 request written byte for byte (header values no client library sends)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n"
+    ).encode()
+    received = b""
+    with socket.create_connection(("127.0.0.1", gw.envoy.port), timeout=30) as sock:
+        sock.sendall(head + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body)
+        while data := sock.recv(65536):
+            received += data
+    head_bytes, _, payload = received.partition(b"\r\n\r\n")
+    if re.search(rb"(?im)^transfer-encoding: *chunked", head_bytes):
+        chunks = b""
+        while True:
+            size_line, _, payload = payload.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            chunks, payload = chunks + payload[:size], payload[size + 2 :]
+        payload = chunks
+    return int(head_bytes.split()[1]), payload
+
+
+def test_header_values_that_are_not_utf8_are_refused_or_served_never_a_crash(
+    gw: Gateway,
+) -> None:
+    """Envoy passes header bytes 0x80-0xFF (obs-text) through to the filter. A key made of them
+    is an invalid key (401 in the envelope); in any other header, or in a bring-your-own-key
+    header, the request is served; the worker that read them keeps serving (one such request
+    used to stop it)."""
+    body = json.dumps({"model": OPENAI_MODEL, "messages": user("bytes")}).encode()
+    for _ in range(4):  # every worker reads one
+        status, reply = raw_post(
+            gw, "/v1/chat/completions", body, [b"authorization: Bearer sk-tr-\xff\xfe"]
+        )
+        assert status == 401, reply
+        assert json.loads(reply)["error"]["type"] == "authentication_error"
+        auth = f"authorization: Bearer {gw.key}".encode()
+        for other in (b"x-note: caf\xe9 \xff", b"x-openai-key: sk-\xff\xfe"):
+            status, reply = raw_post(gw, "/v1/chat/completions", body, [auth, other])
+            if other.startswith(b"x-openai-key"):
+                # That key is the attempt's credential, and the provider refuses it.
+                assert status == 401, reply
+                assert json.loads(reply)["error"]["type"] == "authentication_error"
+            else:
+                assert status == 200, reply
+                assert json.loads(reply)["choices"], reply
+    gw.assert_still_serving()
+
+
 def test_5000_messages_are_served(gw: Gateway) -> None:
     """5,000 small messages (or Responses input items) are under the engine's limit
     (request::MAX_MESSAGES = 10,000; 10,001 is a 400 above): served on every client API, and

@@ -305,6 +305,9 @@ pub struct Edge {
     admission_retries: u8,
     /// `Retry-After` of a refusal (seconds).
     retry_after: Option<u32>,
+    /// The request headers as the edge leaves them (read once: every single-header read is a
+    /// host call).
+    headers: host::Headers,
 }
 
 impl Edge {
@@ -332,11 +335,18 @@ impl Edge {
             admission_ask: None,
             admission_retries: ADMISSION_RETRIES,
             retry_after: None,
+            headers: host::Headers::default(),
             stage: Stage::Replied {
                 status: 0,
                 error: ErrorKind::ServiceUnavailable,
             },
         }
+    }
+
+    /// Removes a request header from Envoy's map and from the edge's copy.
+    fn remove_request_header(&mut self, name: &str) {
+        host::set_request_header(name, None);
+        self.headers.remove(name);
     }
 
     fn reject(&mut self, error: GatewayError) -> Action {
@@ -387,12 +397,13 @@ impl Edge {
                 "The gateway has not received its configuration yet; try again shortly.",
             )
         })?;
-        let path = host::request_header(":path").unwrap_or_default();
+        self.headers = host::request_headers();
+        let path = self.headers.value(":path").unwrap_or_default();
         let api = ClientApi::from_path(&path).ok_or_else(|| {
             GatewayError::new(ErrorKind::NotFound, format!("Unknown endpoint '{path}'."))
         })?;
         self.api = Some(api);
-        if host::request_header(":method").as_deref() != Some(api.method()) {
+        if self.headers.get(":method") != Some(api.method()) {
             return Err(GatewayError::invalid(format!(
                 "Use {} for {}.",
                 api.method(),
@@ -401,8 +412,8 @@ impl Edge {
         }
         let key = auth::authenticate(
             &snapshot,
-            host::request_header("authorization").as_deref(),
-            host::request_header("x-api-key").as_deref(),
+            self.headers.get("authorization"),
+            self.headers.get("x-api-key"),
         )?;
         self.key_id = key.id.clone();
         self.key_name = key.name.clone();
@@ -422,20 +433,20 @@ impl Edge {
         }
         // The gateway key goes no further than this filter, and internal headers are the
         // filter's own: a client's are dropped.
-        host::set_request_header("authorization", None);
-        host::set_request_header("x-api-key", None);
-        for name in host::request_header_names() {
-            if name.starts_with("x-tr-") {
-                host::set_request_header(&name, None);
-            }
+        let dropped: Vec<String> = self
+            .headers
+            .names()
+            .filter(|n| matches!(*n, "authorization" | "x-api-key") || n.starts_with("x-tr-"))
+            .map(str::to_string)
+            .collect();
+        for name in &dropped {
+            self.remove_request_header(name);
         }
         // Handled here, with the control plane; a provider never sees it (a retry by the
         // gateway is another attempt of the same request, not a new request).
-        if let Some(key) =
-            idempotency::parse_key(host::request_header("idempotency-key").as_deref())?
-        {
+        if let Some(key) = idempotency::parse_key(self.headers.get("idempotency-key"))? {
             self.idempotency_key = key;
-            host::set_request_header("idempotency-key", None);
+            self.remove_request_header("idempotency-key");
         }
         if end_of_stream {
             return Err(GatewayError::invalid(
@@ -448,7 +459,10 @@ impl Edge {
             .map_or(snapshot.max_request_body_bytes, |own| {
                 own.min(snapshot.max_request_body_bytes)
             });
-        let declared = host::request_header("content-length").and_then(|v| v.parse::<u64>().ok());
+        let declared = self
+            .headers
+            .get("content-length")
+            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
             return Err(too_large(max_body));
         }
@@ -486,8 +500,8 @@ impl Edge {
     /// serving.
     fn begin_idempotent(&mut self, size: usize) -> Option<u32> {
         let body = host::request_body(size).unwrap_or_default();
-        let method = host::request_header(":method").unwrap_or_default();
-        let path = host::request_header(":path").unwrap_or_default();
+        let method = self.headers.value(":method").unwrap_or_default();
+        let path = self.headers.value(":path").unwrap_or_default();
         let begin = IdempotencyBegin {
             key_id: self.key_id.clone(),
             idempotency_key: self.idempotency_key.clone(),
@@ -634,11 +648,12 @@ impl Edge {
             }
         }
         let feats = features::features(api, request.body_mut(), body.len());
-        let header = |name: &str| host::request_header(name);
+        let headers = &self.headers;
+        let header = |name: &str| headers.value(name);
         // Read once: the kinds steer the decision, the keys go into the plan for the attempts.
         let byok_keys: Vec<(String, String)> = BYOK_HEADERS
             .iter()
-            .filter_map(|(kind, h)| host::request_header(h).map(|v| ((*kind).to_string(), v)))
+            .filter_map(|(kind, h)| self.headers.value(h).map(|v| ((*kind).to_string(), v)))
             .collect();
         let byok: Vec<ProviderKind> = byok_keys
             .iter()
@@ -1196,23 +1211,27 @@ impl HttpContext for Edge {
         let Stage::Routed(routed) = &mut self.stage else {
             return Action::Continue;
         };
-        routed.status = host::response_header(":status")
+        let headers = host::response_headers();
+        routed.status = headers
+            .get(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         routed.ttfb_ms = u64::try_from(host::now_ms().saturating_sub(self.started_ms)).unwrap_or(0);
         // Which attempt answered: the upstream filter's mark, else Envoy's count (a reply the
         // router made itself after the last attempt failed).
-        let from_provider = host::response_header(ATTEMPT_HEADER);
+        let from_provider = headers.get(ATTEMPT_HEADER);
         let number = from_provider
-            .as_deref()
-            .or(host::response_header("x-envoy-attempt-count").as_deref())
+            .or(headers.get("x-envoy-attempt-count"))
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(1);
         routed.served = number
             .saturating_sub(1)
             .min(routed.chain.len().saturating_sub(1));
-        host::set_response_header(ATTEMPT_HEADER, None);
-        host::set_response_header("x-envoy-attempt-count", None);
+        for name in [ATTEMPT_HEADER, "x-envoy-attempt-count"] {
+            if headers.contains(name) {
+                host::set_response_header(name, None);
+            }
+        }
         if from_provider.is_none() && routed.status >= 500 {
             // Envoy's own reply (connect failure, reset, per-try timeout on the last attempt):
             // the seeds' envelope, naming the provider.
@@ -1245,7 +1264,7 @@ impl HttpContext for Edge {
             self.set_route_headers();
             return Action::Continue;
         }
-        routed.content_type = host::response_header("content-type").unwrap_or_default();
+        routed.content_type = headers.value("content-type").unwrap_or_default();
         let sse = routed.content_type.starts_with("text/event-stream");
         // A response without a body has no text to check (and no body callback to resume it).
         let checked = !end_of_stream
@@ -1429,7 +1448,7 @@ impl HttpContext for Edge {
     fn on_log(&mut self) {
         let record = self.usage_record();
         self.config.metrics.record(&record);
-        vm::enqueue_usage(record.encode_to_vec());
+        vm::enqueue_usage(record);
     }
 }
 

@@ -5,17 +5,73 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+/// Header values are bytes: Envoy passes obs-text (bytes 0x80-0xFF) through, and the SDK's
+/// `String` readers `unwrap()` their UTF-8 conversion, so one such value from a client or a
+/// provider would panic the VM and stop every later request of that worker. Read as bytes,
+/// invalid UTF-8 becomes U+FFFD.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// Names of the request headers (lower-case, as Envoy keeps them).
-pub fn request_header_names() -> Vec<String> {
-    hostcalls::get_map(MapType::HttpRequestHeaders)
-        .map(|m| m.into_iter().map(|(k, _)| k).collect())
-        .unwrap_or_default()
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+        .map(text)
+}
+
+/// A copy of a header map, read with one host call. Each single-header read is a host call
+/// that also calls back into the VM to allocate its answer (about a microsecond under V8), so
+/// a callback that needs several headers reads them all at once.
+#[derive(Clone, Debug, Default)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// The first value of `name` (lower-case, as Envoy keeps names), as Envoy's own
+    /// single-header read answers it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `get` as an owned value.
+    pub fn value(&self, name: &str) -> Option<String> {
+        self.get(name).map(str::to_string)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Removes `name` from this copy (after removing it from Envoy's map).
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+    }
+}
+
+fn headers(map: MapType) -> Headers {
+    // Names are tokens (Envoy's codecs refuse others); values as in `request_header`.
+    Headers(
+        hostcalls::get_map_bytes(map)
+            .map(|pairs| pairs.into_iter().map(|(n, v)| (n, text(v))).collect())
+            .unwrap_or_default(),
+    )
+}
+
+/// The request headers (an empty copy when the host call fails).
+pub fn request_headers() -> Headers {
+    headers(MapType::HttpRequestHeaders)
+}
+
+/// The response headers (an empty copy when the host call fails).
+pub fn response_headers() -> Headers {
+    headers(MapType::HttpResponseHeaders)
 }
 
 pub fn set_request_header(name: &str, value: Option<&str>) {
@@ -25,9 +81,10 @@ pub fn set_request_header(name: &str, value: Option<&str>) {
 }
 
 pub fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
         .ok()
         .flatten()
+        .map(text)
 }
 
 pub fn set_response_header(name: &str, value: Option<&str>) {

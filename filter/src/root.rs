@@ -45,6 +45,14 @@ pub enum Root {
 }
 
 impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // Records a worker still holds go to the sync singleton before its VM stops.
+        if let Root::Edge(_) = self {
+            vm::flush_usage_backlog();
+        }
+        true
+    }
+
     fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
         if let Root::Sync(s) = self {
             s.on_message(token, size);

@@ -304,15 +304,18 @@ impl Sync {
         if queue != self.queue {
             return;
         }
+        // Each item is one worker's batch (`vm::USAGE_BATCH` records at most).
         while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue) {
-            match UsageRecord::decode(bytes.as_slice()) {
-                Ok(mut r) => {
-                    if r.node_id.is_empty() {
-                        r.node_id.clone_from(&self.cfg.node_id);
+            match UsageBatch::decode(bytes.as_slice()) {
+                Ok(batch) => {
+                    for mut r in batch.records {
+                        if r.node_id.is_empty() {
+                            r.node_id.clone_from(&self.cfg.node_id);
+                        }
+                        self.pending.push_back(r);
                     }
-                    self.pending.push_back(r);
                 }
-                Err(e) => log::error!("undecodable usage record dropped: {e}"),
+                Err(e) => log::error!("undecodable usage batch dropped: {e}"),
             }
         }
         self.enforce_bound();

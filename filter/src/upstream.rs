@@ -38,6 +38,9 @@ pub const INTERNAL_HEADERS: [&str; 9] = [
 /// called, and none is ever logged or stored.
 pub const BYOK_HEADERS: [(&str, &str); 5] = routing::BYOK_HEADER_KINDS;
 
+/// Provider credential headers (of every provider kind) an earlier attempt may have set.
+const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
 /// Response header telling the edge which attempt (1-based) answered.
 pub const ATTEMPT_HEADER: &str = "x-tr-attempt";
 
@@ -59,6 +62,8 @@ struct Held {
     content_type: Option<String>,
     body: Vec<u8>,
     overflowed: bool,
+    /// Earlier chunks were taken out of Envoy's buffer (so `body` must be written back).
+    cleared: bool,
 }
 
 pub struct Upstream {
@@ -93,11 +98,14 @@ impl Upstream {
     }
 
     fn start(&mut self, end_of_stream: bool) -> Result<Action, GatewayError> {
-        let header = |name: &str| host::request_header(name).unwrap_or_default();
+        // Read once: every single-header read is a host call.
+        let headers = host::request_headers();
+        let header = |name: &str| headers.value(name).unwrap_or_default();
         // The edge's plan (same worker, same VM); the internal headers only for the first
         // attempt of a request whose plan is not here (they are gone on retries).
-        let request_id =
-            host::request_header("x-tr-request-id").unwrap_or_else(|| header("x-request-id"));
+        let request_id = headers
+            .value("x-tr-request-id")
+            .unwrap_or_else(|| header("x-request-id"));
         let plan = attempts::planned(&request_id).unwrap_or_else(|| attempts::Plan {
             chain: routing::parse_attempts_header(&header("x-tr-attempts")),
             client_api: header("x-tr-client-api"),
@@ -106,7 +114,7 @@ impl Upstream {
             credentials: Vec::new(),
             byok: BYOK_HEADERS
                 .iter()
-                .filter_map(|(kind, h)| host::request_header(h).map(|v| ((*kind).to_string(), v)))
+                .filter_map(|(kind, h)| headers.value(h).map(|v| ((*kind).to_string(), v)))
                 .collect(),
         });
         let api = ClientApi::parse(&plan.client_api).unwrap_or(ClientApi::ChatCompletions);
@@ -155,12 +163,14 @@ impl Upstream {
             &attempt.upstream_model,
             host::now_ms(),
         );
-        for h in INTERNAL_HEADERS {
-            host::set_request_header(h, None);
-        }
         // Every attempt gets the same header map (Envoy's retries share it): credentials of an
-        // earlier attempt's provider go before this one's is set.
-        for h in ["authorization", "x-api-key", "api-key", "x-goog-api-key"] {
+        // earlier attempt's provider go before this one's is set. Only headers that are there
+        // are removed (each removal is a host call).
+        let removed = INTERNAL_HEADERS
+            .iter()
+            .chain(CREDENTIAL_HEADERS.iter())
+            .chain(BYOK_HEADERS.iter().map(|(_, h)| h));
+        for h in removed.filter(|h| headers.contains(h)) {
             host::set_request_header(h, None);
         }
         // The credential the edge chose for this attempt (a fallback key on a retry).
@@ -175,9 +185,6 @@ impl Upstream {
             if kind == provider.kind.catalogue_kind().as_str() && !key.trim().is_empty() {
                 provider.credential = key.trim().to_string();
             }
-        }
-        for (_, name) in BYOK_HEADERS {
-            host::set_request_header(name, None);
         }
         let translator = translator_for(api, provider.kind)?;
         if let Some(len) = plan.body_len {
@@ -328,10 +335,12 @@ impl HttpContext for Upstream {
         let Some(translator) = self.translator.as_mut() else {
             return Action::Continue;
         };
-        let status: u16 = host::response_header(":status")
+        let headers = host::response_headers();
+        let status: u16 = headers
+            .get(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let content_type = host::response_header("content-type");
+        let content_type = headers.value("content-type");
         host::set_response_header(ATTEMPT_HEADER, Some(&self.number.to_string()));
         let streamed = content_type
             .as_deref()
@@ -343,6 +352,7 @@ impl HttpContext for Upstream {
                 content_type,
                 body: Vec::new(),
                 overflowed: false,
+                cleared: false,
             });
             if end_of_stream {
                 return self.release_held(0);
@@ -350,7 +360,7 @@ impl HttpContext for Upstream {
             return Action::Pause;
         }
         let retry_after = (status == 429)
-            .then(|| host::response_header("retry-after"))
+            .then(|| headers.get("retry-after"))
             .flatten()
             .and_then(|v| v.trim().parse::<u32>().ok());
         attempts::answered(&self.request_id, status, retry_after, host::now_ms());
@@ -382,6 +392,7 @@ impl HttpContext for Upstream {
             if !end_of_stream {
                 // Kept here, not in Envoy's buffer (whose limit is the cluster's).
                 host::set_response_body(body_size, &[]);
+                held.cleared = true;
                 return Action::Pause;
             }
             return self.release_held(body_size);
@@ -420,11 +431,16 @@ impl Upstream {
                 for (name, value) in &mutation.set_headers {
                     host::set_response_header(name, Some(value));
                 }
-                let out = match translator.response_body(&held.body, true) {
-                    ChunkOutput::Replace(out) => out,
-                    ChunkOutput::Unchanged => held.body,
-                };
-                host::set_response_body(body_size, &out);
+                match translator.response_body(&held.body, true) {
+                    ChunkOutput::Replace(out) => {
+                        host::set_response_body(body_size, &out);
+                    }
+                    ChunkOutput::Unchanged if held.cleared => {
+                        host::set_response_body(body_size, &held.body);
+                    }
+                    // Envoy's buffer holds the body as it came.
+                    ChunkOutput::Unchanged => {}
+                }
             }
             Some(message) => {
                 log::warn!("{message} (request {})", self.request_id);

@@ -1,6 +1,11 @@
 //! Per-VM state: the decoded snapshot and live provider scores (caches of shared data,
-//! refreshed on a tick, so the request path makes no shared-data call) and the handle of the
-//! usage queue.
+//! refreshed on a tick, so the request path makes no shared-data call) and the usage records
+//! waiting for the shared queue.
+//!
+//! Usage records leave a worker in batches: one shared-queue item (`sync.v1.UsageBatch`) per
+//! [`USAGE_BATCH`] records or per worker tick, whichever comes first. Every enqueue wakes the
+//! main thread (the sync singleton's VM), so one item per request cost each request about as
+//! much as the rest of the filter's work.
 //!
 //! Every root context of the VM (the edge filter and each provider cluster's upstream filter)
 //! shares this through a thread-local; each VM runs on exactly one thread.
@@ -14,11 +19,15 @@ use proxy_wasm::hostcalls;
 use tokenrouter_engine::routing::ScoreBoard;
 use tokenrouter_engine::{snapshot, Snapshot};
 use tokenrouter_proto::config::v1 as pb;
+use tokenrouter_proto::sync::v1::{UsageBatch, UsageRecord};
 
 use crate::host;
 
 /// Records kept while the queue cannot be resolved (the sync singleton not up yet).
 const MAX_BACKLOG: usize = 10_000;
+
+/// Records per shared-queue item; fewer go on the worker's next tick.
+pub const USAGE_BATCH: usize = 64;
 
 #[derive(Default)]
 struct VmState {
@@ -31,7 +40,7 @@ struct VmState {
     /// Version of `scores`, or of the last undecodable one, so it is not decoded again.
     seen_scores_version: u64,
     queue: Option<u32>,
-    backlog: VecDeque<Vec<u8>>,
+    backlog: VecDeque<UsageRecord>,
 }
 
 thread_local! {
@@ -156,8 +165,9 @@ pub fn refresh_snapshot() {
     });
 }
 
-/// Hands an encoded usage record to the sync singleton (or keeps it until it can).
-pub fn enqueue_usage(record: Vec<u8>) {
+/// Hands a usage record to the sync singleton: queued at once when a batch is full, else on
+/// the worker's next tick ([`flush_usage_backlog`]).
+pub fn enqueue_usage(record: UsageRecord) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.backlog.push_back(record);
@@ -165,11 +175,13 @@ pub fn enqueue_usage(record: Vec<u8>) {
             s.backlog.pop_front();
             log::warn!("usage backlog full: dropped the oldest record");
         }
-        flush_backlog(&mut s);
+        if s.backlog.len() >= USAGE_BATCH {
+            flush_backlog(&mut s);
+        }
     });
 }
 
-/// Retries records kept while the queue was not resolvable.
+/// Queues every record held (the worker's tick, and the VM's shutdown).
 pub fn flush_usage_backlog() {
     STATE.with(|s| flush_backlog(&mut s.borrow_mut()));
 }
@@ -186,19 +198,22 @@ fn flush_backlog(s: &mut VmState) {
     let Some(queue) = s.queue else {
         return;
     };
-    while let Some(record) = s.backlog.front() {
-        match hostcalls::enqueue_shared_queue(queue, Some(record)) {
-            Ok(()) => {
-                s.backlog.pop_front();
+    while !s.backlog.is_empty() {
+        let n = s.backlog.len().min(USAGE_BATCH);
+        let batch = UsageBatch {
+            batch_id: 0,
+            records: s.backlog.drain(..n).collect(),
+        };
+        if let Err(e) = hostcalls::enqueue_shared_queue(queue, Some(&batch.encode_to_vec())) {
+            for record in batch.records.into_iter().rev() {
+                s.backlog.push_front(record);
             }
-            Err(e) => {
-                log::warn!(
-                    "usage queue unavailable ({e:?}); keeping {} records",
-                    s.backlog.len()
-                );
-                s.queue = None;
-                return;
-            }
+            log::warn!(
+                "usage queue unavailable ({e:?}); keeping {} records",
+                s.backlog.len()
+            );
+            s.queue = None;
+            return;
         }
     }
 }
