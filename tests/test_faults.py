@@ -21,6 +21,7 @@ log row), test_provider_keys (credentials encrypted at rest, rotation under load
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import secrets
@@ -420,22 +421,12 @@ def raw_post(gw: Gateway, path: str, body: bytes, headers: list[bytes]) -> tuple
         f"POST {path} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n"
     ).encode()
-    received = b""
     with socket.create_connection(("127.0.0.1", gw.envoy.port), timeout=30) as sock:
         sock.sendall(head + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body)
-        while data := sock.recv(65536):
-            received += data
-    head_bytes, _, payload = received.partition(b"\r\n\r\n")
-    if re.search(rb"(?im)^transfer-encoding: *chunked", head_bytes):
-        chunks = b""
-        while True:
-            size_line, _, payload = payload.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            chunks, payload = chunks + payload[:size], payload[size + 2 :]
-        payload = chunks
-    return int(head_bytes.split()[1]), payload
+        # The standard library reads the answer (status line, framing, chunked or not).
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.read()
 
 
 def test_header_values_that_are_not_utf8_are_refused_or_served_never_a_crash(

@@ -500,12 +500,12 @@ impl Edge {
     /// serving.
     fn begin_idempotent(&mut self, size: usize) -> Option<u32> {
         let body = host::request_body(size).unwrap_or_default();
-        let method = self.headers.value(":method").unwrap_or_default();
-        let path = self.headers.value(":path").unwrap_or_default();
+        let method = self.headers.get(":method").unwrap_or_default();
+        let path = self.headers.get(":path").unwrap_or_default();
         let begin = IdempotencyBegin {
             key_id: self.key_id.clone(),
             idempotency_key: self.idempotency_key.clone(),
-            request_sha256: idempotency::fingerprint(&method, &path, &body).to_vec(),
+            request_sha256: idempotency::fingerprint(method, path, &body).to_vec(),
             request_id: self.request_id.clone(),
         };
         let call = self.config.control.as_ref().map(|control| {

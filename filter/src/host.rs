@@ -42,7 +42,7 @@ impl Headers {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
+        self.get(name).is_some()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

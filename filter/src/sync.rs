@@ -4,10 +4,11 @@
 //! Down the stream come snapshots, which are validated by the engine and written to shared data
 //! (snapshot first, then an empty key delta, then its version), key deltas (the keys changed
 //! since a snapshot; written after it, then their version), live provider scores (written the
-//! same way under their own keys) and acks of usage batches. Up the stream go a hello and usage batches drained from
-//! the shared queue. A batch stays in `inflight` until acknowledged and is resent after a
-//! reconnect or a timeout; the control plane stores records idempotently by request id, so a
-//! resend never double-counts.
+//! same way under their own keys) and acks of usage batches. Up the stream go a hello and usage
+//! batches: the workers' batches drained from the shared queue, regrouped up to `BATCH_SIZE`
+//! records. A batch stays in `inflight` until acknowledged and is resent after a reconnect or a
+//! timeout; the control plane stores records idempotently by request id, so a resend never
+//! double-counts.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
