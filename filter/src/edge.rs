@@ -761,14 +761,15 @@ impl Edge {
                 reserve_picos,
             }
         });
+        let (trace_json, trace_header) = decision.trace.render();
         self.stage = Stage::Routed(Box::new(Routed {
             snapshot: Rc::clone(&snapshot),
             chain,
             served: 0,
             mode: decision.mode.map(|m| m.as_str()),
             tier: decision.tier.map(|t| t.as_str()),
-            trace_json: decision.trace.to_log_json(),
-            trace_header: decision.trace.header_value(),
+            trace_json,
+            trace_header,
             ttfb_ms: 0,
             stream: request.stream,
             client_wants_usage: request.client_wants_usage,

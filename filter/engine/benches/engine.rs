@@ -279,10 +279,8 @@ fn routing(c: &mut Criterion) {
             // JSON and the bounded `x-tokenrouter-rule-trace` header.
             group.bench_function(format!("trace_json_{rules}_rules"), |b| {
                 b.iter(|| {
-                    (
-                        d.trace.to_log_json().len(),
-                        d.trace.header_value().map(|h| h.len()),
-                    )
+                    let (log, header) = d.trace.render();
+                    (log.len(), header.map(|h| h.len()))
                 })
             });
         }

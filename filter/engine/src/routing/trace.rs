@@ -131,7 +131,8 @@ impl Trace {
             unmatched_as_ids: false,
         };
         let mut out = Bounded {
-            bytes: Vec::new(),
+            // A small rule set's trace is a few KB: start there rather than growing from empty.
+            bytes: Vec::with_capacity(limit.min(MAX_HEADER_BYTES)),
             limit,
         };
         let complete = serde_json::to_writer(&mut out, &view).is_ok();
@@ -175,6 +176,22 @@ impl Trace {
             unmatched_as_ids: true,
         };
         ascii(serde_json::to_string(&view).unwrap_or_else(|_| "[]".into()))
+    }
+
+    /// What the edge needs of every routed request: the log row's JSON
+    /// ([`Trace::to_log_json`]) and the header ([`Trace::header_value`]). When the log row holds
+    /// the full trace and it fits the header, the header is that same text, serialized once.
+    pub fn render(&self) -> (String, Option<String>) {
+        let log = self.to_log_json();
+        let full_in_log = self.rules.len() <= LOG_FULL_TRACE_RULES && !self.conditions_skipped;
+        let header = if self.rules.is_empty() && self.steps.is_empty() {
+            None
+        } else if full_in_log && log.len() <= MAX_HEADER_BYTES {
+            Some(log.clone())
+        } else {
+            self.header_value()
+        };
+        (log, header)
     }
 
     /// The trace for `x-tokenrouter-rule-trace`: ASCII JSON of at most [`MAX_HEADER_BYTES`],
@@ -490,8 +507,13 @@ mod tests {
                 json!({"attempts": ["bench/gpt-4o-mini"], "cluster": "c", "step": "x"}),
             );
             assert_eq!((t.to_json(), t.header_value()), reference(&t), "{n} rules");
+            // `render` serializes once where it can and gives the same two texts.
+            assert_eq!(t.render(), (t.to_log_json(), t.header_value()), "{n} rules");
+            t.conditions_skipped = true;
+            assert_eq!(t.render(), (t.to_log_json(), t.header_value()), "{n} rules");
         }
         assert_eq!(Trace::default().to_json(), "[]");
+        assert_eq!(Trace::default().render(), ("[]".to_string(), None));
     }
     #[test]
     fn log_form_lists_unmatched_rules_by_id_above_the_threshold() {
