@@ -92,6 +92,8 @@ pub struct Rule {
 #[derive(Clone, Debug, PartialEq)]
 struct Traced {
     expected: Arc<Value>,
+    /// `expected` as compact JSON, for the trace's serializer.
+    expected_json: Arc<str>,
     /// `actual` when the request has none of what the condition looks at: `null`, or
     /// `{"key": null, …}` for `metadata_equals` and `headers`.
     absent: Arc<Value>,
@@ -111,8 +113,10 @@ impl Traced {
             ),
             _ => Value::Null,
         };
+        let expected = c.expected();
         Traced {
-            expected: Arc::new(c.expected()),
+            expected_json: Arc::from(expected.to_string()),
+            expected: Arc::new(expected),
             absent: Arc::new(absent),
             needles: Vec::new(),
         }
@@ -455,6 +459,7 @@ impl<'f> Evaluation<'f> {
             out.push(ConditionTrace {
                 condition: c.name(),
                 expected: Arc::clone(&t.expected),
+                expected_json: Arc::clone(&t.expected_json),
                 actual,
                 matched: held,
             });

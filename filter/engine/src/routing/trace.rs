@@ -21,6 +21,8 @@ pub struct ConditionTrace {
     pub condition: &'static str,
     /// Shared with the compiled rule, which builds it once.
     pub expected: Arc<Value>,
+    /// `expected` as compact JSON (`expected.to_string()`), also built once by the rule.
+    pub expected_json: Arc<str>,
     /// Shared with the rule (what a request lacking everything shows) or the request.
     pub actual: Arc<Value>,
     pub matched: bool,
@@ -153,10 +155,38 @@ impl Trace {
         }
     }
 
-    /// The full trace as JSON (for the preview, and the log row of a small rule set).
+    /// The full trace as JSON (for the preview, the log row of a small rule set, and the header
+    /// when it fits).
+    ///
+    /// Written by hand rather than through serde: the edge renders it on every request, and
+    /// each condition's `expected` is pre-serialized by its rule. The output is byte for byte
+    /// what serializing [`View`] gives (a test checks it).
     pub fn to_json(&self) -> String {
-        match self.serialize(true, true, usize::MAX) {
-            Ok(s) | Err(s) => ascii(s),
+        let mut out = Vec::with_capacity(MAX_HEADER_BYTES);
+        out.push(b'[');
+        let mut first = true;
+        for r in &self.rules {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            write_rule(&mut out, r);
+        }
+        for s in &self.steps {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            if serde_json::to_writer(&mut out, &s.object()).is_err() {
+                out.extend_from_slice(b"{}");
+            }
+        }
+        out.push(b']');
+        match String::from_utf8(out) {
+            Ok(s) => ascii(s),
+            // Every piece written is UTF-8, so this is not reached; the serde path is the
+            // reference.
+            Err(_) => match self.serialize(true, true, usize::MAX) {
+                Ok(s) | Err(s) => ascii(s),
+            },
         }
     }
 
@@ -348,6 +378,84 @@ impl Serialize for ConditionView<'_> {
     }
 }
 
+/// One rule with its conditions, keys in `RuleView`'s (sorted) order.
+fn write_rule(out: &mut Vec<u8>, r: &RuleTrace) {
+    out.push(b'{');
+    if !r.applied.is_empty() {
+        out.extend_from_slice(b"\"applied\":");
+        write_strings(out, &r.applied);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"conditions\":[");
+    for (i, c) in r.conditions.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"actual\":");
+        write_value(out, &c.actual);
+        out.extend_from_slice(b",\"condition\":");
+        write_str(out, c.condition);
+        out.extend_from_slice(b",\"expected\":");
+        out.extend_from_slice(c.expected_json.as_bytes());
+        out.extend_from_slice(if c.matched {
+            b",\"matched\":true}"
+        } else {
+            b",\"matched\":false}"
+        });
+    }
+    out.extend_from_slice(b"],\"id\":");
+    out.extend_from_slice(r.id.to_string().as_bytes());
+    if !r.ignored.is_empty() {
+        out.extend_from_slice(b",\"ignored\":");
+        write_strings(out, &r.ignored);
+    }
+    out.extend_from_slice(if r.matched {
+        b",\"matched\":true,\"priority\":"
+    } else {
+        b",\"matched\":false,\"priority\":"
+    });
+    out.extend_from_slice(r.priority.to_string().as_bytes());
+    out.extend_from_slice(b",\"rule\":");
+    write_str(out, &r.name);
+    out.push(b'}');
+}
+
+fn write_strings(out: &mut Vec<u8>, items: &[String]) {
+    out.push(b'[');
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, s);
+    }
+    out.push(b']');
+}
+
+/// A JSON string; text needing no escape is copied as it is.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+fn write_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::String(s) => write_str(out, s),
+        other => {
+            if serde_json::to_writer(&mut *out, other).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
+    }
+}
+
 /// A writer that gives up once it holds more than `limit` bytes.
 struct Bounded {
     bytes: Vec<u8>,
@@ -408,6 +516,7 @@ mod tests {
             conditions: vec![ConditionTrace {
                 condition: "task",
                 expected: Arc::new(Value::from("coding")),
+                expected_json: Arc::from(r#""coding""#),
                 actual: Arc::new(Value::from("coding")),
                 matched: true,
             }],
@@ -462,19 +571,46 @@ mod tests {
     fn serialized_trace_is_the_value_form() {
         let rule = |i: usize| RuleTrace {
             id: i as i64,
-            name: format!("règle {i} → é").into(),
+            // Names and values that need escaping take the serializer's slow path.
+            name: if i % 4 == 1 {
+                format!("rule \"{i}\" \\ tab\t").into()
+            } else if i % 4 == 3 {
+                format!("C:\\rules\\{i}").into()
+            } else {
+                format!("règle {i} → é").into()
+            },
             priority: 100 - i as i32,
             matched: i.is_multiple_of(3),
             conditions: vec![
                 ConditionTrace {
                     condition: "contains",
                     expected: Arc::new(json!(["naïve", format!("ticket-{i}")])),
+                    expected_json: Arc::from(json!(["naïve", format!("ticket-{i}")]).to_string()),
                     actual: Arc::new(Value::Null),
+                    matched: false,
+                },
+                ConditionTrace {
+                    condition: "model",
+                    expected: Arc::new(json!("gpt-4*")),
+                    expected_json: Arc::from(r#""gpt-4*""#),
+                    actual: Arc::new(json!(format!("m\"{i}\\\n\u{1}"))),
+                    matched: i.is_multiple_of(5),
+                },
+                ConditionTrace {
+                    condition: "task",
+                    expected: Arc::new(json!({"n": 1.5, "b": true})),
+                    expected_json: Arc::from(json!({"n": 1.5, "b": true}).to_string()),
+                    actual: Arc::new(if i.is_multiple_of(2) {
+                        json!(true)
+                    } else {
+                        json!([1, "x", null])
+                    }),
                     matched: false,
                 },
                 ConditionTrace {
                     condition: "headers",
                     expected: Arc::new(json!({"x-team": "ml", "x-b": "ü"})),
+                    expected_json: Arc::from(json!({"x-team": "ml", "x-b": "ü"}).to_string()),
                     actual: Arc::new(json!({"x-team": null, "x-b": "ü"})),
                     matched: false,
                 },
@@ -525,6 +661,7 @@ mod tests {
             conditions: vec![ConditionTrace {
                 condition: "contains",
                 expected: Arc::new(json!(["x"])),
+                expected_json: Arc::from(r#"["x"]"#),
                 actual: Arc::new(json!(false)),
                 matched,
             }],
