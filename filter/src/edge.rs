@@ -53,12 +53,55 @@ pub struct Metrics {
     /// Attempts that failed (their request may still have succeeded).
     failed_attempts: Option<u32>,
     firewall_hits: Option<u32>,
-    /// Counters by provider and model, defined on first use (bounded).
-    by_model: Rc<std::cell::RefCell<std::collections::HashMap<String, Option<u32>>>>,
+    /// Counters by provider and model, defined on first use (bounded); looked up by the pair,
+    /// so a request builds no stat name once its pair is known.
+    by_model: Rc<std::cell::RefCell<std::collections::HashMap<(String, String), ModelCounters>>>,
 }
 
-/// Most per-(provider, model) counters an edge defines.
-const MAX_MODEL_COUNTERS: usize = 4096;
+/// Most (provider, model) pairs an edge defines counters for.
+const MAX_MODEL_COUNTERS: usize = 1024;
+
+/// The counters of one (provider, model) pair.
+#[derive(Clone, Copy)]
+struct ModelCounters {
+    requests: Option<u32>,
+    errors: Option<u32>,
+    input_tokens: Option<u32>,
+    output_tokens: Option<u32>,
+    cost_micro_usd: Option<u32>,
+}
+
+impl ModelCounters {
+    /// `tokenrouter.provider.<provider>.model.<model>.<what>` (names reduced to
+    /// `[A-Za-z0-9_-]`, so a model's dots do not split the stat name).
+    fn define(provider: &str, model: &str) -> ModelCounters {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(64)
+                .collect()
+        };
+        let prefix = format!(
+            "tokenrouter.provider.{}.model.{}",
+            clean(provider),
+            clean(model)
+        );
+        let counter = |what: &str| host::define_counter(&format!("{prefix}.{what}"));
+        ModelCounters {
+            requests: counter("requests"),
+            errors: counter("errors"),
+            input_tokens: counter("input_tokens"),
+            output_tokens: counter("output_tokens"),
+            cost_micro_usd: counter("cost_micro_usd"),
+        }
+    }
+}
 
 impl Metrics {
     pub fn define() -> Metrics {
@@ -72,41 +115,29 @@ impl Metrics {
         }
     }
 
-    /// `tokenrouter.provider.<provider>.model.<model>.<what>` (names reduced to
-    /// `[A-Za-z0-9_-]`, so a model's dots do not split the stat name).
-    fn model_counter(&self, provider: &str, model: &str, what: &str) -> Option<u32> {
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .take(64)
-                .collect()
-        };
-        let name = format!(
-            "tokenrouter.provider.{}.model.{}.{what}",
-            clean(provider),
-            clean(model)
-        );
+    /// The counters of a (provider, model) pair; `None` once the bound is reached.
+    fn model_counters(&self, provider: &str, model: &str) -> Option<ModelCounters> {
         let mut map = self.by_model.borrow_mut();
-        if let Some(id) = map.get(&name) {
-            return *id;
+        let key = (provider.to_string(), model.to_string());
+        if let Some(counters) = map.get(&key) {
+            return Some(*counters);
         }
         if map.len() >= MAX_MODEL_COUNTERS {
             return None;
         }
-        let id = host::define_counter(&name);
-        map.insert(name, id);
-        id
+        let counters = ModelCounters::define(provider, model);
+        map.insert(key, counters);
+        Some(counters)
     }
 
-    /// Counts one finished request.
+    /// Counts one finished request (a counter that would not move costs no host call).
     fn record(&self, r: &UsageRecord) {
-        host::increment(
+        let count = |metric: Option<u32>, by: i64| {
+            if by > 0 {
+                host::increment(metric, by);
+            }
+        };
+        count(
             self.failed_attempts,
             r.attempts
                 .iter()
@@ -114,31 +145,29 @@ impl Metrics {
                 .count() as i64,
         );
         if r.attempts.len() > 1 && (200..300).contains(&r.status) {
-            host::increment(self.fallbacks, 1);
+            count(self.fallbacks, 1);
         }
-        host::increment(self.firewall_hits, r.firewall_actions.len() as i64);
+        count(self.firewall_hits, r.firewall_actions.len() as i64);
         if r.provider.is_empty() {
             return;
         }
-        let count = |what: &str, by: i64| {
-            if by > 0 {
-                host::increment(self.model_counter(&r.provider, &r.model, what), by);
-            }
+        let Some(m) = self.model_counters(&r.provider, &r.model) else {
+            return;
         };
-        count("requests", 1);
+        count(m.requests, 1);
         if r.status >= 400 || r.status == 0 {
-            count("errors", 1);
+            count(m.errors, 1);
         }
         count(
-            "input_tokens",
+            m.input_tokens,
             i64::try_from(r.input_tokens).unwrap_or(i64::MAX),
         );
         count(
-            "output_tokens",
+            m.output_tokens,
             i64::try_from(r.output_tokens).unwrap_or(i64::MAX),
         );
         // pico-dollars → micro-dollars
-        count("cost_micro_usd", r.cost_picos / 1_000_000);
+        count(m.cost_micro_usd, r.cost_picos / 1_000_000);
     }
 }
 
