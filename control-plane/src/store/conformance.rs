@@ -758,6 +758,32 @@ async fn usage_batches_are_idempotent(db: TestDb) {
         })
         .await;
     assert!(matches!(bad, Err(StoreError::NotFound(_))));
+
+    // A batch larger than one statement's rows: ids stored before, and ids repeated across
+    // the batch (also across a statement's boundary), are not new; the rest keep their order.
+    let big: Vec<UsageRecord> = (0..700)
+        .map(|i| match i {
+            5 => record("r3"),
+            300 => record("b10"),
+            650 => record("b299"),
+            _ => record(&format!("b{i}")),
+        })
+        .collect();
+    let new = store.insert_usage(&big, 400).await.unwrap();
+    let expected: Vec<usize> = (0..700).filter(|i| ![5, 300, 650].contains(i)).collect();
+    assert_eq!(new, expected);
+    let stored = store
+        .list_logs(&LogQuery {
+            limit: 3,
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = stored
+        .iter()
+        .map(|e| e.record.request_id.as_str())
+        .collect();
+    assert_eq!(ids, ["b699", "b698", "b697"], "stored in batch order");
 }
 
 async fn log_filters_and_usage_totals(db: TestDb) {

@@ -5,7 +5,7 @@
 //! racing for SQLite's write lock; the `busy_timeout` covers writers outside this process (the
 //! CLI on the same file). Reads run concurrently with a write (WAL).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,10 @@ use super::{
 /// Starts a write transaction holding SQLite's write lock from its first statement, so a write
 /// never fails on a read → write lock upgrade.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// Usage records per `INSERT` statement: 31 bound values each, well under SQLite's limit of
+/// 32 766 variables per statement.
+const USAGE_ROWS_PER_INSERT: usize = 256;
 
 /// Page cache of one pooled connection, in KiB.
 const CACHE_KIB: u32 = 1024;
@@ -237,57 +241,74 @@ impl Store for SqliteStore {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let mut inserted = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            let done = sqlx::query(
+        for (chunk_index, chunk) in records.chunks(USAGE_ROWS_PER_INSERT).enumerate() {
+            let offset = chunk_index * USAGE_ROWS_PER_INSERT;
+            // One statement per chunk; RETURNING names the rows that were new (a request id
+            // already stored, or repeated earlier in the batch, is skipped by ON CONFLICT).
+            let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO request_logs (request_id, started_at_ms, key_id, client_api, \
                  requested_model, provider, model, status, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, latency_ms, cost_picos, stream, error_type, \
                  node_id, received_at_ms, firewall_actions, warnings, mode, tier, rule_trace, \
                  attempts_json, ttfb_ms, retry_after_s, metadata_json, idempotency_key, \
-                 replay_of, key_name, workspace_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
-                 ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&r.request_id)
-            .bind(r.started_at_unix_ms)
-            .bind(&r.key_id)
-            .bind(&r.client_api)
-            .bind(&r.requested_model)
-            .bind(&r.provider)
-            .bind(&r.model)
-            .bind(i64::from(r.status))
-            .bind(to_i64(r.input_tokens))
-            .bind(to_i64(r.output_tokens))
-            .bind(to_i64(r.cached_tokens))
-            .bind(to_i64(r.reasoning_tokens))
-            .bind(to_i64(r.latency_ms))
-            .bind(r.cost_picos)
-            .bind(r.stream)
-            .bind(&r.error_type)
-            .bind(&r.node_id)
-            .bind(received_at_ms)
-            .bind(json_list(&r.firewall_actions))
-            .bind(json_list(&r.warnings))
-            .bind(&r.mode)
-            .bind(&r.tier)
-            .bind(&r.rule_trace)
-            .bind(attempts_json(&r.attempts))
-            .bind(to_i64(r.ttfb_ms))
-            .bind(i64::from(r.retry_after_s))
-            .bind(&r.metadata_json)
-            .bind(&r.idempotency_key)
-            .bind(&r.replay_of)
-            .bind(&r.key_name)
-            .bind(&r.workspace_id)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                continue;
+                 replay_of, key_name, workspace_id) ",
+            );
+            sql.push_values(chunk, |mut row, r| {
+                row.push_bind(&r.request_id)
+                    .push_bind(r.started_at_unix_ms)
+                    .push_bind(&r.key_id)
+                    .push_bind(&r.client_api)
+                    .push_bind(&r.requested_model)
+                    .push_bind(&r.provider)
+                    .push_bind(&r.model)
+                    .push_bind(i64::from(r.status))
+                    .push_bind(to_i64(r.input_tokens))
+                    .push_bind(to_i64(r.output_tokens))
+                    .push_bind(to_i64(r.cached_tokens))
+                    .push_bind(to_i64(r.reasoning_tokens))
+                    .push_bind(to_i64(r.latency_ms))
+                    .push_bind(r.cost_picos)
+                    .push_bind(r.stream)
+                    .push_bind(&r.error_type)
+                    .push_bind(&r.node_id)
+                    .push_bind(received_at_ms)
+                    .push_bind(json_list(&r.firewall_actions))
+                    .push_bind(json_list(&r.warnings))
+                    .push_bind(&r.mode)
+                    .push_bind(&r.tier)
+                    .push_bind(&r.rule_trace)
+                    .push_bind(attempts_json(&r.attempts))
+                    .push_bind(to_i64(r.ttfb_ms))
+                    .push_bind(i64::from(r.retry_after_s))
+                    .push_bind(&r.metadata_json)
+                    .push_bind(&r.idempotency_key)
+                    .push_bind(&r.replay_of)
+                    .push_bind(&r.key_name)
+                    .push_bind(&r.workspace_id);
+            });
+            sql.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+            let new: Vec<String> = sql
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
+            // The first record with each new id is the one stored.
+            let mut first: HashMap<&str, usize> = HashMap::with_capacity(chunk.len());
+            for (i, r) in chunk.iter().enumerate() {
+                first.entry(r.request_id.as_str()).or_insert(offset + i);
             }
-            inserted.push(i);
+            let start = inserted.len();
+            inserted.extend(new.iter().filter_map(|id| first.get(id.as_str()).copied()));
+            inserted[start..].sort_unstable();
+        }
+        let mut charges: BTreeMap<&str, i64> = BTreeMap::new();
+        for &i in &inserted {
+            let Some(r) = records.get(i) else { continue };
             if r.cost_picos > 0 && r.replay_of.is_empty() {
-                metering::charge(&mut tx, &r.key_id, r.cost_picos).await?;
+                let due = charges.entry(r.key_id.as_str()).or_insert(0);
+                *due = due.saturating_add(r.cost_picos);
             }
             // Only keys with store_bodies send bodies; every other record costs nothing here.
             if !r.request_body.is_empty() || !r.response_body.is_empty() {
@@ -302,6 +323,11 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+        // Charged once per key and batch: every part is positive, so the balance's floor at
+        // zero is hit exactly when charging the parts one by one would hit it.
+        for (key_id, picos) in charges {
+            metering::charge(&mut tx, key_id, picos).await?;
         }
         tx.commit().await?;
         Ok(inserted)
