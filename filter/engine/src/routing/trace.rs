@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 #[cfg(test)]
 use serde_json::json;
 use serde_json::{Map, Value};
@@ -126,67 +125,79 @@ impl Trace {
         with_candidates: bool,
         limit: usize,
     ) -> Result<String, String> {
-        let view = View {
-            trace: self,
-            with_conditions,
-            with_candidates,
-            unmatched_as_ids: false,
-        };
-        let mut out = Bounded {
-            // A small rule set's trace is a few KB: start there rather than growing from empty.
-            bytes: Vec::with_capacity(limit.min(MAX_HEADER_BYTES)),
+        self.write(
+            Form {
+                with_conditions,
+                with_candidates,
+                unmatched_as_ids: false,
+            },
             limit,
-        };
-        let complete = serde_json::to_writer(&mut out, &view).is_ok();
-        let text = match String::from_utf8(out.bytes) {
-            Ok(text) => text,
-            // Cut inside a character: keep the valid part.
-            Err(e) => {
-                let valid = e.utf8_error().valid_up_to();
-                let mut bytes = e.into_bytes();
-                bytes.truncate(valid);
-                String::from_utf8(bytes).unwrap_or_default()
+        )
+    }
+
+    /// Writes the trace by hand rather than through serde (the edge does it on every request),
+    /// with each condition's `expected` pre-serialized by its rule. Keys come in a
+    /// `serde_json::Map`'s (sorted) order, so the JSON is byte for byte what the `Value` form
+    /// gives (a test checks it). Stops after the first element that takes it past `limit`:
+    /// `Err` with that prefix, which ends on an element's boundary.
+    fn write(&self, form: Form, limit: usize) -> Result<String, String> {
+        let mut out = Vec::with_capacity(limit.min(MAX_HEADER_BYTES) + 64);
+        out.push(b'[');
+        let mut first = true;
+        let mut next = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
             }
         };
-        if complete {
-            Ok(text)
-        } else {
-            Err(text)
+        let full = |out: Vec<u8>| String::from_utf8(out).unwrap_or_default();
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| !form.unmatched_as_ids || r.matched)
+        {
+            next(&mut out);
+            write_rule(&mut out, rule, form.with_conditions);
+            if out.len() > limit {
+                return Err(full(out));
+            }
         }
+        if form.unmatched_as_ids {
+            let mut ids = self.rules.iter().filter(|r| !r.matched).map(|r| r.id);
+            if let Some(first_id) = ids.next() {
+                next(&mut out);
+                out.extend_from_slice(b"{\"rule_ids\":[");
+                write_int(&mut out, first_id);
+                for id in ids {
+                    out.push(b',');
+                    write_int(&mut out, id);
+                }
+                out.extend_from_slice(b"],\"step\":\"not_matched\"}");
+            }
+        }
+        for step in &self.steps {
+            if !form.with_candidates && step.step == "candidates" {
+                continue;
+            }
+            next(&mut out);
+            if serde_json::to_writer(&mut out, &step.object()).is_err() {
+                out.extend_from_slice(b"{}");
+            }
+            if out.len() > limit {
+                return Err(full(out));
+            }
+        }
+        out.push(b']');
+        if out.len() > limit {
+            return Err(full(out));
+        }
+        Ok(full(out))
     }
 
     /// The full trace as JSON (for the preview, the log row of a small rule set, and the header
     /// when it fits).
-    ///
-    /// Written by hand rather than through serde: the edge renders it on every request, and
-    /// each condition's `expected` is pre-serialized by its rule. The output is byte for byte
-    /// what serializing [`View`] gives (a test checks it).
     pub fn to_json(&self) -> String {
-        let mut out = Vec::with_capacity(MAX_HEADER_BYTES);
-        out.push(b'[');
-        let mut first = true;
-        for r in &self.rules {
-            if !std::mem::take(&mut first) {
-                out.push(b',');
-            }
-            write_rule(&mut out, r);
-        }
-        for s in &self.steps {
-            if !std::mem::take(&mut first) {
-                out.push(b',');
-            }
-            if serde_json::to_writer(&mut out, &s.object()).is_err() {
-                out.extend_from_slice(b"{}");
-            }
-        }
-        out.push(b']');
-        match String::from_utf8(out) {
-            Ok(s) => ascii(s),
-            // Every piece written is UTF-8, so this is not reached; the serde path is the
-            // reference.
-            Err(_) => match self.serialize(true, true, usize::MAX) {
-                Ok(s) | Err(s) => ascii(s),
-            },
+        match self.serialize(true, true, usize::MAX) {
+            Ok(s) | Err(s) => ascii(s),
         }
     }
 
@@ -199,13 +210,14 @@ impl Trace {
         if self.rules.len() <= LOG_FULL_TRACE_RULES {
             return self.to_json();
         }
-        let view = View {
-            trace: self,
+        let form = Form {
             with_conditions: true,
             with_candidates: true,
             unmatched_as_ids: true,
         };
-        ascii(serde_json::to_string(&view).unwrap_or_else(|_| "[]".into()))
+        match self.write(form, usize::MAX) {
+            Ok(s) | Err(s) => ascii(s),
+        }
     }
 
     /// What the edge needs of every routed request: the log row's JSON
@@ -267,144 +279,46 @@ impl Step {
     }
 }
 
-/// A trace serialized straight from its fields, without building a `Value` tree per request.
-/// Object keys are written in the order of a `serde_json::Map` (sorted; the crate does not
-/// enable `preserve_order`), so the JSON is byte for byte what the `Value` form gives (a test
-/// checks it).
-struct View<'a> {
-    trace: &'a Trace,
+/// What a serialized trace holds.
+#[derive(Clone, Copy)]
+struct Form {
     with_conditions: bool,
+    /// The `candidates` step (the longest; the header sheds it first).
     with_candidates: bool,
     /// Rules that did not match go into one `not_matched` entry, by id.
     unmatched_as_ids: bool,
 }
 
-impl Serialize for View<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(None)?;
-        for rule in &self.trace.rules {
-            if self.unmatched_as_ids && !rule.matched {
-                continue;
-            }
-            seq.serialize_element(&RuleView {
-                rule,
-                with_conditions: self.with_conditions,
-            })?;
-        }
-        if self.unmatched_as_ids {
-            let ids: Vec<i64> = self
-                .trace
-                .rules
-                .iter()
-                .filter(|r| !r.matched)
-                .map(|r| r.id)
-                .collect();
-            if !ids.is_empty() {
-                seq.serialize_element(&NotMatched { rule_ids: ids })?;
-            }
-        }
-        for step in &self.trace.steps {
-            if self.with_candidates || step.step != "candidates" {
-                seq.serialize_element(&step.object())?;
-            }
-        }
-        seq.end()
-    }
-}
-
-/// Rules that did not match, by id (the compact log form).
-struct NotMatched {
-    rule_ids: Vec<i64>,
-}
-
-impl Serialize for NotMatched {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(2))?;
-        map.serialize_entry("rule_ids", &self.rule_ids)?;
-        map.serialize_entry("step", "not_matched")?;
-        map.end()
-    }
-}
-
-struct RuleView<'a> {
-    rule: &'a RuleTrace,
-    with_conditions: bool,
-}
-
-impl Serialize for RuleView<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let r = self.rule;
-        let mut map = serializer.serialize_map(None)?;
-        if !r.applied.is_empty() {
-            map.serialize_entry("applied", &r.applied)?;
-        }
-        if self.with_conditions {
-            map.serialize_entry("conditions", &ConditionsView(&r.conditions))?;
-        }
-        map.serialize_entry("id", &r.id)?;
-        if !r.ignored.is_empty() {
-            map.serialize_entry("ignored", &r.ignored)?;
-        }
-        map.serialize_entry("matched", &r.matched)?;
-        map.serialize_entry("priority", &r.priority)?;
-        map.serialize_entry("rule", &*r.name)?;
-        map.end()
-    }
-}
-
-struct ConditionsView<'a>(&'a [ConditionTrace]);
-
-impl Serialize for ConditionsView<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for c in self.0 {
-            seq.serialize_element(&ConditionView(c))?;
-        }
-        seq.end()
-    }
-}
-
-struct ConditionView<'a>(&'a ConditionTrace);
-
-impl Serialize for ConditionView<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let c = self.0;
-        let mut map = serializer.serialize_map(Some(4))?;
-        map.serialize_entry("actual", &*c.actual)?;
-        map.serialize_entry("condition", c.condition)?;
-        map.serialize_entry("expected", &*c.expected)?;
-        map.serialize_entry("matched", &c.matched)?;
-        map.end()
-    }
-}
-
-/// One rule with its conditions, keys in `RuleView`'s (sorted) order.
-fn write_rule(out: &mut Vec<u8>, r: &RuleTrace) {
+/// One rule (with its conditions when `with_conditions`), keys in sorted order.
+fn write_rule(out: &mut Vec<u8>, r: &RuleTrace, with_conditions: bool) {
     out.push(b'{');
     if !r.applied.is_empty() {
         out.extend_from_slice(b"\"applied\":");
         write_strings(out, &r.applied);
         out.push(b',');
     }
-    out.extend_from_slice(b"\"conditions\":[");
-    for (i, c) in r.conditions.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    if with_conditions {
+        out.extend_from_slice(b"\"conditions\":[");
+        for (i, c) in r.conditions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"actual\":");
+            write_value(out, &c.actual);
+            out.extend_from_slice(b",\"condition\":");
+            write_str(out, c.condition);
+            out.extend_from_slice(b",\"expected\":");
+            out.extend_from_slice(c.expected_json.as_bytes());
+            out.extend_from_slice(if c.matched {
+                b",\"matched\":true}"
+            } else {
+                b",\"matched\":false}"
+            });
         }
-        out.extend_from_slice(b"{\"actual\":");
-        write_value(out, &c.actual);
-        out.extend_from_slice(b",\"condition\":");
-        write_str(out, c.condition);
-        out.extend_from_slice(b",\"expected\":");
-        out.extend_from_slice(c.expected_json.as_bytes());
-        out.extend_from_slice(if c.matched {
-            b",\"matched\":true}"
-        } else {
-            b",\"matched\":false}"
-        });
+        out.extend_from_slice(b"],");
     }
-    out.extend_from_slice(b"],\"id\":");
-    out.extend_from_slice(r.id.to_string().as_bytes());
+    out.extend_from_slice(b"\"id\":");
+    write_int(out, r.id);
     if !r.ignored.is_empty() {
         out.extend_from_slice(b",\"ignored\":");
         write_strings(out, &r.ignored);
@@ -414,10 +328,14 @@ fn write_rule(out: &mut Vec<u8>, r: &RuleTrace) {
     } else {
         b",\"matched\":false,\"priority\":"
     });
-    out.extend_from_slice(r.priority.to_string().as_bytes());
+    write_int(out, r.priority);
     out.extend_from_slice(b",\"rule\":");
     write_str(out, &r.name);
     out.push(b'}');
+}
+
+fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn write_strings(out: &mut Vec<u8>, items: &[String]) {
@@ -453,26 +371,6 @@ fn write_value(out: &mut Vec<u8>, v: &Value) {
                 out.extend_from_slice(b"null");
             }
         }
-    }
-}
-
-/// A writer that gives up once it holds more than `limit` bytes.
-struct Bounded {
-    bytes: Vec<u8>,
-    limit: usize,
-}
-
-impl std::io::Write for Bounded {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.bytes.extend_from_slice(buf);
-        if self.bytes.len() > self.limit {
-            return Err(std::io::Error::other("limit reached"));
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -545,11 +443,16 @@ mod tests {
 
     /// The previous implementation of the two outputs, from the `Value` form.
     fn reference(t: &Trace) -> (String, Option<String>) {
+        let forms: &[(bool, bool)] = if t.conditions_skipped {
+            &[(false, false)]
+        } else {
+            &[(true, true), (true, false), (false, false)]
+        };
         let header = if t.rules.is_empty() && t.steps.is_empty() {
             None
         } else {
             let mut found = None;
-            for (conditions, candidates) in [(true, true), (true, false), (false, false)] {
+            for &(conditions, candidates) in forms {
                 let s = ascii_json(&t.to_value(conditions, candidates));
                 if s.len() <= MAX_HEADER_BYTES {
                     found = Some(s);
@@ -563,6 +466,34 @@ mod tests {
             })
         };
         (ascii_json(&t.to_value(true, true)), header)
+    }
+
+    /// The log row's form from the `Value` form: the full trace up to the threshold, else
+    /// matched rules in full, one `not_matched` entry, then the steps.
+    fn reference_log(t: &Trace) -> String {
+        let full = t.to_value(true, true);
+        if t.rules.len() <= LOG_FULL_TRACE_RULES {
+            return ascii_json(&full);
+        }
+        let entries = full.as_array().cloned().unwrap_or_default();
+        let (rules, steps) = entries.split_at(t.rules.len());
+        let mut out: Vec<Value> = rules
+            .iter()
+            .zip(&t.rules)
+            .filter(|(_, r)| r.matched)
+            .map(|(v, _)| v.clone())
+            .collect();
+        let ids: Vec<i64> = t
+            .rules
+            .iter()
+            .filter(|r| !r.matched)
+            .map(|r| r.id)
+            .collect();
+        if !ids.is_empty() {
+            out.push(json!({"rule_ids": ids, "step": "not_matched"}));
+        }
+        out.extend(steps.iter().cloned());
+        ascii_json(&Value::Array(out))
     }
 
     /// The serializer writes what the `Value` form gives, byte for byte, at every size (each
@@ -643,9 +574,15 @@ mod tests {
                 json!({"attempts": ["bench/gpt-4o-mini"], "cluster": "c", "step": "x"}),
             );
             assert_eq!((t.to_json(), t.header_value()), reference(&t), "{n} rules");
+            assert_eq!(t.to_log_json(), reference_log(&t), "{n} rules");
             // `render` serializes once where it can and gives the same two texts.
             assert_eq!(t.render(), (t.to_log_json(), t.header_value()), "{n} rules");
             t.conditions_skipped = true;
+            assert_eq!(
+                t.header_value(),
+                reference(&t).1,
+                "{n} rules, conditions skipped"
+            );
             assert_eq!(t.render(), (t.to_log_json(), t.header_value()), "{n} rules");
         }
         assert_eq!(Trace::default().to_json(), "[]");
