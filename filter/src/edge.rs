@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
@@ -53,10 +54,12 @@ pub struct Metrics {
     /// Attempts that failed (their request may still have succeeded).
     failed_attempts: Option<u32>,
     firewall_hits: Option<u32>,
-    /// Counters by provider and model, defined on first use (bounded); looked up by the pair,
-    /// so a request builds no stat name once its pair is known.
-    by_model: Rc<std::cell::RefCell<std::collections::HashMap<(String, String), ModelCounters>>>,
+    /// Counters by provider, then model, defined on first use (bounded); a request whose pair
+    /// is known builds no stat name and no key.
+    by_model: Rc<std::cell::RefCell<ModelCounterMap>>,
 }
+
+type ModelCounterMap = HashMap<String, HashMap<String, ModelCounters>>;
 
 /// Most (provider, model) pairs an edge defines counters for.
 const MAX_MODEL_COUNTERS: usize = 1024;
@@ -118,15 +121,16 @@ impl Metrics {
     /// The counters of a (provider, model) pair; `None` once the bound is reached.
     fn model_counters(&self, provider: &str, model: &str) -> Option<ModelCounters> {
         let mut map = self.by_model.borrow_mut();
-        let key = (provider.to_string(), model.to_string());
-        if let Some(counters) = map.get(&key) {
+        if let Some(counters) = map.get(provider).and_then(|models| models.get(model)) {
             return Some(*counters);
         }
-        if map.len() >= MAX_MODEL_COUNTERS {
+        if map.values().map(HashMap::len).sum::<usize>() >= MAX_MODEL_COUNTERS {
             return None;
         }
         let counters = ModelCounters::define(provider, model);
-        map.insert(key, counters);
+        map.entry(provider.to_string())
+            .or_default()
+            .insert(model.to_string(), counters);
         Some(counters)
     }
 

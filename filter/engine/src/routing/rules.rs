@@ -91,8 +91,7 @@ pub struct Rule {
 /// compiled.
 #[derive(Clone, Debug, PartialEq)]
 struct Traced {
-    expected: Arc<Value>,
-    /// `expected` as compact JSON, for the trace's serializer.
+    /// What the condition expects, as compact JSON (the trace writes it as it is).
     expected_json: Arc<str>,
     /// `actual` when the request has none of what the condition looks at: `null`, or
     /// `{"key": null, …}` for `metadata_equals` and `headers`.
@@ -113,10 +112,8 @@ impl Traced {
             ),
             _ => Value::Null,
         };
-        let expected = c.expected();
         Traced {
-            expected_json: Arc::from(expected.to_string()),
-            expected: Arc::new(expected),
+            expected_json: Arc::from(c.expected().to_string()),
             absent: Arc::new(absent),
             needles: Vec::new(),
         }
@@ -458,7 +455,6 @@ impl<'f> Evaluation<'f> {
             all &= held;
             out.push(ConditionTrace {
                 condition: c.name(),
-                expected: Arc::clone(&t.expected),
                 expected_json: Arc::clone(&t.expected_json),
                 actual,
                 matched: held,

@@ -18,9 +18,8 @@ pub const LOG_FULL_TRACE_RULES: usize = 32;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConditionTrace {
     pub condition: &'static str,
-    /// Shared with the compiled rule, which builds it once.
-    pub expected: Arc<Value>,
-    /// `expected` as compact JSON (`expected.to_string()`), also built once by the rule.
+    /// What the condition expects, as compact JSON: serialized once by the compiled rule and
+    /// shared with it.
     pub expected_json: Arc<str>,
     /// Shared with the rule (what a request lacking everything shows) or the request.
     pub actual: Arc<Value>,
@@ -92,7 +91,8 @@ impl Trace {
                     .map(|c| {
                         json!({
                             "condition": c.condition,
-                            "expected": *c.expected,
+                            "expected": serde_json::from_str::<Value>(&c.expected_json)
+                                .unwrap_or_default(),
                             "actual": *c.actual,
                             "matched": c.matched,
                         })
@@ -117,26 +117,11 @@ impl Trace {
         Value::Array(out)
     }
 
-    /// The trace serialized (not yet ASCII-escaped) into at most about `limit` bytes: `Ok` with
-    /// the whole JSON, or `Err` with a prefix longer than `limit` when it does not fit.
-    fn serialize(
-        &self,
-        with_conditions: bool,
-        with_candidates: bool,
-        limit: usize,
-    ) -> Result<String, String> {
-        self.write(
-            Form {
-                with_conditions,
-                with_candidates,
-                unmatched_as_ids: false,
-            },
-            limit,
-        )
-    }
-
-    /// Writes the trace by hand rather than through serde (the edge does it on every request),
-    /// with each condition's `expected` pre-serialized by its rule. Keys come in a
+    /// The trace serialized (not yet ASCII-escaped) in `form`: `Ok` with the whole JSON, or
+    /// `Err` with a prefix longer than `limit` when it does not fit.
+    ///
+    /// Written by hand rather than through serde (the edge does it on every request), with
+    /// each condition's `expected` pre-serialized by its rule. Keys come in a
     /// `serde_json::Map`'s (sorted) order, so the JSON is byte for byte what the `Value` form
     /// gives (a test checks it). Stops after the first element that takes it past `limit`:
     /// `Err` with that prefix, which ends on an element's boundary.
@@ -196,7 +181,7 @@ impl Trace {
     /// The full trace as JSON (for the preview, the log row of a small rule set, and the header
     /// when it fits).
     pub fn to_json(&self) -> String {
-        match self.serialize(true, true, usize::MAX) {
+        match self.write(Form::full(true, true), usize::MAX) {
             Ok(s) | Err(s) => ascii(s),
         }
     }
@@ -253,7 +238,7 @@ impl Trace {
         };
         for &(conditions, candidates) in forms {
             // ASCII escaping only lengthens, so a raw prefix past the limit cannot fit.
-            let s = match self.serialize(conditions, candidates, MAX_HEADER_BYTES) {
+            let s = match self.write(Form::full(conditions, candidates), MAX_HEADER_BYTES) {
                 Ok(s) | Err(s) => ascii(s),
             };
             if s.len() <= MAX_HEADER_BYTES {
@@ -287,6 +272,17 @@ struct Form {
     with_candidates: bool,
     /// Rules that did not match go into one `not_matched` entry, by id.
     unmatched_as_ids: bool,
+}
+
+impl Form {
+    /// Every rule listed.
+    fn full(with_conditions: bool, with_candidates: bool) -> Form {
+        Form {
+            with_conditions,
+            with_candidates,
+            unmatched_as_ids: false,
+        }
+    }
 }
 
 /// One rule (with its conditions when `with_conditions`), keys in sorted order.
@@ -413,7 +409,6 @@ mod tests {
             matched: true,
             conditions: vec![ConditionTrace {
                 condition: "task",
-                expected: Arc::new(Value::from("coding")),
                 expected_json: Arc::from(r#""coding""#),
                 actual: Arc::new(Value::from("coding")),
                 matched: true,
@@ -515,21 +510,18 @@ mod tests {
             conditions: vec![
                 ConditionTrace {
                     condition: "contains",
-                    expected: Arc::new(json!(["naïve", format!("ticket-{i}")])),
                     expected_json: Arc::from(json!(["naïve", format!("ticket-{i}")]).to_string()),
                     actual: Arc::new(Value::Null),
                     matched: false,
                 },
                 ConditionTrace {
                     condition: "model",
-                    expected: Arc::new(json!("gpt-4*")),
                     expected_json: Arc::from(r#""gpt-4*""#),
                     actual: Arc::new(json!(format!("m\"{i}\\\n\u{1}"))),
                     matched: i.is_multiple_of(5),
                 },
                 ConditionTrace {
                     condition: "task",
-                    expected: Arc::new(json!({"n": 1.5, "b": true})),
                     expected_json: Arc::from(json!({"n": 1.5, "b": true}).to_string()),
                     actual: Arc::new(if i.is_multiple_of(2) {
                         json!(true)
@@ -540,7 +532,6 @@ mod tests {
                 },
                 ConditionTrace {
                     condition: "headers",
-                    expected: Arc::new(json!({"x-team": "ml", "x-b": "ü"})),
                     expected_json: Arc::from(json!({"x-team": "ml", "x-b": "ü"}).to_string()),
                     actual: Arc::new(json!({"x-team": null, "x-b": "ü"})),
                     matched: false,
@@ -597,7 +588,6 @@ mod tests {
             matched,
             conditions: vec![ConditionTrace {
                 condition: "contains",
-                expected: Arc::new(json!(["x"])),
                 expected_json: Arc::from(r#"["x"]"#),
                 actual: Arc::new(json!(false)),
                 matched,
