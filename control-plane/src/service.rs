@@ -843,9 +843,15 @@ impl Service {
         self.scores.subscribe()
     }
 
-    /// Every published snapshot, starting with the current one.
+    /// Every published snapshot, starting with the current one; a key-delta version's has no
+    /// keys ([`Publisher::snapshots`]).
     pub fn snapshots(&self) -> watch::Receiver<Arc<pb::Snapshot>> {
         self.publisher.snapshots()
+    }
+
+    /// The published version with every key ([`Publisher::whole_snapshot`]).
+    pub fn whole_snapshot(&self) -> Arc<pb::Snapshot> {
+        self.publisher.whole_snapshot()
     }
 
     /// The key delta of the published version, if it has one ([`Publisher::key_delta`]).
@@ -942,12 +948,14 @@ pub(crate) mod tests {
         assert!(key.id.starts_with("key_"));
         svc.settled().await;
         assert!(snaps.has_changed().unwrap());
-        assert_eq!(snaps.borrow_and_update().keys.len(), 1);
+        snaps.borrow_and_update();
+        assert_eq!(svc.whole_snapshot().keys.len(), 1);
 
         let revoked = svc.revoke_key(&key.id).await.unwrap();
         assert_eq!(revoked.status, KeyStatus::Revoked);
         svc.settled().await;
-        let snap = snaps.borrow_and_update().clone();
+        snaps.borrow_and_update();
+        let snap = svc.whole_snapshot();
         assert!(snap.keys[0].revoked);
         assert!(snap.version > v0 + 1);
         // Idempotent, and publishes nothing new.
@@ -1188,7 +1196,8 @@ pub(crate) mod tests {
             ("renamed", true)
         );
         svc.settled().await;
-        let snap = snaps.borrow_and_update().clone();
+        snaps.borrow_and_update();
+        let snap = svc.whole_snapshot();
         let pushed = snap.keys.iter().find(|k| k.id == key.id).unwrap();
         assert!(pushed.store_bodies);
         assert_eq!(pushed.name, "renamed");
@@ -1229,7 +1238,7 @@ pub(crate) mod tests {
             t.await.unwrap().unwrap();
         }
         svc.settled().await;
-        let snap = svc.snapshots().borrow().clone();
+        let snap = svc.whole_snapshot();
         assert_eq!(snap.version, v0 + 16);
         assert_eq!(snap.keys.len(), 16);
         assert_eq!(svc.clusters().borrow().version, v0 + 16);
@@ -1305,7 +1314,7 @@ pub(crate) mod tests {
             "{} builds for {writes} writes",
             seen.len()
         );
-        let snap = svc.snapshots().borrow().clone();
+        let snap = svc.whole_snapshot();
         assert_eq!(snap.version, newest);
         assert_eq!(snap.keys.len(), TASKS * KEYS_PER_TASK);
         assert_eq!(snap.providers.len(), 1);

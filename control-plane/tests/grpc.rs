@@ -245,10 +245,40 @@ async fn admin_and_filter_sync_end_to_end() {
         .unwrap()
         .into_inner();
     assert_eq!(revoked.status, "revoked");
-    snapshot_where(&mut down, |s| {
+    let revoked_version = snapshot_where(&mut down, |s| {
         s.keys.iter().any(|k| k.id == key.id && k.revoked)
     })
-    .await;
+    .await
+    .version;
+
+    // An edge connecting after a key-only version gets it whole: one snapshot at that version,
+    // with every key as it now is.
+    let (late_up, late_rx) = mpsc::channel::<EdgeMessage>(8);
+    late_up
+        .send(EdgeMessage {
+            msg: Some(Up::Hello(Hello {
+                node_id: "node-b".into(),
+                have_version: 0,
+                max_schema: 1,
+            })),
+        })
+        .await
+        .unwrap();
+    let mut late = FilterSyncClient::with_interceptor(channel.clone(), bearer(TOKEN))
+        .sync(ReceiverStream::new(late_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let Down::Snapshot(whole) = next(&mut late).await else {
+        panic!("first message is not a snapshot")
+    };
+    assert_eq!(whole.version, revoked_version);
+    assert!(!whole.providers.is_empty());
+    assert!(
+        whole.keys.iter().any(|k| k.id == key.id && k.revoked),
+        "{:?}",
+        whole.keys
+    );
 
     // REST: health and metrics.
     let (status, body) = server.http("GET", "/healthz", "").await;
@@ -260,8 +290,8 @@ async fn admin_and_filter_sync_end_to_end() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("tokenrouter_sync_streams_open 1\n"),
-        "{metrics}"
+        metrics.contains("tokenrouter_sync_streams_open 2\n"),
+        "both edges: {metrics}"
     );
 
     // Shutdown ends the open stream and the server returns promptly.

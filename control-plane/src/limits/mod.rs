@@ -31,7 +31,7 @@ use tokenrouter_proto::sync::v1::UsageRecord;
 use tokio::sync::{watch, Mutex};
 
 use crate::store::metering::Owner;
-use crate::store::{ConfigState, KeyStatus, Limits, Store, StoreError};
+use crate::store::{ConfigState, KeyRow, KeyStatus, Limits, Store, StoreError, WorkspaceRow};
 use window::{HourWindow, TokenBucket, Used, WINDOW_MINUTES};
 
 /// Requests per second a key may burst when neither it nor its workspace says otherwise
@@ -89,34 +89,68 @@ impl Policy {
     }
 }
 
-/// Policies of every key by id, for one configuration version.
-pub type Policies = HashMap<String, Policy>;
+/// Policies of every key by id, for one configuration version: those of the last version built
+/// whole, shared between versions, under the ones changed since (as the edges hold keys: a
+/// base snapshot and a key delta). A version that changes a few keys of 100 000 copies only
+/// the changed ones.
+#[derive(Clone, Debug, Default)]
+pub struct Policies {
+    base: Arc<HashMap<String, Policy>>,
+    changed: HashMap<String, Policy>,
+}
 
-/// Every key's policy in `state`.
-pub fn policies(state: &ConfigState, default_rps: u32) -> Policies {
-    let workspaces: HashMap<&str, _> = state
+impl Policies {
+    pub fn get(&self, key_id: &str) -> Option<&Policy> {
+        self.changed.get(key_id).or_else(|| self.base.get(key_id))
+    }
+
+    /// Replaces (or adds) one key's policy.
+    pub fn set(&mut self, key_id: &str, policy: Policy) {
+        self.changed.insert(key_id.to_string(), policy);
+    }
+}
+
+impl FromIterator<(String, Policy)> for Policies {
+    fn from_iter<I: IntoIterator<Item = (String, Policy)>>(iter: I) -> Policies {
+        Policies {
+            base: Arc::new(iter.into_iter().collect()),
+            changed: HashMap::new(),
+        }
+    }
+}
+
+/// The workspaces of `state` by id, which a key's policy reads.
+pub fn workspaces(state: &ConfigState) -> HashMap<&str, &WorkspaceRow> {
+    state
         .workspaces
         .iter()
         .map(|w| (w.id.as_str(), w))
-        .collect();
+        .collect()
+}
+
+/// One key's policy.
+pub fn policy(key: &KeyRow, workspaces: &HashMap<&str, &WorkspaceRow>, default_rps: u32) -> Policy {
+    let workspace = workspaces.get(key.workspace_id.as_str());
+    Policy {
+        workspace_id: key.workspace_id.clone(),
+        limits: Effective::resolve(
+            key.limits,
+            workspace.map(|w| w.limits).unwrap_or_default(),
+            default_rps,
+        ),
+        key_metered: key.metered,
+        workspace_metered: workspace.is_some_and(|w| w.metered),
+        revoked: key.status == KeyStatus::Revoked,
+    }
+}
+
+/// Every key's policy in `state`.
+pub fn policies(state: &ConfigState, default_rps: u32) -> Policies {
+    let workspaces = workspaces(state);
     state
         .keys
         .iter()
-        .map(|k| {
-            let workspace = workspaces.get(k.workspace_id.as_str());
-            let policy = Policy {
-                workspace_id: k.workspace_id.clone(),
-                limits: Effective::resolve(
-                    k.limits,
-                    workspace.map(|w| w.limits).unwrap_or_default(),
-                    default_rps,
-                ),
-                key_metered: k.metered,
-                workspace_metered: workspace.is_some_and(|w| w.metered),
-                revoked: k.status == KeyStatus::Revoked,
-            };
-            (k.id.clone(), policy)
-        })
+        .map(|k| (k.id.clone(), policy(k, &workspaces, default_rps)))
         .collect()
 }
 

@@ -438,7 +438,7 @@ mod tests {
             .await
             .unwrap();
         svc.settled().await;
-        let snapshot = svc.snapshots().borrow().clone();
+        let snapshot = svc.whole_snapshot();
         let entry = snapshot.keys.iter().find(|k| k.id == key.id).unwrap();
         assert!(entry.admission && entry.metered);
         let limiter = svc.limiter();
@@ -461,7 +461,7 @@ mod tests {
         let (key, _) = svc.create_key_with("k", "", None, no_rps()).await.unwrap();
         svc.settled().await;
         let entry = |svc: &Service| {
-            let snapshot = svc.snapshots().borrow().clone();
+            let snapshot = svc.whole_snapshot();
             let k = snapshot
                 .keys
                 .iter()

@@ -120,8 +120,8 @@ impl EdgeStream {
     async fn run(mut self, mut inbound: Streaming<EdgeMessage>) {
         let _open = OpenStream::new(self.service.metrics());
         tracing::info!(peer = %self.peer, "sync stream opened");
-        let current = self.snapshots.borrow_and_update().clone();
-        if self.send_snapshot(current).await.is_ok() {
+        self.snapshots.borrow_and_update();
+        if self.send_snapshot().await.is_ok() {
             // Always, even when empty: an edge that reconnects to a restarted control plane
             // replaces the scores it held.
             let scores = self.scores.borrow_and_update().clone();
@@ -150,15 +150,14 @@ impl EdgeStream {
             let keep_going = match event {
                 Event::Closed => false,
                 Event::NewSnapshot => {
-                    let snapshot = self.snapshots.borrow_and_update().clone();
+                    let version = self.snapshots.borrow_and_update().version;
                     match self.service.key_delta() {
                         Some(delta)
-                            if delta.version == snapshot.version
-                                && delta.base_version <= self.sent_full =>
+                            if delta.version == version && delta.base_version <= self.sent_full =>
                         {
                             self.send_key_delta(&delta).await.is_ok()
                         }
-                        _ => self.send_snapshot(snapshot).await.is_ok(),
+                        _ => self.send_snapshot().await.is_ok(),
                     }
                 }
                 Event::NewScores => {
@@ -194,7 +193,9 @@ impl EdgeStream {
         }
     }
 
-    async fn send_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Result<(), ()> {
+    /// Sends the published version whole (a key-delta version with its delta applied).
+    async fn send_snapshot(&mut self) -> Result<(), ()> {
+        let snapshot = self.service.whole_snapshot();
         let version = snapshot.version;
         let message = ControlMessage {
             msg: Some(Down::Snapshot(Snapshot::clone(&snapshot))),
