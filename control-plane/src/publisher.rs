@@ -96,33 +96,46 @@ struct Held {
 }
 
 impl Held {
-    /// Positions of `keys` that differ from the held rows, when the rest of the configuration
-    /// is what the base has and the keys can travel as a delta: no key moved or went away, and
-    /// at most [`MAX_DELTA_KEYS`] differ from the base. `None` means a new base.
-    fn changed_positions(&self, rest: &pb::Snapshot, state: &ConfigState) -> Option<Vec<usize>> {
-        if *rest != self.rest
-            || state.workspaces != self.workspaces
-            || state.keys.len() < self.rows.len()
-        {
+    /// Brings the held rows up to `keys`, copying only the rows that differ, and returns their
+    /// positions; `None` when a key moved or went away (a full read ordered them otherwise),
+    /// after copying every row.
+    fn update_rows(&mut self, keys: &[KeyRow]) -> Option<Vec<usize>> {
+        if keys.len() < self.rows.len() {
+            self.rows = keys.to_vec();
             return None;
         }
         let mut positions = Vec::new();
-        let mut added = 0;
-        for (at, row) in state.keys.iter().enumerate() {
-            match self.rows.get(at) {
-                Some(held) if held.id != row.id => return None,
-                Some(held) if held == row => continue,
-                _ => {}
-            }
-            if !self.changed.contains_key(&at) {
-                added += 1;
-                if self.changed.len() + added > MAX_DELTA_KEYS {
+        for (at, key) in keys.iter().enumerate() {
+            match self.rows.get_mut(at) {
+                Some(row) if row.id != key.id => {
+                    self.rows = keys.to_vec();
                     return None;
                 }
+                Some(row) if row == key => {}
+                Some(row) => {
+                    *row = key.clone();
+                    positions.push(at);
+                }
+                None => {
+                    self.rows.push(key.clone());
+                    positions.push(at);
+                }
             }
-            positions.push(at);
         }
         Some(positions)
+    }
+
+    /// Whether a configuration whose keys differ from the last version's at `positions` can
+    /// travel as a delta from the base: the rest of it is the base's and at most
+    /// [`MAX_DELTA_KEYS`] keys would then differ from the base's.
+    fn takes_delta(&self, rest: &pb::Snapshot, state: &ConfigState, positions: &[usize]) -> bool {
+        let more = positions
+            .iter()
+            .filter(|at| !self.changed.contains_key(at))
+            .count();
+        *rest == self.rest
+            && state.workspaces == self.workspaces
+            && self.changed.len() + more <= MAX_DELTA_KEYS
     }
 
     /// The delta to the base as it stands, at `version`.
@@ -441,10 +454,12 @@ impl Publisher {
             version: 0,
             ..config.clone()
         };
-        let changed = held
-            .as_ref()
-            .and_then(|h| h.changed_positions(&rest, state));
-        let (snapshot, delta, policies) = match (held.as_mut(), changed) {
+        let changed = held.as_mut().and_then(|h| h.update_rows(&state.keys));
+        let delta_positions = changed.filter(|positions| {
+            held.as_ref()
+                .is_some_and(|h| h.takes_delta(&rest, state, positions))
+        });
+        let (snapshot, delta, policies) = match (held.as_mut(), delta_positions) {
             (Some(h), Some(positions)) => {
                 let workspaces = limits::workspaces(state);
                 for at in positions {
@@ -452,10 +467,6 @@ impl Publisher {
                     let policy = limits::policy(row, &workspaces, self.default_rps);
                     h.changed.insert(at, api_key(row, &policy));
                     h.policies.set(&row.id, policy);
-                    match h.rows.get_mut(at) {
-                        Some(slot) => *slot = row.clone(),
-                        None => h.rows.push(row.clone()),
-                    }
                 }
                 h.whole = None;
                 let delta = h.delta(version);
@@ -466,10 +477,12 @@ impl Publisher {
                 let policies;
                 (snapshot.keys, policies) = self.build_keys(state);
                 let snapshot = Arc::new(snapshot);
+                // Already brought up to these keys, unless this is the first version.
+                let rows = held.take().map_or_else(|| state.keys.clone(), |h| h.rows);
                 *held = Some(Held {
                     base: snapshot.clone(),
                     rest,
-                    rows: state.keys.clone(),
+                    rows,
                     workspaces: state.workspaces.clone(),
                     changed: BTreeMap::new(),
                     policies: policies.clone(),
@@ -811,6 +824,12 @@ mod tests {
             assert!(p.publish(&s).unwrap());
             println!("revoke: build {build:?}, publish {:?}", t.elapsed());
         }
+        // A change besides keys: a new base, every key built again.
+        s.version += 1;
+        s.providers[0].base_url = "http://127.0.0.1:2/v1".into();
+        let t = Instant::now();
+        assert!(p.publish(&s).unwrap());
+        println!("provider change (a new base): publish {:?}", t.elapsed());
     }
 
     /// The publishing loop's incremental read gives the configuration a full read gives, over

@@ -253,22 +253,7 @@ async fn admin_and_filter_sync_end_to_end() {
 
     // An edge connecting after a key-only version gets it whole: one snapshot at that version,
     // with every key as it now is.
-    let (late_up, late_rx) = mpsc::channel::<EdgeMessage>(8);
-    late_up
-        .send(EdgeMessage {
-            msg: Some(Up::Hello(Hello {
-                node_id: "node-b".into(),
-                have_version: 0,
-                max_schema: 1,
-            })),
-        })
-        .await
-        .unwrap();
-    let mut late = FilterSyncClient::with_interceptor(channel.clone(), bearer(TOKEN))
-        .sync(ReceiverStream::new(late_rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_late_up, mut late) = edge(&channel).await;
     let Down::Snapshot(whole) = next(&mut late).await else {
         panic!("first message is not a snapshot")
     };

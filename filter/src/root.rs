@@ -12,14 +12,6 @@ use crate::{edge, host, sync, upstream, vm};
 /// on the worker (one 8-byte shared-data read when nothing changed).
 const EDGE_TICK: Duration = Duration::from_millis(20);
 
-/// Edge ticks from one usage flush to the next: a worker queues its records every 100 ms
-/// unless 64 fill a batch first (each queue item wakes Envoy's main thread).
-const EDGE_TICKS_PER_FLUSH: u32 = 5;
-
-thread_local! {
-    static EDGE_TICKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
 /// How often a provider cluster's upstream filter looks. There is one per cluster (up to
 /// hundreds with chain clusters), and in the usual deployment it shares the edge's VM, whose
 /// configuration the edge's tick already keeps current; this one only matters for a VM
@@ -137,13 +129,7 @@ impl RootContext for Root {
                 vm::refresh_snapshot();
                 // Only the edge routes, so only it reads the scores.
                 vm::refresh_scores();
-                let ticks = EDGE_TICKS.with(|t| {
-                    t.set((t.get() + 1) % EDGE_TICKS_PER_FLUSH);
-                    t.get()
-                });
-                if ticks == 0 {
-                    vm::flush_usage_backlog();
-                }
+                vm::flush_usage_backlog_when_due(host::now_ms());
             }
             Root::Upstream { .. } => vm::refresh_snapshot(),
             Root::Unconfigured => {}

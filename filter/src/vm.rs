@@ -3,7 +3,7 @@
 //! waiting for the shared queue.
 //!
 //! Usage records leave a worker in batches: one shared-queue item (`sync.v1.UsageBatch`) per
-//! [`USAGE_BATCH`] records or per worker tick, whichever comes first. Every enqueue wakes the
+//! [`USAGE_BATCH`] records or every [`USAGE_FLUSH_MS`], whichever comes first. Every enqueue wakes the
 //! main thread (the sync singleton's VM), so one item per request cost each request about as
 //! much as the rest of the filter's work.
 //!
@@ -26,8 +26,11 @@ use crate::host;
 /// Records kept while the queue cannot be resolved (the sync singleton not up yet).
 const MAX_BACKLOG: usize = 10_000;
 
-/// Records per shared-queue item; fewer go on the worker's next tick.
+/// Records per shared-queue item; fewer go once [`USAGE_FLUSH_MS`] passed.
 pub const USAGE_BATCH: usize = 64;
+
+/// Longest a record waits in a worker for a batch to fill (checked on the edge's tick).
+pub const USAGE_FLUSH_MS: i64 = 100;
 
 #[derive(Default)]
 struct VmState {
@@ -41,6 +44,8 @@ struct VmState {
     seen_scores_version: u64,
     queue: Option<u32>,
     backlog: VecDeque<UsageRecord>,
+    /// When the edge's tick last queued the backlog (host clock, ms).
+    flushed_at_ms: i64,
 }
 
 thread_local! {
@@ -165,8 +170,8 @@ pub fn refresh_snapshot() {
     });
 }
 
-/// Hands a usage record to the sync singleton: queued at once when a batch is full, else on
-/// the worker's next tick ([`flush_usage_backlog`]).
+/// Hands a usage record to the sync singleton: queued at once when a batch is full, else by
+/// the edge's tick ([`flush_usage_backlog_when_due`]).
 pub fn enqueue_usage(record: UsageRecord) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
@@ -181,9 +186,21 @@ pub fn enqueue_usage(record: UsageRecord) {
     });
 }
 
-/// Queues every record held (the worker's tick, and the VM's shutdown).
+/// Queues every record held (the VM's shutdown).
 pub fn flush_usage_backlog() {
     STATE.with(|s| flush_backlog(&mut s.borrow_mut()));
+}
+
+/// Queues every record held once [`USAGE_FLUSH_MS`] passed since the last time (the edge's
+/// tick, which comes more often).
+pub fn flush_usage_backlog_when_due(now_ms: i64) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if now_ms - s.flushed_at_ms >= USAGE_FLUSH_MS {
+            s.flushed_at_ms = now_ms;
+            flush_backlog(&mut s);
+        }
+    });
 }
 
 fn flush_backlog(s: &mut VmState) {
