@@ -17,6 +17,7 @@ import ctypes
 import itertools
 import json as jsonlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -511,8 +512,20 @@ class Envoy:
     def clusters(self) -> str:
         return requests.get(f"{self.admin_url}/clusters", timeout=2).text
 
+    def counter(self, name: str) -> int:
+        """An Envoy counter (0 while it does not exist yet)."""
+        text = requests.get(
+            f"{self.admin_url}/stats", params={"filter": f"^{re.escape(name)}$"}, timeout=2
+        ).text
+        for line in text.splitlines():
+            stat, _, value = line.partition(": ")
+            if stat == name:
+                return int(value)
+        return 0
+
     def wait_for_clusters(self, providers: Iterable[str], timeout: float = START_TIMEOUT_S) -> None:
-        wanted = [f"tr_provider_{name}::" for name in providers]
+        # Each provider's own cluster and its direct cluster arrive in the same CDS push.
+        wanted = [f"tr_{kind}_{name}::" for name in providers for kind in ("provider", "direct")]
 
         def present() -> bool:
             self._check_alive()

@@ -678,6 +678,15 @@ def test_unusable_2xx_answer_without_fallback_is_a_typed_502(gw: Gateway, fault:
         error = json.loads(body)["error"]
         assert (error["type"], error["provider"]) == ("provider_error", "openai")
         assert "openai" in error["message"]
+        request_id = json.loads(body)["request_id"]
+        assert r.headers["x-request-id"] == request_id
+        row = gw.control_plane.wait_for_usage([request_id])[request_id]
+        assert (row["status"], row["provider"], row["error_type"]) == (
+            502,
+            "openai",
+            "provider_error",
+        ), row
+        assert Decimal(row["cost_usd"]) == 0
     finally:
         gw.assert_still_serving()
 

@@ -61,7 +61,7 @@ def assert_error_envelope(response: requests.Response, status: int, error_type: 
 
 
 def assert_no_internal_headers(headers: dict[str, str]) -> None:
-    leaked = [name for name in headers if name.lower().startswith("x-tr-")]
+    leaked = [name for name in headers if name.lower().startswith(("x-tr-", "x-envoy-"))]
     assert leaked == [], f"internal headers leaked: {leaked}"
 
 
@@ -99,6 +99,38 @@ def test_sync_chat_completion_reaches_provider_with_its_credential(stack: Stack)
     assert stack.key.encode() not in sent.raw_body
     assert sent.body["model"] == "gpt-4o-mini"
     assert sent.body["messages"] == user(prompt)
+
+
+def test_one_attempt_goes_to_the_direct_cluster_prepared_by_the_edge(stack: Stack) -> None:
+    """A request with one attempt skips the upstream filter: the edge prepares it (credential,
+    authority, path) and sends it to `tr_direct_<provider>`; nothing internal reaches the
+    provider or the client, and the log has the one attempt."""
+    direct = "cluster.tr_direct_openai.upstream_rq_completed"
+    filtered = "cluster.tr_provider_openai.upstream_rq_completed"
+    before = (stack.envoy.counter(direct), stack.envoy.counter(filtered))
+    for stream in (False, True):
+        raw = stack.client().chat.completions.with_raw_response.create(
+            model="openai/gpt-4o-mini", messages=user(f"direct, stream={stream}"), stream=stream
+        )
+        request_id = raw.headers["x-request-id"]
+        parsed = raw.parse()
+        if stream:
+            assert "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
+        assert_no_internal_headers(dict(raw.headers.items()))
+        row = stack.usage(request_id)[request_id]
+        assert [(a["provider"], a["model"], a["status"]) for a in row["attempts"]] == [
+            ("openai", "gpt-4o-mini", 200)
+        ], row
+        assert row["status"] == 200 and row["error_type"] is None, row
+    assert (stack.envoy.counter(direct), stack.envoy.counter(filtered)) == (
+        before[0] + 2,
+        before[1],
+    )
+    for sent in stack.provider.chat_requests():
+        assert sent.path == "/v1/chat/completions"
+        assert sent.headers["authorization"] == f"Bearer {PROVIDER_SECRET}"
+        assert sent.headers["host"] == stack.provider.base_url.split("//")[1].split("/")[0]
+        assert_no_internal_headers(sent.headers)
 
 
 def test_streaming_chat_completion(stack: Stack) -> None:

@@ -261,7 +261,7 @@ fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
         json_string(&p.node_id),
     );
     let edge_configuration = format!(
-        r#"{{"role":"edge","max_request_body_bytes":{},"control_cluster":"tokenrouter_control","token":{}}}"#,
+        r#"{{"role":"edge","max_request_body_bytes":{},"control_cluster":"tokenrouter_control","token":{},"direct_clusters":true}}"#,
         p.max_request_body_bytes,
         json_string(&p.admin_token),
     );
@@ -363,7 +363,7 @@ mod tests {
         // Envoy's own 413 names the same limit as the filter's.
         assert!(yaml.contains("exceeds the gateway's limit of 10485760 bytes."));
         assert!(
-            yaml.contains(r#"value: "{\"role\":\"edge\",\"max_request_body_bytes\":10485760,\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\"}""#)
+            yaml.contains(r#"value: "{\"role\":\"edge\",\"max_request_body_bytes\":10485760,\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\",\"direct_clusters\":true}""#)
         );
         assert!(yaml.contains(
             r#"value: "{\"role\":\"sync\",\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\",\"node_id\":\"tokenrouter-node-1\"}""#

@@ -60,6 +60,12 @@ pub const META_CA_FILE: &str = "tokenrouter_ca_file";
 pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Name of the upstream wasm filter in every provider cluster.
 pub const UPSTREAM_FILTER_NAME: &str = "tokenrouter.upstream";
+/// Prefix of a provider's cluster name.
+pub const PROVIDER_CLUSTER_PREFIX: &str = "tr_provider_";
+/// Prefix of a provider's direct cluster: the same endpoint without the upstream filter, for
+/// requests the edge sends in one attempt and prepares itself (ARCHITECTURE.md, "Direct
+/// requests").
+pub const DIRECT_CLUSTER_PREFIX: &str = "tr_direct_";
 /// Key of the upstream HTTP protocol options in `typed_extension_protocol_options`.
 const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -290,14 +296,19 @@ fn upstream_http_filters(provider: &str, wasm_path: &str) -> Vec<HttpFilter> {
             config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(wasm))),
             ..Default::default()
         },
-        HttpFilter {
-            name: "envoy.filters.http.upstream_codec".to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                UpstreamCodec {},
-            ))),
-            ..Default::default()
-        },
+        codec_filter(),
     ]
+}
+
+/// The last upstream HTTP filter of every cluster.
+fn codec_filter() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.upstream_codec".to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            UpstreamCodec {},
+        ))),
+        ..Default::default()
+    }
 }
 
 fn tls_transport_socket(u: &Upstream, ca_file: &str) -> TransportSocket {
@@ -356,6 +367,37 @@ pub fn provider_cluster(
     if wasm_path.is_empty() {
         return Err(XdsError::EmptyWasmPath);
     }
+    endpoint_cluster(
+        p,
+        &p.cluster,
+        upstream_http_filters(&p.name, wasm_path),
+        ca_file,
+    )
+}
+
+/// The direct cluster of a provider (`tr_direct_<name>`): its endpoint, TLS and protocol like
+/// its provider cluster, but no upstream filter — the edge has already prepared the request
+/// (credential, authority, path, translated body) and translates the answer itself. `None`
+/// for a slot copy (`tr_provider_<name>~<n>`, used only inside chains).
+pub fn direct_cluster(p: &ProviderCluster, ca_file: &str) -> Option<Result<Cluster, XdsError>> {
+    let own = p.cluster.strip_prefix(PROVIDER_CLUSTER_PREFIX) == Some(p.name.as_str());
+    own.then(|| {
+        endpoint_cluster(
+            p,
+            &format!("{DIRECT_CLUSTER_PREFIX}{}", p.name),
+            vec![codec_filter()],
+            ca_file,
+        )
+    })
+}
+
+/// A cluster with the provider's one endpoint and the given upstream HTTP filters.
+fn endpoint_cluster(
+    p: &ProviderCluster,
+    name: &str,
+    http_filters: Vec<HttpFilter>,
+    ca_file: &str,
+) -> Result<Cluster, XdsError> {
     let u = parse_base_url(&p.base_url).map_err(|reason| XdsError::InvalidBaseUrl {
         provider: p.name.clone(),
         url: p.base_url.clone(),
@@ -396,7 +438,7 @@ pub fn provider_cluster(
     };
     let protocol_options = HttpProtocolOptions {
         upstream_protocol_options: Some(upstream_protocol_options),
-        http_filters: upstream_http_filters(&p.name, wasm_path),
+        http_filters,
         ..Default::default()
     };
     let mut typed_extension_protocol_options: HashMap<String, Any> = HashMap::new();
@@ -412,7 +454,7 @@ pub fn provider_cluster(
     };
 
     Ok(Cluster {
-        name: p.cluster.clone(),
+        name: name.to_string(),
         connect_timeout: Some(duration_secs(5)),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
         dns_lookup_family: if u.ip.is_some() {
@@ -422,7 +464,7 @@ pub fn provider_cluster(
         },
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
         load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: p.cluster.clone(),
+            cluster_name: name.to_string(),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)),
@@ -640,11 +682,16 @@ impl AdsStream {
         let node = self.node.clone()?;
         let nonce = self.next_nonce();
         let (version_info, resources, sent) = if type_url == CLUSTER_TYPE_URL {
-            let mut resources = Vec::with_capacity(current.providers.len());
+            let mut resources = Vec::with_capacity(current.providers.len() * 2);
             for p in &current.providers {
-                match provider_cluster(p, &node.wasm_path, &node.ca_file) {
-                    Ok(c) => resources.push(pack_any(c)),
-                    Err(e) => tracing::warn!(error = %e, "skipping provider cluster"),
+                let direct = direct_cluster(p, &node.ca_file);
+                for cluster in std::iter::once(provider_cluster(p, &node.wasm_path, &node.ca_file))
+                    .chain(direct)
+                {
+                    match cluster {
+                        Ok(c) => resources.push(pack_any(c)),
+                        Err(e) => tracing::warn!(error = %e, "skipping provider cluster"),
+                    }
                 }
             }
             for c in &current.chains {
@@ -944,6 +991,36 @@ mod tests {
     }
 
     #[test]
+    fn direct_cluster_is_the_provider_cluster_without_the_wasm_filter() {
+        for url in ["http://127.0.0.1:9000", "https://api.openai.com/v1"] {
+            let p = provider("local", url);
+            let own = provider_cluster(&p, WASM, CA).unwrap();
+            let direct = direct_cluster(&p, CA).unwrap().unwrap();
+            assert_eq!(direct.name, "tr_direct_local");
+            assert_eq!(
+                direct.load_assignment.as_ref().unwrap().cluster_name,
+                "tr_direct_local"
+            );
+            assert_eq!(socket_address(&direct), socket_address(&own));
+            assert_eq!(direct.transport_socket, own.transport_socket);
+            assert_eq!(direct.cluster_discovery_type, own.cluster_discovery_type);
+            let (opts, own_opts) = (protocol_options(&direct), protocol_options(&own));
+            assert_eq!(
+                opts.upstream_protocol_options,
+                own_opts.upstream_protocol_options
+            );
+            let names: Vec<&str> = opts.http_filters.iter().map(|f| f.name.as_str()).collect();
+            assert_eq!(names, ["envoy.filters.http.upstream_codec"]);
+        }
+        // A slot copy (only used inside chains) has no direct cluster.
+        let slot = ProviderCluster {
+            cluster: "tr_provider_local~2".into(),
+            ..provider("local", "http://127.0.0.1:9000")
+        };
+        assert!(direct_cluster(&slot, CA).is_none());
+    }
+
+    #[test]
     fn http_default_port_and_ipv6() {
         let c = provider_cluster(&provider("a", "http://[::1]/v1"), WASM, CA).unwrap();
         assert_eq!(socket_address(&c), ("::1", 80, "::1"));
@@ -1132,7 +1209,13 @@ mod tests {
         let r = s.on_request(&first_request(), &set).unwrap();
         assert_eq!(
             cluster_names(&r[0]),
-            ["tr_provider_a", "tr_provider_b", "tr_chain_a+b"]
+            [
+                "tr_provider_a",
+                "tr_direct_a",
+                "tr_provider_b",
+                "tr_direct_b",
+                "tr_chain_a+b"
+            ]
         );
     }
 
@@ -1154,7 +1237,15 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].version_info, "1");
         assert_eq!(r[0].type_url, CLUSTER_TYPE_URL);
-        assert_eq!(cluster_names(&r[0]), vec!["tr_provider_a", "tr_provider_b"]);
+        assert_eq!(
+            cluster_names(&r[0]),
+            vec![
+                "tr_provider_a",
+                "tr_direct_a",
+                "tr_provider_b",
+                "tr_direct_b"
+            ]
+        );
         assert_eq!(s.node_id(), Some("envoy-1"));
         let n1 = r[0].nonce.clone();
         assert!(!n1.is_empty());
@@ -1173,7 +1264,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].version_info, "2");
         assert_ne!(r[0].nonce, n1);
-        assert_eq!(cluster_names(&r[0]), vec!["tr_provider_b"]);
+        assert_eq!(cluster_names(&r[0]), vec!["tr_provider_b", "tr_direct_b"]);
         let n2 = r[0].nonce.clone();
 
         // A late ACK of the first response is stale: ignored.
@@ -1212,7 +1303,7 @@ mod tests {
         let r = s.on_update(&set(2, &["a", "c"]));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].version_info, "2");
-        assert_eq!(r[0].resources.len(), 2);
+        assert_eq!(r[0].resources.len(), 4);
     }
 
     #[test]
@@ -1239,7 +1330,7 @@ mod tests {
         let mut v = set(1, &["a"]);
         v.providers.push(provider("bad", "not a url"));
         let r = s.on_request(&first_request(), &v).unwrap();
-        assert_eq!(cluster_names(&r[0]), vec!["tr_provider_a"]);
+        assert_eq!(cluster_names(&r[0]), vec!["tr_provider_a", "tr_direct_a"]);
     }
 
     #[test]

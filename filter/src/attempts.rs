@@ -71,6 +71,11 @@ pub fn planned(request_id: &str) -> Option<Plan> {
     LOG.with(|l| l.borrow().plans.get(request_id).cloned())
 }
 
+/// How many attempts of a request started on this worker (a retry is the next one).
+pub fn started(request_id: &str) -> usize {
+    LOG.with(|l| l.borrow().by_request.get(request_id).map_or(0, Vec::len))
+}
+
 /// An attempt starts (no response yet).
 pub fn start(request_id: &str, provider: &str, model: &str, now_ms: i64) {
     if request_id.is_empty() {

@@ -16,14 +16,18 @@ use tokenrouter_engine::firewall::formats::{self, StreamFilter};
 use tokenrouter_engine::firewall::{self, Inspection, Scope, Subject, Verdict};
 use tokenrouter_engine::money::{cost_picos, Price};
 use tokenrouter_engine::request::{ClientApi, ClientRequest};
-use tokenrouter_engine::routing::{self, features, RouteInput, ScoreBoard};
+use tokenrouter_engine::routing::{self, features, Decision, RouteInput, ScoreBoard, Target};
+use tokenrouter_engine::translate::{
+    translator_for, unusable_reply, unusable_reply_body, AttemptTarget, ResponseHeaderMutation,
+    Translator, UpstreamRequest, MAX_RESPONSE_BODY_BYTES,
+};
 use tokenrouter_engine::upstream::ProviderKind;
 use tokenrouter_engine::usage::{self, ChunkOutput, ClientStreamObserver, Usage};
 use tokenrouter_engine::{auth, idempotency, models, ErrorKind, GatewayError, Snapshot};
 use tokenrouter_proto::sync::v1::idempotency_verdict::Outcome;
 use tokenrouter_proto::sync::v1::{IdempotencyBegin, IdempotencyVerdict, UsageRecord};
 
-use crate::upstream::{ATTEMPT_HEADER, BYOK_HEADERS};
+use crate::upstream::{ATTEMPT_HEADER, BYOK_HEADERS, CREDENTIAL_HEADERS, INTERNAL_HEADERS};
 use crate::{attempts, host, vm};
 
 /// Largest non-streaming response body we copy to read its `usage` (the body itself is never
@@ -42,6 +46,20 @@ const CLIENT_CLOSED: &str = "client_closed_request";
 /// Envoy's response code details (a prefix) when the provider's connection was reset after
 /// the response had started.
 const UPSTREAM_RESET_DETAILS: &str = "upstream_reset_after_response_started";
+
+/// Envoy's response code details of an answer that came from the upstream (not a reply Envoy
+/// made itself).
+const VIA_UPSTREAM_DETAILS: &str = "via_upstream";
+
+/// Stream property (filter state `wasm.tokenrouter_provider`) naming the provider of a held
+/// direct answer, for the bootstrap's local-reply mapper: a provider that resets while its
+/// answer is held makes Envoy reply without the edge (the response headers already reached it).
+const HELD_PROVIDER_PROPERTY: &str = "tokenrouter_provider";
+
+/// Cluster-name prefixes (the control plane's `xds::PROVIDER_CLUSTER_PREFIX` and
+/// `xds::DIRECT_CLUSTER_PREFIX`).
+const PROVIDER_CLUSTER_PREFIX: &str = "tr_provider_";
+const DIRECT_CLUSTER_PREFIX: &str = "tr_direct_";
 
 /// Envoy stats the edge defines (admin `/stats`, `/stats/prometheus`; Envoy prefixes them with
 /// `wasmcustom.`).
@@ -183,6 +201,9 @@ pub struct EdgeConfig {
     pub max_request_body_bytes: Option<u64>,
     /// Where unary calls to the control plane go (`Idempotency-Key`); `None` = not configured.
     pub control: Option<Rc<ControlCalls>>,
+    /// The control plane pushes a `tr_direct_<provider>` cluster beside every provider
+    /// cluster: a request with one attempt goes there, prepared and translated by the edge.
+    pub direct_clusters: bool,
 }
 
 /// The control plane's gRPC cluster and the token its edge services want.
@@ -269,6 +290,34 @@ struct Routed {
     client_body_cut: bool,
     /// The response's content type (for replays).
     content_type: String,
+    /// Set for a request sent to its provider's direct cluster: the edge does the upstream
+    /// filter's work.
+    direct: Option<Box<Direct>>,
+}
+
+/// A one-attempt request the edge prepared itself and sent to `tr_direct_<provider>`, a
+/// cluster without the upstream filter (ARCHITECTURE.md, "Direct requests"): the provider's
+/// answer is translated back here, and a non-streamed 2xx answer is held until it is whole
+/// and judged, as the upstream filter does.
+struct Direct {
+    translator: Box<dyn Translator>,
+    provider: String,
+    held: Option<HeldReply>,
+}
+
+/// A provider's non-streamed 2xx answer held back (in the VM's memory) until it is whole and
+/// known to be JSON; until then nothing has gone to the client, so an unusable one can still
+/// become a 502 naming the provider.
+struct HeldReply {
+    status: u16,
+    content_type: Option<String>,
+    body: Vec<u8>,
+    overflowed: bool,
+    /// Earlier chunks were taken out of Envoy's buffer (so `body` must be written back).
+    cleared: bool,
+    /// The answer was already recorded and its headers translated: it is held only because
+    /// response rules check it whole (a streamed request answered with JSON).
+    answered: bool,
 }
 
 impl Routed {
@@ -723,56 +772,28 @@ impl Edge {
             self.request_body =
                 bounded_copy(&new_body, MAX_STORED_BODY, &mut self.bodies_truncated);
         }
-        let retries = decision.attempts.len().saturating_sub(1);
-        host::set_request_header("x-tr-cluster", Some(&decision.cluster));
-        host::set_request_header(
-            "x-tr-attempts",
-            Some(&routing::attempts_header(&decision.attempts)),
-        );
-        // The upstream filter finds the plan by it (x-request-id, set in the headers callback,
-        // is the same id).
-        host::set_request_header("x-tr-request-id", Some(&self.request_id));
-        attempts::plan(
-            &self.request_id,
-            attempts::Plan {
-                chain: decision
-                    .attempts
-                    .iter()
-                    .map(|t| (t.provider.name.clone(), t.upstream_model.clone()))
-                    .collect(),
-                credentials: decision
-                    .attempts
-                    .iter()
-                    .map(|t| match t.credential.checked_sub(1) {
-                        Some(i) => t
-                            .provider
-                            .fallback_credentials
-                            .get(i)
-                            .cloned()
-                            .unwrap_or_default(),
-                        None => t.provider.credential.clone(),
-                    })
-                    .collect(),
-                client_api: api.as_str().to_string(),
-                stream: request.stream,
-                body_len: Some(new_body.len()),
-                byok: byok_keys,
-            },
-        );
-        host::set_request_header("x-tr-client-api", Some(api.as_str()));
-        host::set_request_header("x-tr-stream", Some(if request.stream { "1" } else { "0" }));
-        host::set_request_header("x-envoy-max-retries", Some(&retries.to_string()));
-        host::set_request_header(
-            "x-envoy-upstream-rq-per-try-timeout-ms",
-            Some(&snapshot.per_try_timeout_ms.to_string()),
-        );
-        host::set_request_header("content-length", Some(&new_body.len().to_string()));
-        if !host::set_request_body(size, &new_body) {
-            return Err(GatewayError::new(
-                ErrorKind::ServiceUnavailable,
-                "The gateway could not forward the request body.",
-            ));
-        }
+        let direct = match self.direct_cluster(&decision) {
+            Some(cluster) => Some(self.send_direct(
+                &cluster,
+                first,
+                request.stream,
+                &new_body,
+                size,
+                &byok_keys,
+                snapshot.per_try_timeout_ms,
+            )?),
+            None => {
+                self.send_planned(
+                    &decision,
+                    request.stream,
+                    &new_body,
+                    size,
+                    byok_keys,
+                    snapshot.per_try_timeout_ms,
+                )?;
+                None
+            }
+        };
         host::clear_route_cache();
         let chain = decision
             .attempts
@@ -813,14 +834,173 @@ impl Edge {
             client_body: Vec::new(),
             client_body_cut: false,
             content_type: String::new(),
+            direct,
         }));
-        match ask {
+        let action = match ask {
             Some(ask) => {
                 let action = self.ask_admission(&ask);
                 self.admission_ask = Some(ask);
                 action
             }
             None => Ok(Action::Continue),
+        };
+        if matches!(action, Ok(Action::Continue)) {
+            self.dispatched();
+        }
+        action
+    }
+
+    /// The direct cluster for a decision the edge sends itself: one attempt, in the provider's
+    /// own cluster, on an Envoy whose control plane pushes direct clusters.
+    fn direct_cluster(&self, decision: &Decision<'_>) -> Option<String> {
+        let [only] = decision.attempts.as_slice() else {
+            return None;
+        };
+        let provider = decision.cluster.strip_prefix(PROVIDER_CLUSTER_PREFIX)?;
+        (self.config.direct_clusters && provider == only.provider.name)
+            .then(|| format!("{DIRECT_CLUSTER_PREFIX}{provider}"))
+    }
+
+    /// Sends a request through the upstream filter (of its provider's or a chain's cluster):
+    /// the plan for every attempt's filter goes into the VM, and into internal headers for a
+    /// first attempt whose filter no longer finds it there.
+    fn send_planned(
+        &mut self,
+        decision: &Decision<'_>,
+        stream: bool,
+        body: &[u8],
+        size: usize,
+        byok: Vec<(String, String)>,
+        per_try_timeout_ms: u32,
+    ) -> Result<(), GatewayError> {
+        let api = self.api.unwrap_or(ClientApi::ChatCompletions);
+        let retries = decision.attempts.len().saturating_sub(1);
+        host::set_request_header("x-tr-cluster", Some(&decision.cluster));
+        host::set_request_header(
+            "x-tr-attempts",
+            Some(&routing::attempts_header(&decision.attempts)),
+        );
+        // The upstream filter finds the plan by it (x-request-id, set in the headers callback,
+        // is the same id).
+        host::set_request_header("x-tr-request-id", Some(&self.request_id));
+        attempts::plan(
+            &self.request_id,
+            attempts::Plan {
+                chain: decision
+                    .attempts
+                    .iter()
+                    .map(|t| (t.provider.name.clone(), t.upstream_model.clone()))
+                    .collect(),
+                credentials: decision.attempts.iter().map(credential_of).collect(),
+                client_api: api.as_str().to_string(),
+                stream,
+                body_len: Some(body.len()),
+                byok,
+            },
+        );
+        host::set_request_header("x-tr-client-api", Some(api.as_str()));
+        host::set_request_header("x-tr-stream", Some(if stream { "1" } else { "0" }));
+        host::set_request_header("x-envoy-max-retries", Some(&retries.to_string()));
+        host::set_request_header(
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+            Some(&per_try_timeout_ms.to_string()),
+        );
+        forward_body(size, body)
+    }
+
+    /// Sends a one-attempt request to its provider's direct cluster, prepared here as the
+    /// upstream filter would: no internal headers but the cluster (which the route removes),
+    /// the client's credentials and BYOK headers out, the provider's credential, authority,
+    /// path and the translated body in. Returns the attempt's translator for the answer.
+    #[allow(clippy::too_many_arguments)]
+    fn send_direct(
+        &mut self,
+        cluster: &str,
+        target: &Target<'_>,
+        stream: bool,
+        body: &[u8],
+        size: usize,
+        byok: &[(String, String)],
+        per_try_timeout_ms: u32,
+    ) -> Result<Box<Direct>, GatewayError> {
+        let api = self.api.unwrap_or(ClientApi::ChatCompletions);
+        let provider = target.provider;
+        let mut credential = credential_of(target);
+        for (kind, key) in byok {
+            if kind == provider.kind.catalogue_kind().as_str() && !key.trim().is_empty() {
+                credential = key.trim().to_string();
+            }
+        }
+        let mut translator = translator_for(api, provider.kind)?;
+        let UpstreamRequest {
+            path,
+            set_headers,
+            default_headers,
+            remove_headers,
+            body: new_body,
+        } = translator.request(
+            body,
+            &AttemptTarget {
+                provider: &provider.name,
+                kind: provider.kind,
+                base_url: &provider.base_url,
+                upstream_model: &target.upstream_model,
+                stream,
+                request_id: &self.request_id,
+                now_unix_s: u64::try_from(host::now_ms() / 1000).unwrap_or(0),
+            },
+        )?;
+        // A client's own x-envoy-* headers, credential headers of any provider kind and BYOK
+        // keys: only those that are there (each removal is a host call).
+        let removed: Vec<String> = self
+            .headers
+            .names()
+            .filter(|n| {
+                INTERNAL_HEADERS.contains(n)
+                    || CREDENTIAL_HEADERS.contains(n)
+                    || BYOK_HEADERS.iter().any(|(_, h)| h == n)
+                    || remove_headers.iter().any(|r| r == n)
+            })
+            .map(str::to_string)
+            .collect();
+        for name in &removed {
+            self.remove_request_header(name);
+        }
+        host::set_request_header("x-tr-cluster", Some(cluster));
+        host::set_request_header(
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+            Some(&per_try_timeout_ms.to_string()),
+        );
+        host::set_request_header(":path", Some(&path));
+        host::set_request_header(":authority", Some(&provider.base_url.authority()));
+        for (name, value) in &default_headers {
+            if !self.headers.contains(name) {
+                host::set_request_header(name, Some(value));
+            }
+        }
+        for (name, value) in &set_headers {
+            host::set_request_header(name, Some(value));
+        }
+        if !credential.is_empty() {
+            let (name, value) = provider.kind.credential_header(&credential);
+            host::set_request_header(name, Some(&value));
+        }
+        forward_body(size, new_body.as_deref().unwrap_or(body))?;
+        Ok(Box::new(Direct {
+            translator,
+            provider: provider.name.clone(),
+            held: None,
+        }))
+    }
+
+    /// The routed request leaves for its provider: a direct request's one attempt starts now
+    /// (the upstream filter starts each attempt of the others).
+    fn dispatched(&self) {
+        let Stage::Routed(routed) = &self.stage else {
+            return;
+        };
+        if let (Some(_), Some(p)) = (&routed.direct, routed.chain.first()) {
+            attempts::start(&self.request_id, &p.provider, &p.model, host::now_ms());
         }
     }
 
@@ -881,6 +1061,7 @@ impl Edge {
                 match self.ask_admission(&ask) {
                     Ok(Action::Pause) => return,
                     Ok(_) => {
+                        self.dispatched();
                         self.resume_http_request();
                         return;
                     }
@@ -912,7 +1093,10 @@ impl Edge {
             }
         };
         match result {
-            Ok(()) => self.resume_http_request(),
+            Ok(()) => {
+                self.dispatched();
+                self.resume_http_request();
+            }
             Err(e) => {
                 // Nothing was sent: the plan goes.
                 let _ = attempts::take(&self.request_id, host::now_ms());
@@ -976,6 +1160,15 @@ impl Edge {
                 r.retry_after_s = retry_after;
                 let price = served.map(|p| p.price).unwrap_or_default();
                 fill_usage(&mut r, &usage, &price);
+                // A held direct answer that never became whole: the provider's connection
+                // reset (Envoy then answered 502 itself, through the bootstrap's local-reply
+                // mapper), or the client went away.
+                let held_left = routed.direct.as_ref().is_some_and(|d| d.held.is_some())
+                    && !host::property(&["response", "code_details"])
+                        .is_some_and(|d| d.starts_with("upstream_reset"));
+                if routed.direct.as_ref().is_some_and(|d| d.held.is_some()) {
+                    r.status = if held_left { 499 } else { 502 };
+                }
                 let cut = match &routed.response {
                     ResponseWatch::Sse(observer) | ResponseWatch::GuardedSse(observer, _) => {
                         observer.cut_short()
@@ -989,7 +1182,9 @@ impl Edge {
                     && !routed.ended
                     && !host::property(&["response", "code_details"])
                         .is_some_and(|d| d.starts_with(UPSTREAM_RESET_DETAILS));
-                if routed.status >= 400 || routed.status == 0 || (cut && !client_left) {
+                if held_left {
+                    r.error_type = CLIENT_CLOSED.into();
+                } else if r.status >= 400 || r.status == 0 || (cut && !client_left) {
                     r.error_type = ErrorKind::Provider.type_str().into();
                 } else if client_left {
                     r.error_type = CLIENT_CLOSED.into();
@@ -1066,16 +1261,110 @@ impl Edge {
         }
     }
 
+    /// A direct request's answer body, before the edge's own watch: a held answer is collected
+    /// until its end and then judged ([`Edge::release_direct`]); any other chunk goes through
+    /// the attempt's translator. Returns the body's size in Envoy's buffer from here on and
+    /// the bytes it holds, when read; `Err` with the callback's answer when nothing more is to
+    /// be done now.
+    fn direct_body(
+        &mut self,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Result<(usize, Option<Vec<u8>>), Action> {
+        let Stage::Routed(routed) = &mut self.stage else {
+            return Err(Action::Continue);
+        };
+        let Some(direct) = routed.direct.as_mut() else {
+            return Ok((body_size, None));
+        };
+        let read = if body_size > 0 {
+            host::response_body(body_size).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let Some(held) = direct.held.as_mut() else {
+            return Ok(
+                match direct.translator.response_body(&read, end_of_stream) {
+                    ChunkOutput::Replace(out) => {
+                        host::set_response_body(body_size, &out);
+                        (out.len(), Some(out))
+                    }
+                    ChunkOutput::Unchanged => (body_size, Some(read)),
+                },
+            );
+        };
+        if held.body.len() + read.len() > MAX_RESPONSE_BODY_BYTES {
+            held.overflowed = true;
+        } else {
+            held.body.extend_from_slice(&read);
+        }
+        if !end_of_stream {
+            // Kept here, not in Envoy's buffer (whose limit is the listener's).
+            host::set_response_body(body_size, &[]);
+            held.cleared = true;
+            return Err(Action::Pause);
+        }
+        routed.ended = true;
+        self.release_direct(body_size)
+            .map(|(size, body)| (size, Some(body)))
+            .ok_or(Action::Continue)
+    }
+
+    /// Lets a held direct answer go: translated when usable (Envoy's buffer then holds all of
+    /// it: its size and bytes are returned), else as a 502 naming the provider (`None`; the
+    /// client gets the envelope, nothing is watched).
+    fn release_direct(&mut self, body_size: usize) -> Option<(usize, Vec<u8>)> {
+        let api = self.api.unwrap_or(ClientApi::ChatCompletions);
+        let Stage::Routed(routed) = &mut self.stage else {
+            return None;
+        };
+        let direct = routed.direct.as_mut()?;
+        let held = direct.held.take()?;
+        if !held.answered {
+            let now = host::now_ms();
+            if let Some(message) = unusable_reply(
+                &direct.provider,
+                held.content_type.as_deref(),
+                &held.body,
+                held.overflowed,
+            ) {
+                log::warn!("{message} (request {})", self.request_id);
+                attempts::answered(&self.request_id, 502, None, now);
+                let body = unusable_reply_body(api, &direct.provider, message, &self.request_id);
+                routed.status = 502;
+                routed.response = ResponseWatch::Ignored;
+                routed.annotator = None;
+                host::set_response_header(":status", Some("502"));
+                host::set_response_header("content-type", Some("application/json"));
+                host::set_response_header("content-length", None);
+                host::set_response_body(body_size, &body);
+                return None;
+            }
+            attempts::answered(&self.request_id, held.status, None, now);
+            let mutation = direct
+                .translator
+                .response_headers(held.status, held.content_type.as_deref());
+            routed.content_type = apply_mutation(&mutation, held.content_type);
+        }
+        let out = match direct.translator.response_body(&held.body, true) {
+            ChunkOutput::Replace(out) => out,
+            ChunkOutput::Unchanged if held.cleared => held.body,
+            ChunkOutput::Unchanged => return Some((body_size, held.body)),
+        };
+        host::set_response_body(body_size, &out);
+        Some((out.len(), out))
+    }
+
     /// The end of a held JSON response: checks it (when response rules apply), then masks it or
     /// replaces it with a 422, and adds the `tokenrouter` annotation to a successful one.
-    fn check_json_response(&mut self, body_size: usize) {
+    fn check_json_response(&mut self, body_size: usize, whole: Option<Vec<u8>>) {
         let Stage::Routed(routed) = &mut self.stage else {
             return;
         };
         let ResponseWatch::GuardedJson { body } = &mut routed.response else {
             return;
         };
-        *body = host::response_body(body_size).unwrap_or_default();
+        *body = whole.unwrap_or_else(|| host::response_body(body_size).unwrap_or_default());
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let fw = routed.snapshot.firewall();
         let mut new_body = None;
@@ -1136,6 +1425,49 @@ impl Edge {
             host::set_response_header(name, Some(&value));
         }
     }
+}
+
+/// The stored credential an attempt uses: the provider's primary, or the fallback it names.
+fn credential_of(t: &Target<'_>) -> String {
+    match t.credential.checked_sub(1) {
+        Some(i) => t
+            .provider
+            .fallback_credentials
+            .get(i)
+            .cloned()
+            .unwrap_or_default(),
+        None => t.provider.credential.clone(),
+    }
+}
+
+/// Replaces the client's body (`size` bytes in Envoy's buffer) with the one to forward.
+fn forward_body(size: usize, body: &[u8]) -> Result<(), GatewayError> {
+    host::set_request_header("content-length", Some(&body.len().to_string()));
+    if !host::set_request_body(size, body) {
+        return Err(GatewayError::new(
+            ErrorKind::ServiceUnavailable,
+            "The gateway could not forward the request body.",
+        ));
+    }
+    Ok(())
+}
+
+/// Applies a translator's response header changes; returns the content type the client gets.
+fn apply_mutation(mutation: &ResponseHeaderMutation, content_type: Option<String>) -> String {
+    let mut content_type = content_type;
+    for name in &mutation.remove_headers {
+        host::set_response_header(name, None);
+        if name == "content-type" {
+            content_type = None;
+        }
+    }
+    for (name, value) in &mutation.set_headers {
+        host::set_response_header(name, Some(value));
+        if name == "content-type" {
+            content_type = Some(value.clone());
+        }
+    }
+    content_type.unwrap_or_default()
 }
 
 fn fill_usage(r: &mut UsageRecord, usage: &Usage, price: &Price) {
@@ -1250,14 +1582,57 @@ impl HttpContext for Edge {
             .get(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        routed.ttfb_ms = u64::try_from(host::now_ms().saturating_sub(self.started_ms)).unwrap_or(0);
-        // Which attempt answered: the upstream filter's mark, else Envoy's count (a reply the
-        // router made itself after the last attempt failed).
-        let from_provider = headers.get(ATTEMPT_HEADER);
-        let number = from_provider
+        let now = host::now_ms();
+        routed.ttfb_ms = u64::try_from(now.saturating_sub(self.started_ms)).unwrap_or(0);
+        // Which attempt answered: the upstream filter's mark, else (a reply the router made
+        // itself after the last attempt failed) Envoy's count where the route adds it (the
+        // Istio path), or the attempts this worker started for the request.
+        let marked = headers.get(ATTEMPT_HEADER);
+        let number = marked
             .or(headers.get("x-envoy-attempt-count"))
             .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(1);
+            .unwrap_or_else(|| attempts::started(&self.request_id).max(1));
+        // A direct request has no upstream filter to mark its answer: Envoy's response code
+        // details tell a provider's 5xx from Envoy's own reply.
+        let from_provider = match routed.direct {
+            None => marked.is_some(),
+            Some(_) => {
+                routed.status < 500
+                    || host::property(&["response", "code_details"]).as_deref()
+                        == Some(VIA_UPSTREAM_DETAILS)
+            }
+        };
+        let mut content_type = headers.value("content-type");
+        let mut held = false;
+        if let (Some(direct), true) = (routed.direct.as_mut(), from_provider) {
+            // What the upstream filter does with an attempt's answer.
+            let streamed = content_type
+                .as_deref()
+                .is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
+            if (200..300).contains(&routed.status) && !routed.stream && !streamed {
+                // Judged once the body is in (`release_direct`), headers included.
+                direct.held = Some(HeldReply {
+                    status: routed.status,
+                    content_type: content_type.clone(),
+                    body: Vec::new(),
+                    overflowed: false,
+                    cleared: false,
+                    answered: false,
+                });
+                host::set_property(HELD_PROVIDER_PROPERTY, &direct.provider);
+                held = true;
+            } else {
+                let retry_after = (routed.status == 429)
+                    .then(|| headers.get("retry-after"))
+                    .flatten()
+                    .and_then(|v| v.trim().parse::<u32>().ok());
+                attempts::answered(&self.request_id, routed.status, retry_after, now);
+                let mutation = direct
+                    .translator
+                    .response_headers(routed.status, content_type.as_deref());
+                content_type = Some(apply_mutation(&mutation, content_type));
+            }
+        }
         routed.served = number
             .saturating_sub(1)
             .min(routed.chain.len().saturating_sub(1));
@@ -1266,7 +1641,7 @@ impl HttpContext for Edge {
                 host::set_response_header(name, None);
             }
         }
-        if from_provider.is_none() && routed.status >= 500 {
+        if !from_provider && routed.status >= 500 {
             // Envoy's own reply (connect failure, reset, per-try timeout on the last attempt):
             // the seeds' envelope, naming the provider.
             let provider = routed
@@ -1298,7 +1673,7 @@ impl HttpContext for Edge {
             self.set_route_headers();
             return Action::Continue;
         }
-        routed.content_type = headers.value("content-type").unwrap_or_default();
+        routed.content_type = content_type.unwrap_or_default();
         let sse = routed.content_type.starts_with("text/event-stream");
         // A response without a body has no text to check (and no body callback to resume it).
         let checked = !end_of_stream
@@ -1346,15 +1721,49 @@ impl HttpContext for Edge {
             }
         };
         let hold = matches!(routed.response, ResponseWatch::GuardedJson { .. });
+        if let (true, Some(direct)) = (hold && !held, routed.direct.as_mut()) {
+            // Checked whole: collected here (translated at its end), not in Envoy's buffer,
+            // so the translator sees every byte once.
+            direct.held = Some(HeldReply {
+                status: routed.status,
+                content_type: None,
+                body: Vec::new(),
+                overflowed: false,
+                cleared: false,
+                answered: true,
+            });
+            held = true;
+        }
         self.set_route_headers();
-        if hold {
-            // Held until the body is checked: a blocked answer becomes a 422.
+        if held && end_of_stream {
+            // Nothing more comes: judged as it is (an empty answer is unusable).
+            self.release_direct(0);
+            return Action::Continue;
+        }
+        if hold || held {
+            // Held until the body is checked: a blocked answer becomes a 422, an unusable one
+            // a 502.
             return Action::Pause;
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // A direct request's answer is translated (or held and judged) first: the watch below
+        // sees what the client gets.
+        let (body_size, mut chunk) = match self.direct_body(body_size, end_of_stream) {
+            Ok(translated) => translated,
+            Err(action) => return action,
+        };
+        let mut read = |size: usize| -> Vec<u8> {
+            chunk.take().unwrap_or_else(|| {
+                if size > 0 {
+                    host::response_body(size).unwrap_or_default()
+                } else {
+                    Vec::new()
+                }
+            })
+        };
         let Stage::Routed(routed) = &mut self.stage else {
             return Action::Continue;
         };
@@ -1365,12 +1774,12 @@ impl HttpContext for Edge {
                     *overflowed = true;
                     copy.clear();
                 } else if !*overflowed && body_size > 0 {
-                    copy.extend_from_slice(&host::response_body(body_size).unwrap_or_default());
+                    copy.extend_from_slice(&read(body_size));
                 }
                 let limit = capture_limit(self.store_bodies, &self.idempotency_key);
                 if limit > 0 {
                     let chunk = if *overflowed || body_size == 0 {
-                        host::response_body(body_size).unwrap_or_default()
+                        read(body_size)
                     } else {
                         copy.get(copy.len().saturating_sub(body_size)..)
                             .unwrap_or_default()
@@ -1385,11 +1794,7 @@ impl HttpContext for Edge {
                 }
             }
             ResponseWatch::Sse(observer) => {
-                let chunk = if body_size > 0 {
-                    host::response_body(body_size).unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
+                let chunk = read(body_size);
                 let out = observer.feed(&chunk, end_of_stream);
                 let limit = capture_limit(self.store_bodies, &self.idempotency_key);
                 if routed.annotator.is_none() && limit == 0 {
@@ -1421,11 +1826,7 @@ impl HttpContext for Edge {
                 }
             }
             ResponseWatch::GuardedSse(observer, filter) => {
-                let chunk = if body_size > 0 {
-                    host::response_body(body_size).unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
+                let chunk = read(body_size);
                 let observed = match observer.feed(&chunk, end_of_stream) {
                     ChunkOutput::Unchanged => chunk,
                     ChunkOutput::Replace(out) => out,
@@ -1464,7 +1865,8 @@ impl HttpContext for Edge {
                     // Envoy buffers the body until its end.
                     return Action::Pause;
                 }
-                self.check_json_response(body_size);
+                let whole = chunk.take();
+                self.check_json_response(body_size, whole);
             }
             ResponseWatch::Replace(envelope) => {
                 if !end_of_stream {

@@ -32,6 +32,10 @@ enum RoleConfig {
         /// Token of the control plane's edge services.
         #[serde(default)]
         token: Option<String>,
+        /// This Envoy has the control plane's `tr_direct_<provider>` clusters (CDS from the
+        /// control plane): a one-attempt request goes there, prepared by the edge.
+        #[serde(default)]
+        direct_clusters: bool,
     },
     Upstream {
         provider: String,
@@ -88,12 +92,14 @@ impl RootContext for Root {
                 max_request_body_bytes,
                 control_cluster,
                 token,
+                direct_clusters,
             } => {
                 vm::refresh_snapshot();
                 vm::refresh_scores();
                 Root::Edge(edge::EdgeConfig {
                     metrics: edge::Metrics::define(),
                     max_request_body_bytes,
+                    direct_clusters,
                     control: control_cluster.zip(token).map(|(cluster, token)| {
                         std::rc::Rc::new(edge::ControlCalls { cluster, token })
                     }),

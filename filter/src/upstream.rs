@@ -39,7 +39,8 @@ pub const INTERNAL_HEADERS: [&str; 9] = [
 pub const BYOK_HEADERS: [(&str, &str); 5] = routing::BYOK_HEADER_KINDS;
 
 /// Provider credential headers (of every provider kind) an earlier attempt may have set.
-const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+pub const CREDENTIAL_HEADERS: [&str; 4] =
+    ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 
 /// Response header telling the edge which attempt (1-based) answered.
 pub const ATTEMPT_HEADER: &str = "x-tr-attempt";
@@ -119,7 +120,13 @@ impl Upstream {
         });
         let api = ClientApi::parse(&plan.client_api).unwrap_or(ClientApi::ChatCompletions);
         let chain = plan.chain.clone();
-        let number: u32 = header("x-envoy-attempt-count").parse().unwrap_or(1).max(1);
+        // Envoy's attempt count when the route adds it (the Istio path); else this worker's
+        // count of the request's attempts so far (both filters run on the same worker).
+        let number: u32 = headers
+            .value("x-envoy-attempt-count")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| u32::try_from(attempts::started(&request_id) + 1).unwrap_or(1))
+            .max(1);
         // Attempt n is chain entry n - 1. In a provider's own cluster the entry must name that
         // provider (should Envoy ever reach it out of order, its first entry is used); in a
         // chain cluster (no provider configured) the entry names the attempt's provider.
