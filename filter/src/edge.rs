@@ -17,16 +17,14 @@ use tokenrouter_engine::firewall::{self, Inspection, Scope, Subject, Verdict};
 use tokenrouter_engine::money::{cost_picos, Price};
 use tokenrouter_engine::request::{ClientApi, ClientRequest};
 use tokenrouter_engine::routing::{self, features, Decision, RouteInput, ScoreBoard, Target};
-use tokenrouter_engine::translate::{
-    translator_for, unusable_reply, unusable_reply_body, AttemptTarget, ResponseHeaderMutation,
-    Translator, UpstreamRequest, MAX_RESPONSE_BODY_BYTES,
-};
+use tokenrouter_engine::translate::{translator_for, AttemptTarget, Translator, UpstreamRequest};
 use tokenrouter_engine::upstream::ProviderKind;
 use tokenrouter_engine::usage::{self, ChunkOutput, ClientStreamObserver, Usage};
 use tokenrouter_engine::{auth, idempotency, models, ErrorKind, GatewayError, Snapshot};
 use tokenrouter_proto::sync::v1::idempotency_verdict::Outcome;
 use tokenrouter_proto::sync::v1::{IdempotencyBegin, IdempotencyVerdict, UsageRecord};
 
+use crate::held::{apply_mutation, HeldReply, Released};
 use crate::upstream::{ATTEMPT_HEADER, BYOK_HEADERS, CREDENTIAL_HEADERS, INTERNAL_HEADERS};
 use crate::{attempts, host, vm};
 
@@ -303,21 +301,9 @@ struct Direct {
     translator: Box<dyn Translator>,
     provider: String,
     held: Option<HeldReply>,
-}
-
-/// A provider's non-streamed 2xx answer held back (in the VM's memory) until it is whole and
-/// known to be JSON; until then nothing has gone to the client, so an unusable one can still
-/// become a 502 naming the provider.
-struct HeldReply {
-    status: u16,
-    content_type: Option<String>,
-    body: Vec<u8>,
-    overflowed: bool,
-    /// Earlier chunks were taken out of Envoy's buffer (so `body` must be written back).
-    cleared: bool,
-    /// The answer was already recorded and its headers translated: it is held only because
-    /// response rules check it whole (a streamed request answered with JSON).
-    answered: bool,
+    /// The answer is recorded and its headers translated (a held answer is then held only
+    /// because response rules check it whole: a streamed request answered with JSON).
+    recorded: bool,
 }
 
 impl Routed {
@@ -990,6 +976,7 @@ impl Edge {
             translator,
             provider: provider.name.clone(),
             held: None,
+            recorded: false,
         }))
     }
 
@@ -1293,15 +1280,7 @@ impl Edge {
                 },
             );
         };
-        if held.body.len() + read.len() > MAX_RESPONSE_BODY_BYTES {
-            held.overflowed = true;
-        } else {
-            held.body.extend_from_slice(&read);
-        }
-        if !end_of_stream {
-            // Kept here, not in Envoy's buffer (whose limit is the listener's).
-            host::set_response_body(body_size, &[]);
-            held.cleared = true;
+        if !held.collect(body_size, &read, end_of_stream) {
             return Err(Action::Pause);
         }
         routed.ended = true;
@@ -1320,39 +1299,32 @@ impl Edge {
         };
         let direct = routed.direct.as_mut()?;
         let held = direct.held.take()?;
-        if !held.answered {
-            let now = host::now_ms();
-            if let Some(message) = unusable_reply(
-                &direct.provider,
-                held.content_type.as_deref(),
-                &held.body,
-                held.overflowed,
-            ) {
-                log::warn!("{message} (request {})", self.request_id);
-                attempts::answered(&self.request_id, 502, None, now);
-                let body = unusable_reply_body(api, &direct.provider, message, &self.request_id);
+        if direct.recorded {
+            return Some(held.pass(body_size, direct.translator.as_mut()));
+        }
+        direct.recorded = true;
+        match held.release(
+            body_size,
+            direct.translator.as_mut(),
+            &direct.provider,
+            api,
+            &self.request_id,
+        ) {
+            Released::Usable {
+                size,
+                body,
+                content_type,
+            } => {
+                routed.content_type = content_type;
+                Some((size, body))
+            }
+            Released::Unusable => {
                 routed.status = 502;
                 routed.response = ResponseWatch::Ignored;
                 routed.annotator = None;
-                host::set_response_header(":status", Some("502"));
-                host::set_response_header("content-type", Some("application/json"));
-                host::set_response_header("content-length", None);
-                host::set_response_body(body_size, &body);
-                return None;
+                None
             }
-            attempts::answered(&self.request_id, held.status, None, now);
-            let mutation = direct
-                .translator
-                .response_headers(held.status, held.content_type.as_deref());
-            routed.content_type = apply_mutation(&mutation, held.content_type);
         }
-        let out = match direct.translator.response_body(&held.body, true) {
-            ChunkOutput::Replace(out) => out,
-            ChunkOutput::Unchanged if held.cleared => held.body,
-            ChunkOutput::Unchanged => return Some((body_size, held.body)),
-        };
-        host::set_response_body(body_size, &out);
-        Some((out.len(), out))
     }
 
     /// The end of a held JSON response: checks it (when response rules apply), then masks it or
@@ -1450,24 +1422,6 @@ fn forward_body(size: usize, body: &[u8]) -> Result<(), GatewayError> {
         ));
     }
     Ok(())
-}
-
-/// Applies a translator's response header changes; returns the content type the client gets.
-fn apply_mutation(mutation: &ResponseHeaderMutation, content_type: Option<String>) -> String {
-    let mut content_type = content_type;
-    for name in &mutation.remove_headers {
-        host::set_response_header(name, None);
-        if name == "content-type" {
-            content_type = None;
-        }
-    }
-    for (name, value) in &mutation.set_headers {
-        host::set_response_header(name, Some(value));
-        if name == "content-type" {
-            content_type = Some(value.clone());
-        }
-    }
-    content_type.unwrap_or_default()
 }
 
 fn fill_usage(r: &mut UsageRecord, usage: &Usage, price: &Price) {
@@ -1611,14 +1565,7 @@ impl HttpContext for Edge {
                 .is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
             if (200..300).contains(&routed.status) && !routed.stream && !streamed {
                 // Judged once the body is in (`release_direct`), headers included.
-                direct.held = Some(HeldReply {
-                    status: routed.status,
-                    content_type: content_type.clone(),
-                    body: Vec::new(),
-                    overflowed: false,
-                    cleared: false,
-                    answered: false,
-                });
+                direct.held = Some(HeldReply::new(routed.status, content_type.clone()));
                 host::set_property(HELD_PROVIDER_PROPERTY, &direct.provider);
                 held = true;
             } else {
@@ -1627,6 +1574,7 @@ impl HttpContext for Edge {
                     .flatten()
                     .and_then(|v| v.trim().parse::<u32>().ok());
                 attempts::answered(&self.request_id, routed.status, retry_after, now);
+                direct.recorded = true;
                 let mutation = direct
                     .translator
                     .response_headers(routed.status, content_type.as_deref());
@@ -1724,14 +1672,7 @@ impl HttpContext for Edge {
         if let (true, Some(direct)) = (hold && !held, routed.direct.as_mut()) {
             // Checked whole: collected here (translated at its end), not in Envoy's buffer,
             // so the translator sees every byte once.
-            direct.held = Some(HeldReply {
-                status: routed.status,
-                content_type: None,
-                body: Vec::new(),
-                overflowed: false,
-                cleared: false,
-                answered: true,
-            });
+            direct.held = Some(HeldReply::new(routed.status, None));
             held = true;
         }
         self.set_route_headers();

@@ -4,17 +4,21 @@
 //! - `sync` (bootstrap singleton on the main thread): holds the gRPC stream to the control plane,
 //!   writes snapshots and live provider scores into shared data, ships usage records from
 //!   the shared queue.
-//! - `edge` (downstream HTTP filter): auth, body parse, routing, response metadata, usage.
-//! - `upstream` (cluster HTTP filter, once per attempt): credential, authority and path.
+//! - `edge` (downstream HTTP filter): auth, body parse, routing, response metadata, usage; for
+//!   a request with one attempt also what the upstream filter does (a direct request).
+//! - `upstream` (cluster HTTP filter, once per attempt): credential, authority, path and
+//!   translation.
 //!
 //! # Layout
 //! - [`host`]: checked wrappers over proxy-wasm host calls (the SDK's trait defaults panic).
 //! - [`vm`]: per-VM cache of the decoded snapshot and scores, and the usage queue handle.
 //! - [`root`]: the root context; parses the role and creates HTTP contexts.
-//! - [`edge`], [`upstream`], [`sync`]: one module per role.
+//! - [`edge`], [`upstream`], [`sync`]: one module per role; [`held`]: a provider's answer held
+//!   until it is whole and judged (upstream filter and direct requests).
 
 pub mod attempts;
 pub mod edge;
+pub mod held;
 pub mod host;
 pub mod root;
 pub mod sync;

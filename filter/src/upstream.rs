@@ -10,13 +10,11 @@ use proxy_wasm::types::Action;
 use tokenrouter_engine::request::ClientApi;
 use tokenrouter_engine::routing;
 use tokenrouter_engine::snapshot::ProviderEntry;
-use tokenrouter_engine::translate::{
-    translator_for, unusable_reply, unusable_reply_body, AttemptTarget, Translator,
-    UpstreamRequest, MAX_RESPONSE_BODY_BYTES,
-};
+use tokenrouter_engine::translate::{translator_for, AttemptTarget, Translator, UpstreamRequest};
 use tokenrouter_engine::usage::ChunkOutput;
 use tokenrouter_engine::{ErrorKind, GatewayError};
 
+use crate::held::{apply_mutation, HeldReply, Released};
 use crate::{attempts, host, vm};
 
 /// Headers the edge (or Envoy's router) sets for Envoy and this filter only; no provider sees
@@ -55,18 +53,6 @@ struct Attempt {
     stream: bool,
 }
 
-/// A non-streamed 2xx answer held back (headers and body) until it is whole and known to be
-/// JSON: until then Envoy has sent nothing to the client, so an unusable one can still become
-/// a 502 that Envoy's retry policy moves to the chain's next attempt.
-struct Held {
-    status: u16,
-    content_type: Option<String>,
-    body: Vec<u8>,
-    overflowed: bool,
-    /// Earlier chunks were taken out of Envoy's buffer (so `body` must be written back).
-    cleared: bool,
-}
-
 pub struct Upstream {
     /// Provider of the cluster this filter instance belongs to.
     provider: String,
@@ -74,7 +60,7 @@ pub struct Upstream {
     attempt_provider: String,
     client: ClientApi,
     stream: bool,
-    held: Option<Held>,
+    held: Option<HeldReply>,
     /// Set once the request headers were read; `None` for a local reply.
     translator: Option<Box<dyn Translator>>,
     /// Set while the body is awaited (the translator reads it).
@@ -354,13 +340,7 @@ impl HttpContext for Upstream {
             .is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
         if (200..300).contains(&status) && !self.stream && !streamed {
             // Judged once the body is in (`on_http_response_body`), headers included.
-            self.held = Some(Held {
-                status,
-                content_type,
-                body: Vec::new(),
-                overflowed: false,
-                cleared: false,
-            });
+            self.held = Some(HeldReply::new(status, content_type));
             if end_of_stream {
                 return self.release_held(0);
             }
@@ -372,12 +352,7 @@ impl HttpContext for Upstream {
             .and_then(|v| v.trim().parse::<u32>().ok());
         attempts::answered(&self.request_id, status, retry_after, host::now_ms());
         let mutation = translator.response_headers(status, content_type.as_deref());
-        for name in &mutation.remove_headers {
-            host::set_response_header(name, None);
-        }
-        for (name, value) in &mutation.set_headers {
-            host::set_response_header(name, Some(value));
-        }
+        apply_mutation(&mutation, content_type);
         Action::Continue
     }
 
@@ -391,15 +366,7 @@ impl HttpContext for Upstream {
             Vec::new()
         };
         if let Some(held) = self.held.as_mut() {
-            if held.body.len() + chunk.len() > MAX_RESPONSE_BODY_BYTES {
-                held.overflowed = true;
-            } else {
-                held.body.extend_from_slice(&chunk);
-            }
-            if !end_of_stream {
-                // Kept here, not in Envoy's buffer (whose limit is the cluster's).
-                host::set_response_body(body_size, &[]);
-                held.cleared = true;
+            if !held.collect(body_size, &chunk, end_of_stream) {
                 return Action::Pause;
             }
             return self.release_held(body_size);
@@ -421,49 +388,15 @@ impl Upstream {
         let (Some(held), Some(translator)) = (self.held.take(), self.translator.as_mut()) else {
             return Action::Continue;
         };
-        let now = host::now_ms();
-        match unusable_reply(
+        let released = held.release(
+            body_size,
+            translator.as_mut(),
             &self.attempt_provider,
-            held.content_type.as_deref(),
-            &held.body,
-            held.overflowed,
-        ) {
-            None => {
-                attempts::answered(&self.request_id, held.status, None, now);
-                let mutation =
-                    translator.response_headers(held.status, held.content_type.as_deref());
-                for name in &mutation.remove_headers {
-                    host::set_response_header(name, None);
-                }
-                for (name, value) in &mutation.set_headers {
-                    host::set_response_header(name, Some(value));
-                }
-                match translator.response_body(&held.body, true) {
-                    ChunkOutput::Replace(out) => {
-                        host::set_response_body(body_size, &out);
-                    }
-                    ChunkOutput::Unchanged if held.cleared => {
-                        host::set_response_body(body_size, &held.body);
-                    }
-                    // Envoy's buffer holds the body as it came.
-                    ChunkOutput::Unchanged => {}
-                }
-            }
-            Some(message) => {
-                log::warn!("{message} (request {})", self.request_id);
-                attempts::answered(&self.request_id, 502, None, now);
-                let body = unusable_reply_body(
-                    self.client,
-                    &self.attempt_provider,
-                    message,
-                    &self.request_id,
-                );
-                host::set_response_header(":status", Some("502"));
-                host::set_response_header("content-type", Some("application/json"));
-                host::set_response_header("content-length", None);
-                host::set_response_body(body_size, &body);
-                self.translator = None;
-            }
+            self.client,
+            &self.request_id,
+        );
+        if let Released::Unusable = released {
+            self.translator = None;
         }
         Action::Continue
     }
