@@ -59,7 +59,7 @@ pub const MAX_IMPLIED_CHAINS: usize = 512;
 
 /// Cluster name of a provider (ARCHITECTURE.md, "Provider clusters").
 pub fn cluster_name(provider: &str) -> String {
-    format!("tr_provider_{provider}")
+    routing::provider_cluster_name(provider)
 }
 
 /// Routing rules as the snapshot carries them: higher priority first, then lower id (the

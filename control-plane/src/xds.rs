@@ -45,6 +45,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::{value, Any, BoolValue, Duration, StringValue};
 use envoy_types::util::pack_any;
+use tokenrouter_engine::routing;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -60,12 +61,7 @@ pub const META_CA_FILE: &str = "tokenrouter_ca_file";
 pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Name of the upstream wasm filter in every provider cluster.
 pub const UPSTREAM_FILTER_NAME: &str = "tokenrouter.upstream";
-/// Prefix of a provider's cluster name.
-pub const PROVIDER_CLUSTER_PREFIX: &str = "tr_provider_";
-/// Prefix of a provider's direct cluster: the same endpoint without the upstream filter, for
-/// requests the edge sends in one attempt and prepares itself (ARCHITECTURE.md, "Direct
-/// requests").
-pub const DIRECT_CLUSTER_PREFIX: &str = "tr_direct_";
+
 /// Key of the upstream HTTP protocol options in `typed_extension_protocol_options`.
 const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -380,11 +376,10 @@ pub fn provider_cluster(
 /// (credential, authority, path, translated body) and translates the answer itself. `None`
 /// for a slot copy (`tr_provider_<name>~<n>`, used only inside chains).
 pub fn direct_cluster(p: &ProviderCluster, ca_file: &str) -> Option<Result<Cluster, XdsError>> {
-    let own = p.cluster.strip_prefix(PROVIDER_CLUSTER_PREFIX) == Some(p.name.as_str());
-    own.then(|| {
+    (p.cluster == routing::provider_cluster_name(&p.name)).then(|| {
         endpoint_cluster(
             p,
-            &format!("{DIRECT_CLUSTER_PREFIX}{}", p.name),
+            &routing::direct_cluster_name(&p.name),
             vec![codec_filter()],
             ca_file,
         )

@@ -25,7 +25,9 @@ use tokenrouter_proto::sync::v1::idempotency_verdict::Outcome;
 use tokenrouter_proto::sync::v1::{IdempotencyBegin, IdempotencyVerdict, UsageRecord};
 
 use crate::held::{apply_mutation, HeldReply, Released};
-use crate::upstream::{ATTEMPT_HEADER, BYOK_HEADERS, CREDENTIAL_HEADERS, INTERNAL_HEADERS};
+use crate::upstream::{
+    byok_credential, ATTEMPT_HEADER, BYOK_HEADERS, CREDENTIAL_HEADERS, INTERNAL_HEADERS,
+};
 use crate::{attempts, host, vm};
 
 /// Largest non-streaming response body we copy to read its `usage` (the body itself is never
@@ -53,11 +55,6 @@ const VIA_UPSTREAM_DETAILS: &str = "via_upstream";
 /// direct answer, for the bootstrap's local-reply mapper: a provider that resets while its
 /// answer is held makes Envoy reply without the edge (the response headers already reached it).
 const HELD_PROVIDER_PROPERTY: &str = "tokenrouter_provider";
-
-/// Cluster-name prefixes (the control plane's `xds::PROVIDER_CLUSTER_PREFIX` and
-/// `xds::DIRECT_CLUSTER_PREFIX`).
-const PROVIDER_CLUSTER_PREFIX: &str = "tr_provider_";
-const DIRECT_CLUSTER_PREFIX: &str = "tr_direct_";
 
 /// Envoy stats the edge defines (admin `/stats`, `/stats/prometheus`; Envoy prefixes them with
 /// `wasmcustom.`).
@@ -842,9 +839,10 @@ impl Edge {
         let [only] = decision.attempts.as_slice() else {
             return None;
         };
-        let provider = decision.cluster.strip_prefix(PROVIDER_CLUSTER_PREFIX)?;
-        (self.config.direct_clusters && provider == only.provider.name)
-            .then(|| format!("{DIRECT_CLUSTER_PREFIX}{provider}"))
+        let provider = &only.provider.name;
+        (self.config.direct_clusters
+            && decision.cluster == routing::provider_cluster_name(provider))
+        .then(|| routing::direct_cluster_name(provider))
     }
 
     /// Sends a request through the upstream filter (of its provider's or a chain's cluster):
@@ -911,12 +909,8 @@ impl Edge {
     ) -> Result<Box<Direct>, GatewayError> {
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let provider = target.provider;
-        let mut credential = credential_of(target);
-        for (kind, key) in byok {
-            if kind == provider.kind.catalogue_kind().as_str() && !key.trim().is_empty() {
-                credential = key.trim().to_string();
-            }
-        }
+        let credential =
+            byok_credential(byok, provider.kind).unwrap_or_else(|| credential_of(target));
         let mut translator = translator_for(api, provider.kind)?;
         let UpstreamRequest {
             path,
@@ -1147,13 +1141,14 @@ impl Edge {
                 r.retry_after_s = retry_after;
                 let price = served.map(|p| p.price).unwrap_or_default();
                 fill_usage(&mut r, &usage, &price);
+                // Envoy's response code details, read only when needed: whose side ended it.
+                let details = || host::property(&["response", "code_details"]);
                 // A held direct answer that never became whole: the provider's connection
                 // reset (Envoy then answered 502 itself, through the bootstrap's local-reply
                 // mapper), or the client went away.
-                let held_left = routed.direct.as_ref().is_some_and(|d| d.held.is_some())
-                    && !host::property(&["response", "code_details"])
-                        .is_some_and(|d| d.starts_with("upstream_reset"));
+                let mut held_left = false;
                 if routed.direct.as_ref().is_some_and(|d| d.held.is_some()) {
+                    held_left = !details().is_some_and(|d| d.starts_with("upstream_reset"));
                     r.status = if held_left { 499 } else { 502 };
                 }
                 let cut = match &routed.response {
@@ -1167,8 +1162,7 @@ impl Edge {
                 // after a reset, and Envoy's response code details say whose side it was.
                 let client_left = cut
                     && !routed.ended
-                    && !host::property(&["response", "code_details"])
-                        .is_some_and(|d| d.starts_with(UPSTREAM_RESET_DETAILS));
+                    && !details().is_some_and(|d| d.starts_with(UPSTREAM_RESET_DETAILS));
                 if held_left {
                     r.error_type = CLIENT_CLOSED.into();
                 } else if r.status >= 400 || r.status == 0 || (cut && !client_left) {
@@ -1283,7 +1277,6 @@ impl Edge {
         if !held.collect(body_size, &read, end_of_stream) {
             return Err(Action::Pause);
         }
-        routed.ended = true;
         self.release_direct(body_size)
             .map(|(size, body)| (size, Some(body)))
             .ok_or(Action::Continue)

@@ -11,6 +11,7 @@ use tokenrouter_engine::request::ClientApi;
 use tokenrouter_engine::routing;
 use tokenrouter_engine::snapshot::ProviderEntry;
 use tokenrouter_engine::translate::{translator_for, AttemptTarget, Translator, UpstreamRequest};
+use tokenrouter_engine::upstream::ProviderKind;
 use tokenrouter_engine::usage::ChunkOutput;
 use tokenrouter_engine::{ErrorKind, GatewayError};
 
@@ -35,6 +36,15 @@ pub const INTERNAL_HEADERS: [&str; 9] = [
 /// replaces the stored credential for that attempt; all are removed before the provider is
 /// called, and none is ever logged or stored.
 pub const BYOK_HEADERS: [(&str, &str); 5] = routing::BYOK_HEADER_KINDS;
+
+/// The BYOK key a request carried for this provider kind, if any: it replaces the stored
+/// credential for the attempt.
+pub fn byok_credential(byok: &[(String, String)], kind: ProviderKind) -> Option<String> {
+    byok.iter()
+        .rev()
+        .find(|(k, key)| k == kind.catalogue_kind().as_str() && !key.trim().is_empty())
+        .map(|(_, key)| key.trim().to_string())
+}
 
 /// Provider credential headers (of every provider kind) an earlier attempt may have set.
 pub const CREDENTIAL_HEADERS: [&str; 4] =
@@ -174,10 +184,8 @@ impl Upstream {
         {
             provider.credential = chosen.clone();
         }
-        for (kind, key) in &plan.byok {
-            if kind == provider.kind.catalogue_kind().as_str() && !key.trim().is_empty() {
-                provider.credential = key.trim().to_string();
-            }
+        if let Some(key) = byok_credential(&plan.byok, provider.kind) {
+            provider.credential = key;
         }
         let translator = translator_for(api, provider.kind)?;
         if let Some(len) = plan.body_len {

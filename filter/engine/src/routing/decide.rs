@@ -164,6 +164,17 @@ struct RuleOutcome {
     model: Option<String>,
 }
 
+/// Name of a provider's own cluster (ARCHITECTURE.md, "Provider clusters").
+pub fn provider_cluster_name(provider: &str) -> String {
+    format!("tr_provider_{provider}")
+}
+
+/// Name of a provider's direct cluster: its endpoint without the upstream filter, for a
+/// request the edge prepares itself (ARCHITECTURE.md, "Direct requests").
+pub fn direct_cluster_name(provider: &str) -> String {
+    format!("tr_direct_{provider}")
+}
+
 /// Name of the chain cluster for these provider names in attempt order.
 pub fn chain_cluster_name(providers: &[&str]) -> String {
     format!("tr_chain_{}", providers.join("+"))
@@ -180,9 +191,9 @@ pub fn chain_children(providers: &[&str]) -> Vec<String> {
             let n = seen.iter().filter(|s| *s == p).count();
             seen.push(p);
             if n == 0 {
-                format!("tr_provider_{p}")
+                provider_cluster_name(p)
             } else {
-                format!("tr_provider_{p}~{n}")
+                format!("{}~{n}", provider_cluster_name(p))
             }
         })
         .collect()
