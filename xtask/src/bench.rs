@@ -37,6 +37,7 @@ mod client;
 mod fake;
 mod ingest;
 mod load;
+mod overhead;
 mod report;
 mod soak;
 
@@ -111,6 +112,9 @@ pub enum Phase {
     /// One tokenrouter stack under a steady mixed load for `--soak-minutes` (memory, errors, a
     /// usage row per request). Only through `--only`: the full run leaves it out.
     Soak,
+    /// The headline figures alone (direct, bare Envoy, tokenrouter at one worker: latency and
+    /// saturated throughput) with the CPU time per request of each process.
+    Overhead,
 }
 
 impl Phase {
@@ -123,6 +127,7 @@ impl Phase {
             Phase::Ingest => "ingest",
             Phase::Admission => "admission",
             Phase::Soak => "soak",
+            Phase::Overhead => "overhead",
         }
     }
 }
@@ -150,7 +155,7 @@ pub struct BenchArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only these parts (comma-separated: firewall, keys, routing, classifier, ingest,
-    /// admission, soak) and merge their tables into the existing report as a labelled section (one per selection; a
+    /// admission, soak, overhead) and merge their tables into the existing report as a labelled section (one per selection; a
     /// rerun of the same selection replaces it), keeping the full run's figures for the rest.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Phase>,
@@ -164,6 +169,10 @@ pub struct BenchArgs {
     /// Requests per second of the soak (one in three streamed) [default: 200].
     #[arg(long, default_value_t = soak::DEFAULT_RATE)]
     soak_rate: u32,
+    /// With `--only overhead`: a second build of the filter (a `.wasm` file), measured beside
+    /// the one built from this tree, e.g. to compare a change with the build before it.
+    #[arg(long)]
+    compare_wasm: Option<PathBuf>,
 }
 
 /// Durations and sizes of one run.
@@ -872,6 +881,17 @@ fn bench_only(paths: &Paths, args: &BenchArgs) -> Result<()> {
         println!("==> admission");
         report.admission = Some(admission::run(&rt, &oha, &plan, &mut stacks, &base_url)?);
     }
+    if args.only.contains(&Phase::Overhead) {
+        println!("==> overhead");
+        report.overhead = Some(overhead::run(
+            &rt,
+            &oha,
+            &plan,
+            &mut stacks,
+            &base_url,
+            args.compare_wasm.as_deref(),
+        )?);
+    }
     if args.only.contains(&Phase::Soak) {
         println!("==> soak");
         let options = soak::Options {
@@ -1399,6 +1419,18 @@ impl<'p> Stacks<'p> {
         name: &str,
         concurrency: usize,
     ) -> Result<(SocketAddr, SocketAddr)> {
+        self.tr_envoy_with(children, cp, name, concurrency, &self.paths.wasm())
+    }
+
+    /// [`Stacks::tr_envoy`] with the filter module at `wasm`.
+    fn tr_envoy_with(
+        &self,
+        children: &mut Supervisor,
+        cp: &ControlPlane,
+        name: &str,
+        concurrency: usize,
+        wasm: &Path,
+    ) -> Result<(SocketAddr, SocketAddr)> {
         let listen = free_addr()?;
         let admin = free_addr()?;
         let config = self
@@ -1412,7 +1444,7 @@ impl<'p> Stacks<'p> {
                 .args(["--admin", &admin.to_string(), "--control", &cp.grpc])
                 .args(["--node-id", &format!("bench-{name}-c{concurrency}")])
                 .arg("--wasm")
-                .arg(self.paths.wasm())
+                .arg(wasm)
                 .arg("--out")
                 .arg(&config)
                 .env("TOKENROUTER_ADMIN_TOKEN", ADMIN_TOKEN),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::admin::Seeded;
 use super::admission::AdmissionFigures;
 use super::ingest::IngestFigures;
+use super::overhead::OverheadFigures;
 use super::soak::SoakFigures;
 use super::{Plan, PropagationTrial};
 
@@ -297,6 +298,7 @@ pub struct Report {
     pub ingest: Option<IngestFigures>,
     /// Latency and throughput of keys the control plane admits against one it never asks.
     pub admission: Option<AdmissionFigures>,
+    pub overhead: Option<OverheadFigures>,
     /// The soak (`--only soak` only).
     pub soak: Option<SoakFigures>,
     /// (process, VmRSS in KiB).
@@ -326,6 +328,7 @@ impl Report {
             classifier: None,
             ingest: None,
             admission: None,
+            overhead: None,
             soak: None,
             memory: Vec::new(),
             commands: Vec::new(),
@@ -871,6 +874,11 @@ impl Report {
             ingest.render(&mut body, &self.machine);
         }
         for section in [
+            self.overhead.as_ref().map(|o| {
+                let mut md = String::new();
+                o.render(&mut md);
+                md
+            }),
             self.admission.as_ref().map(|a| {
                 let mut md = String::new();
                 a.render(&mut md);
@@ -1192,6 +1200,7 @@ impl Report {
              cargo xtask bench --only routing,classifier  # re-measure those parts (also: keys, firewall, ingest); merged into the report as a labelled section\n\
              cargo xtask bench --only ingest  # usage records/s through FilterSync into SQLite against the gateway's saturated throughput\n\
              cargo xtask bench --only admission  # latency and throughput of keys with a rate limit or a balance against a plain key (also in the full run)\n\
+             cargo xtask bench --only overhead  # direct, bare Envoy and tokenrouter alone (latency, saturated throughput) with CPU time per request of each process\n\
              cargo xtask bench --only soak --soak-minutes 30 --soak-rate 200  # steady mixed load on one stack: memory, errors, usage rows (never in the full run)\n\
              ```\n\n\
              It installs what it needs: Envoy (`target/venv`), oha (`cargo install --locked oha \

@@ -1,0 +1,532 @@
+//! The headline figures alone, with where the CPU goes (`--only overhead`): the direct fake
+//! provider, bare Envoy and tokenrouter (the `tr` configuration: 100 keys, 10 routing rules,
+//! 10 firewall rules) with one Envoy worker, in interleaved rounds whose order rotates —
+//! latency at one connection, then saturated throughput.
+//!
+//! Around each saturated run the CPU time of every process taking part is read from
+//! `/proc/<pid>/task/*/stat` and divided by the requests served: Envoy's worker threads, Envoy's
+//! other threads (the main thread, which runs the filter's sync VM and the gRPC streams), the
+//! control plane (which stores the usage records), this runner's process (the fake provider)
+//! and the whole machine (`/proc/stat`; the load generator is the rest). On 2 cores shared by
+//! all of them, the figures say which process a request's cost lands in.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+
+use super::load::{Load, Oha};
+use super::report::{Candidate, Stat};
+use super::{Plan, Stacks, Target};
+use crate::Supervisor;
+
+/// Envoy workers, as the latency table and the 1-worker throughput table.
+const ENVOY_CONCURRENCY: usize = 1;
+
+/// The row of the `--compare-wasm` build.
+const COMPARE_NAME: &str = "tr (compare)";
+
+/// Kernel clock ticks per second of `/proc/*/stat` (`getconf CLK_TCK`; 100 on Linux).
+const CLK_TCK: f64 = 100.0;
+
+/// Where the CPU of one saturated run went, in µs per request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuPerRequest {
+    pub envoy_workers: f64,
+    pub envoy_other: f64,
+    pub control_plane: f64,
+    pub runner: f64,
+    pub machine: f64,
+}
+
+/// One candidate's figures, one value per round.
+#[derive(Clone, Debug, Default)]
+pub struct CandidateFigures {
+    pub candidate: Option<Candidate>,
+    /// The row's name (the candidate's, or `tr (compare)` for `--compare-wasm`).
+    pub name: String,
+    pub p50_us: Vec<f64>,
+    pub p99_us: Vec<f64>,
+    pub rps: Vec<f64>,
+    pub cpu: Vec<CpuPerRequest>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct OverheadFigures {
+    pub rounds: usize,
+    pub latency_duration: Duration,
+    pub saturation_connections: usize,
+    pub saturation_duration: Duration,
+    /// Direct, bare, tr in that order.
+    pub candidates: Vec<CandidateFigures>,
+}
+
+/// The processes whose CPU time is read.
+struct Pids {
+    envoy: Option<u32>,
+    control_plane: Option<u32>,
+}
+
+/// CPU ticks at one instant.
+#[derive(Clone, Copy, Default)]
+struct Ticks {
+    envoy_workers: u64,
+    envoy_other: u64,
+    control_plane: u64,
+    runner: u64,
+    machine_busy: u64,
+    machine_all: u64,
+}
+
+/// `compare_wasm`: a second build of the filter, measured as one more candidate beside the
+/// first (same control plane), e.g. a change against the build before it.
+pub fn run(
+    rt: &tokio::runtime::Runtime,
+    oha: &Oha,
+    plan: &Plan,
+    stacks: &mut Stacks,
+    base_url: &str,
+    compare_wasm: Option<&Path>,
+) -> Result<OverheadFigures> {
+    let cp = stacks.control_plane("overhead")?;
+    let admin = rt.block_on(super::Admin::connect(&cp.grpc, super::ADMIN_TOKEN))?;
+    rt.block_on(admin.add_provider(super::PROVIDER, base_url))?;
+    let (keys, _) = rt.block_on(admin.seed_keys(0, super::SMALL_KEYS, Duration::from_secs(120)))?;
+    rt.block_on(admin.seed_routing_rules(0, super::SMALL_ROUTING_RULES))?;
+    rt.block_on(admin.seed_firewall_rules(0, super::SMALL_FIREWALL_RULES))?;
+    // Created last: once it authenticates, the snapshot with every rule is live.
+    let live = rt.block_on(admin.create_key("bench-overhead-live".into()))?;
+    let key = keys.first().map_or(live.raw.clone(), |k| k.raw.clone());
+
+    let mut children = Supervisor::default();
+    let bare = super::free_addr()?;
+    let bare_admin = super::free_addr()?;
+    let config = stacks
+        .work
+        .join(format!("bare-envoy-overhead-c{ENVOY_CONCURRENCY}.yaml"));
+    fs::write(
+        &config,
+        super::bare_envoy_config(bare, bare_admin, stacks.fake),
+    )?;
+    stacks.spawn_envoy(&mut children, "bare-overhead", &config, ENVOY_CONCURRENCY)?;
+    let bare_pid = super::last_pid(&children)?;
+    let (tr, _) = stacks.tr_envoy(&mut children, &cp, "overhead", ENVOY_CONCURRENCY)?;
+    let tr_pid = super::last_pid(&children)?;
+    let compare = match compare_wasm {
+        Some(wasm) => {
+            let (addr, _) = stacks.tr_envoy_with(
+                &mut children,
+                &cp,
+                "overhead-compare",
+                ENVOY_CONCURRENCY,
+                wasm,
+            )?;
+            Some((addr, super::last_pid(&children)?))
+        }
+        None => None,
+    };
+    let body = Bytes::from(super::request_body(super::TR_MODEL, false));
+    let mut answering: Vec<(SocketAddr, Option<&str>)> =
+        vec![(bare, None), (tr, Some(live.raw.as_str()))];
+    answering.extend(compare.map(|(addr, _)| (addr, Some(live.raw.as_str()))));
+    for (addr, key) in answering {
+        super::wait_until(
+            Duration::from_secs(120),
+            &format!("Envoy at {addr} to answer 200"),
+            &mut children,
+            || super::first_status(addr, key, &body) == Some(200),
+        )?;
+    }
+    let target = |candidate, addr, key: Option<&str>| Target {
+        candidate,
+        addr,
+        key: key.map(str::to_string),
+        model: super::TR_MODEL,
+    };
+    let mut targets = vec![
+        (
+            target(Candidate::Direct, stacks.fake, None),
+            Pids {
+                envoy: None,
+                control_plane: None,
+            },
+        ),
+        (
+            target(Candidate::Bare, bare, None),
+            Pids {
+                envoy: Some(bare_pid),
+                control_plane: None,
+            },
+        ),
+        (
+            target(Candidate::Tr, tr, Some(&key)),
+            Pids {
+                envoy: Some(tr_pid),
+                control_plane: Some(cp.pid),
+            },
+        ),
+    ];
+    if let Some((addr, pid)) = compare {
+        targets.push((
+            target(Candidate::Tr, addr, Some(&key)),
+            Pids {
+                envoy: Some(pid),
+                control_plane: Some(cp.pid),
+            },
+        ));
+    }
+    let names: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (t, _))| {
+            if i == 3 {
+                COMPARE_NAME.to_string()
+            } else {
+                t.candidate.name().to_string()
+            }
+        })
+        .collect();
+    let all: Vec<Target> = targets.iter().map(|(t, _)| t.clone()).collect();
+    super::warm_up(oha, &all)?;
+    let mut figures = OverheadFigures {
+        rounds: plan.rounds,
+        latency_duration: plan.latency_duration,
+        saturation_connections: plan.saturation_connections,
+        saturation_duration: plan.saturation_duration,
+        candidates: targets
+            .iter()
+            .zip(&names)
+            .map(|((t, _), name)| CandidateFigures {
+                candidate: Some(t.candidate),
+                name: name.clone(),
+                ..CandidateFigures::default()
+            })
+            .collect(),
+    };
+    let load = |target: &Target, connections, duration| Load {
+        url: target.url(),
+        body: target.body(false),
+        key: target.key.clone(),
+        connections,
+        duration,
+        rate: None,
+    };
+    let n = targets.len();
+    for round in 0..plan.rounds {
+        println!("--- round {}/{} (overhead)", round + 1, plan.rounds);
+        for i in 0..n {
+            let at = (i + round) % n;
+            let (target, _) = &targets[at];
+            let r = oha.run(&load(target, 1, plan.latency_duration))?;
+            super::check(target, &r)?;
+            println!(
+                "{:>12} 1 conn: p50 {:.0} µs p99 {:.0} µs",
+                names[at], r.p50_us, r.p99_us
+            );
+            let c = &mut figures.candidates[at];
+            c.p50_us.push(r.p50_us);
+            c.p99_us.push(r.p99_us);
+        }
+        for i in 0..n {
+            let at = (i + round) % n;
+            let (target, pids) = &targets[at];
+            let before = ticks(pids)?;
+            let r = oha.run(&load(
+                target,
+                plan.saturation_connections,
+                plan.saturation_duration,
+            ))?;
+            let after = ticks(pids)?;
+            super::check(target, &r)?;
+            let cpu = per_request(&before, &after, r.total);
+            println!(
+                "{:>12} saturated: {:.0} req/s; CPU µs/request: Envoy workers {:.1}, Envoy other {:.1}, control plane {:.1}, runner {:.1}, machine {:.1}",
+                names[at],
+                r.rps,
+                cpu.envoy_workers,
+                cpu.envoy_other,
+                cpu.control_plane,
+                cpu.runner,
+                cpu.machine
+            );
+            let c = &mut figures.candidates[at];
+            c.rps.push(r.rps);
+            c.cpu.push(cpu);
+        }
+    }
+    children.check_running()?;
+    Ok(figures)
+}
+
+fn ticks(pids: &Pids) -> Result<Ticks> {
+    let mut t = Ticks::default();
+    if let Some(pid) = pids.envoy {
+        for (name, ticks) in thread_ticks(pid)? {
+            if name.starts_with("wrk:") {
+                t.envoy_workers += ticks;
+            } else {
+                t.envoy_other += ticks;
+            }
+        }
+    }
+    if let Some(pid) = pids.control_plane {
+        t.control_plane = thread_ticks(pid)?.iter().map(|(_, ticks)| ticks).sum();
+    }
+    t.runner = thread_ticks(std::process::id())?
+        .iter()
+        .map(|(_, ticks)| ticks)
+        .sum();
+    let stat = fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal …
+    t.machine_all = cpu.iter().take(8).sum();
+    t.machine_busy =
+        t.machine_all - cpu.get(3).copied().unwrap_or(0) - cpu.get(4).copied().unwrap_or(0);
+    Ok(t)
+}
+
+/// (thread name, user + system ticks) of every thread of `pid`.
+fn thread_ticks(pid: u32) -> Result<Vec<(String, u64)>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("process {pid} is gone"))? {
+        let Ok(stat) = fs::read_to_string(entry?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        if let Some(parsed) = parse_stat(&stat) {
+            threads.push(parsed);
+        }
+    }
+    Ok(threads)
+}
+
+/// The name and utime + stime of one `/proc/*/stat` line.
+fn parse_stat(stat: &str) -> Option<(String, u64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    // After the name: state(3) ppid … utime is field 14, stime 15 (1-based over the line).
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+fn per_request(before: &Ticks, after: &Ticks, requests: u64) -> CpuPerRequest {
+    let us = |b: u64, a: u64| a.saturating_sub(b) as f64 * 1e6 / CLK_TCK / requests.max(1) as f64;
+    CpuPerRequest {
+        envoy_workers: us(before.envoy_workers, after.envoy_workers),
+        envoy_other: us(before.envoy_other, after.envoy_other),
+        control_plane: us(before.control_plane, after.control_plane),
+        runner: us(before.runner, after.runner),
+        machine: us(before.machine_busy, after.machine_busy),
+    }
+}
+
+/// Per round `f(value, reference)`, reduced to a [`Stat`].
+fn per_round(values: &[f64], reference: &[f64], f: impl Fn(f64, f64) -> f64) -> Option<Stat> {
+    if values.len() != reference.len() {
+        return None;
+    }
+    let v: Vec<f64> = values
+        .iter()
+        .zip(reference)
+        .map(|(x, r)| f(*x, *r))
+        .collect();
+    Stat::of(&v)
+}
+
+fn stat_text(s: Option<Stat>, decimals: usize, unit: &str) -> String {
+    s.map_or("—".into(), |s| {
+        format!(
+            "{:.d$}{unit} ({:.d$}–{:.d$})",
+            s.median,
+            s.min,
+            s.max,
+            d = decimals
+        )
+    })
+}
+
+impl OverheadFigures {
+    fn of(&self, candidate: Candidate) -> Option<&CandidateFigures> {
+        self.candidates
+            .iter()
+            .find(|c| c.candidate == Some(candidate))
+    }
+
+    /// Whether a `--compare-wasm` build was measured.
+    fn compared(&self) -> bool {
+        self.candidates.iter().any(|c| c.name == COMPARE_NAME)
+    }
+
+    pub fn render(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "## Overhead: bare Envoy against tokenrouter, with where the CPU goes\n\n\
+             The direct fake provider, bare Envoy and tokenrouter (the `tr` configuration: 100 \
+             keys, 10 routing rules, 10 firewall rules), `--concurrency {ENVOY_CONCURRENCY}`{}. \
+             Each round measures every candidate at one connection ({:.0} s), then saturated \
+             ({} connections, {:.0} s), in an order that rotates between rounds; ratios and \
+             differences are per round. {} round(s); median (min–max). Added p50: the \
+             candidate's p50 − direct p50. CPU per request: CPU time (user + system, \
+             `/proc/<pid>/task/*/stat`) during the saturated run ÷ its requests, for Envoy's \
+             worker threads, Envoy's other threads (main thread: the filter's sync VM, gRPC \
+             streams), the control plane (stores the usage records), the runner (the fake \
+             provider) and the whole machine (`/proc/stat`; the rest is the load generator).\n\n\
+             | candidate | p50 µs (1 connection) | added p50 µs | added p50 ÷ bare's | saturated req/s | req/s ÷ bare | Envoy workers µs/req | Envoy other µs/req | control plane µs/req | fake provider µs/req | machine µs/req |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            if self.compared() {
+                "; `tr (compare)` is a second build of the filter (`--compare-wasm`) on a second \
+                 Envoy in front of the same control plane"
+            } else {
+                ""
+            },
+            self.latency_duration.as_secs_f64(),
+            self.saturation_connections,
+            self.saturation_duration.as_secs_f64(),
+            self.rounds,
+        );
+        let (Some(direct), Some(bare)) = (self.of(Candidate::Direct), self.of(Candidate::Bare))
+        else {
+            return;
+        };
+        let bare_added: Vec<f64> = bare
+            .p50_us
+            .iter()
+            .zip(&direct.p50_us)
+            .map(|(b, d)| b - d)
+            .collect();
+        for c in &self.candidates {
+            let Some(candidate) = c.candidate else {
+                continue;
+            };
+            let added: Vec<f64> = c
+                .p50_us
+                .iter()
+                .zip(&direct.p50_us)
+                .map(|(x, d)| x - d)
+                .collect();
+            let is_direct = candidate == Candidate::Direct;
+            let vs_bare = |text: String| {
+                if matches!(candidate, Candidate::Direct | Candidate::Bare) {
+                    "—".to_string()
+                } else {
+                    text
+                }
+            };
+            let cpu = |f: fn(&CpuPerRequest) -> f64| {
+                let v: Vec<f64> = c.cpu.iter().map(f).collect();
+                stat_text(Stat::of(&v), 1, "")
+            };
+            let envoy = |f: fn(&CpuPerRequest) -> f64| {
+                if is_direct {
+                    "—".to_string()
+                } else {
+                    cpu(f)
+                }
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.name,
+                stat_text(Stat::of(&c.p50_us), 0, ""),
+                if is_direct {
+                    "—".to_string()
+                } else {
+                    stat_text(Stat::of(&added), 0, "")
+                },
+                vs_bare(stat_text(
+                    per_round(&added, &bare_added, |x, r| x / r),
+                    2,
+                    " ×"
+                )),
+                stat_text(Stat::of(&c.rps), 0, ""),
+                vs_bare(stat_text(
+                    per_round(&c.rps, &bare.rps, |x, r| x / r),
+                    2,
+                    " ×"
+                )),
+                envoy(|c| c.envoy_workers),
+                envoy(|c| c.envoy_other),
+                if candidate == Candidate::Tr {
+                    cpu(|c| c.control_plane)
+                } else {
+                    "—".to_string()
+                },
+                cpu(|c| c.runner),
+                cpu(|c| c.machine),
+            );
+        }
+        md.push('\n');
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_name_and_cpu_ticks() {
+        let line = "4242 (wrk:worker_0) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 12 0 100 0 0";
+        assert_eq!(parse_stat(line), Some(("wrk:worker_0".into(), 325)));
+        let spaced = "7 (a b) c) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0";
+        assert_eq!(parse_stat(spaced), Some(("a b) c".into(), 7)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_is_divided_by_requests() {
+        let before = Ticks::default();
+        let after = Ticks {
+            envoy_workers: 50,
+            control_plane: 10,
+            ..Ticks::default()
+        };
+        let cpu = per_request(&before, &after, 10_000);
+        assert!((cpu.envoy_workers - 50.0).abs() < 1e-9);
+        assert!((cpu.control_plane - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_candidate_with_ratios_to_bare() {
+        let row = |candidate: Candidate, p50: f64, rps: f64| CandidateFigures {
+            candidate: Some(candidate),
+            name: candidate.name().into(),
+            p50_us: vec![p50],
+            p99_us: vec![p50 * 2.0],
+            rps: vec![rps],
+            cpu: vec![CpuPerRequest::default()],
+        };
+        let figures = OverheadFigures {
+            rounds: 1,
+            candidates: vec![
+                row(Candidate::Direct, 100.0, 30_000.0),
+                row(Candidate::Bare, 200.0, 20_000.0),
+                row(Candidate::Tr, 300.0, 10_000.0),
+            ],
+            ..OverheadFigures::default()
+        };
+        let mut md = String::new();
+        figures.render(&mut md);
+        let tr = md.lines().find(|l| l.starts_with("| tr |")).unwrap();
+        assert!(
+            tr.contains("| 200 (200–200) | 2.00 × (2.00–2.00) |"),
+            "{tr}"
+        );
+        assert!(tr.contains("| 0.50 × (0.50–0.50) |"), "{tr}");
+    }
+}
