@@ -456,6 +456,18 @@ impl Target {
     fn body(&self, stream: bool) -> String {
         request_body(self.model, stream)
     }
+
+    /// A non-streamed load on this candidate.
+    fn load(&self, connections: usize, duration: Duration, rate: Option<u32>) -> Load {
+        Load {
+            url: self.url(),
+            body: self.body(false),
+            key: self.key.clone(),
+            connections,
+            duration,
+            rate,
+        }
+    }
 }
 
 impl Targets {
@@ -517,14 +529,7 @@ enum Step {
 
 fn warm_up(oha: &Oha, candidates: &[Target]) -> Result<()> {
     for target in candidates {
-        let result = oha.run(&Load {
-            url: target.url(),
-            body: target.body(false),
-            key: target.key.clone(),
-            connections: 4,
-            duration: Duration::from_secs(1),
-            rate: None,
-        })?;
+        let result = oha.run(&target.load(4, Duration::from_secs(1), None))?;
         check(target, &result)?;
     }
     Ok(())
@@ -570,14 +575,7 @@ fn run_round(
             if !takes_part(target.candidate, step, concurrency) {
                 continue;
             }
-            let load = |connections, duration, rate| Load {
-                url: target.url(),
-                body: target.body(false),
-                key: target.key.clone(),
-                connections,
-                duration,
-                rate,
-            };
+            let load = |connections, duration, rate| target.load(connections, duration, rate);
             let name = target.candidate.name();
             match step {
                 Step::Latency => {
@@ -684,14 +682,7 @@ fn firewall_scaling(
             ..RulesStep::default()
         };
         for _ in 0..plan.rounds {
-            let r = oha.run(&Load {
-                url: target.url(),
-                body: target.body(false),
-                key: target.key.clone(),
-                connections: 1,
-                duration: plan.latency_duration,
-                rate: None,
-            })?;
+            let r = oha.run(&target.load(1, plan.latency_duration, None))?;
             check(&target, &r)?;
             println!(
                 "{rules:>5} firewall rules, 1 conn: p50 {:.0} µs p99 {:.0} µs",
@@ -764,14 +755,7 @@ fn routing_scaling(
         for i in 0..targets.len() {
             let at = (i + round) % targets.len();
             let (rules, target) = &targets[at];
-            let r = oha.run(&Load {
-                url: target.url(),
-                body: target.body(false),
-                key: target.key.clone(),
-                connections: 1,
-                duration: plan.latency_duration,
-                rate: None,
-            })?;
+            let r = oha.run(&target.load(1, plan.latency_duration, None))?;
             check(target, &r)?;
             println!(
                 "{rules:>5} routing rules, 1 conn: p50 {:.1} µs p99 {:.0} µs",
@@ -1010,14 +994,7 @@ fn keys_only(
         for round in 0..plan.rounds {
             for i in 0..candidates.len() {
                 let target = &candidates[(i + round) % candidates.len()];
-                let load = |connections, duration| Load {
-                    url: target.url(),
-                    body: target.body(false),
-                    key: target.key.clone(),
-                    connections,
-                    duration,
-                    rate: None,
-                };
+                let load = |connections, duration| target.load(connections, duration, None);
                 let r = oha.run(&load(1, plan.latency_duration))?;
                 check(target, &r)?;
                 report.add(Metric::Latency1P50, target.candidate, r.p50_us);
@@ -1777,14 +1754,7 @@ fn commands(oha: &Oha, plan: &Plan) -> Vec<String> {
         key: Some("sk-tr-…".into()),
         model: TR_MODEL,
     };
-    let load = |connections, duration, rate| Load {
-        url: target.url(),
-        body: target.body(false),
-        key: target.key.clone(),
-        connections,
-        duration,
-        rate,
-    };
+    let load = |connections, duration, rate| target.load(connections, duration, rate);
     [
         load(1, plan.latency_duration, None),
         load(4, plan.fixed_duration, Some(plan.fixed_rate)),

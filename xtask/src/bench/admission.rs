@@ -21,8 +21,8 @@ use bytes::Bytes;
 use tokenrouter_proto::admin::v1 as pb;
 
 use super::admin::Admin;
-use super::load::{Load, Oha};
-use super::report::{Candidate, Stat};
+use super::load::Oha;
+use super::report::{per_round, stat_text, Candidate, Stat};
 use super::{Plan, Stacks, Target};
 use crate::Supervisor;
 
@@ -120,14 +120,7 @@ pub fn run(
             })
             .collect(),
     };
-    let load = |target: &Target, connections, duration| Load {
-        url: target.url(),
-        body: target.body(false),
-        key: target.key.clone(),
-        connections,
-        duration,
-        rate: None,
-    };
+    let load = |target: &Target, connections, duration| target.load(connections, duration, None);
     for round in 0..plan.rounds {
         println!("--- round {}/{} (admission)", round + 1, plan.rounds);
         let n = targets.len();
@@ -180,31 +173,6 @@ fn control_requests(envoy_admin: SocketAddr) -> Result<u64> {
         .find_map(|line| line.strip_prefix("cluster.tokenrouter_control.upstream_rq_total: "))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow!("no cluster.tokenrouter_control.upstream_rq_total in {stats:?}"))
-}
-
-/// Per round `f(key, reference)`, reduced to a [`Stat`].
-fn per_round(values: &[f64], reference: &[f64], f: impl Fn(f64, f64) -> f64) -> Option<Stat> {
-    if values.len() != reference.len() {
-        return None;
-    }
-    let v: Vec<f64> = values
-        .iter()
-        .zip(reference)
-        .map(|(x, r)| f(*x, *r))
-        .collect();
-    Stat::of(&v)
-}
-
-fn stat_text(s: Option<Stat>, decimals: usize, unit: &str) -> String {
-    s.map_or("—".into(), |s| {
-        format!(
-            "{:.d$}{unit} ({:.d$}–{:.d$})",
-            s.median,
-            s.min,
-            s.max,
-            d = decimals
-        )
-    })
 }
 
 impl AdmissionFigures {

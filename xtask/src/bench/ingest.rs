@@ -34,7 +34,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::admin::Admin;
-use super::load::{Load, Oha};
+use super::load::Oha;
 use super::report::{Candidate, Stat};
 use super::{ControlPlane, Plan, Stacks, Target};
 use crate::Supervisor;
@@ -836,14 +836,8 @@ pub fn gateway_throughput(
     super::warm_up(oha, std::slice::from_ref(&target))?;
     let mut rps = Vec::new();
     for round in 0..plan.rounds {
-        let r = oha.run(&Load {
-            url: target.url(),
-            body: target.body(false),
-            key: target.key.clone(),
-            connections: plan.saturation_connections,
-            duration: plan.saturation_duration,
-            rate: None,
-        })?;
+        let r =
+            oha.run(&target.load(plan.saturation_connections, plan.saturation_duration, None))?;
         super::check(&target, &r)?;
         println!(
             "gateway (tr, 2 workers) saturated, round {}/{}: {:.0} req/s",

@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 
-use super::load::{Load, Oha};
-use super::report::{Candidate, Stat};
+use super::load::Oha;
+use super::report::{per_round, stat_text, Candidate, Stat};
 use super::{Plan, Stacks, Target};
 use crate::Supervisor;
 
@@ -207,14 +207,7 @@ pub fn run(
             })
             .collect(),
     };
-    let load = |target: &Target, connections, duration| Load {
-        url: target.url(),
-        body: target.body(false),
-        key: target.key.clone(),
-        connections,
-        duration,
-        rate: None,
-    };
+    let load = |target: &Target, connections, duration| target.load(connections, duration, None);
     let n = targets.len();
     for round in 0..plan.rounds {
         println!("--- round {}/{} (overhead)", round + 1, plan.rounds);
@@ -333,31 +326,6 @@ fn per_request(before: &Ticks, after: &Ticks, requests: u64) -> CpuPerRequest {
         runner: us(before.runner, after.runner),
         machine: us(before.machine_busy, after.machine_busy),
     }
-}
-
-/// Per round `f(value, reference)`, reduced to a [`Stat`].
-fn per_round(values: &[f64], reference: &[f64], f: impl Fn(f64, f64) -> f64) -> Option<Stat> {
-    if values.len() != reference.len() {
-        return None;
-    }
-    let v: Vec<f64> = values
-        .iter()
-        .zip(reference)
-        .map(|(x, r)| f(*x, *r))
-        .collect();
-    Stat::of(&v)
-}
-
-fn stat_text(s: Option<Stat>, decimals: usize, unit: &str) -> String {
-    s.map_or("—".into(), |s| {
-        format!(
-            "{:.d$}{unit} ({:.d$}–{:.d$})",
-            s.median,
-            s.min,
-            s.max,
-            d = decimals
-        )
-    })
 }
 
 impl OverheadFigures {

@@ -1369,6 +1369,33 @@ fn ns_text(ns: f64) -> String {
     }
 }
 
+/// Per round `f(value, reference)`, reduced to a [`Stat`] (`None` unless both have a value per
+/// round).
+pub fn per_round(values: &[f64], reference: &[f64], f: impl Fn(f64, f64) -> f64) -> Option<Stat> {
+    if values.len() != reference.len() {
+        return None;
+    }
+    let v: Vec<f64> = values
+        .iter()
+        .zip(reference)
+        .map(|(x, r)| f(*x, *r))
+        .collect();
+    Stat::of(&v)
+}
+
+/// `median{unit} (min–max)` with `decimals` digits, or `—`.
+pub fn stat_text(s: Option<Stat>, decimals: usize, unit: &str) -> String {
+    s.map_or("—".into(), |s| {
+        format!(
+            "{:.d$}{unit} ({:.d$}–{:.d$})",
+            s.median,
+            s.min,
+            s.max,
+            d = decimals
+        )
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
