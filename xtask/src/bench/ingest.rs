@@ -621,6 +621,8 @@ fn output_tokens(i: u64) -> u64 {
 /// metadata, as the gateway logs them.
 pub struct Generator {
     key_id: String,
+    /// The time part of record 0's request id (ms); the same record always gets the same id.
+    epoch_ms: i64,
     traces: Vec<String>,
     metadata: Vec<String>,
 }
@@ -629,6 +631,7 @@ impl Generator {
     pub fn new(key_id: String) -> Generator {
         Generator {
             key_id,
+            epoch_ms: unix_ms(),
             traces: (0..VARIANTS).map(rule_trace).collect(),
             metadata: (0..VARIANTS).map(metadata).collect(),
         }
@@ -643,7 +646,13 @@ impl Generator {
         let latency_ms = 250 + (h >> 8) % 2_500;
         let stream = h.is_multiple_of(2);
         UsageRecord {
-            request_id: format!("req_{h:016x}{:016x}", mix(h ^ 0x5bd1_e995)),
+            // The gateway's form: 48 bits of time (here 16 records per ms, in record order),
+            // then 80 random bits.
+            request_id: format!(
+                "req_{:012x}{h:016x}{:04x}",
+                (self.epoch_ms + i64::try_from(i / 16).unwrap_or(0)) & 0xffff_ffff_ffff,
+                mix(h ^ 0x5bd1_e995) & 0xffff
+            ),
             started_at_unix_ms: now_ms - i64::try_from(latency_ms).unwrap_or(0),
             key_id: self.key_id.clone(),
             client_api: "chat.completions".into(),
@@ -946,12 +955,13 @@ impl IngestFigures {
              round(s)), in an order that rotates between rounds. The store is not emptied between \
              measurements: it holds {} rows at the end. The edges run in the benchmark's process, \
              on the same 2 cores as the control plane (as an Envoy would).\n\n\
-             Records look like the gateway's: unique request id, the id of a key created \
-             through the Admin API, `auto` → `openai/gpt-4o-mini`, tokens and cost, a firewall \
-             `mask` action, a warning, two attempts (a 429 then a 200), a routing rule trace \
-             JSON of {} bytes on average (rules with their conditions, mode, tier and \
-             candidates steps) and `metadata_json` of {} bytes; about {} bytes of field contents \
-             per record, every one a 200.\n\n\
+             Records look like the gateway's: unique request id in the gateway's form (time, \
+             then random bits), the id of a key created through the Admin API, `auto` → \
+             `openai/gpt-4o-mini`, tokens and cost, a firewall `mask` action, a warning, two \
+             attempts (a 429 then a 200), a routing rule trace JSON of {} bytes on average \
+             (rules with their conditions, mode, tier and candidates steps) and \
+             `metadata_json` of {} bytes; about {} bytes of field contents per record, every \
+             one a 200.\n\n\
              | edges | batches in flight | records/s | batch ack p50 ms | batch ack p99 ms | ÷ gateway req/s (median) | worst round ÷ best gateway round |\n\
              | --- | --- | --- | --- | --- | --- | --- |",
             RESEND_AFTER.as_secs(),
@@ -1118,6 +1128,9 @@ mod tests {
             .map(|i| g.record("n", i, 0).request_id)
             .collect();
         assert_eq!(ids.len(), 10_000);
+        let id = g.record("n", 42, 0).request_id;
+        assert_eq!((id.len(), &id[..4]), (36, "req_"));
+        assert!(g.record("n", 16, 0).request_id > g.record("n", 15, 0).request_id);
         let r = g.record("n", 42, 1_000_000);
         assert_eq!(r.attempts.len(), 2);
         assert_eq!((r.status, r.input_tokens), (200, input_tokens(42)));
