@@ -134,10 +134,14 @@ impl Sync {
     }
 
     fn send(&mut self, msg: &EdgeMessage) -> bool {
+        self.send_encoded(&msg.encode_to_vec())
+    }
+
+    fn send_encoded(&mut self, bytes: &[u8]) -> bool {
         let Some(token) = self.stream else {
             return false;
         };
-        match hostcalls::send_grpc_stream_message(token, Some(&msg.encode_to_vec()), false) {
+        match hostcalls::send_grpc_stream_message(token, Some(bytes), false) {
             Ok(()) => true,
             Err(e) => {
                 log::warn!("sync stream send failed: {e:?}");
@@ -364,16 +368,22 @@ impl Sync {
     }
 
     fn send_batch(&mut self, batch_id: u64) -> bool {
-        let Some(batch) = self.inflight.get(&batch_id) else {
+        let Some(batch) = self.inflight.get_mut(&batch_id) else {
             return true;
         };
-        let msg = EdgeMessage {
+        // The records leave the inflight entry only to be encoded (no copy of up to 500
+        // records per send); they are back before the send, which may requeue them.
+        let mut msg = EdgeMessage {
             msg: Some(edge_message::Msg::Usage(UsageBatch {
                 batch_id,
-                records: batch.records.clone(),
+                records: std::mem::take(&mut batch.records),
             })),
         };
-        self.send(&msg)
+        let bytes = msg.encode_to_vec();
+        if let Some(edge_message::Msg::Usage(sent)) = msg.msg.take() {
+            batch.records = sent.records;
+        }
+        self.send_encoded(&bytes)
     }
 
     pub fn on_tick(&mut self) {
