@@ -12,7 +12,6 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,9 +43,9 @@ pub struct CpuPerRequest {
 }
 
 /// One candidate's figures, one value per round.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CandidateFigures {
-    pub candidate: Option<Candidate>,
+    pub candidate: Candidate,
     /// The row's name (the candidate's, or `tr (compare)` for `--compare-wasm`).
     pub name: String,
     pub p50_us: Vec<f64>,
@@ -95,12 +94,13 @@ pub fn run(
     let cp = stacks.control_plane("overhead")?;
     let admin = rt.block_on(super::Admin::connect(&cp.grpc, super::ADMIN_TOKEN))?;
     rt.block_on(admin.add_provider(super::PROVIDER, base_url))?;
-    let (keys, _) = rt.block_on(admin.seed_keys(0, super::SMALL_KEYS, Duration::from_secs(120)))?;
+    rt.block_on(admin.seed_keys(0, super::SMALL_KEYS, Duration::from_secs(120)))?;
     rt.block_on(admin.seed_routing_rules(0, super::SMALL_ROUTING_RULES))?;
     rt.block_on(admin.seed_firewall_rules(0, super::SMALL_FIREWALL_RULES))?;
     // Created last: once it authenticates, the snapshot with every rule is live.
-    let live = rt.block_on(admin.create_key("bench-overhead-live".into()))?;
-    let key = keys.first().map_or(live.raw.clone(), |k| k.raw.clone());
+    let key = rt
+        .block_on(admin.create_key("bench-overhead-live".into()))?
+        .raw;
 
     let mut children = Supervisor::default();
     let bare = super::free_addr()?;
@@ -129,68 +129,54 @@ pub fn run(
         }
         None => None,
     };
-    let body = Bytes::from(super::request_body(super::TR_MODEL, false));
-    let mut answering: Vec<(SocketAddr, Option<&str>)> =
-        vec![(bare, None), (tr, Some(live.raw.as_str()))];
-    answering.extend(compare.map(|(addr, _)| (addr, Some(live.raw.as_str()))));
-    for (addr, key) in answering {
-        super::wait_until(
-            Duration::from_secs(120),
-            &format!("Envoy at {addr} to answer 200"),
-            &mut children,
-            || super::first_status(addr, key, &body) == Some(200),
-        )?;
-    }
     let target = |candidate, addr, key: Option<&str>| Target {
         candidate,
         addr,
         key: key.map(str::to_string),
         model: super::TR_MODEL,
     };
+    let pids = |envoy, control_plane| Pids {
+        envoy,
+        control_plane,
+    };
+    // (target, processes whose CPU is read, row name)
     let mut targets = vec![
         (
             target(Candidate::Direct, stacks.fake, None),
-            Pids {
-                envoy: None,
-                control_plane: None,
-            },
+            pids(None, None),
+            Candidate::Direct.name(),
         ),
         (
             target(Candidate::Bare, bare, None),
-            Pids {
-                envoy: Some(bare_pid),
-                control_plane: None,
-            },
+            pids(Some(bare_pid), None),
+            Candidate::Bare.name(),
         ),
         (
             target(Candidate::Tr, tr, Some(&key)),
-            Pids {
-                envoy: Some(tr_pid),
-                control_plane: Some(cp.pid),
-            },
+            pids(Some(tr_pid), Some(cp.pid)),
+            Candidate::Tr.name(),
         ),
     ];
     if let Some((addr, pid)) = compare {
         targets.push((
             target(Candidate::Tr, addr, Some(&key)),
-            Pids {
-                envoy: Some(pid),
-                control_plane: Some(cp.pid),
-            },
+            pids(Some(pid), Some(cp.pid)),
+            COMPARE_NAME,
         ));
     }
-    let names: Vec<String> = targets
+    let body = Bytes::from(super::request_body(super::TR_MODEL, false));
+    for (t, _, _) in targets
         .iter()
-        .enumerate()
-        .map(|(i, (t, _))| {
-            if i == 3 {
-                COMPARE_NAME.to_string()
-            } else {
-                t.candidate.name().to_string()
-            }
-        })
-        .collect();
-    let all: Vec<Target> = targets.iter().map(|(t, _)| t.clone()).collect();
+        .filter(|(t, _, _)| t.candidate != Candidate::Direct)
+    {
+        super::wait_until(
+            Duration::from_secs(120),
+            &format!("Envoy at {} to answer 200", t.addr),
+            &mut children,
+            || super::first_status(t.addr, t.key.as_deref(), &body) == Some(200),
+        )?;
+    }
+    let all: Vec<Target> = targets.iter().map(|(t, _, _)| t.clone()).collect();
     super::warm_up(oha, &all)?;
     let mut figures = OverheadFigures {
         rounds: plan.rounds,
@@ -199,12 +185,7 @@ pub fn run(
         saturation_duration: plan.saturation_duration,
         candidates: targets
             .iter()
-            .zip(&names)
-            .map(|((t, _), name)| CandidateFigures {
-                candidate: Some(t.candidate),
-                name: name.clone(),
-                ..CandidateFigures::default()
-            })
+            .map(|(t, _, name)| CandidateFigures::new(t.candidate, name))
             .collect(),
     };
     let load = |target: &Target, connections, duration| target.load(connections, duration, None);
@@ -213,12 +194,12 @@ pub fn run(
         println!("--- round {}/{} (overhead)", round + 1, plan.rounds);
         for i in 0..n {
             let at = (i + round) % n;
-            let (target, _) = &targets[at];
+            let (target, _, name) = &targets[at];
             let r = oha.run(&load(target, 1, plan.latency_duration))?;
             super::check(target, &r)?;
             println!(
                 "{:>12} 1 conn: p50 {:.0} µs p99 {:.0} µs",
-                names[at], r.p50_us, r.p99_us
+                name, r.p50_us, r.p99_us
             );
             let c = &mut figures.candidates[at];
             c.p50_us.push(r.p50_us);
@@ -226,7 +207,7 @@ pub fn run(
         }
         for i in 0..n {
             let at = (i + round) % n;
-            let (target, pids) = &targets[at];
+            let (target, pids, name) = &targets[at];
             let before = ticks(pids)?;
             let r = oha.run(&load(
                 target,
@@ -238,7 +219,7 @@ pub fn run(
             let cpu = per_request(&before, &after, r.total);
             println!(
                 "{:>12} saturated: {:.0} req/s; CPU µs/request: Envoy workers {:.1}, Envoy other {:.1}, control plane {:.1}, runner {:.1}, machine {:.1}",
-                names[at],
+                name,
                 r.rps,
                 cpu.envoy_workers,
                 cpu.envoy_other,
@@ -328,11 +309,22 @@ fn per_request(before: &Ticks, after: &Ticks, requests: u64) -> CpuPerRequest {
     }
 }
 
+impl CandidateFigures {
+    fn new(candidate: Candidate, name: &str) -> CandidateFigures {
+        CandidateFigures {
+            candidate,
+            name: name.to_string(),
+            p50_us: Vec::new(),
+            p99_us: Vec::new(),
+            rps: Vec::new(),
+            cpu: Vec::new(),
+        }
+    }
+}
+
 impl OverheadFigures {
     fn of(&self, candidate: Candidate) -> Option<&CandidateFigures> {
-        self.candidates
-            .iter()
-            .find(|c| c.candidate == Some(candidate))
+        self.candidates.iter().find(|c| c.candidate == candidate)
     }
 
     /// Whether a `--compare-wasm` build was measured.
@@ -371,22 +363,18 @@ impl OverheadFigures {
         else {
             return;
         };
-        let bare_added: Vec<f64> = bare
-            .p50_us
-            .iter()
-            .zip(&direct.p50_us)
-            .map(|(b, d)| b - d)
-            .collect();
-        for c in &self.candidates {
-            let Some(candidate) = c.candidate else {
-                continue;
-            };
-            let added: Vec<f64> = c
-                .p50_us
+        // Per round: the candidate's p50 − direct's.
+        let added_p50 = |c: &CandidateFigures| -> Vec<f64> {
+            c.p50_us
                 .iter()
                 .zip(&direct.p50_us)
                 .map(|(x, d)| x - d)
-                .collect();
+                .collect()
+        };
+        let bare_added = added_p50(bare);
+        for c in &self.candidates {
+            let candidate = c.candidate;
+            let added = added_p50(c);
             let is_direct = candidate == Candidate::Direct;
             let vs_bare = |text: String| {
                 if matches!(candidate, Candidate::Direct | Candidate::Bare) {
@@ -472,7 +460,7 @@ mod tests {
     #[test]
     fn the_table_has_a_row_per_candidate_with_ratios_to_bare() {
         let row = |candidate: Candidate, p50: f64, rps: f64| CandidateFigures {
-            candidate: Some(candidate),
+            candidate,
             name: candidate.name().into(),
             p50_us: vec![p50],
             p99_us: vec![p50 * 2.0],
