@@ -684,8 +684,18 @@ async fn routing_columns_of_the_request_log_round_trip(db: TestDb) {
     ];
     r.ttfb_ms = 812;
     r.retry_after_s = 30;
+    // A trace of 40 rules (tens of KB, non-ASCII included), stored in the backend's long form.
+    let mut long = record("long-trace");
+    let rules: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"conditions":[{{"actual":"chat","condition":"task","expected":"coding","matched":false}}],"id":{i},"matched":false,"priority":{i},"rule":"règle {i}"}}"#
+            )
+        })
+        .collect();
+    long.rule_trace = format!("[{}]", rules.join(","));
     store
-        .insert_usage(&[r.clone(), record("plain")], 1)
+        .insert_usage(&[r.clone(), record("plain"), long.clone()], 1)
         .await
         .unwrap();
     let rows = store
@@ -695,6 +705,10 @@ async fn routing_columns_of_the_request_log_round_trip(db: TestDb) {
         })
         .await
         .unwrap();
+    assert_eq!(rows[0].record.rule_trace, long.rule_trace);
+    let one = store.get_log("long-trace").await.unwrap().unwrap();
+    assert_eq!(one.record.rule_trace, long.rule_trace);
+    let rows = &rows[1..];
     assert_eq!(rows[1].record, r);
     let plain = &rows[0].record;
     assert!(plain.attempts.is_empty() && plain.rule_trace.is_empty());

@@ -250,10 +250,11 @@ impl Store for SqliteStore {
                  requested_model, provider, model, status, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, latency_ms, cost_picos, stream, error_type, \
                  node_id, received_at_ms, firewall_actions, warnings, mode, tier, rule_trace, \
-                 attempts_json, ttfb_ms, retry_after_s, metadata_json, idempotency_key, \
-                 replay_of, key_name, workspace_id) ",
+                 rule_trace_lz4, attempts_json, ttfb_ms, retry_after_s, metadata_json, \
+                 idempotency_key, replay_of, key_name, workspace_id) ",
             );
             sql.push_values(chunk, |mut row, r| {
+                let (trace_text, trace_lz4) = pack_trace(&r.rule_trace);
                 row.push_bind(&r.request_id)
                     .push_bind(r.started_at_unix_ms)
                     .push_bind(&r.key_id)
@@ -276,7 +277,8 @@ impl Store for SqliteStore {
                     .push_bind(json_list(&r.warnings))
                     .push_bind(&r.mode)
                     .push_bind(&r.tier)
-                    .push_bind(&r.rule_trace)
+                    .push_bind(trace_text)
+                    .push_bind(trace_lz4)
                     .push_bind(attempts_json(&r.attempts))
                     .push_bind(to_i64(r.ttfb_ms))
                     .push_bind(i64::from(r.retry_after_s))
@@ -1032,13 +1034,53 @@ async fn load_firewall_rules(
     .collect()
 }
 
+/// Traces at least this long are stored compressed (a 10-rule trace is about 2.9 KB of JSON and
+/// packs to about a fifth of that; below this length the LZ4 block gains too little).
+const TRACE_PACK_MIN_BYTES: usize = 512;
+
+/// Most bytes a stored trace may unpack to (the record carrying it came in one FilterSync
+/// message, far smaller); a larger size prefix is a corrupt row, not an allocation.
+const TRACE_UNPACK_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// How `request_logs` stores a rule trace: a long one as an LZ4 block with its length prepended
+/// in `rule_trace_lz4` (and `rule_trace` empty), a short one as text in `rule_trace` (migration
+/// 0010). Every row repeats its rules' names, conditions and expected values, so the trace was
+/// most of a row's bytes and of the WAL written per stored record (BENCHMARKS.md, finding 13).
+fn pack_trace(trace: &str) -> (&str, Option<Vec<u8>>) {
+    if trace.len() < TRACE_PACK_MIN_BYTES {
+        return (trace, None);
+    }
+    (
+        "",
+        Some(lz4_flex::block::compress_prepend_size(trace.as_bytes())),
+    )
+}
+
+/// The trace of a row written by [`pack_trace`] (or before migration 0010: text only).
+fn unpack_trace(text: String, lz4: Option<Vec<u8>>) -> Result<String, StoreError> {
+    let Some(packed) = lz4 else {
+        return Ok(text);
+    };
+    let corrupt = |why: String| StoreError::Corrupt(format!("request_logs.rule_trace_lz4: {why}"));
+    let size = packed
+        .first_chunk::<4>()
+        .map(|b| u32::from_le_bytes(*b) as usize)
+        .ok_or_else(|| corrupt("shorter than its size prefix".into()))?;
+    if size > TRACE_UNPACK_MAX_BYTES {
+        return Err(corrupt(format!("size prefix {size} over the limit")));
+    }
+    let bytes =
+        lz4_flex::block::decompress_size_prepended(&packed).map_err(|e| corrupt(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
+}
+
 /// A request log row as [`log_from_row`] reads it: the name and workspace of the key fall back
 /// to the key's current ones for rows recorded without them; bodies are only flagged.
 const LOG_SELECT: &str = "SELECT l.request_id, l.started_at_ms, l.key_id, l.client_api, \
      l.requested_model, l.provider, l.model, l.status, l.input_tokens, l.output_tokens, \
      l.cached_tokens, l.reasoning_tokens, l.latency_ms, l.cost_picos, l.stream, l.error_type, \
      l.node_id, l.received_at_ms, l.firewall_actions, l.warnings, l.mode, l.tier, l.rule_trace, \
-     l.attempts_json, l.ttfb_ms, l.retry_after_s, l.metadata_json, l.idempotency_key, \
+     l.rule_trace_lz4, l.attempts_json, l.ttfb_ms, l.retry_after_s, l.metadata_json, l.idempotency_key, \
      l.replay_of, \
      CASE WHEN l.key_name = '' THEN COALESCE(k.name, '') ELSE l.key_name END AS key_name, \
      CASE WHEN l.workspace_id = '' THEN COALESCE(k.workspace_id, '') ELSE l.workspace_id END \
@@ -1070,7 +1112,7 @@ fn log_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogEntry, StoreError> {
             warnings: parse_json_list(row.try_get("warnings")?),
             mode: row.try_get("mode")?,
             tier: row.try_get("tier")?,
-            rule_trace: row.try_get("rule_trace")?,
+            rule_trace: unpack_trace(row.try_get("rule_trace")?, row.try_get("rule_trace_lz4")?)?,
             attempts: parse_attempts(row.try_get("attempts_json")?),
             ttfb_ms: to_u64(row.try_get("ttfb_ms")?),
             retry_after_s: u32::try_from(row.try_get::<i64, _>("retry_after_s")?).unwrap_or(0),
@@ -1425,6 +1467,72 @@ mod tests {
             stream: true,
             ..UsageRecord::default()
         }
+    }
+
+    /// A long trace is stored as an LZ4 block (a fraction of its text), a short one as text;
+    /// both read back as they were sent.
+    #[tokio::test]
+    async fn long_rule_traces_are_stored_packed() {
+        let (store, _dir) = temp_store().await;
+        let rule = r#"{"conditions":[{"actual":"chat","condition":"task","expected":"coding","matched":false}],"id":1,"matched":false,"priority":10,"rule":"coding"}"#;
+        let mut long = record("long");
+        long.rule_trace = format!("[{}]", vec![rule; 20].join(","));
+        let mut short = record("short");
+        short.rule_trace = format!("[{rule}]");
+        store
+            .insert_usage(&[long.clone(), short.clone()], 1)
+            .await
+            .unwrap();
+        let stored: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT request_id, length(rule_trace), length(rule_trace_lz4) FROM request_logs \
+             ORDER BY request_id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let (_, text, packed) = &stored[0];
+        assert_eq!(*text, 0);
+        let packed = packed.unwrap();
+        assert!(
+            packed * 5 < long.rule_trace.len() as i64,
+            "{packed} bytes packed"
+        );
+        assert_eq!(
+            stored[1],
+            ("short".into(), short.rule_trace.len() as i64, None)
+        );
+        for r in [long, short] {
+            let got = store.get_log(&r.request_id).await.unwrap().unwrap();
+            assert_eq!(got.record.rule_trace, r.rule_trace);
+        }
+    }
+
+    /// A damaged packed trace is a typed error naming the column, never a panic or a huge
+    /// allocation.
+    #[test]
+    fn damaged_packed_traces_are_corrupt_rows() {
+        let text = "x".repeat(2048);
+        let (empty, Some(packed)) = pack_trace(&text) else {
+            panic!("a 2 KB trace is packed");
+        };
+        assert_eq!(empty, "");
+        assert_eq!(
+            unpack_trace(String::new(), Some(packed.clone())).unwrap(),
+            text
+        );
+        let mut huge = packed.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut cut = packed.clone();
+        cut.truncate(packed.len() / 2);
+        let mut not_utf8 = lz4_flex::block::compress_prepend_size(&[0xff; 600]);
+        not_utf8.shrink_to_fit();
+        for bad in [vec![1, 2], huge, cut, not_utf8] {
+            match unpack_trace(String::new(), Some(bad)) {
+                Err(StoreError::Corrupt(m)) => assert!(m.contains("rule_trace_lz4"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(unpack_trace("[]".into(), None).unwrap(), "[]");
     }
 
     /// Every pooled connection has the bounded page cache, and the process the heap limit.
