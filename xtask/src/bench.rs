@@ -1349,7 +1349,10 @@ impl<'p> Stacks<'p> {
         let bare = free_addr()?;
         let bare_admin = free_addr()?;
         let config = self.work.join(format!("bare-envoy-c{concurrency}.yaml"));
-        fs::write(&config, bare_envoy_config(bare, bare_admin, self.fake))?;
+        fs::write(
+            &config,
+            bare_envoy_config(bare, bare_admin, self.fake, None),
+        )?;
         self.spawn_envoy(&mut children, "bare", &config, concurrency)?;
         pids.insert(Candidate::Bare, last_pid(&children)?);
 
@@ -1450,8 +1453,36 @@ impl<'p> Stacks<'p> {
 }
 
 /// Bare Envoy: same listener shape as the gateway (HCM + router), a static cluster to the fake,
-/// no other filter.
-fn bare_envoy_config(listen: SocketAddr, admin: SocketAddr, fake: SocketAddr) -> String {
+/// no other filter; with `wasm` (module, plugin configuration), that module as one wasm HTTP
+/// filter (V8) before the router.
+fn bare_envoy_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    fake: SocketAddr,
+    wasm: Option<(&Path, &str)>,
+) -> String {
+    let wasm_filter = wasm
+        .map(|(module, configuration)| {
+            format!(
+                r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: floor
+                # As the edge: headers may stop while the body is read.
+                allow_on_headers_stop_iteration: true
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: "{configuration}"
+                vm_config:
+                  vm_id: floor
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{}"}}}}
+"#,
+                module.display()
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
@@ -1467,7 +1498,7 @@ static_resources:
           stat_prefix: bare
           codec_type: AUTO
           http_filters:
-          - name: envoy.filters.http.router
+{wasm_filter}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
           route_config:

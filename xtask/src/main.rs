@@ -133,6 +133,14 @@ impl Paths {
             .join("tokenrouter_filter.wasm")
     }
 
+    /// The floor filters of the overhead benchmark (`filter/floor`).
+    fn floor_wasm(&self) -> PathBuf {
+        self.target
+            .join(WASM_TARGET)
+            .join("release")
+            .join("tokenrouter_floor_filter.wasm")
+    }
+
     fn tokenrouter(&self, release: bool) -> PathBuf {
         let profile = if release { "release" } else { "debug" };
         self.target.join(profile).join("tokenrouter")
@@ -198,6 +206,25 @@ fn ensure_venv(paths: &Paths, with_test_deps: bool) -> Result<()> {
         .with_context(|| format!("cannot write {}", stamp.display()))
 }
 
+/// Builds the floor filters (`filter/floor`), which the overhead benchmark puts in front of bare
+/// Envoy: a wasm filter that does nothing, and one that does only what routing on the body
+/// needs; returns the module's path.
+fn build_floor_filter(paths: &Paths) -> Result<PathBuf> {
+    run(cargo(paths).args([
+        "build",
+        "-p",
+        "tokenrouter-floor-filter",
+        "--target",
+        WASM_TARGET,
+        "--release",
+    ]))?;
+    let wasm = paths.floor_wasm();
+    if !wasm.exists() {
+        bail!("build finished but {} is missing", wasm.display());
+    }
+    Ok(wasm)
+}
+
 /// Builds the wasm filter (always release: debug wasm is far too slow) and the `tokenrouter`
 /// binary.
 fn build(paths: &Paths, release: bool) -> Result<()> {
@@ -246,11 +273,13 @@ fn test(paths: &Paths, e2e_only: bool, pytest_args: &[String]) -> Result<()> {
                 "warnings",
             ]))
         })?;
-        steps.run("clippy (wasm filter)", || {
+        steps.run("clippy (wasm filters)", || {
             run(cargo(paths).args([
                 "clippy",
                 "-p",
                 "tokenrouter-filter",
+                "-p",
+                "tokenrouter-floor-filter",
                 "--target",
                 WASM_TARGET,
                 "--",

@@ -1,7 +1,10 @@
 //! The headline figures alone, with where the CPU goes (`--only overhead`): the direct fake
-//! provider, bare Envoy and tokenrouter (the `tr` configuration: 100 keys, 10 routing rules,
-//! 10 firewall rules) with one Envoy worker, in interleaved rounds whose order rotates —
-//! latency at one connection, then saturated throughput.
+//! provider, bare Envoy, bare Envoy with each floor filter (`filter/floor`: a wasm filter that
+//! does nothing, and one that does only the host calls routing on the body needs — what any
+//! wasm filter, and any body-routing one, costs on that Envoy and runtime before tokenrouter's
+//! own work) and tokenrouter (the `tr` configuration: 100 keys, 10 routing rules, 10 firewall
+//! rules) with one Envoy worker, in interleaved rounds whose order rotates — latency at one
+//! connection, then saturated throughput.
 //!
 //! Around each saturated run the CPU time of every process taking part is read from
 //! `/proc/<pid>/task/*/stat` and divided by the requests served: Envoy's worker threads, Envoy's
@@ -28,6 +31,12 @@ const ENVOY_CONCURRENCY: usize = 1;
 
 /// The row of the `--compare-wasm` build.
 const COMPARE_NAME: &str = "tr (compare)";
+
+/// The floor rows: (row name, the floor filter's configuration).
+const FLOORS: [(&str, &str); 2] = [
+    ("bare + no-op wasm", "none"),
+    ("bare + routing floor", "routing"),
+];
 
 /// Kernel clock ticks per second of `/proc/*/stat` (`getconf CLK_TCK`; 100 on Linux).
 const CLK_TCK: f64 = 100.0;
@@ -60,7 +69,7 @@ pub struct OverheadFigures {
     pub latency_duration: Duration,
     pub saturation_connections: usize,
     pub saturation_duration: Duration,
-    /// Direct, bare, tr in that order.
+    /// Direct, bare, the floors, tr (and tr (compare)) in that order.
     pub candidates: Vec<CandidateFigures>,
 }
 
@@ -110,10 +119,31 @@ pub fn run(
         .join(format!("bare-envoy-overhead-c{ENVOY_CONCURRENCY}.yaml"));
     fs::write(
         &config,
-        super::bare_envoy_config(bare, bare_admin, stacks.fake),
+        super::bare_envoy_config(bare, bare_admin, stacks.fake, None),
     )?;
     stacks.spawn_envoy(&mut children, "bare-overhead", &config, ENVOY_CONCURRENCY)?;
     let bare_pid = super::last_pid(&children)?;
+    let floor_wasm = crate::build_floor_filter(stacks.paths)?;
+    let mut floors = Vec::new();
+    for (name, configuration) in FLOORS {
+        let addr = super::free_addr()?;
+        let admin_addr = super::free_addr()?;
+        let config = stacks.work.join(format!(
+            "floor-{configuration}-envoy-overhead-c{ENVOY_CONCURRENCY}.yaml"
+        ));
+        fs::write(
+            &config,
+            super::bare_envoy_config(
+                addr,
+                admin_addr,
+                stacks.fake,
+                Some((&floor_wasm, configuration)),
+            ),
+        )?;
+        let log_name = format!("floor-{configuration}-overhead");
+        stacks.spawn_envoy(&mut children, &log_name, &config, ENVOY_CONCURRENCY)?;
+        floors.push((name, addr, super::last_pid(&children)?));
+    }
     let (tr, _) = stacks.tr_envoy(&mut children, &cp, "overhead", ENVOY_CONCURRENCY)?;
     let tr_pid = super::last_pid(&children)?;
     let compare = match compare_wasm {
@@ -151,12 +181,19 @@ pub fn run(
             pids(Some(bare_pid), None),
             Candidate::Bare.name(),
         ),
-        (
-            target(Candidate::Tr, tr, Some(&key)),
-            pids(Some(tr_pid), Some(cp.pid)),
-            Candidate::Tr.name(),
-        ),
     ];
+    for (name, addr, pid) in floors {
+        targets.push((
+            target(Candidate::Bare, addr, None),
+            pids(Some(pid), None),
+            name,
+        ));
+    }
+    targets.push((
+        target(Candidate::Tr, tr, Some(&key)),
+        pids(Some(tr_pid), Some(cp.pid)),
+        Candidate::Tr.name(),
+    ));
     if let Some((addr, pid)) = compare {
         targets.push((
             target(Candidate::Tr, addr, Some(&key)),
@@ -323,8 +360,11 @@ impl CandidateFigures {
 }
 
 impl OverheadFigures {
+    /// The row of `candidate` under its own name (not a variant of it such as the floor).
     fn of(&self, candidate: Candidate) -> Option<&CandidateFigures> {
-        self.candidates.iter().find(|c| c.candidate == candidate)
+        self.candidates
+            .iter()
+            .find(|c| c.candidate == candidate && c.name == candidate.name())
     }
 
     /// Whether a `--compare-wasm` build was measured.
@@ -336,8 +376,14 @@ impl OverheadFigures {
         let _ = writeln!(
             md,
             "## Overhead: bare Envoy against tokenrouter, with where the CPU goes\n\n\
-             The direct fake provider, bare Envoy and tokenrouter (the `tr` configuration: 100 \
-             keys, 10 routing rules, 10 firewall rules), `--concurrency {ENVOY_CONCURRENCY}`{}. \
+             The direct fake provider, bare Envoy, the floors (bare Envoy with one wasm HTTP \
+             filter of `filter/floor` on the same V8 runtime: `{}` does nothing; `{}` holds the \
+             request until its body is in, reads the header map and the body, sets a routing \
+             header, puts the body back and clears the route cache, then holds the response \
+             until its body is in, reads its header map and body and sets one header — the host \
+             calls routing on the body needs, with no parsing, decision or usage record) and \
+             tokenrouter (the `tr` configuration: 100 keys, 10 routing rules, \
+             10 firewall rules), `--concurrency {ENVOY_CONCURRENCY}`{}. \
              Each round measures every candidate at one connection ({:.0} s), then saturated \
              ({} connections, {:.0} s), in an order that rotates between rounds; ratios and \
              differences are per round. {} round(s); median (min–max). Added p50: the \
@@ -348,6 +394,8 @@ impl OverheadFigures {
              provider) and the whole machine (`/proc/stat`; the rest is the load generator).\n\n\
              | candidate | p50 µs (1 connection) | added p50 µs | added p50 ÷ bare's | saturated req/s | req/s ÷ bare | Envoy workers µs/req | Envoy other µs/req | control plane µs/req | fake provider µs/req | machine µs/req |\n\
              | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            FLOORS[0].0,
+            FLOORS[1].0,
             if self.compared() {
                 "; `tr (compare)` is a second build of the filter (`--compare-wasm`) on a second \
                  Envoy in front of the same control plane"
@@ -377,7 +425,7 @@ impl OverheadFigures {
             let added = added_p50(c);
             let is_direct = candidate == Candidate::Direct;
             let vs_bare = |text: String| {
-                if matches!(candidate, Candidate::Direct | Candidate::Bare) {
+                if is_direct || std::ptr::eq(c, bare) {
                     "—".to_string()
                 } else {
                     text
@@ -472,12 +520,28 @@ mod tests {
             candidates: vec![
                 row(Candidate::Direct, 100.0, 30_000.0),
                 row(Candidate::Bare, 200.0, 20_000.0),
+                CandidateFigures {
+                    name: FLOORS[0].0.into(),
+                    ..row(Candidate::Bare, 250.0, 16_000.0)
+                },
                 row(Candidate::Tr, 300.0, 10_000.0),
             ],
             ..OverheadFigures::default()
         };
         let mut md = String::new();
         figures.render(&mut md);
+        let bare = md.lines().find(|l| l.starts_with("| bare |")).unwrap();
+        assert!(bare.contains("| 100 (100–100) | — |"), "{bare}");
+        // The floor is a row of its own, measured against bare Envoy like tr.
+        let floor = md
+            .lines()
+            .find(|l| l.starts_with("| bare + no-op wasm |"))
+            .unwrap();
+        assert!(
+            floor.contains("| 150 (150–150) | 1.50 × (1.50–1.50) |"),
+            "{floor}"
+        );
+        assert!(floor.contains("| 0.80 × (0.80–0.80) |"), "{floor}");
         let tr = md.lines().find(|l| l.starts_with("| tr |")).unwrap();
         assert!(
             tr.contains("| 200 (200–200) | 2.00 × (2.00–2.00) |"),

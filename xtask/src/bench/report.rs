@@ -1200,7 +1200,7 @@ impl Report {
              cargo xtask bench --only routing,classifier  # re-measure those parts (also: keys, firewall, ingest); merged into the report as a labelled section\n\
              cargo xtask bench --only ingest  # usage records/s through FilterSync into SQLite against the gateway's saturated throughput\n\
              cargo xtask bench --only admission  # latency and throughput of keys with a rate limit or a balance against a plain key (also in the full run)\n\
-             cargo xtask bench --only overhead  # direct, bare Envoy and tokenrouter alone (latency, saturated throughput) with CPU time per request of each process\n\
+             cargo xtask bench --only overhead  # direct, bare Envoy, bare Envoy + the floor filters and tokenrouter alone (latency, saturated throughput) with CPU time per request of each process\n\
              cargo xtask bench --only soak --soak-minutes 30 --soak-rate 200  # steady mixed load on one stack: memory, errors, usage rows (never in the full run)\n\
              ```\n\n\
              It installs what it needs: Envoy (`target/venv`), oha (`cargo install --locked oha \
