@@ -7,6 +7,7 @@ mod metering;
 mod models;
 mod routing;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -803,17 +804,21 @@ impl Service {
     /// request id cannot be deduplicated and are dropped. Returns how many records were new;
     /// only those feed the live scores, so a resent batch is not counted twice.
     pub async fn ingest_usage(&self, records: &[UsageRecord]) -> Result<u64> {
-        let valid: Vec<UsageRecord> = records
-            .iter()
-            .filter(|r| !r.request_id.is_empty())
-            .cloned()
-            .collect();
-        if valid.len() != records.len() {
+        // Copied only when some record must go (each carries its rule trace, a few KB).
+        let valid: Cow<'_, [UsageRecord]> = if records.iter().all(|r| !r.request_id.is_empty()) {
+            Cow::Borrowed(records)
+        } else {
+            let kept: Vec<UsageRecord> = records
+                .iter()
+                .filter(|r| !r.request_id.is_empty())
+                .cloned()
+                .collect();
             tracing::warn!(
-                dropped = records.len() - valid.len(),
+                dropped = records.len() - kept.len(),
                 "usage records without a request id dropped"
             );
-        }
+            Cow::Owned(kept)
+        };
         let stored = self.store.insert_usage(&valid, now_ms()).await;
         match stored {
             Ok(new) => {

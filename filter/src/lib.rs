@@ -14,7 +14,8 @@
 //! - [`vm`]: per-VM cache of the decoded snapshot and scores, and the usage queue handle.
 //! - [`root`]: the root context; parses the role and creates HTTP contexts.
 //! - [`edge`], [`upstream`], [`sync`]: one module per role; [`held`]: a provider's answer held
-//!   until it is whole and judged (upstream filter and direct requests).
+//!   until it is whole and judged (upstream filter and direct requests); [`usage_wire`]: the
+//!   usage records' framing, which the sync singleton forwards without decoding them.
 
 pub mod attempts;
 pub mod edge;
@@ -23,6 +24,7 @@ pub mod host;
 pub mod root;
 pub mod sync;
 pub mod upstream;
+pub mod usage_wire;
 pub mod vm;
 
 /// Shared data key holding the encoded snapshot.

@@ -6,7 +6,8 @@
 //! since a snapshot; written after it, then their version), live provider scores (written the
 //! same way under their own keys) and acks of usage batches. Up the stream go a hello and usage
 //! batches: the workers' batches drained from the shared queue, regrouped up to `BATCH_SIZE`
-//! records. A batch stays in `inflight` until acknowledged and is resent after a reconnect or a
+//! records as the workers encoded them (`usage_wire`; the control plane fills in the node id
+//! from the hello). A batch stays in `inflight` until acknowledged and is resent after a reconnect or a
 //! timeout; the control plane stores records idempotently by request id, so a resend never
 //! double-counts.
 
@@ -21,10 +22,10 @@ use tokenrouter_engine::firewall::Firewall;
 use tokenrouter_engine::{snapshot, Snapshot};
 use tokenrouter_proto::config::v1::KeyDelta;
 use tokenrouter_proto::sync::v1::{
-    control_message, edge_message, ControlMessage, EdgeMessage, Hello, UsageBatch, UsageRecord,
+    control_message, edge_message, ControlMessage, EdgeMessage, Hello,
 };
 
-use crate::host;
+use crate::{host, usage_wire};
 
 pub const TICK: Duration = Duration::from_millis(100);
 const SERVICE: &str = "tokenrouter.sync.v1.FilterSync";
@@ -47,8 +48,11 @@ pub struct SyncConfig {
     max_buffered_records: Option<usize>,
 }
 
+/// An encoded `UsageRecord`, as a worker encoded it.
+type EncodedRecord = Vec<u8>;
+
 struct Inflight {
-    records: Vec<UsageRecord>,
+    records: Vec<EncodedRecord>,
     sent_ms: i64,
 }
 
@@ -64,7 +68,7 @@ pub struct Sync {
     snapshot_version: u64,
     /// Scores version last written to shared data; for the log only.
     scores_version: u64,
-    pending: VecDeque<UsageRecord>,
+    pending: VecDeque<EncodedRecord>,
     inflight: BTreeMap<u64, Inflight>,
     next_batch: u64,
     next_connect_ms: i64,
@@ -311,16 +315,9 @@ impl Sync {
         }
         // Each item is one worker's batch (`vm::USAGE_BATCH` records at most).
         while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue) {
-            match UsageBatch::decode(bytes.as_slice()) {
-                Ok(batch) => {
-                    for mut r in batch.records {
-                        if r.node_id.is_empty() {
-                            r.node_id.clone_from(&self.cfg.node_id);
-                        }
-                        self.pending.push_back(r);
-                    }
-                }
-                Err(e) => log::error!("undecodable usage batch dropped: {e}"),
+            match usage_wire::split_batch(&bytes) {
+                Some(records) => self.pending.extend(records),
+                None => log::error!("usage batch with broken framing dropped"),
             }
         }
         self.enforce_bound();
@@ -351,7 +348,7 @@ impl Sync {
             && !self.pending.is_empty()
         {
             let n = self.pending.len().min(BATCH_SIZE);
-            let records: Vec<UsageRecord> = self.pending.drain(..n).collect();
+            let records: Vec<EncodedRecord> = self.pending.drain(..n).collect();
             let batch_id = self.next_batch;
             self.next_batch += 1;
             self.inflight.insert(
@@ -371,18 +368,7 @@ impl Sync {
         let Some(batch) = self.inflight.get_mut(&batch_id) else {
             return true;
         };
-        // The records leave the inflight entry only to be encoded (no copy of up to 500
-        // records per send); they are back before the send, which may requeue them.
-        let mut msg = EdgeMessage {
-            msg: Some(edge_message::Msg::Usage(UsageBatch {
-                batch_id,
-                records: std::mem::take(&mut batch.records),
-            })),
-        };
-        let bytes = msg.encode_to_vec();
-        if let Some(edge_message::Msg::Usage(sent)) = msg.msg.take() {
-            batch.records = sent.records;
-        }
+        let bytes = usage_wire::usage_message(batch_id, &batch.records);
         self.send_encoded(&bytes)
     }
 

@@ -240,7 +240,12 @@ impl EdgeStream {
 
     /// Stores a batch, then acks it. On a storage failure there is no ack: the stream ends with
     /// UNAVAILABLE and the edge resends the batch after reconnecting (idempotent by request id).
-    async fn store_batch(&self, batch: UsageBatch) -> Result<(), ()> {
+    async fn store_batch(&self, mut batch: UsageBatch) -> Result<(), ()> {
+        // The edge forwards its workers' records as they encoded them, without the node id its
+        // hello named.
+        for r in batch.records.iter_mut().filter(|r| r.node_id.is_empty()) {
+            r.node_id.clone_from(&self.node_id);
+        }
         match self.service.ingest_usage(&batch.records).await {
             Ok(new) => {
                 // Before the ack: a replay must find what the client got once the edge
