@@ -7,9 +7,9 @@
 //! same way under their own keys) and acks of usage batches. Up the stream go a hello and usage
 //! batches: the workers' batches drained from the shared queue, regrouped up to `BATCH_SIZE`
 //! records as the workers encoded them (`usage_wire`; the control plane fills in the node id
-//! from the hello). A batch stays in `inflight` until acknowledged and is resent after a reconnect or a
-//! timeout; the control plane stores records idempotently by request id, so a resend never
-//! double-counts.
+//! from the hello). A batch stays in `inflight` until acknowledged and is resent after a
+//! reconnect or a timeout; the control plane stores records idempotently by request id, so a
+//! resend never double-counts.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -25,7 +25,8 @@ use tokenrouter_proto::sync::v1::{
     control_message, edge_message, ControlMessage, EdgeMessage, Hello,
 };
 
-use crate::{host, usage_wire};
+use crate::host;
+use crate::usage_wire::{self, EncodedBatch};
 
 pub const TICK: Duration = Duration::from_millis(100);
 const SERVICE: &str = "tokenrouter.sync.v1.FilterSync";
@@ -52,7 +53,7 @@ pub struct SyncConfig {
 type EncodedRecord = Vec<u8>;
 
 struct Inflight {
-    records: Vec<EncodedRecord>,
+    batch: EncodedBatch,
     sent_ms: i64,
 }
 
@@ -301,8 +302,8 @@ impl Sync {
     /// Puts unacknowledged batches back at the front of the queue, in their original order.
     fn requeue_inflight(&mut self) {
         let inflight = std::mem::take(&mut self.inflight);
-        for (_, batch) in inflight.into_iter().rev() {
-            for r in batch.records.into_iter().rev() {
+        for (_, inflight) in inflight.into_iter().rev() {
+            for r in inflight.batch.records.into_iter().rev() {
                 self.pending.push_front(r);
             }
         }
@@ -348,13 +349,15 @@ impl Sync {
             && !self.pending.is_empty()
         {
             let n = self.pending.len().min(BATCH_SIZE);
-            let records: Vec<EncodedRecord> = self.pending.drain(..n).collect();
             let batch_id = self.next_batch;
             self.next_batch += 1;
             self.inflight.insert(
                 batch_id,
                 Inflight {
-                    records,
+                    batch: EncodedBatch {
+                        batch_id,
+                        records: self.pending.drain(..n).collect(),
+                    },
                     sent_ms: host::now_ms(),
                 },
             );
@@ -365,10 +368,10 @@ impl Sync {
     }
 
     fn send_batch(&mut self, batch_id: u64) -> bool {
-        let Some(batch) = self.inflight.get_mut(&batch_id) else {
+        let Some(inflight) = self.inflight.get(&batch_id) else {
             return true;
         };
-        let bytes = usage_wire::usage_message(batch_id, &batch.records);
+        let bytes = usage_wire::usage_message(&inflight.batch);
         self.send_encoded(&bytes)
     }
 

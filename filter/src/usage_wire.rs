@@ -8,112 +8,58 @@
 //! whole stream message, and with it every resend.
 
 use prost::bytes::Buf;
-use prost::encoding::{
-    decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len, WireType,
-};
+use prost::encoding::{decode_key, message, skip_field, DecodeContext};
+use prost::Message;
 
-/// `UsageBatch.batch_id` (sync.proto).
-const BATCH_ID: u32 = 1;
-/// `UsageBatch.records`.
-const RECORDS: u32 = 2;
-/// `EdgeMessage.usage`.
-const EDGE_USAGE: u32 = 2;
+/// `UsageBatch` (sync.proto) with its records left encoded: `repeated bytes` and
+/// `repeated UsageRecord` are the same on the wire.
+#[derive(Clone, PartialEq, Message)]
+pub struct EncodedBatch {
+    #[prost(uint64, tag = "1")]
+    pub batch_id: u64,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub records: Vec<Vec<u8>>,
+}
+
+/// `EdgeMessage.usage` (a field of its oneof).
+const EDGE_MESSAGE_USAGE: u32 = 2;
 
 /// The encoded records of an encoded `UsageBatch`, in order; `None` when the framing of the
 /// batch or of any of its records is broken (then none of it is used).
 pub fn split_batch(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut buf = bytes;
-    let mut records = Vec::new();
-    while buf.has_remaining() {
-        let (tag, wire) = decode_key(&mut buf).ok()?;
-        if (tag, wire) != (RECORDS, WireType::LengthDelimited) {
-            skip(&mut buf, wire)?;
-            continue;
-        }
-        let record = take_delimited(&mut buf)?;
-        if !well_framed(record) {
-            return None;
-        }
-        records.push(record.to_vec());
-    }
-    Some(records)
+    let batch = EncodedBatch::decode(bytes).ok()?;
+    batch
+        .records
+        .iter()
+        .all(|r| well_framed(r))
+        .then_some(batch.records)
 }
 
-/// `EdgeMessage { usage: UsageBatch { batch_id, records } }`, encoded as prost encodes it.
-pub fn usage_message(batch_id: u64, records: &[Vec<u8>]) -> Vec<u8> {
-    let field_len = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
-    let id_len = if batch_id == 0 {
-        0
-    } else {
-        key_len(BATCH_ID) + encoded_len_varint(batch_id)
-    };
-    let batch_len = id_len
-        + records
-            .iter()
-            .map(|r| field_len(RECORDS, r.len()))
-            .sum::<usize>();
-    let mut out = Vec::with_capacity(field_len(EDGE_USAGE, batch_len));
-    encode_key(EDGE_USAGE, WireType::LengthDelimited, &mut out);
-    encode_varint(batch_len as u64, &mut out);
-    if batch_id != 0 {
-        encode_key(BATCH_ID, WireType::Varint, &mut out);
-        encode_varint(batch_id, &mut out);
-    }
-    for record in records {
-        encode_key(RECORDS, WireType::LengthDelimited, &mut out);
-        encode_varint(record.len() as u64, &mut out);
-        out.extend_from_slice(record);
-    }
+/// `EdgeMessage { usage: batch }`, encoded as prost encodes it.
+pub fn usage_message(batch: &EncodedBatch) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message::encoded_len(EDGE_MESSAGE_USAGE, batch));
+    message::encode(EDGE_MESSAGE_USAGE, batch, &mut out);
     out
 }
 
-/// Every field of a message is a key and a value of its wire type that ends inside it (groups,
-/// which proto3 never writes, are refused).
-fn well_framed(mut message: &[u8]) -> bool {
-    while message.has_remaining() {
-        let Ok((_, wire)) = decode_key(&mut message) else {
+/// Every field of a record is a key and a value of its wire type that ends inside it.
+fn well_framed(mut record: &[u8]) -> bool {
+    while record.has_remaining() {
+        let Ok((tag, wire)) = decode_key(&mut record) else {
             return false;
         };
-        if skip(&mut message, wire).is_none() {
+        if skip_field(wire, tag, &mut record, DecodeContext::default()).is_err() {
             return false;
         }
     }
     true
 }
 
-fn skip(buf: &mut &[u8], wire: WireType) -> Option<()> {
-    match wire {
-        WireType::Varint => decode_varint(buf).ok().map(drop),
-        WireType::SixtyFourBit => advance(buf, 8),
-        WireType::ThirtyTwoBit => advance(buf, 4),
-        WireType::LengthDelimited => take_delimited(buf).map(drop),
-        WireType::StartGroup | WireType::EndGroup => None,
-    }
-}
-
-fn take_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
-    if len > buf.len() {
-        return None;
-    }
-    let (value, rest) = buf.split_at(len);
-    *buf = rest;
-    Some(value)
-}
-
-fn advance(buf: &mut &[u8], n: usize) -> Option<()> {
-    if n > buf.len() {
-        return None;
-    }
-    buf.advance(n);
-    Some(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use prost::Message;
+    use prost::encoding::{encode_key, encode_varint, WireType};
     use tokenrouter_proto::sync::v1::{
         edge_message, Attempt, EdgeMessage, UsageBatch, UsageRecord,
     };
@@ -157,14 +103,17 @@ mod tests {
                 })),
             }
             .encode_to_vec();
-            assert_eq!(
-                usage_message(batch_id, &split),
-                expected,
-                "batch id {batch_id}"
-            );
+            let regrouped = EncodedBatch {
+                batch_id,
+                records: split.clone(),
+            };
+            assert_eq!(usage_message(&regrouped), expected, "batch id {batch_id}");
         }
         assert_eq!(
-            usage_message(7, &[]),
+            usage_message(&EncodedBatch {
+                batch_id: 7,
+                records: vec![]
+            }),
             EdgeMessage {
                 msg: Some(edge_message::Msg::Usage(UsageBatch {
                     batch_id: 7,
@@ -199,7 +148,7 @@ mod tests {
         // A record whose inner length runs past its end.
         let inner = [0x0a, 50, b'a', b'b'];
         let mut batch = Vec::new();
-        encode_key(RECORDS, WireType::LengthDelimited, &mut batch);
+        encode_key(2, WireType::LengthDelimited, &mut batch);
         encode_varint(inner.len() as u64, &mut batch);
         batch.extend_from_slice(&inner);
         assert_eq!(split_batch(&batch), None);
