@@ -58,6 +58,7 @@ backends!(
     firewall_columns_of_the_request_log_round_trip,
     routing_columns_of_the_request_log_round_trip,
     usage_batches_are_idempotent,
+    long_rule_traces_are_stored_once,
     log_filters_and_usage_totals,
     usage_breakdowns_and_key_totals,
     analytics_columns_bodies_and_metadata_search,
@@ -714,6 +715,80 @@ async fn routing_columns_of_the_request_log_round_trip(db: TestDb) {
     assert!(plain.attempts.is_empty() && plain.rule_trace.is_empty());
     assert!(plain.mode.is_empty() && plain.tier.is_empty());
     assert_eq!((plain.ttfb_ms, plain.retry_after_s), (0, 0));
+}
+
+/// A long trace is stored once however many rows carry it, found again by a process that has
+/// not seen it yet, and stored once when two replicas bring it at the same time.
+async fn long_rule_traces_are_stored_once(db: TestDb) {
+    let long = |name: &str| {
+        let rule = format!(
+            r#"{{"conditions":[{{"actual":"chat","condition":"task","expected":"coding","matched":false}}],"id":1,"matched":false,"priority":10,"rule":"{name}"}}"#
+        );
+        format!("[{}]", vec![rule; 10].join(","))
+    };
+    let with = |id: &str, trace: String| UsageRecord {
+        rule_trace: trace,
+        ..record(id)
+    };
+    let batch = [
+        with("a", long("règle a")),
+        with("b", long("règle a")),
+        with("c", long("b")),
+        with("d", r#"[{"rule":"short","id":1,"matched":true}]"#.into()),
+        with("e", long("règle a")),
+    ];
+    db.store.insert_usage(&batch, 1).await.unwrap();
+    let other = db.reopen().await;
+    other
+        .insert_usage(&[with("f", long("b"))], 2)
+        .await
+        .unwrap();
+    // Two replicas storing the same new trace at once.
+    let (g, h) = ([with("g", long("new"))], [with("h", long("new"))]);
+    let (first, second) = tokio::join!(db.store.insert_usage(&g, 3), other.insert_usage(&h, 3));
+    assert_eq!((first.unwrap(), second.unwrap()), (vec![0], vec![0]));
+
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM rule_traces").await, 3);
+    assert_eq!(
+        db.scalar("SELECT COUNT(DISTINCT rule_trace_id) FROM request_logs")
+            .await,
+        3
+    );
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM request_logs WHERE rule_trace_id IS NULL")
+            .await,
+        1,
+        "the short trace stays in its row"
+    );
+    let expected: Vec<UsageRecord> = batch
+        .into_iter()
+        .chain([
+            with("f", long("b")),
+            with("g", long("new")),
+            with("h", long("new")),
+        ])
+        .collect();
+    for store in [&db.store, &other] {
+        for r in &expected {
+            let got = store.get_log(&r.request_id).await.unwrap().unwrap();
+            assert_eq!(got.record.rule_trace, r.rule_trace, "{}", r.request_id);
+        }
+        let listed = store
+            .list_logs(&LogQuery {
+                limit: 20,
+                ..LogQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), expected.len());
+        for entry in listed {
+            let r = expected
+                .iter()
+                .find(|r| r.request_id == entry.record.request_id)
+                .unwrap();
+            assert_eq!(entry.record.rule_trace, r.rule_trace);
+        }
+    }
 }
 
 async fn usage_batches_are_idempotent(db: TestDb) {

@@ -16,6 +16,7 @@ pub mod metering;
 pub mod postgres;
 pub(crate) mod rows;
 pub mod sqlite;
+pub(crate) mod traces;
 
 #[cfg(test)]
 mod conformance;

@@ -36,6 +36,7 @@ use super::rows::{
     routing_config_json, to_i64, to_u32_saturating, to_u64, unique_violation, usage_totals,
     RoutingConfigColumns, MODEL_FIELDS, USAGE_SUM_COLUMNS,
 };
+use super::traces::{BatchTraces, KnownTraces};
 use super::{
     ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
     KeyUsage, Limits, LogEntry, LogQuery, ModelRow, ProviderRow, RoutingConfigRow, RoutingRuleRow,
@@ -60,6 +61,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Newest configuration version announced on [`CONFIG_CHANNEL`] (or read on connecting).
     notifications: tokio::sync::watch::Receiver<u64>,
+    /// Ids of the rule traces stored once (migration 0011) that this process has seen.
+    traces: std::sync::Arc<KnownTraces>,
 }
 
 impl PostgresStore {
@@ -81,6 +84,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             notifications,
+            traces: Default::default(),
         })
     }
 
@@ -253,12 +257,18 @@ impl Store for PostgresStore {
         records: &[UsageRecord],
         received_at_ms: i64,
     ) -> Result<Vec<usize>, StoreError> {
+        // Traces are stored before, and apart from, the batch's transaction: a stored trace is
+        // only content, harmless if the batch then fails, and the transaction takes no lock
+        // another replica's batch could be waiting for in turn.
+        let mut traces = BatchTraces::group(records, &self.traces);
+        store_traces(&self.pool, &mut traces).await?;
+        self.traces.learn(&traces);
         let mut tx = self.pool.begin().await?;
         lock_request_ids(&mut tx, records).await?;
         let mut inserted = Vec::new();
         let mut charges: BTreeMap<&str, i64> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
-            if !insert_log(&mut tx, r, received_at_ms).await? {
+            if !insert_log(&mut tx, r, traces.id_of(i), received_at_ms).await? {
                 continue;
             }
             inserted.push(i);
@@ -505,11 +515,51 @@ async fn lock_request_ids(
     Ok(())
 }
 
+/// Stores the batch's long traces that `traces` has no id for in `rule_traces` (unless stored
+/// already) and takes their ids (migration 0011); each statement commits by itself.
+async fn store_traces(pool: &PgPool, traces: &mut BatchTraces<'_>) -> Result<(), StoreError> {
+    let unknown = traces.unknown();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let digests: Vec<&[u8]> = unknown.iter().map(|(_, _, d)| &d[..]).collect();
+    let texts: Vec<&str> = unknown.iter().map(|(_, t, _)| *t).collect();
+    // In digest order, so that replicas storing the same new traces wait for one another in
+    // one order.
+    sqlx::query(
+        "INSERT INTO rule_traces (digest, trace) \
+         SELECT * FROM unnest($1::BYTEA[], $2::TEXT[]) ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(&digests)
+    .bind(&texts)
+    .execute(pool)
+    .await?;
+    let ids: HashMap<Vec<u8>, i64> =
+        sqlx::query("SELECT digest, id FROM rule_traces WHERE digest = ANY($1)")
+            .bind(&digests)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+    for (index, _, digest) in &unknown {
+        let id = ids.get(&digest[..]).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "rule_traces: trace {} not stored",
+                hex::encode(digest)
+            ))
+        })?;
+        traces.set_id(*index, *id);
+    }
+    Ok(())
+}
+
 /// Inserts one usage record (and its bodies) unless its request id is stored; whether it was
 /// new. A concurrent transaction inserting the same id makes this wait for its outcome.
 async fn insert_log(
     conn: &mut PgConnection,
     r: &UsageRecord,
+    trace_id: Option<i64>,
     received_at_ms: i64,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
@@ -517,10 +567,10 @@ async fn insert_log(
          requested_model, provider, model, status, input_tokens, output_tokens, \
          cached_tokens, reasoning_tokens, latency_ms, cost_picos, stream, error_type, \
          node_id, received_at_ms, firewall_actions, warnings, mode, tier, rule_trace, \
-         attempts_json, ttfb_ms, retry_after_s, metadata_json, idempotency_key, \
+         rule_trace_id, attempts_json, ttfb_ms, retry_after_s, metadata_json, idempotency_key, \
          replay_of, key_name, workspace_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31) \
+         $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32) \
          ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(&r.request_id)
@@ -545,7 +595,13 @@ async fn insert_log(
     .bind(json_list(&r.warnings))
     .bind(&r.mode)
     .bind(&r.tier)
-    .bind(&r.rule_trace)
+    // A long trace is stored once, in `rule_traces` (store_traces above).
+    .bind(if trace_id.is_some() {
+        ""
+    } else {
+        &r.rule_trace
+    })
+    .bind(trace_id)
     .bind(attempts_json(&r.attempts))
     .bind(to_i64(r.ttfb_ms))
     .bind(i64::from(r.retry_after_s))
@@ -1160,13 +1216,27 @@ const LOG_SELECT: &str = "SELECT l.request_id, l.started_at_ms, l.key_id, l.clie
      l.requested_model, l.provider, l.model, l.status, l.input_tokens, l.output_tokens, \
      l.cached_tokens, l.reasoning_tokens, l.latency_ms, l.cost_picos, l.stream, l.error_type, \
      l.node_id, l.received_at_ms, l.firewall_actions, l.warnings, l.mode, l.tier, l.rule_trace, \
-     l.attempts_json, l.ttfb_ms, l.retry_after_s, l.metadata_json, l.idempotency_key, \
-     l.replay_of, \
+     l.rule_trace_id, t.trace AS shared_trace, l.attempts_json, l.ttfb_ms, l.retry_after_s, \
+     l.metadata_json, l.idempotency_key, l.replay_of, \
      CASE WHEN l.key_name = '' THEN COALESCE(k.name, '') ELSE l.key_name END AS key_name, \
      CASE WHEN l.workspace_id = '' THEN COALESCE(k.workspace_id, '') ELSE l.workspace_id END \
      AS workspace_id, \
      EXISTS (SELECT 1 FROM request_bodies b WHERE b.request_id = l.request_id) AS has_bodies \
-     FROM request_logs l LEFT JOIN api_keys k ON k.id = l.key_id";
+     FROM request_logs l LEFT JOIN api_keys k ON k.id = l.key_id \
+     LEFT JOIN rule_traces t ON t.id = l.rule_trace_id";
+
+/// A log row's trace: the shared one it names (migration 0011), else its own.
+fn row_trace(row: &PgRow) -> Result<String, StoreError> {
+    let Some(id) = row.try_get::<Option<i64>, _>("rule_trace_id")? else {
+        return Ok(row.try_get("rule_trace")?);
+    };
+    row.try_get::<Option<String>, _>("shared_trace")?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "request_logs.rule_trace_id {id}: no such rule trace"
+            ))
+        })
+}
 
 fn log_from_row(row: &PgRow) -> Result<LogEntry, StoreError> {
     Ok(LogEntry {
@@ -1192,7 +1262,7 @@ fn log_from_row(row: &PgRow) -> Result<LogEntry, StoreError> {
             warnings: parse_json_list(row.try_get("warnings")?),
             mode: row.try_get("mode")?,
             tier: row.try_get("tier")?,
-            rule_trace: row.try_get("rule_trace")?,
+            rule_trace: row_trace(row)?,
             attempts: parse_attempts(row.try_get("attempts_json")?),
             ttfb_ms: to_u64(row.try_get("ttfb_ms")?),
             retry_after_s: u32::try_from(row.try_get::<i64, _>("retry_after_s")?).unwrap_or(0),

@@ -22,6 +22,7 @@ use super::rows::{
     routing_config_json, to_i64, to_u32_saturating, to_u64, unique_violation, usage_totals,
     RoutingConfigColumns, MODEL_FIELDS, USAGE_SUM_COLUMNS,
 };
+use super::traces::{BatchTraces, KnownTraces};
 use super::{
     ChangeOutcome, Changed, Check, ConfigChange, ConfigState, FirewallRuleRow, KeyRow, KeyStatus,
     KeyUsage, Limits, LogEntry, LogQuery, ModelRow, ProviderRow, RoutingConfigRow, RoutingRuleRow,
@@ -51,6 +52,8 @@ pub struct SqliteStore {
     /// with sleeps and gives up after `busy_timeout`) keeps concurrent writers from failing
     /// with "database is locked" and serves them in order.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Ids of the rule traces stored once (migration 0011) that this process has seen.
+    traces: Arc<KnownTraces>,
 }
 
 impl SqliteStore {
@@ -77,6 +80,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            traces: Arc::default(),
         })
     }
 
@@ -240,6 +244,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<usize>, StoreError> {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut traces = BatchTraces::group(records, &self.traces);
+        store_traces(&mut tx, &mut traces).await?;
         let mut inserted = Vec::new();
         for (chunk_index, chunk) in records.chunks(USAGE_ROWS_PER_INSERT).enumerate() {
             let offset = chunk_index * USAGE_ROWS_PER_INSERT;
@@ -250,11 +256,18 @@ impl Store for SqliteStore {
                  requested_model, provider, model, status, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, latency_ms, cost_picos, stream, error_type, \
                  node_id, received_at_ms, firewall_actions, warnings, mode, tier, rule_trace, \
-                 rule_trace_lz4, attempts_json, ttfb_ms, retry_after_s, metadata_json, \
-                 idempotency_key, replay_of, key_name, workspace_id) ",
+                 rule_trace_lz4, rule_trace_id, attempts_json, ttfb_ms, retry_after_s, \
+                 metadata_json, idempotency_key, replay_of, key_name, workspace_id) ",
             );
+            let mut index = offset;
             sql.push_values(chunk, |mut row, r| {
-                let (trace_text, trace_lz4) = pack_trace(&r.rule_trace);
+                let trace_id = traces.id_of(index);
+                index += 1;
+                // A long trace is stored once, in `rule_traces` (store_traces above).
+                let trace_text = match trace_id {
+                    Some(_) => "",
+                    None => r.rule_trace.as_str(),
+                };
                 row.push_bind(&r.request_id)
                     .push_bind(r.started_at_unix_ms)
                     .push_bind(&r.key_id)
@@ -278,7 +291,8 @@ impl Store for SqliteStore {
                     .push_bind(&r.mode)
                     .push_bind(&r.tier)
                     .push_bind(trace_text)
-                    .push_bind(trace_lz4)
+                    .push_bind(None::<Vec<u8>>)
+                    .push_bind(trace_id)
                     .push_bind(attempts_json(&r.attempts))
                     .push_bind(to_i64(r.ttfb_ms))
                     .push_bind(i64::from(r.retry_after_s))
@@ -332,6 +346,7 @@ impl Store for SqliteStore {
             metering::charge(&mut tx, key_id, picos).await?;
         }
         tx.commit().await?;
+        self.traces.learn(&traces);
         Ok(inserted)
     }
 
@@ -1034,41 +1049,66 @@ async fn load_firewall_rules(
     .collect()
 }
 
-/// Traces at least this long are stored compressed (a 10-rule trace is about 2.9 KB of JSON and
-/// packs to about a fifth of that; below this length the LZ4 block gains too little).
-const TRACE_PACK_MIN_BYTES: usize = 512;
+/// Stores the batch's long traces that `traces` has no id for in `rule_traces` (unless stored
+/// already) and takes their ids (migration 0011).
+async fn store_traces(
+    conn: &mut SqliteConnection,
+    traces: &mut BatchTraces<'_>,
+) -> Result<(), StoreError> {
+    for (index, text, digest) in traces.unknown() {
+        sqlx::query(
+            "INSERT INTO rule_traces (digest, trace_lz4) VALUES (?, ?) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(&digest[..])
+        .bind(lz4_flex::block::compress_prepend_size(text.as_bytes()))
+        .execute(&mut *conn)
+        .await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM rule_traces WHERE digest = ?")
+            .bind(&digest[..])
+            .fetch_one(&mut *conn)
+            .await?;
+        traces.set_id(index, id);
+    }
+    Ok(())
+}
 
 /// Most bytes a stored trace may unpack to (the record carrying it came in one FilterSync
 /// message, far smaller); a larger size prefix is a corrupt row, not an allocation.
 const TRACE_UNPACK_MAX_BYTES: usize = 64 * 1024 * 1024;
 
-/// How `request_logs` stores a rule trace: a long one as an LZ4 block with its length prepended
-/// in `rule_trace_lz4` (and `rule_trace` empty), a short one as text in `rule_trace` (migration
-/// 0010). Every row repeats its rules' names, conditions and expected values, so the trace was
-/// most of a row's bytes and of the WAL written per stored record (BENCHMARKS.md, finding 13).
-fn pack_trace(trace: &str) -> (&str, Option<Vec<u8>>) {
-    if trace.len() < TRACE_PACK_MIN_BYTES {
-        return (trace, None);
+/// A row's own trace: text, or (migration 0010, rows stored before 0011) an LZ4 block with its
+/// length prepended.
+fn unpack_trace(text: String, lz4: Option<Vec<u8>>) -> Result<String, StoreError> {
+    match lz4 {
+        Some(packed) => unpack_lz4(&packed, "request_logs.rule_trace_lz4"),
+        None => Ok(text),
     }
-    (
-        "",
-        Some(lz4_flex::block::compress_prepend_size(trace.as_bytes())),
-    )
 }
 
-/// The trace of a row written by [`pack_trace`] (or before migration 0010: text only).
-fn unpack_trace(text: String, lz4: Option<Vec<u8>>) -> Result<String, StoreError> {
-    let Some(packed) = lz4 else {
-        return Ok(text);
-    };
-    let corrupt = |why: String| StoreError::Corrupt(format!("request_logs.rule_trace_lz4: {why}"));
+/// A trace packed by `lz4_flex::block::compress_prepend_size`; `column` names it in the error.
+fn unpack_lz4(packed: &[u8], column: &str) -> Result<String, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt(format!("{column}: {why}"));
     let (size, block) =
-        lz4_flex::block::uncompressed_size(&packed).map_err(|e| corrupt(e.to_string()))?;
+        lz4_flex::block::uncompressed_size(packed).map_err(|e| corrupt(e.to_string()))?;
     if size > TRACE_UNPACK_MAX_BYTES {
         return Err(corrupt(format!("size prefix {size} over the limit")));
     }
     let bytes = lz4_flex::block::decompress(block, size).map_err(|e| corrupt(e.to_string()))?;
     String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
+}
+
+/// A log row's trace: the shared one it names (migration 0011), else its own.
+fn row_trace(row: &sqlx::sqlite::SqliteRow) -> Result<String, StoreError> {
+    let Some(id) = row.try_get::<Option<i64>, _>("rule_trace_id")? else {
+        return unpack_trace(row.try_get("rule_trace")?, row.try_get("rule_trace_lz4")?);
+    };
+    match row.try_get::<Option<Vec<u8>>, _>("shared_trace_lz4")? {
+        Some(packed) => unpack_lz4(&packed, "rule_traces.trace_lz4"),
+        None => Err(StoreError::Corrupt(format!(
+            "request_logs.rule_trace_id {id}: no such rule trace"
+        ))),
+    }
 }
 
 /// A request log row as [`log_from_row`] reads it: the name and workspace of the key fall back
@@ -1077,13 +1117,14 @@ const LOG_SELECT: &str = "SELECT l.request_id, l.started_at_ms, l.key_id, l.clie
      l.requested_model, l.provider, l.model, l.status, l.input_tokens, l.output_tokens, \
      l.cached_tokens, l.reasoning_tokens, l.latency_ms, l.cost_picos, l.stream, l.error_type, \
      l.node_id, l.received_at_ms, l.firewall_actions, l.warnings, l.mode, l.tier, l.rule_trace, \
-     l.rule_trace_lz4, l.attempts_json, l.ttfb_ms, l.retry_after_s, l.metadata_json, \
-     l.idempotency_key, l.replay_of, \
+     l.rule_trace_lz4, l.rule_trace_id, t.trace_lz4 AS shared_trace_lz4, l.attempts_json, \
+     l.ttfb_ms, l.retry_after_s, l.metadata_json, l.idempotency_key, l.replay_of, \
      CASE WHEN l.key_name = '' THEN COALESCE(k.name, '') ELSE l.key_name END AS key_name, \
      CASE WHEN l.workspace_id = '' THEN COALESCE(k.workspace_id, '') ELSE l.workspace_id END \
      AS workspace_id, \
      EXISTS (SELECT 1 FROM request_bodies b WHERE b.request_id = l.request_id) AS has_bodies \
-     FROM request_logs l LEFT JOIN api_keys k ON k.id = l.key_id";
+     FROM request_logs l LEFT JOIN api_keys k ON k.id = l.key_id \
+     LEFT JOIN rule_traces t ON t.id = l.rule_trace_id";
 
 fn log_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogEntry, StoreError> {
     Ok(LogEntry {
@@ -1109,7 +1150,7 @@ fn log_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogEntry, StoreError> {
             warnings: parse_json_list(row.try_get("warnings")?),
             mode: row.try_get("mode")?,
             tier: row.try_get("tier")?,
-            rule_trace: unpack_trace(row.try_get("rule_trace")?, row.try_get("rule_trace_lz4")?)?,
+            rule_trace: row_trace(row)?,
             attempts: parse_attempts(row.try_get("attempts_json")?),
             ttfb_ms: to_u64(row.try_get("ttfb_ms")?),
             retry_after_s: u32::try_from(row.try_get::<i64, _>("retry_after_s")?).unwrap_or(0),
@@ -1466,41 +1507,52 @@ mod tests {
         }
     }
 
-    /// A long trace is stored as an LZ4 block (a fraction of its text), a short one as text;
-    /// both read back as they were sent.
+    /// SQLite's side of traces stored once (sharing itself is a conformance test): the shared
+    /// trace is an LZ4 block, a fraction of its text, keyed by its SHA-256; a row from before
+    /// migration 0011 still reads its own packed trace.
     #[tokio::test]
-    async fn long_rule_traces_are_stored_packed() {
+    async fn long_rule_traces_are_stored_once() {
         let (store, _dir) = temp_store().await;
         let rule = r#"{"conditions":[{"actual":"chat","condition":"task","expected":"coding","matched":false}],"id":1,"matched":false,"priority":10,"rule":"coding"}"#;
-        let mut long = record("long");
-        long.rule_trace = format!("[{}]", vec![rule; 20].join(","));
-        let mut short = record("short");
-        short.rule_trace = format!("[{rule}]");
-        store
-            .insert_usage(&[long.clone(), short.clone()], 1)
-            .await
-            .unwrap();
-        let stored: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT request_id, length(rule_trace), length(rule_trace_lz4) FROM request_logs \
-             ORDER BY request_id",
+        let long = format!("[{}]", vec![rule; 20].join(","));
+        let batch = ["a", "b"].map(|id| UsageRecord {
+            rule_trace: long.clone(),
+            ..record(id)
+        });
+        store.insert_usage(&batch, 1).await.unwrap();
+        let (digest, packed): (Vec<u8>, i64) = sqlx::query_as(
+            "SELECT digest, length(trace_lz4) FROM rule_traces \
+             WHERE id = (SELECT rule_trace_id FROM request_logs WHERE request_id = 'a')",
         )
-        .fetch_all(store.pool())
+        .fetch_one(store.pool())
         .await
         .unwrap();
-        let (_, text, packed) = &stored[0];
-        assert_eq!(*text, 0);
-        let packed = packed.unwrap();
-        assert!(
-            packed * 5 < long.rule_trace.len() as i64,
-            "{packed} bytes packed"
-        );
-        assert_eq!(
-            stored[1],
-            ("short".into(), short.rule_trace.len() as i64, None)
-        );
-        for r in [long, short] {
-            let got = store.get_log(&r.request_id).await.unwrap().unwrap();
-            assert_eq!(got.record.rule_trace, r.rule_trace);
+        assert_eq!(digest, super::super::traces::digest(&long));
+        assert!(packed * 5 < long.len() as i64, "{packed} bytes");
+
+        sqlx::query(
+            "UPDATE request_logs SET rule_trace_id = NULL, rule_trace_lz4 = ? \
+             WHERE request_id = 'b'",
+        )
+        .bind(lz4_flex::block::compress_prepend_size(b"[\"old\"]"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let got = |id: &'static str| {
+            let store = store.clone();
+            async move { store.get_log(id).await.unwrap().unwrap().record.rule_trace }
+        };
+        assert_eq!(got("a").await, long);
+        assert_eq!(got("b").await, r#"["old"]"#);
+
+        // A row naming a trace that is not there is a typed error.
+        sqlx::query("UPDATE request_logs SET rule_trace_id = 999 WHERE request_id = 'a'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        match store.get_log("a").await {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains("rule_trace_id 999"), "{m}"),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -1509,10 +1561,7 @@ mod tests {
     #[test]
     fn damaged_packed_traces_are_corrupt_rows() {
         let text = "x".repeat(2048);
-        let (empty, Some(packed)) = pack_trace(&text) else {
-            panic!("a 2 KB trace is packed");
-        };
-        assert_eq!(empty, "");
+        let packed = lz4_flex::block::compress_prepend_size(text.as_bytes());
         assert_eq!(
             unpack_trace(String::new(), Some(packed.clone())).unwrap(),
             text

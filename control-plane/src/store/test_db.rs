@@ -60,6 +60,28 @@ impl TestDb {
         })
     }
 
+    /// A second store on the same database, as another process (a replica) would open it.
+    pub async fn reopen(&self) -> Arc<dyn Store> {
+        match &self.backend {
+            Backend::Sqlite { _dir, .. } => {
+                let url = format!("sqlite://{}/t.db?mode=rwc", _dir.path().display());
+                Arc::new(SqliteStore::open(&url).await.unwrap())
+            }
+            Backend::Postgres(db) => Arc::new(db.open().await),
+        }
+    }
+
+    /// The integer one query (written for both backends) returns.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match &self.backend {
+            Backend::Sqlite { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Backend::Postgres(db) => {
+                let mut conn = PgConnection::connect_with(&db.options).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+            }
+        }
+    }
+
     /// Runs one SQL statement (written for both backends) on the store's database.
     pub async fn execute(&self, sql: &str) {
         match &self.backend {
