@@ -280,6 +280,45 @@ def test_seed_routing_rule_fires_with_its_trace(fleet: Fleet) -> None:
     assert "Using beta routing" in r.headers["x-tokenrouter-warnings"]
 
 
+def test_runs_of_equal_traces_are_sent_once_and_logged_whole(fleet: Fleet) -> None:
+    """Requests the same rules decide alike carry the same trace: the edge sends a run of equal
+    traces once per usage batch, and every log row still holds its own request's whole trace."""
+    for i in range(6):
+        fleet.control_plane.cli(
+            "rules", "create", "--name", f"Task {i} → OpenAI", "--priority", str(10 + i),
+            "--match", json.dumps({"task": f"task-{i}"}),
+            "--action", json.dumps({"set_provider": "openai"}),
+        )
+
+    def body(task: str) -> dict[str, Any]:
+        return chat("gpt-4o-mini", metadata={"task": task})
+
+    def traced() -> bool:
+        r = fleet.post("/v1/chat/completions", body("other"))
+        return r.status_code == 200 and len([t for t in trace_of(r) if "rule" in t]) == 6
+
+    wait_for(traced, 10, interval=0.1, what="six rules at the edge")
+
+    def runs() -> int:
+        text = requests.get(f"{fleet.control_plane.rest_url}/metrics", timeout=5).text
+        [value] = [line.split()[1] for line in text.splitlines()
+                   if line.startswith("tokenrouter_usage_trace_runs_total ")]
+        return int(value)
+
+    before = runs()
+    tasks = ["other", "other", "other", "task-1", "task-1", "other", "other", "task-4"]
+    responses = [fleet.post("/v1/chat/completions", body(t)) for t in tasks]
+    assert all(r.status_code == 200 for r in responses)
+    traces = [r.headers["x-tokenrouter-rule-trace"] for r in responses]
+    assert len(set(traces)) == 3 and len(traces[0]) >= 512  # stored once, in rule_traces
+    rows = fleet.control_plane.wait_for_usage([r.headers["x-request-id"] for r in responses])
+    for r in responses:
+        assert json.loads(rows[r.headers["x-request-id"]]["rule_trace"]) == trace_of(r)
+    # Some of the five repeats travelled as "the previous record's" (a batch can end between
+    # any two requests, but not between all of them).
+    assert runs() > before
+
+
 def test_modes_follow_prices_quality_and_live_latency(fleet: Fleet) -> None:
     text = "Draft an onboarding email for new customers."
     r = fleet.post("/v1/chat/completions", chat("auto:quality", text))

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub usage_batches_acked: AtomicU64,
     /// Usage batches that could not be stored (the edge resends them).
     pub usage_batches_failed: AtomicU64,
+    /// Usage records that came with their rule trace as the previous record's.
+    pub usage_trace_runs: AtomicU64,
     /// FilterSync streams currently open (one per connected Envoy).
     pub sync_streams_open: AtomicI64,
     /// Snapshots sent to edges over FilterSync.
@@ -232,6 +234,13 @@ impl Metrics {
             "counter",
             "Usage batches that could not be stored (not acknowledged; the edge resends).",
             get(&self.usage_batches_failed),
+        );
+        metric(
+            "tokenrouter_usage_trace_runs_total",
+            "counter",
+            "Usage records received with their rule trace as the previous record's (an edge \
+             sends a run of equal traces once per batch).",
+            get(&self.usage_trace_runs),
         );
         metric(
             "tokenrouter_sync_streams_open",

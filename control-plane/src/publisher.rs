@@ -341,6 +341,8 @@ impl Publisher {
                 routing::DEFAULT_MAX_ATTEMPTS,
                 MAX_IMPLIED_CHAINS,
             ),
+            // `api::grpc::sync` resolves `UsageRecord.rule_trace_as_previous`.
+            accepts_trace_runs: true,
         };
         snapshot.settings = Some(settings);
         // The chains key configurations need beyond the implied ones are found by the engine

@@ -5,13 +5,13 @@
 //! (snapshot first, then an empty key delta, then its version), key deltas (the keys changed
 //! since a snapshot; written after it, then their version), live provider scores (written the
 //! same way under their own keys) and acks of usage batches. Up the stream go a hello and usage
-//! batches: the workers' batches drained from the shared queue, regrouped up to `BATCH_SIZE`
-//! records as the workers encoded them (`usage_wire`; the control plane fills in the node id
-//! from the hello). A batch stays in `inflight` until acknowledged and is resent after a
+//! batches: the workers' batches drained from the shared queue, regrouped whole up to
+//! `BATCH_SIZE` records as the workers encoded them (`usage_wire`; the control plane fills in
+//! the node id from the hello). A batch stays in `inflight` until acknowledged and is resent after a
 //! reconnect or a timeout; the control plane stores records idempotently by request id, so a
 //! resend never double-counts.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prost::Message;
@@ -26,7 +26,7 @@ use tokenrouter_proto::sync::v1::{
 };
 
 use crate::host;
-use crate::usage_wire::{self, EncodedBatch};
+use crate::usage_wire::{self, EncodedBatch, Pending};
 
 pub const TICK: Duration = Duration::from_millis(100);
 const SERVICE: &str = "tokenrouter.sync.v1.FilterSync";
@@ -49,11 +49,10 @@ pub struct SyncConfig {
     max_buffered_records: Option<usize>,
 }
 
-/// An encoded `UsageRecord`, as a worker encoded it.
-type EncodedRecord = Vec<u8>;
-
 struct Inflight {
     batch: EncodedBatch,
+    /// Sizes of the workers' batches it is made of, to put them back whole.
+    worker_batches: Vec<usize>,
     sent_ms: i64,
 }
 
@@ -69,7 +68,7 @@ pub struct Sync {
     snapshot_version: u64,
     /// Scores version last written to shared data; for the log only.
     scores_version: u64,
-    pending: VecDeque<EncodedRecord>,
+    pending: Pending,
     inflight: BTreeMap<u64, Inflight>,
     next_batch: u64,
     next_connect_ms: i64,
@@ -92,7 +91,7 @@ impl Sync {
             have_version: 0,
             snapshot_version: 0,
             scores_version: 0,
-            pending: VecDeque::new(),
+            pending: Pending::default(),
             inflight: BTreeMap::new(),
             next_batch: 1,
             next_connect_ms: 0,
@@ -303,9 +302,8 @@ impl Sync {
     fn requeue_inflight(&mut self) {
         let inflight = std::mem::take(&mut self.inflight);
         for (_, inflight) in inflight.into_iter().rev() {
-            for r in inflight.batch.records.into_iter().rev() {
-                self.pending.push_front(r);
-            }
+            self.pending
+                .put_back(inflight.batch.records, &inflight.worker_batches);
         }
         self.enforce_bound();
     }
@@ -317,7 +315,7 @@ impl Sync {
         // Each item is one worker's batch (`vm::USAGE_BATCH` records at most).
         while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue) {
             match usage_wire::split_batch(&bytes) {
-                Some(records) => self.pending.extend(records),
+                Some(records) => self.pending.push_back(records),
                 None => log::error!("usage batch with broken framing dropped"),
             }
         }
@@ -335,11 +333,10 @@ impl Sync {
             .cfg
             .max_buffered_records
             .unwrap_or(DEFAULT_MAX_BUFFERED);
-        let over = self.pending.len().saturating_sub(max);
-        if over > 0 {
-            self.pending.drain(..over);
-            host::increment(self.dropped, i64::try_from(over).unwrap_or(i64::MAX));
-            log::error!("usage buffer full, dropped {over} oldest records");
+        let dropped = self.pending.drop_oldest_over(max);
+        if dropped > 0 {
+            host::increment(self.dropped, i64::try_from(dropped).unwrap_or(i64::MAX));
+            log::error!("usage buffer full, dropped {dropped} oldest records");
         }
     }
 
@@ -348,16 +345,14 @@ impl Sync {
             && self.inflight.len() < MAX_INFLIGHT
             && !self.pending.is_empty()
         {
-            let n = self.pending.len().min(BATCH_SIZE);
             let batch_id = self.next_batch;
             self.next_batch += 1;
+            let (records, worker_batches) = self.pending.take(BATCH_SIZE);
             self.inflight.insert(
                 batch_id,
                 Inflight {
-                    batch: EncodedBatch {
-                        batch_id,
-                        records: self.pending.drain(..n).collect(),
-                    },
+                    batch: EncodedBatch { batch_id, records },
+                    worker_batches,
                     sent_ms: host::now_ms(),
                 },
             );

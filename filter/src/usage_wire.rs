@@ -1,15 +1,25 @@
-//! Usage records as the sync singleton forwards them: the workers' encoded records are split out
-//! of their batches and regrouped into the stream's messages as bytes, never decoded and
-//! encoded again on Envoy's main thread. The control plane fills a record's empty `node_id`
-//! from the stream's hello.
+//! Usage records on their way to the control plane.
+//!
+//! A worker sends each run of equal rule traces once per batch ([`send_trace_runs_once`]):
+//! most requests are decided by the same rules alike, and the trace (≈ 2.9 KB for ten rules)
+//! was most of a record's bytes through the shared queue, the main thread and the stream.
+//!
+//! The sync singleton then splits the workers' encoded records out of their batches and
+//! regroups them into the stream's messages as bytes, never decoded and encoded again on
+//! Envoy's main thread. A worker's batch is never split across messages ([`Pending`]), so a
+//! record's "trace as the previous record's" always finds that record in the same message. The
+//! control plane fills a record's empty `node_id` from the stream's hello.
 //!
 //! Only the framing is read here (keys, varints, lengths), and it is checked all the way into
 //! each record: a record whose framing is broken would make the control plane refuse the
 //! whole stream message, and with it every resend.
 
+use std::collections::VecDeque;
+
 use prost::bytes::Buf;
 use prost::encoding::{decode_key, message, skip_field, DecodeContext};
 use prost::Message;
+use tokenrouter_proto::sync::v1::UsageRecord;
 
 /// `UsageBatch` (sync.proto) with its records left encoded: `repeated bytes` and
 /// `repeated UsageRecord` are the same on the wire.
@@ -40,6 +50,114 @@ pub fn usage_message(batch: &EncodedBatch) -> Vec<u8> {
     let mut out = Vec::with_capacity(message::encoded_len(EDGE_MESSAGE_USAGE, batch));
     message::encode(EDGE_MESSAGE_USAGE, batch, &mut out);
     out
+}
+
+/// Clears the trace of each record whose trace equals that of the last record before it that
+/// carries one, and marks it `rule_trace_as_previous` (for a control plane that reads it:
+/// `Settings.accepts_trace_runs`). Undone by [`restore_trace_runs`].
+pub fn send_trace_runs_once(records: &mut [UsageRecord]) {
+    let mut last: Option<usize> = None;
+    for i in 0..records.len() {
+        if records[i].rule_trace.is_empty() {
+            continue;
+        }
+        match last {
+            Some(l) if records[l].rule_trace == records[i].rule_trace => {
+                records[i].rule_trace = String::new();
+                records[i].rule_trace_as_previous = true;
+            }
+            _ => last = Some(i),
+        }
+    }
+}
+
+/// Gives every record marked by [`send_trace_runs_once`] its trace back (the batch could not
+/// be queued and goes back to the backlog, where batches are formed anew).
+pub fn restore_trace_runs(records: &mut [UsageRecord]) {
+    let mut last: Option<usize> = None;
+    for i in 0..records.len() {
+        if records[i].rule_trace_as_previous {
+            if let Some(l) = last {
+                records[i].rule_trace = records[l].rule_trace.clone();
+            }
+            records[i].rule_trace_as_previous = false;
+        } else if !records[i].rule_trace.is_empty() {
+            last = Some(i);
+        }
+    }
+}
+
+/// Encoded records waiting for the stream, as the workers' batches they came in.
+#[derive(Default)]
+pub struct Pending {
+    batches: VecDeque<Vec<Vec<u8>>>,
+    records: usize,
+}
+
+impl Pending {
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// A worker's batch, after those held.
+    pub fn push_back(&mut self, batch: Vec<Vec<u8>>) {
+        if !batch.is_empty() {
+            self.records += batch.len();
+            self.batches.push_back(batch);
+        }
+    }
+
+    /// Records taken by [`Pending::take`], back in front in their order, as the batches
+    /// `sizes` says they were.
+    pub fn put_back(&mut self, records: Vec<Vec<u8>>, sizes: &[usize]) {
+        let mut rest = records;
+        for &size in sizes.iter().rev() {
+            let batch = rest.split_off(rest.len().saturating_sub(size));
+            self.records += batch.len();
+            self.batches.push_front(batch);
+        }
+        if !rest.is_empty() {
+            self.records += rest.len();
+            self.batches.push_front(rest);
+        }
+    }
+
+    /// Drops the oldest whole batches until at most `max` records are held; how many records
+    /// went.
+    pub fn drop_oldest_over(&mut self, max: usize) -> usize {
+        let mut dropped = 0;
+        while self.records > max {
+            let Some(batch) = self.batches.pop_front() else {
+                break;
+            };
+            self.records -= batch.len();
+            dropped += batch.len();
+        }
+        dropped
+    }
+
+    /// The oldest whole batches, up to `max` records (at least one batch), and their sizes.
+    pub fn take(&mut self, max: usize) -> (Vec<Vec<u8>>, Vec<usize>) {
+        let mut records = Vec::new();
+        let mut sizes = Vec::new();
+        while let Some(next) = self.batches.front() {
+            if !records.is_empty() && records.len() + next.len() > max {
+                break;
+            }
+            let Some(batch) = self.batches.pop_front() else {
+                break;
+            };
+            self.records -= batch.len();
+            sizes.push(batch.len());
+            records.extend(batch);
+        }
+        (records, sizes)
+    }
 }
 
 /// Every field of a record is a key and a value of its wire type that ends inside it.
@@ -155,5 +273,77 @@ mod tests {
         // A group, a wire type proto3 never writes.
         assert_eq!(split_batch(&[0x0b]), None);
         assert_eq!(split_batch(&[]), Some(vec![]));
+    }
+
+    #[test]
+    fn runs_of_equal_traces_are_sent_once_and_restored() {
+        let traced = |id: &str, trace: &str| UsageRecord {
+            rule_trace: trace.into(),
+            ..record(id)
+        };
+        let original = vec![
+            traced("a", "A"),
+            traced("b", "A"),
+            traced("c", ""),
+            traced("d", "A"),
+            traced("e", "B"),
+            traced("f", "B"),
+            traced("g", "A"),
+        ];
+        let mut sent = original.clone();
+        send_trace_runs_once(&mut sent);
+        let shape: Vec<(&str, bool)> = sent
+            .iter()
+            .map(|r| (r.rule_trace.as_str(), r.rule_trace_as_previous))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("A", false),
+                ("", true),
+                ("", false),
+                ("", true),
+                ("B", false),
+                ("", true),
+                ("A", false)
+            ]
+        );
+        let mut restored = sent.clone();
+        restore_trace_runs(&mut restored);
+        assert_eq!(restored, original);
+    }
+
+    #[test]
+    fn pending_keeps_worker_batches_whole() {
+        let batch = |tag: u8, n: usize| (0..n).map(|i| vec![tag, i as u8]).collect::<Vec<_>>();
+        let mut pending = Pending::default();
+        pending.push_back(batch(1, 3));
+        pending.push_back(vec![]);
+        pending.push_back(batch(2, 4));
+        pending.push_back(batch(3, 2));
+        assert_eq!(pending.len(), 9);
+        // 3 + 4 would pass 5: the first message takes the first batch only.
+        let (first, sizes) = pending.take(5);
+        assert_eq!((first.clone(), sizes.clone()), (batch(1, 3), vec![3]));
+        // A batch larger than the limit still goes, whole and alone.
+        let (second, second_sizes) = pending.take(2);
+        assert_eq!(
+            (second.clone(), second_sizes.clone()),
+            (batch(2, 4), vec![4])
+        );
+        // Unacknowledged messages come back in front, in order, as their batches.
+        pending.put_back(second, &second_sizes);
+        pending.put_back(first, &sizes);
+        assert_eq!(pending.len(), 9);
+        let (all, all_sizes) = pending.take(100);
+        assert_eq!(all_sizes, [3, 4, 2]);
+        assert_eq!(all, [batch(1, 3), batch(2, 4), batch(3, 2)].concat());
+        assert!(pending.is_empty());
+
+        // The bound drops whole batches, oldest first.
+        pending.push_back(batch(1, 3));
+        pending.push_back(batch(2, 4));
+        assert_eq!(pending.drop_oldest_over(5), 3);
+        assert_eq!(pending.take(100).0, batch(2, 4));
     }
 }

@@ -103,6 +103,9 @@ pub struct Snapshot {
     pub max_attempts: u32,
     pub per_try_timeout_ms: u32,
     pub auto_chain_len: u32,
+    /// The control plane reads usage records whose trace is "as the previous record's"
+    /// (`Settings.accepts_trace_runs`).
+    pub accepts_trace_runs: bool,
 }
 
 /// What a snapshot holds besides keys.
@@ -271,6 +274,7 @@ impl Snapshot {
             max_attempts,
             per_try_timeout_ms,
             auto_chain_len: settings.auto_chain_len.min(max_attempts),
+            accepts_trace_runs: settings.accepts_trace_runs,
         })
     }
 
