@@ -7,9 +7,9 @@
 //! same way under their own keys) and acks of usage batches. Up the stream go a hello and usage
 //! batches: the workers' batches drained from the shared queue, regrouped whole up to
 //! `BATCH_SIZE` records as the workers encoded them (`usage_wire`; the control plane fills in
-//! the node id from the hello). A batch stays in `inflight` until acknowledged and is resent after a
-//! reconnect or a timeout; the control plane stores records idempotently by request id, so a
-//! resend never double-counts.
+//! the node id from the hello). A batch stays in `inflight` until acknowledged and is resent
+//! after a reconnect or a timeout; the control plane stores records idempotently by request id,
+//! so a resend never double-counts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,10 +3,10 @@
 //! waiting for the shared queue.
 //!
 //! Usage records leave a worker in batches: one shared-queue item (`sync.v1.UsageBatch`) per
-//! [`USAGE_BATCH`] records or every [`USAGE_FLUSH_MS`], whichever comes first. Every enqueue wakes the
-//! main thread (the sync singleton's VM), so one item per request cost each request about as
-//! much as the rest of the filter's work. Within a batch, a run of equal rule traces is sent
-//! once when the control plane reads that form (`usage_wire::send_trace_runs_once`).
+//! [`USAGE_BATCH`] records or every [`USAGE_FLUSH_MS`], whichever comes first. Every enqueue
+//! wakes the main thread (the sync singleton's VM), so one item per request cost each request
+//! about as much as the rest of the filter's work. Within a batch, a run of equal rule traces
+//! is sent once when the control plane reads that form (`usage_wire::send_trace_runs_once`).
 //!
 //! Every root context of the VM (the edge filter and each provider cluster's upstream filter)
 //! shares this through a thread-local; each VM runs on exactly one thread.
