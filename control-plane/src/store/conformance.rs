@@ -59,6 +59,7 @@ backends!(
     routing_columns_of_the_request_log_round_trip,
     usage_batches_are_idempotent,
     long_rule_traces_are_stored_once,
+    many_distinct_traces_in_one_batch,
     log_filters_and_usage_totals,
     usage_breakdowns_and_key_totals,
     analytics_columns_bodies_and_metadata_search,
@@ -788,6 +789,26 @@ async fn long_rule_traces_are_stored_once(db: TestDb) {
                 .unwrap();
             assert_eq!(entry.record.rule_trace, r.rule_trace);
         }
+    }
+}
+
+/// A batch of traces that all differ (a rule on a per-user value) stores each, past the
+/// statement chunk, and every row reads its own.
+async fn many_distinct_traces_in_one_batch(db: TestDb) {
+    let batch: Vec<UsageRecord> = (0..300)
+        .map(|i| UsageRecord {
+            rule_trace: format!(
+                r#"[{{"rule":"per user","actual":"user-{i}","pad":"{}"}}]"#,
+                "x".repeat(600)
+            ),
+            ..record(&format!("r{i:03}"))
+        })
+        .collect();
+    assert_eq!(db.store.insert_usage(&batch, 1).await.unwrap().len(), 300);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM rule_traces").await, 300);
+    for r in [&batch[0], &batch[255], &batch[256], &batch[299]] {
+        let got = db.store.get_log(&r.request_id).await.unwrap().unwrap();
+        assert_eq!(got.record.rule_trace, r.rule_trace);
     }
 }
 

@@ -1050,25 +1050,47 @@ async fn load_firewall_rules(
 }
 
 /// Stores the batch's long traces that `traces` has no id for in `rule_traces` (unless stored
-/// already) and takes their ids (migration 0011).
+/// already) and takes their ids (migration 0011): two statements per chunk of new traces, so a
+/// batch of many distinct traces (a rule on a per-user value) costs a few round trips, not two
+/// per trace.
 async fn store_traces(
     conn: &mut SqliteConnection,
     traces: &mut BatchTraces<'_>,
 ) -> Result<(), StoreError> {
-    for (index, text, digest) in traces.unknown() {
-        sqlx::query(
-            "INSERT INTO rule_traces (digest, trace_lz4) VALUES (?, ?) \
-             ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(&digest[..])
-        .bind(lz4_flex::block::compress_prepend_size(text.as_bytes()))
-        .execute(&mut *conn)
-        .await?;
-        let id: i64 = sqlx::query_scalar("SELECT id FROM rule_traces WHERE digest = ?")
-            .bind(&digest[..])
-            .fetch_one(&mut *conn)
-            .await?;
-        traces.set_id(index, id);
+    let unknown = traces.unknown();
+    for chunk in unknown.chunks(USAGE_ROWS_PER_INSERT) {
+        let mut insert =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO rule_traces (digest, trace_lz4) ");
+        insert.push_values(chunk, |mut row, (_, text, digest)| {
+            row.push_bind(&digest[..])
+                .push_bind(lz4_flex::block::compress_prepend_size(text.as_bytes()));
+        });
+        insert.push(" ON CONFLICT (digest) DO NOTHING");
+        insert.build().execute(&mut *conn).await?;
+        let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT digest, id FROM rule_traces WHERE digest IN (",
+        );
+        let mut digests = select.separated(", ");
+        for (_, _, digest) in chunk {
+            digests.push_bind(&digest[..]);
+        }
+        select.push(")");
+        let ids: HashMap<Vec<u8>, i64> = select
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        for (index, _, digest) in chunk {
+            let id = ids.get(&digest[..]).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "rule_traces: trace {} not stored",
+                    hex::encode(digest)
+                ))
+            })?;
+            traces.set_id(*index, *id);
+        }
     }
     Ok(())
 }
