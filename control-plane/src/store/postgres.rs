@@ -542,16 +542,7 @@ async fn store_traces(pool: &PgPool, traces: &mut BatchTraces<'_>) -> Result<(),
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-    for (index, _, digest) in &unknown {
-        let id = ids.get(&digest[..]).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "rule_traces: trace {} not stored",
-                hex::encode(digest)
-            ))
-        })?;
-        traces.set_id(*index, *id);
-    }
-    Ok(())
+    traces.set_ids(&unknown, &ids)
 }
 
 /// Inserts one usage record (and its bodies) unless its request id is stored; whether it was

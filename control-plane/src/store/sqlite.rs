@@ -1082,15 +1082,7 @@ async fn store_traces(
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        for (index, _, digest) in chunk {
-            let id = ids.get(&digest[..]).ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "rule_traces: trace {} not stored",
-                    hex::encode(digest)
-                ))
-            })?;
-            traces.set_id(*index, *id);
-        }
+        traces.set_ids(chunk, &ids)?;
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 use tokenrouter_proto::sync::v1::UsageRecord;
 
+use super::StoreError;
+
 /// Traces at least this long go to `rule_traces`; a shorter one (no rules, or one or two)
 /// costs less in its row than an id and a lookup.
 pub const SHARED_MIN_BYTES: usize = 512;
@@ -127,6 +129,25 @@ impl<'r> BatchTraces<'r> {
         if let Some(slot) = self.distinct.get_mut(index) {
             slot.1 = Some(id);
         }
+    }
+
+    /// Sets the ids of `stored` (from [`BatchTraces::unknown`]) from what `rule_traces` returned
+    /// by digest; one missing there is a corrupt table (it was just inserted or found).
+    pub fn set_ids(
+        &mut self,
+        stored: &[(usize, &str, [u8; 32])],
+        ids: &HashMap<Vec<u8>, i64>,
+    ) -> Result<(), StoreError> {
+        for (index, _, digest) in stored {
+            let id = ids.get(&digest[..]).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "rule_traces: trace {} not stored",
+                    hex::encode(digest)
+                ))
+            })?;
+            self.set_id(*index, *id);
+        }
+        Ok(())
     }
 
     /// The `rule_traces` id of record `i`'s trace (`None`: kept in the row).
