@@ -1,6 +1,6 @@
 //! Usage records on their way to the control plane.
 //!
-//! A worker sends each run of equal rule traces once per batch ([`send_trace_runs_once`]):
+//! A worker sends each run of equal rule traces once per batch (`tokenrouter_proto::trace_runs`):
 //! most requests are decided by the same rules alike, and the trace (≈ 2.9 KB for ten rules)
 //! was most of a record's bytes through the shared queue, the main thread and the stream.
 //!
@@ -19,7 +19,6 @@ use std::collections::VecDeque;
 use prost::bytes::Buf;
 use prost::encoding::{decode_key, message, skip_field, DecodeContext};
 use prost::Message;
-use tokenrouter_proto::sync::v1::UsageRecord;
 
 /// `UsageBatch` (sync.proto) with its records left encoded: `repeated bytes` and
 /// `repeated UsageRecord` are the same on the wire.
@@ -50,41 +49,6 @@ pub fn usage_message(batch: &EncodedBatch) -> Vec<u8> {
     let mut out = Vec::with_capacity(message::encoded_len(EDGE_MESSAGE_USAGE, batch));
     message::encode(EDGE_MESSAGE_USAGE, batch, &mut out);
     out
-}
-
-/// Clears the trace of each record whose trace equals that of the last record before it that
-/// carries one, and marks it `rule_trace_as_previous` (for a control plane that reads it:
-/// `Settings.accepts_trace_runs`). Undone by [`restore_trace_runs`].
-pub fn send_trace_runs_once(records: &mut [UsageRecord]) {
-    let mut last: Option<usize> = None;
-    for i in 0..records.len() {
-        if records[i].rule_trace.is_empty() {
-            continue;
-        }
-        match last {
-            Some(l) if records[l].rule_trace == records[i].rule_trace => {
-                records[i].rule_trace = String::new();
-                records[i].rule_trace_as_previous = true;
-            }
-            _ => last = Some(i),
-        }
-    }
-}
-
-/// Gives every record marked by [`send_trace_runs_once`] its trace back (the batch could not
-/// be queued and goes back to the backlog, where batches are formed anew).
-pub fn restore_trace_runs(records: &mut [UsageRecord]) {
-    let mut last: Option<usize> = None;
-    for i in 0..records.len() {
-        if records[i].rule_trace_as_previous {
-            if let Some(l) = last {
-                records[i].rule_trace = records[l].rule_trace.clone();
-            }
-            records[i].rule_trace_as_previous = false;
-        } else if !records[i].rule_trace.is_empty() {
-            last = Some(i);
-        }
-    }
 }
 
 /// Encoded records waiting for the stream, as the workers' batches they came in.
@@ -273,44 +237,6 @@ mod tests {
         // A group, a wire type proto3 never writes.
         assert_eq!(split_batch(&[0x0b]), None);
         assert_eq!(split_batch(&[]), Some(vec![]));
-    }
-
-    #[test]
-    fn runs_of_equal_traces_are_sent_once_and_restored() {
-        let traced = |id: &str, trace: &str| UsageRecord {
-            rule_trace: trace.into(),
-            ..record(id)
-        };
-        let original = vec![
-            traced("a", "A"),
-            traced("b", "A"),
-            traced("c", ""),
-            traced("d", "A"),
-            traced("e", "B"),
-            traced("f", "B"),
-            traced("g", "A"),
-        ];
-        let mut sent = original.clone();
-        send_trace_runs_once(&mut sent);
-        let shape: Vec<(&str, bool)> = sent
-            .iter()
-            .map(|r| (r.rule_trace.as_str(), r.rule_trace_as_previous))
-            .collect();
-        assert_eq!(
-            shape,
-            [
-                ("A", false),
-                ("", true),
-                ("", false),
-                ("", true),
-                ("B", false),
-                ("", true),
-                ("A", false)
-            ]
-        );
-        let mut restored = sent.clone();
-        restore_trace_runs(&mut restored);
-        assert_eq!(restored, original);
     }
 
     #[test]

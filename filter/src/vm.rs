@@ -6,7 +6,7 @@
 //! [`USAGE_BATCH`] records or every [`USAGE_FLUSH_MS`], whichever comes first. Every enqueue
 //! wakes the main thread (the sync singleton's VM), so one item per request cost each request
 //! about as much as the rest of the filter's work. Within a batch, a run of equal rule traces
-//! is sent once when the control plane reads that form (`usage_wire::send_trace_runs_once`).
+//! is sent once when the control plane reads that form (`tokenrouter_proto::trace_runs`).
 //!
 //! Every root context of the VM (the edge filter and each provider cluster's upstream filter)
 //! shares this through a thread-local; each VM runs on exactly one thread.
@@ -21,8 +21,9 @@ use tokenrouter_engine::routing::ScoreBoard;
 use tokenrouter_engine::{snapshot, Snapshot};
 use tokenrouter_proto::config::v1 as pb;
 use tokenrouter_proto::sync::v1::{UsageBatch, UsageRecord};
+use tokenrouter_proto::trace_runs;
 
-use crate::{host, usage_wire};
+use crate::host;
 
 /// Records kept while the queue cannot be resolved (the sync singleton not up yet).
 const MAX_BACKLOG: usize = 10_000;
@@ -216,18 +217,18 @@ fn flush_backlog(s: &mut VmState) {
     let Some(queue) = s.queue else {
         return;
     };
-    let trace_runs = s.snapshot.as_ref().is_some_and(|s| s.accepts_trace_runs);
+    let send_runs = s.snapshot.as_ref().is_some_and(|s| s.accepts_trace_runs);
     while !s.backlog.is_empty() {
         let n = s.backlog.len().min(USAGE_BATCH);
         let mut batch = UsageBatch {
             batch_id: 0,
             records: s.backlog.drain(..n).collect(),
         };
-        if trace_runs {
-            usage_wire::send_trace_runs_once(&mut batch.records);
+        if send_runs {
+            trace_runs::send_once(&mut batch.records);
         }
         if let Err(e) = hostcalls::enqueue_shared_queue(queue, Some(&batch.encode_to_vec())) {
-            usage_wire::restore_trace_runs(&mut batch.records);
+            trace_runs::restore(&mut batch.records);
             for record in batch.records.into_iter().rev() {
                 s.backlog.push_front(record);
             }

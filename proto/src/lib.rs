@@ -4,6 +4,7 @@
 //! - [`config::v1`]: the snapshot pushed to every Envoy (keys, providers, catalogue).
 //! - [`sync::v1`]: the edge ↔ control plane stream (snapshots down, usage up, acks).
 //! - [`admin::v1`]: the operator API.
+//! - [`trace_runs`]: how a usage batch sends a run of equal rule traces once.
 
 pub mod config {
     pub mod v1 {
@@ -22,6 +23,8 @@ pub mod admin {
         include!(concat!(env!("OUT_DIR"), "/tokenrouter.admin.v1.rs"));
     }
 }
+
+pub mod trace_runs;
 
 /// Encoded `FileDescriptorSet` of every tokenrouter proto, for gRPC server reflection.
 #[cfg(feature = "grpc")]

@@ -259,10 +259,8 @@ impl Store for SqliteStore {
                  rule_trace_lz4, rule_trace_id, attempts_json, ttfb_ms, retry_after_s, \
                  metadata_json, idempotency_key, replay_of, key_name, workspace_id) ",
             );
-            let mut index = offset;
-            sql.push_values(chunk, |mut row, r| {
-                let trace_id = traces.id_of(index);
-                index += 1;
+            sql.push_values(chunk.iter().enumerate(), |mut row, (i, r)| {
+                let trace_id = traces.id_of(offset + i);
                 // A long trace is stored once, in `rule_traces` (store_traces above).
                 let trace_text = match trace_id {
                     Some(_) => "",

@@ -12,7 +12,8 @@ use tokenrouter_proto::config::v1::{KeyDelta, Scores, Snapshot};
 use tokenrouter_proto::sync::v1::control_message::Msg as Down;
 use tokenrouter_proto::sync::v1::edge_message::Msg as Up;
 use tokenrouter_proto::sync::v1::filter_sync_server::FilterSync;
-use tokenrouter_proto::sync::v1::{ControlMessage, EdgeMessage, UsageAck, UsageBatch, UsageRecord};
+use tokenrouter_proto::sync::v1::{ControlMessage, EdgeMessage, UsageAck, UsageBatch};
+use tokenrouter_proto::trace_runs;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -246,7 +247,8 @@ impl EdgeStream {
         for r in batch.records.iter_mut().filter(|r| r.node_id.is_empty()) {
             r.node_id.clone_from(&self.node_id);
         }
-        let (runs, unresolved) = resolve_trace_runs(&mut batch.records);
+        // The edge sent each run of equal traces once (`Settings.accepts_trace_runs`).
+        let (runs, unresolved) = trace_runs::restore(&mut batch.records);
         Metrics::add(&self.service.metrics().usage_trace_runs, runs as u64);
         if unresolved > 0 {
             tracing::warn!(
@@ -287,55 +289,5 @@ impl EdgeStream {
                 Err(())
             }
         }
-    }
-}
-
-/// Gives each record marked `rule_trace_as_previous` (the edge sent a run of equal traces once;
-/// `Settings.accepts_trace_runs`) the trace of the last record before it that carries one, and
-/// clears the mark; how many were marked, and how many of those had no such record (stored
-/// without a trace).
-fn resolve_trace_runs(records: &mut [UsageRecord]) -> (usize, usize) {
-    let (mut runs, mut unresolved) = (0, 0);
-    let mut last: Option<usize> = None;
-    for i in 0..records.len() {
-        if records[i].rule_trace_as_previous {
-            records[i].rule_trace_as_previous = false;
-            runs += 1;
-            match last {
-                Some(l) => records[i].rule_trace = records[l].rule_trace.clone(),
-                None => unresolved += 1,
-            }
-        } else if !records[i].rule_trace.is_empty() {
-            last = Some(i);
-        }
-    }
-    (runs, unresolved)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_runs_take_the_last_trace_sent() {
-        let record = |trace: &str, as_previous: bool| UsageRecord {
-            rule_trace: trace.into(),
-            rule_trace_as_previous: as_previous,
-            ..UsageRecord::default()
-        };
-        let mut records = vec![
-            record("", true),
-            record("A", false),
-            record("", true),
-            record("", false),
-            record("", true),
-            record("B", false),
-            record("", true),
-        ];
-        assert_eq!(resolve_trace_runs(&mut records), (4, 1));
-        let traces: Vec<&str> = records.iter().map(|r| r.rule_trace.as_str()).collect();
-        assert_eq!(traces, ["", "A", "A", "", "A", "B", "B"]);
-        assert!(records.iter().all(|r| !r.rule_trace_as_previous));
     }
 }
