@@ -740,7 +740,7 @@ fn automaton() -> Option<&'static AhoCorasick> {
 /// Bytes from the start of a text whose keywords vote twice for the task (the leading verb).
 const LEAD_BYTES: usize = 40;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Features {
     /// Length of the whole text, in bytes.
     bytes: usize,
@@ -793,6 +793,26 @@ impl Features {
         let mut i = 0;
         while i < b.len() {
             let c = b[i];
+            if !line_start && PLAIN[usize::from(c)] {
+                // A run of bytes that only extend a word (most of a prompt): what the general
+                // step below would count for each of them, counted once for the run.
+                let run = b[i..]
+                    .iter()
+                    .take_while(|c| PLAIN[usize::from(**c)])
+                    .count();
+                if !in_word {
+                    self.words += 1;
+                }
+                in_word = true;
+                in_number = false;
+                if in_quote {
+                    self.quoted_bytes = self
+                        .quoted_bytes
+                        .saturating_add(u32::try_from(run).unwrap_or(u32::MAX));
+                }
+                i += run;
+                continue;
+            }
             let space = c.is_ascii_whitespace();
             if !space && !in_word {
                 self.words += 1;
@@ -941,6 +961,19 @@ fn window(text: &str) -> (&str, &str) {
         text.get(tail_start..).unwrap_or_default(),
     )
 }
+
+/// Bytes that [`Features::scan_bytes`] counts only as part of a word: not whitespace, a digit,
+/// a quote, or a byte any of its counters or markers looks at (`x` is one: `3 x 4`).
+static PLAIN: [bool; 256] = {
+    let mut t = [true; 256];
+    let special = b" \t\n\x0C\r0123456789\"?,{};=<>[]|$_+*/x^%";
+    let mut i = 0;
+    while i < special.len() {
+        t[special[i] as usize] = false;
+        i += 1;
+    }
+    t
+};
 
 fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric()
@@ -1107,6 +1140,84 @@ impl Points {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// The byte scan as it was before it skipped runs of word bytes: the reference the faster
+    /// scan must count exactly like.
+    fn scan_bytes_one_by_one(f: &mut Features, b: &[u8]) {
+        let (mut in_word, mut in_number, mut in_quote, mut line_start) =
+            (false, false, false, true);
+        for (i, &c) in b.iter().enumerate() {
+            let space = c.is_ascii_whitespace();
+            if !space && !in_word {
+                f.words += 1;
+            }
+            in_word = !space;
+            let digit = c.is_ascii_digit();
+            if digit && !in_number {
+                f.numbers += 1;
+            }
+            in_number = digit;
+            if c == b'"' {
+                f.quotes += 1;
+                in_quote = !in_quote;
+            } else if in_quote {
+                f.quoted_bytes += 1;
+            }
+            if line_start && !space {
+                line_start = false;
+                if list_marker(&b[i..]) {
+                    f.list_items += 1;
+                }
+            }
+            match c {
+                b'\n' => {
+                    f.lines += 1;
+                    line_start = true;
+                }
+                b'?' => f.questions += 1,
+                b',' if !in_quote => f.commas += 1,
+                b'{' | b'}' | b';' | b'=' | b'<' | b'>' | b'[' | b']' | b'|' | b'$' | b'_' => {
+                    f.code_punct += 1
+                }
+                b'+' | b'*' | b'/' | b'x' | b'^' if arithmetic_at(b, i) => f.arithmetic += 1,
+                b'%' if i > 0 && b[i - 1].is_ascii_digit() => f.percents += 1,
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn byte_scan_counts_as_one_byte_at_a_time() {
+        let corpus = include_str!("../../tests/complexity/prompts.jsonl");
+        let mut texts: Vec<String> = corpus
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["prompt"].as_str().map(str::to_string))
+            .collect();
+        assert!(texts.len() > 400, "{}", texts.len());
+        texts.extend(
+            [
+                "",
+                "x",
+                "word",
+                "  leading spaces\n- item one\n* item two\n\u{2022} bullet\n12. twelve\n3) three",
+                "say \"thank you, friend\" and \"merci\" now",
+                "an unclosed \"quote that runs to the end, with commas, and words",
+                "3 x 4 = 12, 7*8=56, 2 ^ 10, 10/5 and 15% of 200 or 2 +  2",
+                "fn main() { let v = vec![1, 2]; if a < b && c > d { return $x_y | z; } }",
+                "tab\tform\x0cfeed\rcarriage\nnewline\u{00e9}t\u{00e9} \u{1f600}emoji\u{1f600}",
+                "xxx xx x-ray max(x) 0x1F",
+            ]
+            .map(str::to_string),
+        );
+        for text in &texts {
+            let mut fast = Features::default();
+            fast.scan_bytes(text.as_bytes());
+            let mut reference = Features::default();
+            scan_bytes_one_by_one(&mut reference, text.as_bytes());
+            assert_eq!(fast, reference, "{text:?}");
+        }
+    }
 
     #[test]
     fn tier_names_round_trip() {
