@@ -520,11 +520,9 @@ pub fn decide_traced<'s>(
     // Routing rules, higher priority first.
     let mut outcome = RuleOutcome::default();
     let mut mode_set_by_rule = false;
-    let rules: Vec<_> = snapshot
-        .routing_rules()
-        .iter()
-        .filter(|r| r.in_scope(input.key_id))
-        .collect();
+    let all_rules = snapshot.routing_rules();
+    let mut rules = Vec::with_capacity(all_rules.len());
+    rules.extend(all_rules.iter().filter(|r| r.in_scope(input.key_id)));
     if !rules.is_empty() {
         let facts = RequestFacts::new(input, input.features.text.to_ascii_lowercase(), mode);
         let evaluation = Evaluation::of_rules(&facts, snapshot.routing_rule_set());

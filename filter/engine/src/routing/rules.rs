@@ -10,6 +10,7 @@
 //! `contains` strings of all the rules of a snapshot form one Aho–Corasick automaton
 //! ([`RuleSet`]), so the prompt is scanned once per request, not once per string.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,6 +100,9 @@ struct Traced {
     /// For `contains`: each string's pattern in its [`RuleSet`]'s automaton (empty when there
     /// is none).
     needles: Vec<usize>,
+    /// For `headers`: each header's place in its [`RuleSet`]'s header names (empty outside a
+    /// set).
+    headers: Vec<usize>,
 }
 
 impl Traced {
@@ -116,6 +120,7 @@ impl Traced {
             expected_json: Arc::from(c.expected().to_string()),
             absent: Arc::new(absent),
             needles: Vec::new(),
+            headers: Vec::new(),
         }
     }
 }
@@ -128,6 +133,9 @@ pub struct RuleSet {
     /// `None` without `contains` conditions, or when the strings exceed [`MAX_NEEDLE_BYTES`].
     needles: Option<AhoCorasick>,
     needle_count: usize,
+    /// The distinct header names of all `headers` conditions: an evaluation reads each once
+    /// (1 000 rules ask for the same few headers).
+    header_names: Vec<String>,
 }
 
 impl RuleSet {
@@ -166,10 +174,28 @@ impl RuleSet {
                 }
             }
         }
+        let mut header_ids: HashMap<String, usize> = HashMap::new();
+        let mut header_names: Vec<String> = Vec::new();
+        for rule in &mut rules {
+            for (c, t) in rule.conditions.iter().zip(&mut rule.traced) {
+                if let Condition::Headers(pairs) = c {
+                    t.headers = pairs
+                        .iter()
+                        .map(|(name, _)| {
+                            *header_ids.entry(name.clone()).or_insert_with(|| {
+                                header_names.push(name.clone());
+                                header_names.len() - 1
+                            })
+                        })
+                        .collect();
+                }
+            }
+        }
         RuleSet {
             rules,
             needles: automaton,
             needle_count: needles.len(),
+            header_names,
         }
     }
 
@@ -403,6 +429,8 @@ pub struct Evaluation<'f> {
     null: Arc<Value>,
     model: OnceCell<Arc<Value>>,
     task: OnceCell<(Option<String>, Arc<Value>)>,
+    /// The set's header names' values, read on the first `headers` condition.
+    headers: OnceCell<Vec<Option<String>>>,
 }
 
 impl<'f> Evaluation<'f> {
@@ -415,6 +443,7 @@ impl<'f> Evaluation<'f> {
             null: Arc::new(Value::Null),
             model: OnceCell::new(),
             task: OnceCell::new(),
+            headers: OnceCell::new(),
         }
     }
 
@@ -424,6 +453,21 @@ impl<'f> Evaluation<'f> {
             set: Some(set),
             ..Evaluation::new(facts)
         }
+    }
+
+    /// The request's value of the `i`-th header of a `headers` condition: from the values of
+    /// the set's header names, read once per evaluation, or asked of the facts outside a set.
+    fn header(&self, name: &str, traced: &Traced, i: usize) -> Option<Cow<'_, str>> {
+        if let (Some(set), Some(&id)) = (self.set, traced.headers.get(i)) {
+            let values = self.headers.get_or_init(|| {
+                set.header_names
+                    .iter()
+                    .map(|n| self.facts.header(n))
+                    .collect()
+            });
+            return values.get(id)?.as_deref().map(Cow::Borrowed);
+        }
+        self.facts.header(name).map(Cow::Owned)
     }
 
     /// The first of `items` that the prompt contains.
@@ -479,7 +523,8 @@ impl<'f> Evaluation<'f> {
                 .all(|(k, v)| facts.metadata(k) == Some(v.as_str())),
             Condition::Headers(pairs) => pairs
                 .iter()
-                .all(|(k, v)| facts.header(k).as_deref() == Some(v.as_str())),
+                .enumerate()
+                .all(|(i, (k, v))| self.header(k, traced, i).as_deref() == Some(v.as_str())),
             Condition::Mode(m) => facts.mode() == Some(*m),
             Condition::Task(_) | Condition::Model(_) => self.check(c, traced).1,
         }
@@ -517,18 +562,25 @@ impl<'f> Evaluation<'f> {
             }
             Condition::Headers(pairs) => {
                 let (mut held, mut any) = (true, false);
-                for (k, v) in pairs {
-                    let got = facts.header(k);
+                for (i, (k, v)) in pairs.iter().enumerate() {
+                    let got = self.header(k, traced, i);
                     held &= got.as_deref() == Some(v.as_str());
                     any |= got.is_some();
                 }
                 if !any {
                     return (Arc::clone(absent), held);
                 }
-                // Asked again: the edge's facts remember the values they read.
+                // Asked again: the values were read once (the set's, or the edge's facts').
                 let actual = pairs
                     .iter()
-                    .map(|(k, _)| (k.clone(), facts.header(k).map_or(Value::Null, Value::from)))
+                    .enumerate()
+                    .map(|(i, (k, _))| {
+                        let got = self.header(k, traced, i);
+                        (
+                            k.clone(),
+                            got.map_or(Value::Null, |g| Value::from(g.into_owned())),
+                        )
+                    })
                     .collect();
                 (Arc::new(Value::Object(actual)), held)
             }
@@ -789,11 +841,16 @@ mod tests {
         }
     }
 
-    /// Facts with only a prompt.
-    struct Prompt(String);
-    impl Facts for Prompt {
+    /// Facts with a prompt and headers, which count the headers asked for.
+    #[derive(Default)]
+    struct Request {
+        prompt: String,
+        headers: Vec<(&'static str, &'static str)>,
+        asked: std::cell::RefCell<Vec<String>>,
+    }
+    impl Facts for Request {
         fn prompt_lower(&self) -> &str {
-            &self.0
+            &self.prompt
         }
         fn metadata(&self, _: &str) -> Option<&str> {
             None
@@ -807,8 +864,52 @@ mod tests {
         fn requested_model(&self) -> &str {
             "m"
         }
-        fn header(&self, _: &str) -> Option<String> {
-            None
+        fn header(&self, name: &str) -> Option<String> {
+            self.asked.borrow_mut().push(name.to_string());
+            self.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_string())
+        }
+    }
+
+    /// In a set, each distinct header name is read once per evaluation, however many rules
+    /// ask for it; verdicts and traces are those of the rules checked one by one.
+    #[test]
+    fn rule_set_reads_each_header_once() {
+        let matches = [
+            r#"{"headers": {"x-team": "ml"}}"#,
+            r#"{"headers": {"X-Team": "ops"}}"#,
+            r#"{"headers": {"x-project": "p1", "x-team": "ml"}}"#,
+            r#"{"headers": {"x-absent": "a"}}"#,
+            r#"{"contains": "x", "headers": {"x-project": "p2"}}"#,
+            r#"{"headers": {"x-team": "ml", "x-absent": "b"}}"#,
+        ];
+        let rules: Vec<Rule> = matches
+            .iter()
+            .map(|m| compile(&rule(m, r#"{"set_mode": "cost"}"#)).unwrap())
+            .collect();
+        let set = RuleSet::new(rules);
+        assert_eq!(set.header_names, ["x-team", "x-project", "x-absent"]);
+        for values in [
+            vec![("x-team", "ml"), ("x-project", "p1")],
+            vec![("x-team", "ops"), ("x-project", "p2")],
+            vec![],
+        ] {
+            let facts = || Request {
+                headers: values.clone(),
+                ..Request::default()
+            };
+            let (in_set, alone) = (facts(), facts());
+            let one = Evaluation::of_rules(&in_set, &set);
+            for r in set.rules() {
+                let each = Evaluation::new(&alone);
+                let checked = r.check(&each);
+                assert_eq!(r.check(&one), checked, "{values:?}");
+                assert_eq!(r.matches(&one), checked.0, "{values:?}");
+                assert_eq!(r.matches(&Evaluation::new(&alone)), checked.0, "{values:?}");
+            }
+            assert_eq!(*in_set.asked.borrow(), ["x-team", "x-project", "x-absent"]);
         }
     }
 
@@ -850,7 +951,10 @@ mod tests {
             let set = RuleSet::new(rules.clone());
             assert_eq!(set.needles.is_none(), rules.len() == 80);
             for prompt in ["", "abc d", "xbcd", "b", "a naïve ü", "zzabcd", "c dab"] {
-                let facts = Prompt(prompt.to_string());
+                let facts = Request {
+                    prompt: prompt.to_string(),
+                    ..Request::default()
+                };
                 let (one, each) = (Evaluation::of_rules(&facts, &set), Evaluation::new(&facts));
                 for r in set.rules() {
                     let mut plain = Vec::new();
