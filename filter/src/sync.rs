@@ -9,7 +9,9 @@
 //! `BATCH_SIZE` records as the workers encoded them (`usage_wire`; the control plane fills in
 //! the node id from the hello). A batch stays in `inflight` until acknowledged and is resent
 //! after a reconnect or a timeout; the control plane stores records idempotently by request id,
-//! so a resend never double-counts.
+//! so a resend never double-counts. Records whose trace the workers sent as "the previous
+//! record's" get it back before they go to a control plane whose first snapshot on this stream
+//! did not say it reads that form.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +40,9 @@ const MIN_BACKOFF_MS: i64 = 200;
 const MAX_BACKOFF_MS: i64 = 5_000;
 /// Default bound on records held while the control plane is away (oldest dropped beyond).
 const DEFAULT_MAX_BUFFERED: usize = 100_000;
+/// How long a new stream holds usage back waiting for the control plane's first snapshot,
+/// which says whether it reads runs of traces; past it, records go with their traces restored.
+const SETTINGS_WAIT_MS: i64 = 2_000;
 
 #[derive(Deserialize)]
 pub struct SyncConfig {
@@ -61,6 +66,14 @@ pub struct Sync {
     queue: u32,
     /// Token of the open stream; `None` while disconnected.
     stream: Option<u32>,
+    /// When the open stream was opened.
+    stream_opened_ms: i64,
+    /// Whether the control plane at the other end of the open stream reads runs of equal
+    /// traces (`Settings.accepts_trace_runs` of the first snapshot it sent); `None` until it
+    /// said. Workers mark runs by the snapshot they hold, which may come from another
+    /// control plane (a rolling upgrade, a downgrade), so records held across a reconnect may
+    /// be marked for one that does not read them: those get their traces back before they go.
+    runs_accepted: Option<bool>,
     /// Configuration version last written to shared data (sent in the hello): that of the
     /// snapshot or of the key delta on top of it.
     have_version: u64,
@@ -88,6 +101,8 @@ impl Sync {
             cfg,
             queue,
             stream: None,
+            stream_opened_ms: 0,
+            runs_accepted: None,
             have_version: 0,
             snapshot_version: 0,
             scores_version: 0,
@@ -115,6 +130,8 @@ impl Sync {
         match opened {
             Ok(token) => {
                 self.stream = Some(token);
+                self.stream_opened_ms = host::now_ms();
+                self.runs_accepted = None;
                 let hello = EdgeMessage {
                     msg: Some(edge_message::Msg::Hello(Hello {
                         node_id: self.cfg.node_id.clone(),
@@ -191,6 +208,13 @@ impl Sync {
     /// refused whole and the previous snapshot stays active.
     fn install(&mut self, snapshot: tokenrouter_proto::config::v1::Snapshot) {
         let version = snapshot.version;
+        // What the control plane reads, whether or not this snapshot is valid.
+        self.runs_accepted = Some(
+            snapshot
+                .settings
+                .as_ref()
+                .is_some_and(|s| s.accepts_trace_runs),
+        );
         let bytes = snapshot.encode_to_vec();
         match Snapshot::from_proto_after(snapshot, self.validated.as_ref()) {
             Ok(valid) => self.validated = Some(valid.into_firewall()),
@@ -341,13 +365,21 @@ impl Sync {
     }
 
     fn flush(&mut self) {
+        if self.runs_accepted.is_none() && host::now_ms() - self.stream_opened_ms < SETTINGS_WAIT_MS
+        {
+            return;
+        }
+        let restore = self.runs_accepted != Some(true);
         while self.stream.is_some()
             && self.inflight.len() < MAX_INFLIGHT
             && !self.pending.is_empty()
         {
             let batch_id = self.next_batch;
             self.next_batch += 1;
-            let (records, worker_batches) = self.pending.take(BATCH_SIZE);
+            let (mut records, worker_batches) = self.pending.take(BATCH_SIZE);
+            if restore {
+                records = usage_wire::with_traces_restored(records);
+            }
             self.inflight.insert(
                 batch_id,
                 Inflight {

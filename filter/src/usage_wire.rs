@@ -19,6 +19,8 @@ use std::collections::VecDeque;
 use prost::bytes::Buf;
 use prost::encoding::{decode_key, message, skip_field, DecodeContext};
 use prost::Message;
+use tokenrouter_proto::sync::v1::UsageRecord;
+use tokenrouter_proto::trace_runs;
 
 /// `UsageBatch` (sync.proto) with its records left encoded: `repeated bytes` and
 /// `repeated UsageRecord` are the same on the wire.
@@ -122,6 +124,32 @@ impl Pending {
         }
         (records, sizes)
     }
+}
+
+/// `records` (whole worker batches, in order) as a control plane that does not read runs of
+/// traces must get them: each record marked `rule_trace_as_previous` re-encoded with the trace
+/// it stands for (`trace_runs::restore`), every other record left as it came. Unchanged when
+/// no record is marked, or when a record does not decode (the control plane then judges it as
+/// it would have anyway).
+pub fn with_traces_restored(mut records: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let Ok(mut decoded) = records
+        .iter()
+        .map(|r| UsageRecord::decode(r.as_slice()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return records;
+    };
+    let was_marked: Vec<bool> = decoded.iter().map(|r| r.rule_trace_as_previous).collect();
+    let (marked, _) = trace_runs::restore(&mut decoded);
+    if marked == 0 {
+        return records;
+    }
+    for ((bytes, record), was_marked) in records.iter_mut().zip(&decoded).zip(was_marked) {
+        if was_marked {
+            *bytes = record.encode_to_vec();
+        }
+    }
+    records
 }
 
 /// Every field of a record is a key and a value of its wire type that ends inside it.
@@ -237,6 +265,37 @@ mod tests {
         // A group, a wire type proto3 never writes.
         assert_eq!(split_batch(&[0x0b]), None);
         assert_eq!(split_batch(&[]), Some(vec![]));
+    }
+
+    #[test]
+    fn marked_records_get_their_traces_back_for_a_control_plane_without_runs() {
+        let mut traced = vec![record("a"), record("b"), record("c"), record("d")];
+        traced[2].rule_trace = "other".into();
+        let mut marked = traced.clone();
+        trace_runs::send_once(&mut marked);
+        assert!(marked[1].rule_trace_as_previous && !marked[3].rule_trace_as_previous);
+        let encoded: Vec<Vec<u8>> = marked.iter().map(|r| r.encode_to_vec()).collect();
+        let restored = with_traces_restored(encoded.clone());
+        let decoded: Vec<UsageRecord> = restored
+            .iter()
+            .map(|r| UsageRecord::decode(r.as_slice()).unwrap())
+            .collect();
+        assert_eq!(decoded, traced);
+        // Only the marked record was encoded again.
+        assert_eq!(
+            restored
+                .iter()
+                .zip(&encoded)
+                .filter(|(a, b)| a != b)
+                .count(),
+            1
+        );
+        // Nothing marked, or a record that does not decode: the records as they came.
+        let plain: Vec<Vec<u8>> = traced.iter().map(|r| r.encode_to_vec()).collect();
+        assert_eq!(with_traces_restored(plain.clone()), plain);
+        let mut broken = encoded.clone();
+        broken.push(vec![0x0a, 0x02, 0xff, 0xfe]); // request_id that is not UTF-8
+        assert_eq!(with_traces_restored(broken.clone()), broken);
     }
 
     #[test]
