@@ -113,8 +113,8 @@ pub struct Snapshot {
 struct Parts {
     providers: Vec<ProviderEntry>,
     provider_by_name: HashMap<String, usize>,
-    /// (kind, model id) → model.
-    models: HashMap<(ProviderKind, String), ModelEntry>,
+    /// Kind → model id → model (looked up by `&str`, without building a key per request).
+    models: HashMap<ProviderKind, HashMap<String, ModelEntry>>,
     /// Bare model id → kinds that offer it, in catalogue order.
     model_kinds: HashMap<String, Vec<ProviderKind>>,
     /// Firewall rules, compiled once per version.
@@ -190,7 +190,7 @@ impl Snapshot {
             }
             providers.push(entry);
         }
-        let mut models = HashMap::with_capacity(p.models.len());
+        let mut models: HashMap<ProviderKind, HashMap<String, ModelEntry>> = HashMap::new();
         let mut model_kinds: HashMap<String, Vec<ProviderKind>> = HashMap::new();
         let mut kind_models: HashMap<ProviderKind, Vec<String>> = HashMap::new();
         for m in p.models {
@@ -198,7 +198,11 @@ impl Snapshot {
             let kind = entry.kind;
             model_kinds.entry(entry.id.clone()).or_default().push(kind);
             kind_models.entry(kind).or_default().push(entry.id.clone());
-            if let Some(twice) = models.insert((kind, entry.id.clone()), entry) {
+            if let Some(twice) = models
+                .entry(kind)
+                .or_default()
+                .insert(entry.id.clone(), entry)
+            {
                 return Err(ConfigError(format!(
                     "model {} appears twice for {kind}",
                     twice.id
@@ -339,12 +343,12 @@ impl Snapshot {
     }
 
     pub fn model(&self, kind: ProviderKind, id: &str) -> Option<&ModelEntry> {
-        self.parts.models.get(&(kind, id.to_string()))
+        self.parts.models.get(&kind)?.get(id)
     }
 
     /// Every catalogue model, enabled or not, in no particular order.
     pub fn models(&self) -> impl Iterator<Item = &ModelEntry> {
-        self.parts.models.values()
+        self.parts.models.values().flat_map(HashMap::values)
     }
 
     /// Kinds whose catalogue has this bare model id.

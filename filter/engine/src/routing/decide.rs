@@ -792,6 +792,18 @@ fn default_chain<'s>(
     }
 }
 
+/// `provider/model`, formatted when shown.
+struct PinnedName<'a> {
+    provider: &'a str,
+    model: &'a str,
+}
+
+impl std::fmt::Display for PinnedName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider, self.model)
+    }
+}
+
 /// A pinned provider: the registered provider of that name, or every enabled provider of that
 /// kind (in registration order, as fallbacks of each other).
 fn pinned_chain<'s>(
@@ -800,11 +812,11 @@ fn pinned_chain<'s>(
     model: &str,
     max: usize,
 ) -> Result<Vec<Target<'s>>, GatewayError> {
+    // `provider/model` as the request named it, written only into an error.
+    let full = PinnedName { provider, model };
     if snapshot.provider(provider).is_some_and(|p| p.enabled) {
-        return resolve_pinned(snapshot, provider, model, &format!("{provider}/{model}"))
-            .map(|t| vec![t]);
+        return resolve_pinned(snapshot, provider, model, &full).map(|t| vec![t]);
     }
-    let full = format!("{provider}/{model}");
     let first = resolve_pinned(snapshot, provider, model, &full)?;
     let mut out = vec![first];
     if let Some(kind) = ProviderKind::parse(provider) {
@@ -1224,6 +1236,37 @@ mod tests {
             .iter()
             .map(|t| format!("{}/{}", t.provider.name, t.model_id))
             .collect()
+    }
+
+    /// A pinned model that cannot be served is named in the error as the request wrote it,
+    /// also when the provider was found by its kind.
+    #[test]
+    fn pinned_errors_name_the_model_as_requested() {
+        let s = snap(snapshot());
+        let scores = ScoreBoard::default();
+        for (model, message) in [
+            (
+                "openai/gpt-9",
+                "Model 'openai/gpt-9' is not in the catalogue.",
+            ),
+            (
+                "anthropic/claude-9",
+                "Model 'anthropic/claude-9' is not in the catalogue.",
+            ),
+            (
+                "nobody/gpt-4o",
+                "Provider 'nobody' is not registered (model 'nobody/gpt-4o').",
+            ),
+            (
+                "openai/",
+                "Model 'openai/' names no model after the provider.",
+            ),
+        ] {
+            let Err(e) = run(&s, &scores, &chat(model, "hi")) else {
+                panic!("{model} routed");
+            };
+            assert_eq!(e.message, message, "{model}");
+        }
     }
 
     #[test]

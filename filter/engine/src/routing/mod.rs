@@ -85,7 +85,7 @@ pub struct Target<'s> {
 /// provider). Only `openai-compatible` providers accept models outside the catalogue.
 pub fn resolve<'s>(snapshot: &'s Snapshot, model: &str) -> Result<Target<'s>, GatewayError> {
     match model.split_once('/') {
-        Some((provider, model_id)) => resolve_pinned(snapshot, provider, model_id, model),
+        Some((provider, model_id)) => resolve_pinned(snapshot, provider, model_id, &model),
         None => resolve_bare(snapshot, model),
     }
 }
@@ -116,7 +116,7 @@ pub(crate) fn resolve_pinned<'s>(
     snapshot: &'s Snapshot,
     provider_name: &str,
     model_id: &str,
-    full: &str,
+    full: &dyn std::fmt::Display,
 ) -> Result<Target<'s>, GatewayError> {
     let provider = snapshot
         .provider(provider_name)
