@@ -139,15 +139,12 @@ pub fn with_traces_restored(mut records: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     else {
         return records;
     };
-    let was_marked: Vec<bool> = decoded.iter().map(|r| r.rule_trace_as_previous).collect();
-    let (marked, _) = trace_runs::restore(&mut decoded);
-    if marked == 0 {
-        return records;
-    }
-    for ((bytes, record), was_marked) in records.iter_mut().zip(&decoded).zip(was_marked) {
-        if was_marked {
-            *bytes = record.encode_to_vec();
-        }
+    let marked: Vec<usize> = (0..decoded.len())
+        .filter(|&i| decoded[i].rule_trace_as_previous)
+        .collect();
+    trace_runs::restore(&mut decoded);
+    for i in marked {
+        records[i] = decoded[i].encode_to_vec();
     }
     records
 }

@@ -769,6 +769,25 @@ struct Features {
     tasks: [u16; TASKS],
 }
 
+/// Where [`Features::scan_bytes`] stands between bytes.
+struct ByteScan {
+    in_word: bool,
+    in_number: bool,
+    in_quote: bool,
+    line_start: bool,
+}
+
+impl Default for ByteScan {
+    fn default() -> ByteScan {
+        ByteScan {
+            in_word: false,
+            in_number: false,
+            in_quote: false,
+            line_start: true,
+        }
+    }
+}
+
 impl Features {
     fn of(text: &str) -> Features {
         let mut f = Features {
@@ -786,26 +805,22 @@ impl Features {
     }
 
     fn scan_bytes(&mut self, b: &[u8]) {
-        let mut in_word = false;
-        let mut in_number = false;
-        let mut in_quote = false;
-        let mut line_start = true;
+        let mut at = ByteScan::default();
         let mut i = 0;
         while i < b.len() {
-            let c = b[i];
-            if !line_start && PLAIN[usize::from(c)] {
-                // A run of bytes that only extend a word (most of a prompt): what the general
-                // step below would count for each of them, counted once for the run.
+            if !at.line_start && PLAIN[usize::from(b[i])] {
+                // A run of bytes that only extend a word (most of a prompt): what
+                // `scan_byte` would count for each of them, counted once for the run.
                 let run = b[i..]
                     .iter()
                     .take_while(|c| PLAIN[usize::from(**c)])
                     .count();
-                if !in_word {
+                if !at.in_word {
                     self.words += 1;
                 }
-                in_word = true;
-                in_number = false;
-                if in_quote {
+                at.in_word = true;
+                at.in_number = false;
+                if at.in_quote {
                     self.quoted_bytes = self
                         .quoted_bytes
                         .saturating_add(u32::try_from(run).unwrap_or(u32::MAX));
@@ -813,45 +828,51 @@ impl Features {
                 i += run;
                 continue;
             }
-            let space = c.is_ascii_whitespace();
-            if !space && !in_word {
-                self.words += 1;
-            }
-            in_word = !space;
-            let digit = c.is_ascii_digit();
-            if digit && !in_number {
-                self.numbers += 1;
-            }
-            in_number = digit;
-            if c == b'"' {
-                self.quotes += 1;
-                in_quote = !in_quote;
-            } else if in_quote {
-                self.quoted_bytes += 1;
-            }
-            if line_start && !space {
-                line_start = false;
-                if list_marker(&b[i..]) {
-                    self.list_items += 1;
-                }
-            }
-            match c {
-                b'\n' => {
-                    self.lines += 1;
-                    line_start = true;
-                }
-                b'?' => self.questions += 1,
-                // Commas of a quoted payload are not the prompt's own enumeration.
-                b',' if !in_quote => self.commas += 1,
-                b'{' | b'}' | b';' | b'=' | b'<' | b'>' | b'[' | b']' | b'|' | b'$' | b'_' => {
-                    self.code_punct += 1
-                }
-                // Not `-`: dates, phone numbers and ranges would count.
-                b'+' | b'*' | b'/' | b'x' | b'^' if arithmetic_at(b, i) => self.arithmetic += 1,
-                b'%' if i > 0 && b[i - 1].is_ascii_digit() => self.percents += 1,
-                _ => {}
-            }
+            self.scan_byte(&mut at, b, i);
             i += 1;
+        }
+    }
+
+    /// Counts byte `i` of `b`, whatever it is.
+    fn scan_byte(&mut self, at: &mut ByteScan, b: &[u8], i: usize) {
+        let c = b[i];
+        let space = c.is_ascii_whitespace();
+        if !space && !at.in_word {
+            self.words += 1;
+        }
+        at.in_word = !space;
+        let digit = c.is_ascii_digit();
+        if digit && !at.in_number {
+            self.numbers += 1;
+        }
+        at.in_number = digit;
+        if c == b'"' {
+            self.quotes += 1;
+            at.in_quote = !at.in_quote;
+        } else if at.in_quote {
+            self.quoted_bytes += 1;
+        }
+        if at.line_start && !space {
+            at.line_start = false;
+            if list_marker(&b[i..]) {
+                self.list_items += 1;
+            }
+        }
+        match c {
+            b'\n' => {
+                self.lines += 1;
+                at.line_start = true;
+            }
+            b'?' => self.questions += 1,
+            // Commas of a quoted payload are not the prompt's own enumeration.
+            b',' if !at.in_quote => self.commas += 1,
+            b'{' | b'}' | b';' | b'=' | b'<' | b'>' | b'[' | b']' | b'|' | b'$' | b'_' => {
+                self.code_punct += 1
+            }
+            // Not `-`: dates, phone numbers and ranges would count.
+            b'+' | b'*' | b'/' | b'x' | b'^' if arithmetic_at(b, i) => self.arithmetic += 1,
+            b'%' if i > 0 && b[i - 1].is_ascii_digit() => self.percents += 1,
+            _ => {}
         }
     }
 
@@ -1141,48 +1162,12 @@ impl Points {
 mod tests {
     use super::*;
 
-    /// The byte scan as it was before it skipped runs of word bytes: the reference the faster
-    /// scan must count exactly like.
+    /// The byte scan without its runs: every byte through [`Features::scan_byte`], the
+    /// reference the faster scan must count exactly like.
     fn scan_bytes_one_by_one(f: &mut Features, b: &[u8]) {
-        let (mut in_word, mut in_number, mut in_quote, mut line_start) =
-            (false, false, false, true);
-        for (i, &c) in b.iter().enumerate() {
-            let space = c.is_ascii_whitespace();
-            if !space && !in_word {
-                f.words += 1;
-            }
-            in_word = !space;
-            let digit = c.is_ascii_digit();
-            if digit && !in_number {
-                f.numbers += 1;
-            }
-            in_number = digit;
-            if c == b'"' {
-                f.quotes += 1;
-                in_quote = !in_quote;
-            } else if in_quote {
-                f.quoted_bytes += 1;
-            }
-            if line_start && !space {
-                line_start = false;
-                if list_marker(&b[i..]) {
-                    f.list_items += 1;
-                }
-            }
-            match c {
-                b'\n' => {
-                    f.lines += 1;
-                    line_start = true;
-                }
-                b'?' => f.questions += 1,
-                b',' if !in_quote => f.commas += 1,
-                b'{' | b'}' | b';' | b'=' | b'<' | b'>' | b'[' | b']' | b'|' | b'$' | b'_' => {
-                    f.code_punct += 1
-                }
-                b'+' | b'*' | b'/' | b'x' | b'^' if arithmetic_at(b, i) => f.arithmetic += 1,
-                b'%' if i > 0 && b[i - 1].is_ascii_digit() => f.percents += 1,
-                _ => {}
-            }
+        let mut at = ByteScan::default();
+        for i in 0..b.len() {
+            f.scan_byte(&mut at, b, i);
         }
     }
 
