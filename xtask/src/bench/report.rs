@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::admin::Seeded;
 use super::admission::AdmissionFigures;
 use super::ingest::IngestFigures;
+use super::instructions::InstructionFigures;
 use super::overhead::OverheadFigures;
 use super::soak::SoakFigures;
 use super::{Plan, PropagationTrial};
@@ -299,6 +300,7 @@ pub struct Report {
     /// Latency and throughput of keys the control plane admits against one it never asks.
     pub admission: Option<AdmissionFigures>,
     pub overhead: Option<OverheadFigures>,
+    pub instructions: Option<InstructionFigures>,
     /// The soak (`--only soak` only).
     pub soak: Option<SoakFigures>,
     /// (process, VmRSS in KiB).
@@ -329,6 +331,7 @@ impl Report {
             ingest: None,
             admission: None,
             overhead: None,
+            instructions: None,
             soak: None,
             memory: Vec::new(),
             commands: Vec::new(),
@@ -879,6 +882,11 @@ impl Report {
                 o.render(&mut md);
                 md
             }),
+            self.instructions.as_ref().map(|i| {
+                let mut md = String::new();
+                i.render(&mut md);
+                md
+            }),
             self.admission.as_ref().map(|a| {
                 let mut md = String::new();
                 a.render(&mut md);
@@ -1201,6 +1209,7 @@ impl Report {
              cargo xtask bench --only ingest  # usage records/s through FilterSync into SQLite against the gateway's saturated throughput\n\
              cargo xtask bench --only admission  # latency and throughput of keys with a rate limit or a balance against a plain key (also in the full run)\n\
              cargo xtask bench --only overhead  # direct, bare Envoy, bare Envoy + the floor filters and tokenrouter alone (latency, saturated throughput) with CPU time per request of each process\n\
+             cargo xtask bench --only instructions  # the same Envoys, each under valgrind --tool=callgrind: instructions per request of each Envoy thread (repeatable; add --compare-wasm old.wasm for a change)\n\
              cargo xtask bench --only soak --soak-minutes 30 --soak-rate 200  # steady mixed load on one stack: memory, errors, usage rows (never in the full run)\n\
              ```\n\n\
              It installs what it needs: Envoy (`target/venv`), oha (`cargo install --locked oha \
