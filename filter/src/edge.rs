@@ -286,6 +286,9 @@ struct Routed {
     client_body_cut: bool,
     /// The response's content type (for replays).
     content_type: String,
+    /// The usage a held direct answer carried, read when it was checked ([`Released`]): the
+    /// client's body need not be parsed for it again.
+    checked_usage: Option<Usage>,
     /// Set for a request sent to its provider's direct cluster: the edge does the upstream
     /// filter's work.
     direct: Option<Box<Direct>>,
@@ -819,6 +822,7 @@ impl Edge {
             client_body: Vec::new(),
             client_body_cut: false,
             content_type: String::new(),
+            checked_usage: None,
             direct,
         }));
         let action = match ask {
@@ -1092,6 +1096,8 @@ impl Edge {
         }
     }
 
+    /// The request's usage record, without its rule trace: that stays the request's shared
+    /// text until its batch is encoded ([`vm::enqueue_usage`]).
     fn usage_record(&self) -> UsageRecord {
         let mut r = UsageRecord {
             request_id: self.request_id.clone(),
@@ -1116,7 +1122,9 @@ impl Edge {
                     ResponseWatch::Json {
                         copy,
                         overflowed: false,
-                    } => usage::from_client_body(api, copy),
+                    } => routed
+                        .checked_usage
+                        .or_else(|| usage::from_client_body(api, copy)),
                     ResponseWatch::Sse(observer) | ResponseWatch::GuardedSse(observer, _) => {
                         observer.usage()
                     }
@@ -1312,8 +1320,10 @@ impl Edge {
                 size,
                 body,
                 content_type,
+                usage,
             } => {
                 routed.content_type = content_type;
+                routed.checked_usage = usage;
                 Some((size, body))
             }
             Released::Unusable => {

@@ -6,10 +6,9 @@
 
 use tokenrouter_engine::request::ClientApi;
 use tokenrouter_engine::translate::{
-    unusable_reply, unusable_reply_body, ResponseHeaderMutation, Translator,
-    MAX_RESPONSE_BODY_BYTES,
+    check_reply, unusable_reply_body, ResponseHeaderMutation, Translator, MAX_RESPONSE_BODY_BYTES,
 };
-use tokenrouter_engine::usage::ChunkOutput;
+use tokenrouter_engine::usage::{self, ChunkOutput, Usage};
 
 use crate::{attempts, host};
 
@@ -30,6 +29,9 @@ pub enum Released {
         size: usize,
         body: Vec<u8>,
         content_type: String,
+        /// The usage the client's body carries, when the check read it and the body reached
+        /// the client as it came (`None`: read it from the client's body).
+        usage: Option<Usage>,
     },
     /// Unusable: a 502 naming the provider went in its place.
     Unusable,
@@ -73,43 +75,60 @@ impl HeldReply {
         request_id: &str,
     ) -> Released {
         let now = host::now_ms();
-        if let Some(message) = unusable_reply(
+        let checked = check_reply(
             provider,
             self.content_type.as_deref(),
             &self.body,
             self.overflowed,
-        ) {
-            log::warn!("{message} (request {request_id})");
-            attempts::answered(request_id, 502, None, now);
-            let body = unusable_reply_body(client, provider, message, request_id);
-            host::set_response_header(":status", Some("502"));
-            host::set_response_header("content-type", Some("application/json"));
-            host::set_response_header("content-length", None);
-            host::set_response_body(body_size, &body);
-            return Released::Unusable;
-        }
+        )
+        // In the provider's format: the client's too if the body passes unchanged.
+        .map(|member| member.and_then(|m| usage::from_client_usage(client, m.get())));
+        let provider_usage = match checked {
+            Ok(usage) => usage,
+            Err(message) => {
+                log::warn!("{message} (request {request_id})");
+                attempts::answered(request_id, 502, None, now);
+                let body = unusable_reply_body(client, provider, message, request_id);
+                host::set_response_header(":status", Some("502"));
+                host::set_response_header("content-type", Some("application/json"));
+                host::set_response_header("content-length", None);
+                host::set_response_body(body_size, &body);
+                return Released::Unusable;
+            }
+        };
         attempts::answered(request_id, self.status, None, now);
         let mutation = translator.response_headers(self.status, self.content_type.as_deref());
         let content_type = apply_mutation(&mutation, self.content_type.take());
-        let (size, body) = self.pass(body_size, translator);
+        let (size, body, unchanged) = self.pass_body(body_size, translator);
         Released::Usable {
             size,
             body,
             content_type,
+            usage: provider_usage.filter(|_| unchanged),
         }
     }
 
     /// The whole body through the translator (whose headers were already translated) into
     /// Envoy's buffer; returns its size there and the bytes.
     pub fn pass(self, body_size: usize, translator: &mut dyn Translator) -> (usize, Vec<u8>) {
-        let out = match translator.response_body(&self.body, true) {
-            ChunkOutput::Replace(out) => out,
-            ChunkOutput::Unchanged if self.cleared => self.body,
+        let (size, body, _) = self.pass_body(body_size, translator);
+        (size, body)
+    }
+
+    /// [`HeldReply::pass`], and whether the body went through unchanged.
+    fn pass_body(
+        self,
+        body_size: usize,
+        translator: &mut dyn Translator,
+    ) -> (usize, Vec<u8>, bool) {
+        let (out, unchanged) = match translator.response_body(&self.body, true) {
+            ChunkOutput::Replace(out) => (out, false),
+            ChunkOutput::Unchanged if self.cleared => (self.body, true),
             // Envoy's buffer holds the body as it came.
-            ChunkOutput::Unchanged => return (body_size, self.body),
+            ChunkOutput::Unchanged => return (body_size, self.body, true),
         };
         host::set_response_body(body_size, &out);
-        (out.len(), out)
+        (out.len(), out, unchanged)
     }
 }
 

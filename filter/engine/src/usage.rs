@@ -301,6 +301,28 @@ pub fn from_client_body(api: ClientApi, body: &[u8]) -> Option<Usage> {
     }
 }
 
+/// Usage from a non-streaming response's top-level `usage` member in the client's format
+/// (`api`), as [`crate::translate::check_reply`] found it: what [`from_client_body`] reads from
+/// the whole body, without reading the rest again.
+pub fn from_client_usage(api: ClientApi, usage: &str) -> Option<Usage> {
+    match api {
+        ClientApi::ChatCompletions | ClientApi::Embeddings => {
+            serde_json::from_str::<Option<OpenAiUsage>>(usage)
+                .ok()?
+                .map(Usage::from)
+        }
+        ClientApi::Responses => serde_json::from_str::<Option<ResponsesUsage>>(usage)
+            .ok()?
+            .map(Usage::from),
+        ClientApi::Messages => {
+            serde_json::from_str::<Option<crate::translate::anthropic::AnthropicUsage>>(usage)
+                .ok()?
+                .map(|u| anthropic_usage(&u))
+        }
+        ClientApi::Models => None,
+    }
+}
+
 /// Watches a streamed response in the client's format for usage and for its terminal event.
 #[derive(Debug)]
 pub enum ClientStreamObserver {
@@ -472,6 +494,52 @@ impl EventStreamObserver {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// The usage read from the `usage` member the reply check found equals what the whole
+    /// body gives, in every client format.
+    #[test]
+    fn usage_from_the_checked_member_equals_usage_from_the_body() {
+        let cases: [(ClientApi, &[u8]); 4] = [
+            (
+                ClientApi::ChatCompletions,
+                br#"{"id":"x","choices":[{"message":{"content":"hi \"usage\": 1"}}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":1}}}"#,
+            ),
+            (
+                ClientApi::Embeddings,
+                br#"{"object":"list","data":[],"usage":{"prompt_tokens":7,"total_tokens":7}}"#,
+            ),
+            (
+                ClientApi::Responses,
+                br#"{"id":"r","usage":{"input_tokens":10,"output_tokens":5,"input_tokens_details":{"cached_tokens":2},"output_tokens_details":{"reasoning_tokens":1}}}"#,
+            ),
+            (
+                ClientApi::Messages,
+                br#"{"id":"m","type":"message","usage":{"input_tokens":10,"output_tokens":5,"cache_read_input_tokens":3,"cache_creation_input_tokens":2}}"#,
+            ),
+        ];
+        for (api, body) in cases {
+            let member = crate::translate::check_reply("p", Some("application/json"), body, false)
+                .expect("a usable reply")
+                .expect("its usage member");
+            let from_member = from_client_usage(api, member.get());
+            assert!(from_member.is_some(), "{api:?}");
+            assert_eq!(from_member, from_client_body(api, body), "{api:?}");
+        }
+        // No usage, or `null`: nothing read here (the body gives none either).
+        for body in [&br#"{"id":"x"}"#[..], br#"{"id":"x","usage":null}"#] {
+            let member = crate::translate::check_reply("p", None, body, false);
+            assert!(member.is_err(), "no content type is refused first");
+            let member = crate::translate::check_reply("p", Some("application/json"), body, false);
+            assert!(matches!(member, Ok(None)), "{member:?}");
+            assert_eq!(from_client_body(ClientApi::ChatCompletions, body), None);
+        }
+        // `usage` twice: usable, but left to the whole body's reading.
+        let twice = br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#;
+        assert!(matches!(
+            crate::translate::check_reply("p", Some("application/json"), twice, false),
+            Ok(None)
+        ));
+    }
 
     const STREAM: &str = concat!(
         "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n",

@@ -34,6 +34,8 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::request::ClientApi;
 use crate::upstream::{BaseUrl, ProviderKind};
 use crate::usage::ChunkOutput;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use canonical::{Event, Reply, ReplyBuilder};
 use errors::{ClientError, MAX_ERROR_BODY_BYTES};
@@ -59,6 +61,49 @@ pub fn unusable_reply(
     body: &[u8],
     overflowed: bool,
 ) -> Option<String> {
+    check_reply(provider, content_type, body, overflowed).err()
+}
+
+/// [`unusable_reply`] as a `Result`: `Err` with why the reply cannot be given to the client;
+/// `Ok` with the reply's top-level `usage` member as it came, when the one pass that checks the
+/// body could read it (a reply without one, or whose object the pass could not take apart, e.g.
+/// with `usage` twice, gives `None`: its usage is then read from the body as before).
+pub fn check_reply<'b>(
+    provider: &str,
+    content_type: Option<&str>,
+    body: &'b [u8],
+    overflowed: bool,
+) -> Result<Option<&'b RawValue>, String> {
+    if let Some(message) = refused_unread(provider, content_type, overflowed) {
+        return Err(message);
+    }
+    /// Every other member is skipped as `serde::de::IgnoredAny` would, so this checks the whole
+    /// body in the same pass.
+    #[derive(Deserialize)]
+    struct Object<'a> {
+        #[serde(borrow, default)]
+        usage: Option<&'a RawValue>,
+    }
+    // Only an object: a derived struct would also take an array, its members as the fields.
+    if body.trim_ascii_start().first() == Some(&b'{') {
+        if let Ok(object) = serde_json::from_slice::<Object<'b>>(body) {
+            return Ok(object.usage);
+        }
+    }
+    // Not an object with at most one `usage`: checked again to say what it is.
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(e) => Err(format!(
+            "Provider '{provider}' answered 2xx with a body that is not valid JSON ({e})."
+        )),
+        Ok(_) if body.trim_ascii_start().first() != Some(&b'{') => Err(format!(
+            "Provider '{provider}' answered 2xx with JSON that is not an object."
+        )),
+        Ok(_) => Ok(None),
+    }
+}
+
+/// What refuses a reply before its bytes are read: its size or its content type.
+fn refused_unread(provider: &str, content_type: Option<&str>, overflowed: bool) -> Option<String> {
     if overflowed {
         return Some(format!(
             "The reply from provider '{provider}' exceeds {MAX_RESPONSE_BODY_BYTES} bytes."
@@ -76,16 +121,7 @@ pub fn unusable_reply(
             "Provider '{provider}' answered 2xx with content type {content_type:?} instead of JSON."
         ));
     }
-    // Validated without building it (the edge reads what it needs from it later).
-    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-        Err(e) => Some(format!(
-            "Provider '{provider}' answered 2xx with a body that is not valid JSON ({e})."
-        )),
-        Ok(_) if body.trim_ascii_start().first() != Some(&b'{') => Some(format!(
-            "Provider '{provider}' answered 2xx with JSON that is not an object."
-        )),
-        Ok(_) => None,
-    }
+    None
 }
 
 /// The client-format error (HTTP 502, `provider_error`, naming the provider) for a 2xx reply
