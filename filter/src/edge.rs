@@ -1320,10 +1320,12 @@ impl Edge {
                 size,
                 body,
                 content_type,
-                usage,
+                usage_member,
             } => {
                 routed.content_type = content_type;
-                routed.checked_usage = usage;
+                routed.checked_usage = usage_member
+                    .and_then(|member| body.get(member))
+                    .and_then(|member| usage::from_client_usage(api, member));
                 Some((size, body))
             }
             Released::Unusable => {

@@ -4,11 +4,13 @@
 //! chain's next attempt. The upstream filter holds an attempt's answer; the edge holds a direct
 //! request's (ARCHITECTURE.md, "Failover" and "Direct requests").
 
+use std::ops::Range;
 use tokenrouter_engine::request::ClientApi;
 use tokenrouter_engine::translate::{
     check_reply, unusable_reply_body, ResponseHeaderMutation, Translator, MAX_RESPONSE_BODY_BYTES,
 };
-use tokenrouter_engine::usage::{self, ChunkOutput, Usage};
+
+use tokenrouter_engine::usage::ChunkOutput;
 
 use crate::{attempts, host};
 
@@ -29,9 +31,9 @@ pub enum Released {
         size: usize,
         body: Vec<u8>,
         content_type: String,
-        /// The usage the client's body carries, when the check read it and the body reached
-        /// the client as it came (`None`: read it from the client's body).
-        usage: Option<Usage>,
+        /// Where the answer's top-level `usage` member lies in `body`, when the check found it
+        /// and the body reached the client as it came (`None`: read the usage from the body).
+        usage_member: Option<Range<usize>>,
     },
     /// Unusable: a 502 naming the provider went in its place.
     Unusable,
@@ -80,11 +82,9 @@ impl HeldReply {
             self.content_type.as_deref(),
             &self.body,
             self.overflowed,
-        )
-        // In the provider's format: the client's too if the body passes unchanged.
-        .map(|member| member.and_then(|m| usage::from_client_usage(client, m.get())));
-        let provider_usage = match checked {
-            Ok(usage) => usage,
+        );
+        let usage_member = match checked {
+            Ok(member) => member,
             Err(message) => {
                 log::warn!("{message} (request {request_id})");
                 attempts::answered(request_id, 502, None, now);
@@ -104,7 +104,8 @@ impl HeldReply {
             size,
             body,
             content_type,
-            usage: provider_usage.filter(|_| unchanged),
+            // In the provider's format: the client's too only if the body passed unchanged.
+            usage_member: usage_member.filter(|_| unchanged),
         }
     }
 

@@ -214,16 +214,8 @@ pub fn render_trace(trace: Trace) -> (Rc<str>, Option<Rc<str>>) {
         if let Some(last) = s.last_trace.as_ref().filter(|last| last.trace == trace) {
             return (Rc::clone(&last.log), last.header.clone());
         }
-        let (log, header) = trace.render();
-        let log: Rc<str> = Rc::from(log);
         // Usually the header is the log row's text: one copy serves both.
-        let header = header.map(|h| {
-            if *h == *log {
-                Rc::clone(&log)
-            } else {
-                Rc::from(h)
-            }
-        });
+        let (log, header) = trace.render_shared();
         s.last_trace = Some(RenderedTrace {
             trace,
             log: Rc::clone(&log),

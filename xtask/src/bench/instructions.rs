@@ -23,12 +23,10 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 use super::client::Conn;
+use super::overhead::{COMPARE_NAME, ENVOY_CONCURRENCY};
 use super::report::{per_round, stat_text, Stat};
 use super::{Plan, Stacks};
 use crate::Supervisor;
-
-/// Envoy workers, as the overhead run.
-const ENVOY_CONCURRENCY: usize = 1;
 
 /// Requests measured per candidate per round (100 with `--quick`).
 const REQUESTS: usize = 500;
@@ -40,9 +38,6 @@ const WARM_UP_REQUESTS: usize = 300;
 /// How long an Envoy under valgrind may take to answer its first request (four start at once
 /// on the same cores, each ≈ 50 × slower than natively).
 const START_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The row of the `--compare-wasm` build.
-const COMPARE_NAME: &str = "tr (compare)";
 
 /// Instructions per request of one candidate, one value per round.
 #[derive(Clone, Debug, Default)]
@@ -113,7 +108,7 @@ pub fn run(
         rows: measured
             .iter()
             .map(|m| Row {
-                name: m.name.to_string(),
+                name: m.name.clone(),
                 ..Row::default()
             })
             .collect(),

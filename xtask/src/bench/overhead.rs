@@ -27,10 +27,10 @@ use super::{Plan, Stacks, Target};
 use crate::Supervisor;
 
 /// Envoy workers, as the latency table and the 1-worker throughput table.
-const ENVOY_CONCURRENCY: usize = 1;
+pub(super) const ENVOY_CONCURRENCY: usize = 1;
 
-/// The row of the `--compare-wasm` build.
-const COMPARE_NAME: &str = "tr (compare)";
+/// The row of the `--compare-wasm` build (a prefix of each row with several).
+pub(super) const COMPARE_NAME: &str = "tr (compare)";
 
 /// The floor rows: (row name, the floor filter's configuration).
 const FLOORS: [(&str, &str); 2] = [

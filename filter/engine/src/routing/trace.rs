@@ -1,6 +1,7 @@
 //! The rule trace: why a request went where it went. Returned in `x-tokenrouter-rule-trace`
 //! (JSON, ASCII-only, bounded) and stored with the request log row.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 #[cfg(test)]
@@ -210,15 +211,35 @@ impl Trace {
     /// the full trace and it fits the header, the header is that same text, serialized once.
     pub fn render(&self) -> (String, Option<String>) {
         let log = self.to_log_json();
-        let full_in_log = self.rules.len() <= LOG_FULL_TRACE_RULES && !self.conditions_skipped;
-        let header = if self.rules.is_empty() && self.steps.is_empty() {
-            None
-        } else if full_in_log && log.len() <= MAX_HEADER_BYTES {
-            Some(log.clone())
-        } else {
-            self.header_value()
+        let header = match self.header_beside(&log) {
+            HeaderText::Log => Some(log.clone()),
+            HeaderText::Own(header) => header,
         };
         (log, header)
+    }
+
+    /// [`Trace::render`] as shared texts: when the header is the log row's text, both are the
+    /// same `Rc` (no copy), for an edge that keeps them beyond the request.
+    pub fn render_shared(&self) -> (Rc<str>, Option<Rc<str>>) {
+        let log: Rc<str> = Rc::from(self.to_log_json());
+        let header = match self.header_beside(&log) {
+            HeaderText::Log => Some(Rc::clone(&log)),
+            HeaderText::Own(header) => header.map(Rc::from),
+        };
+        (log, header)
+    }
+
+    /// The header given the log row's text `log`: that same text when the log row holds the
+    /// full trace and it fits, else its own ([`Trace::header_value`]).
+    fn header_beside(&self, log: &str) -> HeaderText {
+        let full_in_log = self.rules.len() <= LOG_FULL_TRACE_RULES && !self.conditions_skipped;
+        if self.rules.is_empty() && self.steps.is_empty() {
+            HeaderText::Own(None)
+        } else if full_in_log && log.len() <= MAX_HEADER_BYTES {
+            HeaderText::Log
+        } else {
+            HeaderText::Own(self.header_value())
+        }
     }
 
     /// The trace for `x-tokenrouter-rule-trace`: ASCII JSON of at most [`MAX_HEADER_BYTES`],
@@ -262,6 +283,14 @@ impl Step {
         }
         o
     }
+}
+
+/// Where the header's text comes from ([`Trace::header_beside`]).
+enum HeaderText {
+    /// The log row's text.
+    Log,
+    /// Its own (`None`: no header).
+    Own(Option<String>),
 }
 
 /// What a serialized trace holds.
@@ -568,6 +597,8 @@ mod tests {
             assert_eq!(t.to_log_json(), reference_log(&t), "{n} rules");
             // `render` serializes once where it can and gives the same two texts.
             assert_eq!(t.render(), (t.to_log_json(), t.header_value()), "{n} rules");
+            let (log, header) = t.render_shared();
+            assert_eq!((log.to_string(), header.map(|h| h.to_string())), t.render());
             t.conditions_skipped = true;
             assert_eq!(
                 t.header_value(),

@@ -34,6 +34,8 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::request::ClientApi;
 use crate::upstream::{BaseUrl, ProviderKind};
 use crate::usage::ChunkOutput;
+use std::ops::Range;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -65,15 +67,15 @@ pub fn unusable_reply(
 }
 
 /// [`unusable_reply`] as a `Result`: `Err` with why the reply cannot be given to the client;
-/// `Ok` with the reply's top-level `usage` member as it came, when the one pass that checks the
-/// body could read it (a reply without one, or whose object the pass could not take apart, e.g.
-/// with `usage` twice, gives `None`: its usage is then read from the body as before).
-pub fn check_reply<'b>(
+/// `Ok` with where the reply's top-level `usage` member lies in `body`, when the one pass that
+/// checks the body could read it (a reply without one, or whose object the pass could not take
+/// apart, e.g. with `usage` twice, gives `None`: its usage is then read from the body as before).
+pub fn check_reply(
     provider: &str,
     content_type: Option<&str>,
-    body: &'b [u8],
+    body: &[u8],
     overflowed: bool,
-) -> Result<Option<&'b RawValue>, String> {
+) -> Result<Option<Range<usize>>, String> {
     if let Some(message) = refused_unread(provider, content_type, overflowed) {
         return Err(message);
     }
@@ -85,9 +87,10 @@ pub fn check_reply<'b>(
         usage: Option<&'a RawValue>,
     }
     // Only an object: a derived struct would also take an array, its members as the fields.
-    if body.trim_ascii_start().first() == Some(&b'{') {
-        if let Ok(object) = serde_json::from_slice::<Object<'b>>(body) {
-            return Ok(object.usage);
+    let object = body.trim_ascii_start().first() == Some(&b'{');
+    if object {
+        if let Ok(parsed) = serde_json::from_slice::<Object<'_>>(body) {
+            return Ok(parsed.usage.and_then(|member| range_in(body, member.get())));
         }
     }
     // Not an object with at most one `usage`: checked again to say what it is.
@@ -95,11 +98,18 @@ pub fn check_reply<'b>(
         Err(e) => Err(format!(
             "Provider '{provider}' answered 2xx with a body that is not valid JSON ({e})."
         )),
-        Ok(_) if body.trim_ascii_start().first() != Some(&b'{') => Err(format!(
+        Ok(_) if !object => Err(format!(
             "Provider '{provider}' answered 2xx with JSON that is not an object."
         )),
         Ok(_) => Ok(None),
     }
+}
+
+/// Where `part`, a slice borrowed from `whole`, lies in it.
+fn range_in(whole: &[u8], part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let range = start..start + part.len();
+    (whole.get(range.clone()) == Some(part.as_bytes())).then_some(range)
 }
 
 /// What refuses a reply before its bytes are read: its size or its content type.
