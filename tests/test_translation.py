@@ -4,6 +4,7 @@ the filter → fake OpenAI, Anthropic and Gemini providers speaking their docume
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -385,6 +386,44 @@ def test_provider_error_is_mapped_to_the_envelope(matrix: Matrix) -> None:
     assert body["error"]["http_status"] == 401
     assert body["error"]["raw"]["error"]["message"]
     assert body["request_id"]
+
+
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_repeated_gateway_key_headers_never_reach_the_provider(matrix: Matrix, provider: str) -> None:
+    """A client may send its key in both places an SDK uses, and repeat one (Envoy joins a
+    repeated `authorization` into one value, but keeps each `x-api-key` line): the provider
+    gets one credential header, its own, and no line of the gateway key (the edge replaces a
+    lone header in place and removes a repeated one whole)."""
+    body = json.dumps({"model": MODELS[provider], "messages": user("twice")})
+    conn = http.client.HTTPConnection("127.0.0.1", matrix.envoy.port, timeout=10)
+    conn.putrequest("POST", "/v1/chat/completions", skip_accept_encoding=True)
+    for name, value in [
+        ("authorization", f"Bearer {matrix.key}"),
+        ("x-api-key", matrix.key),
+        ("x-api-key", matrix.key),
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+    ]:
+        conn.putheader(name, value)
+    conn.endheaders(body.encode())
+    response = conn.getresponse()
+    answer = response.read()
+    conn.close()
+    assert response.status == 200, answer
+
+    [sent] = matrix.received(provider)
+    assert not [line for line in sent.header_lines if matrix.key in line[1]]
+    credentials = [line for line in sent.header_lines if line[0] in CREDENTIAL_HEADERS]
+    expected = {
+        "openai": ("authorization", f"Bearer {PROVIDER_SECRET}"),
+        "claude": ("x-api-key", ANTHROPIC_SECRET),
+        "gem": ("x-goog-api-key", GEMINI_SECRET),
+        "azure": ("api-key", PROVIDER_SECRET),
+    }[provider]
+    assert credentials == [expected]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -51,6 +51,9 @@ const UPSTREAM_RESET_DETAILS: &str = "upstream_reset_after_response_started";
 /// made itself).
 const VIA_UPSTREAM_DETAILS: &str = "via_upstream";
 
+/// Where a client sends its gateway key (`Authorization: Bearer`, Anthropic's `x-api-key`).
+const CLIENT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
+
 /// Stream property (filter state `wasm.tokenrouter_provider`) naming the provider of a held
 /// direct answer, for the bootstrap's local-reply mapper: a provider that resets while its
 /// answer is held makes Envoy reply without the edge (the response headers already reached it).
@@ -377,6 +380,10 @@ pub struct Edge {
     /// The request headers as the edge leaves them (read once: every single-header read is a
     /// host call).
     headers: host::Headers,
+    /// The client's credential headers (the gateway key), with how often each occurs: out of
+    /// `headers` at once, out of Envoy's map when the request is forwarded (a direct request's
+    /// provider credential replaces a lone one in one header set).
+    client_credentials: Vec<(&'static str, usize)>,
 }
 
 impl Edge {
@@ -406,10 +413,22 @@ impl Edge {
             admission_retries: ADMISSION_RETRIES,
             retry_after: None,
             headers: host::Headers::default(),
+            client_credentials: Vec::new(),
             stage: Stage::Replied {
                 status: 0,
                 error: ErrorKind::ServiceUnavailable,
             },
+        }
+    }
+
+    /// Removes the client's credential headers from Envoy's map, but for `replaced`: the
+    /// header the provider's credential is set in next, when the client sent it once (a set
+    /// replaces the first value only, so a repeated one is removed whole).
+    fn forward_credentials(&self, replaced: Option<&str>) {
+        for &(name, count) in &self.client_credentials {
+            if !(count == 1 && replaced == Some(name)) {
+                host::set_request_header(name, None);
+            }
         }
     }
 
@@ -501,12 +520,21 @@ impl Edge {
             );
             return Ok(Action::Pause);
         }
-        // The gateway key goes no further than this filter, and internal headers are the
-        // filter's own: a client's are dropped.
+        // The gateway key goes no further than this filter: out of the edge's copy now (rules
+        // and traces never see it), out of Envoy's map when the request is forwarded
+        // (`forward_credentials`).
+        for name in CLIENT_CREDENTIAL_HEADERS {
+            let count = self.headers.count(name);
+            if count > 0 {
+                self.client_credentials.push((name, count));
+                self.headers.remove(name);
+            }
+        }
+        // Internal headers are the filter's own: a client's are dropped.
         let dropped: Vec<String> = self
             .headers
             .names()
-            .filter(|n| matches!(*n, "authorization" | "x-api-key") || n.starts_with("x-tr-"))
+            .filter(|n| n.starts_with("x-tr-"))
             .map(str::to_string)
             .collect();
         for name in &dropped {
@@ -865,6 +893,8 @@ impl Edge {
     ) -> Result<(), GatewayError> {
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let retries = decision.attempts.len().saturating_sub(1);
+        // Each attempt's upstream filter sets its provider's credential.
+        self.forward_credentials(None);
         host::set_request_header("x-tr-cluster", Some(&decision.cluster));
         host::set_request_header(
             "x-tr-attempts",
@@ -952,6 +982,9 @@ impl Edge {
         for name in &removed {
             self.remove_request_header(name);
         }
+        let credential_header =
+            (!credential.is_empty()).then(|| provider.kind.credential_header(&credential));
+        self.forward_credentials(credential_header.as_ref().map(|(name, _)| *name));
         host::set_request_header("x-tr-cluster", Some(cluster));
         host::set_request_header(
             "x-envoy-upstream-rq-per-try-timeout-ms",
@@ -971,9 +1004,8 @@ impl Edge {
         for (name, value) in &set_headers {
             host::set_request_header(name, Some(value));
         }
-        if !credential.is_empty() {
-            let (name, value) = provider.kind.credential_header(&credential);
-            host::set_request_header(name, Some(&value));
+        if let Some((name, value)) = &credential_header {
+            host::set_request_header(name, Some(value));
         }
         forward_body(size, new_body.as_deref().unwrap_or(body))?;
         Ok(Box::new(Direct {

@@ -45,6 +45,11 @@ impl Headers {
         self.get(name).is_some()
     }
 
+    /// How many times `name` occurs.
+    pub fn count(&self, name: &str) -> usize {
+        self.0.iter().filter(|(n, _)| n == name).count()
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(n, _)| n.as_str())
     }

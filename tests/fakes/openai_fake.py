@@ -55,6 +55,8 @@ class RecordedRequest:
     """The parsed JSON body, or None when the body is empty or not JSON."""
     query: str = ""
     """The query string, without ``?``."""
+    header_lines: tuple[tuple[str, str], ...] = ()
+    """Every header line as it came, in order, names lowercased (repeats kept)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +351,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         path, _, query = self.path.partition("?")
-        return RecordedRequest(self.command, path, headers, raw, body, query)
+        lines = tuple((name.lower(), value) for name, value in self.headers.items())
+        return RecordedRequest(self.command, path, headers, raw, body, query, lines)
 
     def _read_body(self, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():

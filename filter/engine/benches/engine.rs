@@ -260,7 +260,7 @@ fn routing(c: &mut Criterion) {
             // As the edge decides (the preview's full trace is `decide`).
             let d = decide_traced(&s, &scores, &input, Tracing::Served).expect("routed");
             assert_eq!(d.attempts[0].provider.name, "bench");
-            assert!(d.trace.rules.len() == rules && d.trace.rules.iter().all(|r| !r.matched));
+            assert!(d.trace.rule_count() == rules && d.trace.rules.iter().all(|r| !r.matched));
             group.bench_function(format!("decide_{rules}_rules{suffix}"), |b| {
                 b.iter(|| {
                     decide_traced(black_box(&s), &scores, black_box(&input), Tracing::Served)

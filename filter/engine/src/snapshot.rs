@@ -119,8 +119,9 @@ struct Parts {
     model_kinds: HashMap<String, Vec<ProviderKind>>,
     /// Firewall rules, compiled once per version.
     firewall: Firewall,
-    /// Routing rules, enabled or not, higher priority first (then lower id).
-    routing_rules: RuleSet,
+    /// Routing rules, enabled or not, higher priority first (then lower id); shared with the
+    /// traces that list rules by position (`routing::trace::PassedOver`).
+    routing_rules: Arc<RuleSet>,
     /// Key id → its routing configuration.
     routing_configs: HashMap<String, KeyConfig>,
     /// Provider names in attempt order → chain cluster (explicitly materialised chains).
@@ -270,7 +271,7 @@ impl Snapshot {
                 models,
                 model_kinds,
                 firewall,
-                routing_rules: RuleSet::new(routing_rules),
+                routing_rules: Arc::new(RuleSet::new(routing_rules)),
                 routing_configs,
                 chain_clusters,
                 kind_models,
@@ -366,7 +367,7 @@ impl Snapshot {
     }
 
     /// Routing rules with what evaluates them per request.
-    pub fn routing_rule_set(&self) -> &RuleSet {
+    pub fn routing_rule_set(&self) -> &Arc<RuleSet> {
         &self.parts.routing_rules
     }
 

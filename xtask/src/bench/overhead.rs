@@ -61,6 +61,10 @@ pub struct CandidateFigures {
     pub p99_us: Vec<f64>,
     pub rps: Vec<f64>,
     pub cpu: Vec<CpuPerRequest>,
+    /// Requests per second at one connection (back to back: 1 / the mean latency).
+    pub one_rps: Vec<f64>,
+    /// Where the CPU of the one-connection run went.
+    pub one_cpu: Vec<CpuPerRequest>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -194,16 +198,21 @@ pub fn run(
         println!("--- round {}/{} (overhead)", round + 1, plan.rounds);
         for i in 0..n {
             let at = (i + round) % n;
-            let (target, _, name) = &targets[at];
+            let (target, pids, name) = &targets[at];
+            let before = ticks(pids)?;
             let r = oha.run(&load(target, 1, plan.latency_duration))?;
+            let after = ticks(pids)?;
             super::check(target, &r)?;
+            let cpu = per_request(&before, &after, r.total);
             println!(
-                "{:>12} 1 conn: p50 {:.0} µs p99 {:.0} µs",
-                name, r.p50_us, r.p99_us
+                "{:>12} 1 conn: p50 {:.0} µs p99 {:.0} µs; CPU µs/request: Envoy workers {:.1}, machine {:.1}",
+                name, r.p50_us, r.p99_us, cpu.envoy_workers, cpu.machine
             );
             let c = &mut figures.candidates[at];
             c.p50_us.push(r.p50_us);
             c.p99_us.push(r.p99_us);
+            c.one_rps.push(r.rps);
+            c.one_cpu.push(cpu);
         }
         for i in 0..n {
             let at = (i + round) % n;
@@ -371,6 +380,8 @@ impl CandidateFigures {
             p99_us: Vec::new(),
             rps: Vec::new(),
             cpu: Vec::new(),
+            one_rps: Vec::new(),
+            one_cpu: Vec::new(),
         }
     }
 }
@@ -491,6 +502,55 @@ impl OverheadFigures {
             );
         }
         md.push('\n');
+        self.render_one_connection(md);
+    }
+
+    /// What a lone request costs: at one connection the requests follow each other, so the
+    /// mean time per request is 1 / req/s, and the CPU the machine spends per request shows
+    /// how much of that time something is running (the rest is waiting: wake-ups, the loopback).
+    fn render_one_connection(&self, md: &mut String) {
+        if self.candidates.iter().all(|c| c.one_cpu.is_empty()) {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "At one connection (the latency step above), the same CPU reading: requests follow \
+             each other, so the mean time per request is 1 ÷ req/s, and the machine's busy CPU per \
+             request (every process: Envoy, the control plane, the fake provider and the load \
+             generator, on {} cores) shows how much of that time something runs. Busy ÷ mean near \
+             1 means a lone request waits on CPU work alone; well below 1, on wake-ups and the \
+             loopback.\n\n\
+             | candidate | mean µs per request (1 connection) | Envoy workers µs/req | Envoy other µs/req | control plane µs/req | fake provider µs/req | machine busy µs/req | busy ÷ mean |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- |",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        for c in &self.candidates {
+            let is_direct = c.candidate == Candidate::Direct;
+            let mean: Vec<f64> = c
+                .one_rps
+                .iter()
+                .map(|r| if *r > 0.0 { 1e6 / r } else { 0.0 })
+                .collect();
+            let cpu = |f: fn(&CpuPerRequest) -> f64| {
+                let v: Vec<f64> = c.one_cpu.iter().map(f).collect();
+                stat_text(Stat::of(&v), 1, "")
+            };
+            let dash_unless = |shown: bool, text: String| if shown { text } else { "—".into() };
+            let busy: Vec<f64> = c.one_cpu.iter().map(|x| x.machine).collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.name,
+                stat_text(Stat::of(&mean), 0, ""),
+                dash_unless(!is_direct, cpu(|c| c.envoy_workers)),
+                dash_unless(!is_direct, cpu(|c| c.envoy_other)),
+                dash_unless(c.candidate == Candidate::Tr, cpu(|c| c.control_plane)),
+                cpu(|c| c.runner),
+                cpu(|c| c.machine),
+                stat_text(per_round(&busy, &mean, |b, m| b / m), 2, ""),
+            );
+        }
+        md.push('\n');
     }
 }
 
@@ -530,6 +590,11 @@ mod tests {
             p99_us: vec![p50 * 2.0],
             rps: vec![rps],
             cpu: vec![CpuPerRequest::default()],
+            one_rps: vec![1e6 / p50],
+            one_cpu: vec![CpuPerRequest {
+                machine: p50 / 2.0,
+                ..CpuPerRequest::default()
+            }],
         };
         let figures = OverheadFigures {
             rounds: 1,
@@ -564,5 +629,13 @@ mod tests {
             "{tr}"
         );
         assert!(tr.contains("| 0.50 × (0.50–0.50) |"), "{tr}");
+        // The one-connection table: mean = 1 / req/s, and the busy share of it.
+        let one = md.split("At one connection").nth(1).unwrap();
+        let tr = one.lines().find(|l| l.starts_with("| tr |")).unwrap();
+        assert!(tr.starts_with("| tr | 300 (300–300) |"), "{tr}");
+        assert!(
+            tr.ends_with("| 150.0 (150.0–150.0) | 0.50 (0.50–0.50) |"),
+            "{tr}"
+        );
     }
 }

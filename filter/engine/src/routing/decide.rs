@@ -2,6 +2,7 @@
 //! [`crate::routing`] give the order of precedence).
 
 use std::cell::{Cell, OnceCell, RefCell};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -9,7 +10,7 @@ use super::complexity::{self, Tier};
 use super::features::Features;
 use super::rules::{Evaluation, Facts};
 use super::scores::{ScoreBoard, MIN_SAMPLES};
-use super::trace::{Trace, LOG_FULL_TRACE_RULES};
+use super::trace::{PassedOver, Trace, LOG_FULL_TRACE_RULES};
 use super::{check_pair, resolve, resolve_pinned, Mode, Target};
 use crate::error::{ErrorKind, GatewayError};
 use crate::money::Price;
@@ -520,22 +521,34 @@ pub fn decide_traced<'s>(
     // Routing rules, higher priority first.
     let mut outcome = RuleOutcome::default();
     let mut mode_set_by_rule = false;
-    let all_rules = snapshot.routing_rules();
-    let mut rules = Vec::with_capacity(all_rules.len());
-    rules.extend(all_rules.iter().filter(|r| r.in_scope(input.key_id)));
+    let rule_set = snapshot.routing_rule_set();
+    // With their positions in the set (a passed-over rule is listed by it).
+    let mut rules = Vec::with_capacity(rule_set.rules().len());
+    rules.extend(
+        (0u32..)
+            .zip(rule_set.rules())
+            .filter(|(_, r)| r.in_scope(input.key_id)),
+    );
     if !rules.is_empty() {
         let facts = RequestFacts::new(input, input.features.text.to_ascii_lowercase(), mode);
-        let evaluation = Evaluation::of_rules(&facts, snapshot.routing_rule_set());
-        trace.rules.reserve(rules.len());
+        let evaluation = Evaluation::of_rules(&facts, rule_set);
         let skip_unmatched = tracing == Tracing::Served && rules.len() > LOG_FULL_TRACE_RULES;
         trace.conditions_skipped = skip_unmatched;
-        for rule in rules {
+        if skip_unmatched {
+            trace.passed_over = Some(PassedOver::new(Arc::clone(rule_set), rules.len()));
+        } else {
+            trace.rules.reserve(rules.len());
+        }
+        for (at, rule) in rules {
             facts.mode.set(mode);
-            let (matched, mut rt) = if skip_unmatched && !rule.matches(&evaluation) {
-                (false, rule.unmatched())
-            } else {
-                rule.check(&evaluation)
-            };
+            if let (true, Some(over)) = (skip_unmatched, trace.passed_over.as_mut()) {
+                if !rule.matches(&evaluation) {
+                    over.passed(at);
+                    continue;
+                }
+                over.traced(at);
+            }
+            let (matched, mut rt) = rule.check(&evaluation);
             if matched {
                 let a = &rule.actions;
                 if let Some(m) = a.set_mode {
@@ -1522,12 +1535,13 @@ mod tests {
                 assert_eq!(served.warnings, full.warnings, "{what}");
                 let outline = |d: &Decision<'_>| -> Vec<_> {
                     d.trace
-                        .rules
-                        .iter()
-                        .map(|r| (r.id, r.matched, r.applied.clone(), r.ignored.clone()))
+                        .listed_rules()
+                        .into_iter()
+                        .map(|r| (r.id, r.matched, r.applied, r.ignored))
                         .collect()
                 };
                 assert_eq!(outline(&served), outline(&full), "{what}");
+                assert_eq!(served.trace.rule_count(), count, "{what}");
                 assert!(full.trace.rules.iter().any(|r| r.matched), "{what}");
                 assert_eq!(
                     served.trace.to_log_json(),
@@ -1537,11 +1551,31 @@ mod tests {
                 let skipped = count > LOG_FULL_TRACE_RULES;
                 assert_eq!(served.trace.conditions_skipped, skipped, "{what}");
                 if skipped {
-                    assert!(served.trace.rules.iter().any(|r| r.conditions.is_empty()));
+                    // Unmatched rules are passed over, listed by position; the header is the
+                    // full trace's condition-less form.
+                    assert!(served.trace.rules.iter().all(|r| r.matched), "{what}");
+                    assert!(served.trace.passed_over.is_some(), "{what}");
+                    let mut condition_less = full.trace.clone();
+                    condition_less.conditions_skipped = true;
+                    assert_eq!(
+                        served.trace.header_value(),
+                        condition_less.header_value(),
+                        "{what}"
+                    );
+                    assert_eq!(
+                        served.trace.render(),
+                        (served.trace.to_log_json(), served.trace.header_value()),
+                        "{what}"
+                    );
+                    // The same decision again is the same trace (the edge's cache of its last
+                    // trace compares them); another request's is not.
+                    let again = run_traced(&s, &scores, r, Tracing::Served).unwrap();
+                    assert_eq!(again.trace, served.trace, "{what}");
                 } else {
                     assert_eq!(served.trace, full.trace, "{what}");
                 }
                 assert!(!full.trace.conditions_skipped);
+                assert!(full.trace.passed_over.is_none());
             }
         }
     }

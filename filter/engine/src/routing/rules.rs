@@ -651,20 +651,6 @@ impl Rule {
         evaluation.all_hold(&self.conditions, &self.traced)
     }
 
-    /// The trace entry of a rule that did not match, without its conditions (see
-    /// [`Trace::conditions_skipped`](super::trace::Trace::conditions_skipped)).
-    pub fn unmatched(&self) -> RuleTrace {
-        RuleTrace {
-            id: self.id,
-            name: Arc::clone(&self.name),
-            priority: self.priority,
-            matched: false,
-            conditions: Vec::new(),
-            applied: Vec::new(),
-            ignored: Vec::new(),
-        }
-    }
-
     /// Evaluates the rule's conditions into a fresh trace entry.
     pub fn check(&self, evaluation: &Evaluation<'_>) -> (bool, RuleTrace) {
         let mut conditions = Vec::with_capacity(self.conditions.len());

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use serde_json::json;
 use serde_json::{Map, Value};
 
+use super::rules::{Rule, RuleSet};
+
 /// Longest trace sent in a header; a longer one loses its candidate list, then its conditions.
 pub const MAX_HEADER_BYTES: usize = 4096;
 
@@ -51,6 +53,7 @@ pub struct Step {
 /// Everything that decided one request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Trace {
+    /// The rules traced with their conditions (every rule, unless some were passed over).
     pub rules: Vec<RuleTrace>,
     pub steps: Vec<Step>,
     /// Some rules that did not match carry no conditions: the edge's decision (above
@@ -58,6 +61,110 @@ pub struct Trace {
     /// unmatched rule's conditions) stops at a rule's first failing condition. The header then
     /// goes straight to its condition-less form; the preview always traces every condition.
     pub conditions_skipped: bool,
+    /// Where the edge's decision passed over rules: they are listed by their position in the
+    /// snapshot's rules, not by an entry each.
+    pub passed_over: Option<PassedOver>,
+}
+
+/// The rules a decision passed over at their first failing condition, by position in the
+/// snapshot's rule list (shared, not copied), and where the traced rules stand among them. A
+/// 1 000-rule decision then builds, compares (the edge keeps its last trace) and drops one
+/// `u32` per rule instead of a [`RuleTrace`] with its name.
+#[derive(Clone, Debug)]
+pub struct PassedOver {
+    set: Arc<RuleSet>,
+    /// Positions in `set` of the rules of [`Trace::rules`], in their order.
+    traced: Vec<u32>,
+    /// Positions in `set` of the rules passed over, in order.
+    passed: Vec<u32>,
+}
+
+impl PassedOver {
+    pub fn new(set: Arc<RuleSet>, capacity: usize) -> PassedOver {
+        PassedOver {
+            set,
+            traced: Vec::new(),
+            passed: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// The rule at `at` in the set is the next entry of [`Trace::rules`].
+    pub fn traced(&mut self, at: u32) {
+        self.traced.push(at);
+    }
+
+    /// The rule at `at` in the set did not match and is listed without conditions.
+    pub fn passed(&mut self, at: u32) {
+        self.passed.push(at);
+    }
+}
+
+/// Equal when they list the same positions of the same rule set (the same snapshot's).
+impl PartialEq for PassedOver {
+    fn eq(&self, other: &PassedOver) -> bool {
+        Arc::ptr_eq(&self.set, &other.set)
+            && self.traced == other.traced
+            && self.passed == other.passed
+    }
+}
+
+/// A rule of a trace, in evaluation order.
+#[derive(Clone, Copy)]
+enum Entry<'a> {
+    Traced(&'a RuleTrace),
+    /// Passed over: did not match, no conditions listed.
+    Passed(&'a Rule),
+}
+
+impl Entry<'_> {
+    fn matched(&self) -> bool {
+        match self {
+            Entry::Traced(r) => r.matched,
+            Entry::Passed(_) => false,
+        }
+    }
+
+    fn id(&self) -> i64 {
+        match self {
+            Entry::Traced(r) => r.id,
+            Entry::Passed(r) => r.id,
+        }
+    }
+}
+
+/// The traced and passed-over rules merged back into evaluation order (positions in the set
+/// rise with it).
+struct Entries<'a> {
+    traced: &'a [RuleTrace],
+    over: Option<&'a PassedOver>,
+    next_traced: usize,
+    next_passed: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Entry<'a>;
+
+    fn next(&mut self) -> Option<Entry<'a>> {
+        let passed_first = self.over.and_then(|over| {
+            let passed_at = *over.passed.get(self.next_passed)?;
+            let before_traced = over
+                .traced
+                .get(self.next_traced)
+                .is_none_or(|&traced_at| passed_at < traced_at);
+            before_traced.then_some((over, passed_at))
+        });
+        match passed_first {
+            Some((over, at)) => {
+                self.next_passed += 1;
+                over.set.rules().get(at as usize).map(Entry::Passed)
+            }
+            None => {
+                let r = self.traced.get(self.next_traced)?;
+                self.next_traced += 1;
+                Some(Entry::Traced(r))
+            }
+        }
+    }
 }
 
 impl Trace {
@@ -73,13 +180,39 @@ impl Trace {
         self.steps.push(Step { step, detail });
     }
 
+    /// How many rules the trace lists, traced or passed over.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len() + self.passed_over.as_ref().map_or(0, |p| p.passed.len())
+    }
+
+    /// Every rule listed, in evaluation order.
+    fn entries(&self) -> Entries<'_> {
+        Entries {
+            traced: &self.rules,
+            over: self.passed_over.as_ref(),
+            next_traced: 0,
+            next_passed: 0,
+        }
+    }
+
+    /// Every rule listed, in evaluation order, a passed-over one as the entry it stands for
+    /// (no conditions).
+    pub fn listed_rules(&self) -> Vec<RuleTrace> {
+        self.entries()
+            .map(|e| match e {
+                Entry::Traced(r) => r.clone(),
+                Entry::Passed(r) => passed_entry(r),
+            })
+            .collect()
+    }
+
     /// The trace as a JSON value: rules (with their conditions when `with_conditions`), then
     /// steps (without `candidates` unless `with_candidates`). Only the tests use it, as the
     /// reference [`View`] must serialize exactly like.
     #[cfg(test)]
     fn to_value(&self, with_conditions: bool, with_candidates: bool) -> Value {
-        let mut out = Vec::with_capacity(self.rules.len() + self.steps.len());
-        for r in &self.rules {
+        let mut out = Vec::with_capacity(self.rule_count() + self.steps.len());
+        for r in &self.listed_rules() {
             let mut o = Map::new();
             o.insert("rule".into(), Value::from(&*r.name));
             o.insert("id".into(), Value::from(r.id));
@@ -136,19 +269,21 @@ impl Trace {
             }
         };
         let full = |out: Vec<u8>| String::from_utf8(out).unwrap_or_default();
-        for rule in self
-            .rules
-            .iter()
-            .filter(|r| !form.unmatched_as_ids || r.matched)
+        for entry in self
+            .entries()
+            .filter(|e| !form.unmatched_as_ids || e.matched())
         {
             next(&mut out);
-            write_rule(&mut out, rule, form.with_conditions);
+            match entry {
+                Entry::Traced(rule) => write_rule(&mut out, rule, form.with_conditions),
+                Entry::Passed(rule) => write_passed(&mut out, rule, form.with_conditions),
+            }
             if out.len() > limit {
                 return Err(full(out));
             }
         }
         if form.unmatched_as_ids {
-            let mut ids = self.rules.iter().filter(|r| !r.matched).map(|r| r.id);
+            let mut ids = self.entries().filter(|e| !e.matched()).map(|e| e.id());
             if let Some(first_id) = ids.next() {
                 next(&mut out);
                 out.extend_from_slice(b"{\"rule_ids\":[");
@@ -193,7 +328,7 @@ impl Trace {
     /// shows every condition). This keeps a 1,000-rule trace in the log at a few KB instead of
     /// hundreds.
     pub fn to_log_json(&self) -> String {
-        if self.rules.len() <= LOG_FULL_TRACE_RULES {
+        if self.rule_count() <= LOG_FULL_TRACE_RULES {
             return self.to_json();
         }
         let form = Form {
@@ -232,8 +367,8 @@ impl Trace {
     /// The header given the log row's text `log`: that same text when the log row holds the
     /// full trace and it fits, else its own ([`Trace::header_value`]).
     fn header_beside(&self, log: &str) -> HeaderText {
-        let full_in_log = self.rules.len() <= LOG_FULL_TRACE_RULES && !self.conditions_skipped;
-        if self.rules.is_empty() && self.steps.is_empty() {
+        let full_in_log = self.rule_count() <= LOG_FULL_TRACE_RULES && !self.conditions_skipped;
+        if self.rule_count() == 0 && self.steps.is_empty() {
             HeaderText::Own(None)
         } else if full_in_log && log.len() <= MAX_HEADER_BYTES {
             HeaderText::Log
@@ -248,7 +383,7 @@ impl Trace {
     /// Each form is serialized only until it is known not to fit, so the cost is bounded by the
     /// header's size, not by the number of rules.
     pub fn header_value(&self) -> Option<String> {
-        if self.rules.is_empty() && self.steps.is_empty() {
+        if self.rule_count() == 0 && self.steps.is_empty() {
             return None;
         }
         let mut longest = String::new();
@@ -357,6 +492,34 @@ fn write_rule(out: &mut Vec<u8>, r: &RuleTrace, with_conditions: bool) {
     out.extend_from_slice(b",\"rule\":");
     write_str(out, &r.name);
     out.push(b'}');
+}
+
+/// A passed-over rule as [`write_rule`] writes its entry ([`passed_entry`]).
+fn write_passed(out: &mut Vec<u8>, r: &Rule, with_conditions: bool) {
+    out.push(b'{');
+    if with_conditions {
+        out.extend_from_slice(b"\"conditions\":[],");
+    }
+    out.extend_from_slice(b"\"id\":");
+    write_int(out, r.id);
+    out.extend_from_slice(b",\"matched\":false,\"priority\":");
+    write_int(out, r.priority);
+    out.extend_from_slice(b",\"rule\":");
+    write_str(out, &r.name);
+    out.push(b'}');
+}
+
+/// The entry a passed-over rule stands for.
+fn passed_entry(r: &Rule) -> RuleTrace {
+    RuleTrace {
+        id: r.id,
+        name: Arc::clone(&r.name),
+        priority: r.priority,
+        matched: false,
+        conditions: Vec::new(),
+        applied: Vec::new(),
+        ignored: Vec::new(),
+    }
 }
 
 fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
