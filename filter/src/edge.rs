@@ -421,11 +421,13 @@ impl Edge {
         }
     }
 
-    /// Removes the client's credential headers from Envoy's map, but for `replaced`: the
-    /// header the provider's credential is set in next, when the client sent it once (a set
-    /// replaces the first value only, so a repeated one is removed whole).
-    fn forward_credentials(&self, replaced: Option<&str>) {
-        for &(name, count) in &self.client_credentials {
+    /// Removes the client's credential headers from Envoy's map (once), but for `replaced`:
+    /// the header the provider's credential is set in next, when the client sent it once (a
+    /// set replaces the first value only, so a repeated one is removed whole). Called when the
+    /// request is forwarded or answered by the edge, so no later filter, access log or tracer
+    /// sees the gateway key.
+    fn remove_client_credentials(&mut self, replaced: Option<&str>) {
+        for (name, count) in std::mem::take(&mut self.client_credentials) {
             if !(count == 1 && replaced == Some(name)) {
                 host::set_request_header(name, None);
             }
@@ -440,6 +442,7 @@ impl Edge {
 
     fn reject(&mut self, error: GatewayError) -> Action {
         host::increment(self.config.metrics.rejected, 1);
+        self.remove_client_credentials(None);
         let status = error.status();
         self.stage = Stage::Replied {
             status,
@@ -487,6 +490,14 @@ impl Edge {
             )
         })?;
         self.headers = host::request_headers();
+        // The gateway key goes no further than this filter: out of Envoy's map when the
+        // request is forwarded or answered here (`remove_client_credentials`), out of the
+        // edge's copy once it has authenticated (rules and traces never see it).
+        self.client_credentials = CLIENT_CREDENTIAL_HEADERS
+            .into_iter()
+            .map(|name| (name, self.headers.count(name)))
+            .filter(|&(_, count)| count > 0)
+            .collect();
         let path = self.headers.value(":path").unwrap_or_default();
         let api = ClientApi::from_path(&path).ok_or_else(|| {
             GatewayError::new(ErrorKind::NotFound, format!("Unknown endpoint '{path}'."))
@@ -510,25 +521,19 @@ impl Edge {
         self.store_bodies = key.store_bodies;
         self.admission = key.admission;
         self.metered = key.metered;
+        for (name, _) in &self.client_credentials {
+            self.headers.remove(name);
+        }
         if api == ClientApi::Models {
             // The catalogue is answered here, from the snapshot; nothing is forwarded.
             self.stage = Stage::Served { status: 200 };
+            self.remove_client_credentials(None);
             host::send_json(
                 200,
                 &models::list_json(&snapshot),
                 &[("x-request-id", &self.request_id)],
             );
             return Ok(Action::Pause);
-        }
-        // The gateway key goes no further than this filter: out of the edge's copy now (rules
-        // and traces never see it), out of Envoy's map when the request is forwarded
-        // (`forward_credentials`).
-        for name in CLIENT_CREDENTIAL_HEADERS {
-            let count = self.headers.count(name);
-            if count > 0 {
-                self.client_credentials.push((name, count));
-                self.headers.remove(name);
-            }
         }
         // Internal headers are the filter's own: a client's are dropped.
         let dropped: Vec<String> = self
@@ -696,6 +701,7 @@ impl Edge {
 
     /// Answers with the response recorded for the same key and body.
     fn replay(&mut self, v: IdempotencyVerdict) {
+        self.remove_client_credentials(None);
         let status = u16::try_from(v.status).unwrap_or(200);
         self.replay_of = v.original_request_id;
         self.stage = Stage::Replayed { status };
@@ -894,7 +900,7 @@ impl Edge {
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let retries = decision.attempts.len().saturating_sub(1);
         // Each attempt's upstream filter sets its provider's credential.
-        self.forward_credentials(None);
+        self.remove_client_credentials(None);
         host::set_request_header("x-tr-cluster", Some(&decision.cluster));
         host::set_request_header(
             "x-tr-attempts",
@@ -984,7 +990,7 @@ impl Edge {
         }
         let credential_header =
             (!credential.is_empty()).then(|| provider.kind.credential_header(&credential));
-        self.forward_credentials(credential_header.as_ref().map(|(name, _)| *name));
+        self.remove_client_credentials(credential_header.as_ref().map(|(name, _)| *name));
         host::set_request_header("x-tr-cluster", Some(cluster));
         host::set_request_header(
             "x-envoy-upstream-rq-per-try-timeout-ms",
