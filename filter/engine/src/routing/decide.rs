@@ -1567,6 +1567,13 @@ mod tests {
                         (served.trace.to_log_json(), served.trace.header_value()),
                         "{what}"
                     );
+                    // Written whole, a passed-over rule is the full trace's entry without its
+                    // conditions.
+                    let mut unmatched_bare = full.trace.clone();
+                    for r in unmatched_bare.rules.iter_mut().filter(|r| !r.matched) {
+                        r.conditions.clear();
+                    }
+                    assert_eq!(served.trace.to_json(), unmatched_bare.to_json(), "{what}");
                     // The same decision again is the same trace (the edge's cache of its last
                     // trace compares them); another request's is not.
                     let again = run_traced(&s, &scores, r, Tracing::Served).unwrap();
