@@ -380,10 +380,10 @@ pub struct Edge {
     /// The request headers as the edge leaves them (read once: every single-header read is a
     /// host call).
     headers: host::Headers,
-    /// The client's credential headers (the gateway key), with how often each occurs: out of
-    /// `headers` at once, out of Envoy's map when the request is forwarded (a direct request's
-    /// provider credential replaces a lone one in one header set).
-    client_credentials: Vec<(&'static str, usize)>,
+    /// How often each of [`CLIENT_CREDENTIAL_HEADERS`] (the gateway key) occurs in Envoy's map
+    /// until the edge removes them: when the request is forwarded (a direct request's provider
+    /// credential replaces a lone one in one header set) or answered here.
+    client_credentials: [usize; CLIENT_CREDENTIAL_HEADERS.len()],
 }
 
 impl Edge {
@@ -413,7 +413,7 @@ impl Edge {
             admission_retries: ADMISSION_RETRIES,
             retry_after: None,
             headers: host::Headers::default(),
-            client_credentials: Vec::new(),
+            client_credentials: [0; CLIENT_CREDENTIAL_HEADERS.len()],
             stage: Stage::Replied {
                 status: 0,
                 error: ErrorKind::ServiceUnavailable,
@@ -427,8 +427,9 @@ impl Edge {
     /// request is forwarded or answered by the edge, so no later filter, access log or tracer
     /// sees the gateway key.
     fn remove_client_credentials(&mut self, replaced: Option<&str>) {
-        for (name, count) in std::mem::take(&mut self.client_credentials) {
-            if !(count == 1 && replaced == Some(name)) {
+        let counts = std::mem::take(&mut self.client_credentials);
+        for (name, count) in CLIENT_CREDENTIAL_HEADERS.into_iter().zip(counts) {
+            if count > 0 && !(count == 1 && replaced == Some(name)) {
                 host::set_request_header(name, None);
             }
         }
@@ -493,11 +494,7 @@ impl Edge {
         // The gateway key goes no further than this filter: out of Envoy's map when the
         // request is forwarded or answered here (`remove_client_credentials`), out of the
         // edge's copy once it has authenticated (rules and traces never see it).
-        self.client_credentials = CLIENT_CREDENTIAL_HEADERS
-            .into_iter()
-            .map(|name| (name, self.headers.count(name)))
-            .filter(|&(_, count)| count > 0)
-            .collect();
+        self.client_credentials = CLIENT_CREDENTIAL_HEADERS.map(|name| self.headers.count(name));
         let path = self.headers.value(":path").unwrap_or_default();
         let api = ClientApi::from_path(&path).ok_or_else(|| {
             GatewayError::new(ErrorKind::NotFound, format!("Unknown endpoint '{path}'."))
@@ -521,7 +518,7 @@ impl Edge {
         self.store_bodies = key.store_bodies;
         self.admission = key.admission;
         self.metered = key.metered;
-        for (name, _) in &self.client_credentials {
+        for name in CLIENT_CREDENTIAL_HEADERS {
             self.headers.remove(name);
         }
         if api == ClientApi::Models {

@@ -9,7 +9,6 @@ use tokenrouter_engine::request::ClientApi;
 use tokenrouter_engine::translate::{
     check_reply, unusable_reply_body, ResponseHeaderMutation, Translator, MAX_RESPONSE_BODY_BYTES,
 };
-
 use tokenrouter_engine::usage::ChunkOutput;
 
 use crate::{attempts, host};

@@ -360,6 +360,12 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((name, utime + stime))
 }
 
+/// One CPU figure over the rounds, as the tables write it.
+fn cpu_text(rounds: &[CpuPerRequest], f: fn(&CpuPerRequest) -> f64) -> String {
+    let v: Vec<f64> = rounds.iter().map(f).collect();
+    stat_text(Stat::of(&v), 1, "")
+}
+
 fn per_request(before: &Ticks, after: &Ticks, requests: u64) -> CpuPerRequest {
     let us = |b: u64, a: u64| a.saturating_sub(b) as f64 * 1e6 / CLK_TCK / requests.max(1) as f64;
     CpuPerRequest {
@@ -458,10 +464,7 @@ impl OverheadFigures {
                     text
                 }
             };
-            let cpu = |f: fn(&CpuPerRequest) -> f64| {
-                let v: Vec<f64> = c.cpu.iter().map(f).collect();
-                stat_text(Stat::of(&v), 1, "")
-            };
+            let cpu = |f: fn(&CpuPerRequest) -> f64| cpu_text(&c.cpu, f);
             let envoy = |f: fn(&CpuPerRequest) -> f64| {
                 if is_direct {
                     "—".to_string()
@@ -531,10 +534,7 @@ impl OverheadFigures {
                 .iter()
                 .map(|r| if *r > 0.0 { 1e6 / r } else { 0.0 })
                 .collect();
-            let cpu = |f: fn(&CpuPerRequest) -> f64| {
-                let v: Vec<f64> = c.one_cpu.iter().map(f).collect();
-                stat_text(Stat::of(&v), 1, "")
-            };
+            let cpu = |f: fn(&CpuPerRequest) -> f64| cpu_text(&c.one_cpu, f);
             let dash_unless = |shown: bool, text: String| if shown { text } else { "—".into() };
             let busy: Vec<f64> = c.one_cpu.iter().map(|x| x.machine).collect();
             let _ = writeln!(

@@ -541,7 +541,7 @@ pub fn decide_traced<'s>(
         }
         for (at, rule) in rules {
             facts.mode.set(mode);
-            if let (true, Some(over)) = (skip_unmatched, trace.passed_over.as_mut()) {
+            if let Some(over) = trace.passed_over.as_mut() {
                 if !rule.matches(&evaluation) {
                     over.passed(at);
                     continue;

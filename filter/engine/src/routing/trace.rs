@@ -196,8 +196,9 @@ impl Trace {
     }
 
     /// Every rule listed, in evaluation order, a passed-over one as the entry it stands for
-    /// (no conditions).
-    pub fn listed_rules(&self) -> Vec<RuleTrace> {
+    /// (no conditions): what the tests compare.
+    #[cfg(test)]
+    pub(crate) fn listed_rules(&self) -> Vec<RuleTrace> {
         self.entries()
             .map(|e| match e {
                 Entry::Traced(r) => r.clone(),
@@ -510,6 +511,7 @@ fn write_passed(out: &mut Vec<u8>, r: &Rule, with_conditions: bool) {
 }
 
 /// The entry a passed-over rule stands for.
+#[cfg(test)]
 fn passed_entry(r: &Rule) -> RuleTrace {
     RuleTrace {
         id: r.id,
