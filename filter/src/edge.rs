@@ -750,7 +750,7 @@ impl Edge {
         }
         let feats = features::features(api, request.body_mut(), body.len());
         let headers = &self.headers;
-        let header = |name: &str| headers.value(name);
+        let header = |name: &str| headers.get(name);
         // Read once: the kinds steer the decision, the keys go into the plan for the attempts.
         let byok_keys: Vec<(String, String)> = BYOK_HEADERS
             .iter()

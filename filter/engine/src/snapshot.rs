@@ -4,7 +4,6 @@
 //! shared data changes, and the control plane builds it before every push to refuse an invalid
 //! configuration before it reaches an edge.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::Message;
@@ -16,6 +15,7 @@ use crate::routing::complexity::Tier;
 use crate::routing::config::KeyConfig;
 use crate::routing::rules::{Rule, RuleSet};
 use crate::upstream::{BaseUrl, ProviderKind};
+use crate::HashMap;
 
 /// Snapshot wire schema this engine understands.
 pub const SCHEMA: u32 = 1;
@@ -169,7 +169,7 @@ impl Snapshot {
                 p.schema
             )));
         }
-        let mut keys = HashMap::with_capacity(p.keys.len());
+        let mut keys = HashMap::with_capacity_and_hasher(p.keys.len(), Default::default());
         for k in p.keys {
             let (hash, entry) = key_entry(k)?;
             if keys.insert(hash, entry).is_some() {
@@ -177,7 +177,7 @@ impl Snapshot {
             }
         }
         let mut providers = Vec::with_capacity(p.providers.len());
-        let mut provider_by_name = HashMap::new();
+        let mut provider_by_name = HashMap::default();
         for pr in p.providers {
             let entry = provider_entry(pr)?;
             if provider_by_name
@@ -191,9 +191,9 @@ impl Snapshot {
             }
             providers.push(entry);
         }
-        let mut models: HashMap<ProviderKind, HashMap<String, ModelEntry>> = HashMap::new();
-        let mut model_kinds: HashMap<String, Vec<ProviderKind>> = HashMap::new();
-        let mut kind_models: HashMap<ProviderKind, Vec<String>> = HashMap::new();
+        let mut models: HashMap<ProviderKind, HashMap<String, ModelEntry>> = HashMap::default();
+        let mut model_kinds: HashMap<String, Vec<ProviderKind>> = HashMap::default();
+        let mut kind_models: HashMap<ProviderKind, Vec<String>> = HashMap::default();
         for m in p.models {
             let entry = model_entry(m)?;
             let kind = entry.kind;
@@ -228,7 +228,8 @@ impl Snapshot {
             .map(crate::routing::rules::compile)
             .collect::<Result<Vec<_>, _>>()?;
         routing_rules.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-        let mut routing_configs = HashMap::with_capacity(p.routing_configs.len());
+        let mut routing_configs =
+            HashMap::with_capacity_and_hasher(p.routing_configs.len(), Default::default());
         for c in &p.routing_configs {
             let compiled = crate::routing::config::compile(c)?;
             if routing_configs
@@ -264,7 +265,7 @@ impl Snapshot {
             max_request_body_bytes,
             keys: Arc::new(keys),
             keys_version: p.version,
-            changed_keys: HashMap::new(),
+            changed_keys: HashMap::default(),
             parts: Arc::new(Parts {
                 providers,
                 provider_by_name,
@@ -311,7 +312,8 @@ impl Snapshot {
                 delta.base_version, delta.version, self.keys_version
             )));
         }
-        let mut changed_keys = HashMap::with_capacity(delta.keys.len());
+        let mut changed_keys =
+            HashMap::with_capacity_and_hasher(delta.keys.len(), Default::default());
         for k in delta.keys {
             let (hash, entry) = key_entry(k)?;
             if self.keys.get(&hash).is_some_and(|held| held.id != entry.id) {

@@ -1,7 +1,7 @@
 //! The decision: one function from a request to its chain of attempts (module docs of
 //! [`crate::routing`] give the order of precedence).
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, OnceCell};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
@@ -40,8 +40,8 @@ pub struct RouteInput<'a> {
     pub features: &'a Features,
     pub stream: bool,
     pub key_id: &'a str,
-    /// Request header by lower-case name.
-    pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// Request header by lower-case name (the edge reads its copy of the request's headers).
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
     /// Provider kinds whose BYOK header the request carries.
     pub byok: &'a [ProviderKind],
     /// Randomness for traffic splits (the edge derives it from the request id).
@@ -99,32 +99,28 @@ fn parse_model(model: &str) -> (ModelRef, Option<Mode>) {
 
 /// The facts rules are checked against. Every enabled rule is evaluated on every request, so
 /// what many rules ask for is computed once per request.
-struct RequestFacts<'a> {
-    input: &'a RouteInput<'a>,
+struct RequestFacts<'i, 'a> {
+    input: &'i RouteInput<'a>,
     prompt_lower: String,
     /// The mode so far: a rule may set it for the rules after it.
     mode: Cell<Option<Mode>>,
     /// The task (`metadata.task` or the detected one), on first use: detection scans the
     /// prompt, and every `task` condition asks.
-    task: OnceCell<Option<String>>,
-    /// Header values asked so far, by lower-case name: in the edge each lookup is a host call,
-    /// and rules ask for the same few headers.
-    headers: RefCell<Vec<(String, Option<String>)>>,
+    task: OnceCell<Option<&'i str>>,
 }
 
-impl<'a> RequestFacts<'a> {
-    fn new(input: &'a RouteInput<'a>, prompt_lower: String, mode: Option<Mode>) -> Self {
+impl<'i, 'a: 'i> RequestFacts<'i, 'a> {
+    fn new(input: &'i RouteInput<'a>, prompt_lower: String, mode: Option<Mode>) -> Self {
         RequestFacts {
             input,
             prompt_lower,
             mode: Cell::new(mode),
             task: OnceCell::new(),
-            headers: RefCell::new(Vec::new()),
         }
     }
 }
 
-impl Facts for RequestFacts<'_> {
+impl Facts for RequestFacts<'_, '_> {
     fn prompt_lower(&self) -> &str {
         &self.prompt_lower
     }
@@ -134,27 +130,17 @@ impl Facts for RequestFacts<'_> {
     fn mode(&self) -> Option<Mode> {
         self.mode.get()
     }
-    fn task(&self) -> Option<String> {
-        self.task
-            .get_or_init(|| {
-                self.metadata("task").map(str::to_string).or_else(|| {
-                    complexity::detect_task(&self.input.features.text).map(str::to_string)
-                })
-            })
-            .clone()
+    fn task(&self) -> Option<&str> {
+        *self.task.get_or_init(|| {
+            let metadata = self.input.metadata.and_then(|m| m.get("task")?.as_str());
+            metadata.or_else(|| complexity::detect_task(&self.input.features.text))
+        })
     }
     fn requested_model(&self) -> &str {
         self.input.model
     }
-    fn header(&self, name: &str) -> Option<String> {
-        if let Some((_, value)) = self.headers.borrow().iter().find(|(n, _)| n == name) {
-            return value.clone();
-        }
-        let value = (self.input.header)(name);
-        self.headers
-            .borrow_mut()
-            .push((name.to_string(), value.clone()));
-        value
+    fn header(&self, name: &str) -> Option<&str> {
+        (self.input.header)(name)
     }
 }
 
@@ -538,6 +524,8 @@ pub fn decide_traced<'s>(
             trace.passed_over = Some(PassedOver::new(Arc::clone(rule_set), rules.len()));
         } else {
             trace.rules.reserve(rules.len());
+            let conditions = rules.iter().map(|(_, r)| r.conditions.len()).sum();
+            trace.conditions.reserve(conditions);
         }
         for (at, rule) in rules {
             facts.mode.set(mode);
@@ -548,7 +536,7 @@ pub fn decide_traced<'s>(
                 }
                 over.traced(at);
             }
-            let (matched, mut rt) = rule.check(&evaluation);
+            let (matched, mut rt) = rule.check(&evaluation, &mut trace.conditions);
             if matched {
                 let a = &rule.actions;
                 if let Some(m) = a.set_mode {
@@ -1219,13 +1207,7 @@ mod tests {
         tracing: Tracing,
     ) -> Result<Decision<'s>, GatewayError> {
         let f = features(r.api, &r.body, serde_json::to_vec(&r.body).unwrap().len());
-        let headers = r.headers.clone();
-        let header = move |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.to_string())
-        };
+        let header = |n: &str| r.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
         let model = r.body.get("model").and_then(Value::as_str).unwrap_or("");
         let metadata = r.body.get("metadata").and_then(Value::as_object);
         let input = RouteInput {
@@ -1571,7 +1553,7 @@ mod tests {
                     // conditions.
                     let mut unmatched_bare = full.trace.clone();
                     for r in unmatched_bare.rules.iter_mut().filter(|r| !r.matched) {
-                        r.conditions.clear();
+                        r.conditions.end = r.conditions.start;
                     }
                     assert_eq!(served.trace.to_json(), unmatched_bare.to_json(), "{what}");
                     // The same decision again is the same trace (the edge's cache of its last
@@ -1629,7 +1611,10 @@ mod tests {
             d.trace.rules[0].applied,
             ["set_provider=openai", "set_model=gpt-4o"]
         );
-        assert_eq!(*d.trace.rules[0].conditions[0].actual, json!("coding"));
+        assert_eq!(
+            *d.trace.conditions_of(&d.trace.rules[0])[0].actual,
+            json!("coding")
+        );
         let header = d.trace.header_value().unwrap();
         assert!(header.contains("Coding Tasks \\u2192 OpenAI"), "{header}");
 
@@ -1639,7 +1624,10 @@ mod tests {
         assert_eq!(chain(&d)[0], "claude/claude-haiku-4-5");
         assert_eq!(d.warnings, ["Using beta routing"]);
         assert!(!d.trace.rules[0].matched);
-        assert_eq!(d.trace.rules[0].conditions[0].condition, "task");
+        assert_eq!(
+            d.trace.conditions_of(&d.trace.rules[0])[0].condition,
+            "task"
+        );
     }
 
     #[test]

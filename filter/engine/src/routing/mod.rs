@@ -412,7 +412,7 @@ pub fn preview<'s>(
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
-    let header = |name: &str| lower.get(name).cloned();
+    let header = |name: &str| lower.get(name).map(String::as_str);
     let byok: Vec<ProviderKind> = BYOK_HEADER_KINDS
         .iter()
         .filter(|(_, h)| lower.contains_key(*h))

@@ -10,7 +10,6 @@
 //! `contains` strings of all the rules of a snapshot form one Aho–Corasick automaton
 //! ([`RuleSet`]), so the prompt is scanned once per request, not once per string.
 
-use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -223,9 +222,9 @@ pub trait Facts {
     fn metadata(&self, key: &str) -> Option<&str>;
     fn mode(&self) -> Option<Mode>;
     /// The task: `metadata.task` or the detected one.
-    fn task(&self) -> Option<String>;
+    fn task(&self) -> Option<&str>;
     fn requested_model(&self) -> &str;
-    fn header(&self, name: &str) -> Option<String>;
+    fn header(&self, name: &str) -> Option<&str>;
 }
 
 /// Checks a rule the way the edge would compile it; the control plane calls this before it
@@ -428,9 +427,9 @@ pub struct Evaluation<'f> {
     present: OnceCell<Option<Vec<bool>>>,
     null: Arc<Value>,
     model: OnceCell<Arc<Value>>,
-    task: OnceCell<(Option<String>, Arc<Value>)>,
+    task: OnceCell<(Option<&'f str>, Arc<Value>)>,
     /// The set's header names' values, read on the first `headers` condition.
-    headers: OnceCell<Vec<Option<String>>>,
+    headers: OnceCell<Vec<Option<&'f str>>>,
 }
 
 impl<'f> Evaluation<'f> {
@@ -457,17 +456,15 @@ impl<'f> Evaluation<'f> {
 
     /// The request's value of the `i`-th header of a `headers` condition: from the values of
     /// the set's header names, read once per evaluation, or asked of the facts outside a set.
-    fn header(&self, name: &str, traced: &Traced, i: usize) -> Option<Cow<'_, str>> {
+    fn header(&self, name: &str, traced: &Traced, i: usize) -> Option<&'f str> {
         if let (Some(set), Some(&id)) = (self.set, traced.headers.get(i)) {
-            let values = self.headers.get_or_init(|| {
-                set.header_names
-                    .iter()
-                    .map(|n| self.facts.header(n))
-                    .collect()
-            });
-            return values.get(id)?.as_deref().map(Cow::Borrowed);
+            let facts = self.facts;
+            let values = self
+                .headers
+                .get_or_init(|| set.header_names.iter().map(|n| facts.header(n)).collect());
+            return *values.get(id)?;
         }
-        self.facts.header(name).map(Cow::Owned)
+        self.facts.header(name)
     }
 
     /// The first of `items` that the prompt contains.
@@ -524,7 +521,7 @@ impl<'f> Evaluation<'f> {
             Condition::Headers(pairs) => pairs
                 .iter()
                 .enumerate()
-                .all(|(i, (k, v))| self.header(k, traced, i).as_deref() == Some(v.as_str())),
+                .all(|(i, (k, v))| self.header(k, traced, i) == Some(v.as_str())),
             Condition::Mode(m) => facts.mode() == Some(*m),
             Condition::Task(_) | Condition::Model(_) => self.check(c, traced).1,
         }
@@ -564,7 +561,7 @@ impl<'f> Evaluation<'f> {
                 let (mut held, mut any) = (true, false);
                 for (i, (k, v)) in pairs.iter().enumerate() {
                     let got = self.header(k, traced, i);
-                    held &= got.as_deref() == Some(v.as_str());
+                    held &= got == Some(v.as_str());
                     any |= got.is_some();
                 }
                 if !any {
@@ -576,10 +573,7 @@ impl<'f> Evaluation<'f> {
                     .enumerate()
                     .map(|(i, (k, _))| {
                         let got = self.header(k, traced, i);
-                        (
-                            k.clone(),
-                            got.map_or(Value::Null, |g| Value::from(g.into_owned())),
-                        )
+                        (k.clone(), got.map_or(Value::Null, Value::from))
                     })
                     .collect();
                 (Arc::new(Value::Object(actual)), held)
@@ -591,10 +585,9 @@ impl<'f> Evaluation<'f> {
             Condition::Task(t) => {
                 let (got, actual) = self.task.get_or_init(|| {
                     let got = facts.task();
-                    let actual = got.clone().map_or(Value::Null, Value::from);
-                    (got, Arc::new(actual))
+                    (got, Arc::new(got.map_or(Value::Null, Value::from)))
                 });
-                let held = got.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(t));
+                let held = got.is_some_and(|g| g.eq_ignore_ascii_case(t));
                 (Arc::clone(actual), held)
             }
             Condition::Model(pattern) => {
@@ -651,10 +644,16 @@ impl Rule {
         evaluation.all_hold(&self.conditions, &self.traced)
     }
 
-    /// Evaluates the rule's conditions into a fresh trace entry.
-    pub fn check(&self, evaluation: &Evaluation<'_>) -> (bool, RuleTrace) {
-        let mut conditions = Vec::with_capacity(self.conditions.len());
-        let matched = evaluation.conditions(&self.conditions, &self.traced, &mut conditions);
+    /// Evaluates the rule's conditions into a fresh trace entry, its conditions appended to
+    /// `conditions` (a trace's [`Trace::conditions`](super::trace::Trace::conditions)).
+    pub fn check(
+        &self,
+        evaluation: &Evaluation<'_>,
+        conditions: &mut Vec<ConditionTrace>,
+    ) -> (bool, RuleTrace) {
+        let position = |c: &Vec<ConditionTrace>| u32::try_from(c.len()).unwrap_or(u32::MAX);
+        let start = position(conditions);
+        let matched = evaluation.conditions(&self.conditions, &self.traced, conditions);
         (
             matched,
             RuleTrace {
@@ -662,7 +661,7 @@ impl Rule {
                 name: Arc::clone(&self.name),
                 priority: self.priority,
                 matched,
-                conditions,
+                conditions: start..position(conditions),
                 applied: Vec::new(),
                 ignored: Vec::new(),
             },
@@ -769,6 +768,13 @@ mod tests {
         assert!(validate(&rule(&huge, r#"{"set_mode": "cost"}"#)).is_err());
     }
 
+    /// [`Rule::check`] with the conditions it traced.
+    fn checked(r: &Rule, e: &Evaluation<'_>) -> (bool, RuleTrace, Vec<ConditionTrace>) {
+        let mut conditions = Vec::new();
+        let (held, trace) = r.check(e, &mut conditions);
+        (held, trace, conditions)
+    }
+
     struct F;
     impl Facts for F {
         fn prompt_lower(&self) -> &str {
@@ -780,14 +786,14 @@ mod tests {
         fn mode(&self) -> Option<Mode> {
             Some(Mode::Balance)
         }
-        fn task(&self) -> Option<String> {
-            Some("documentation".into())
+        fn task(&self) -> Option<&str> {
+            Some("documentation")
         }
         fn requested_model(&self) -> &str {
             "gpt-4o-mini"
         }
-        fn header(&self, name: &str) -> Option<String> {
-            (name == "x-team").then(|| "ml".into())
+        fn header(&self, name: &str) -> Option<&str> {
+            (name == "x-team").then_some("ml")
         }
     }
 
@@ -815,14 +821,14 @@ mod tests {
         ];
         for (m, want) in cases {
             let r = compile(&rule(m, r#"{"set_mode": "cost"}"#)).unwrap();
-            let (held, trace) = r.check(&Evaluation::new(&F));
+            let (held, trace, conditions) = checked(&r, &Evaluation::new(&F));
             assert_eq!(held, want, "{m}");
             assert_eq!(
                 r.matches(&Evaluation::new(&F)),
                 want,
                 "{m}: the untraced check"
             );
-            assert_eq!(trace.conditions.len(), r.conditions.len(), "{m}");
+            assert_eq!(conditions.len(), r.conditions.len(), "{m}");
             assert_eq!(trace.matched, want);
         }
     }
@@ -844,18 +850,18 @@ mod tests {
         fn mode(&self) -> Option<Mode> {
             None
         }
-        fn task(&self) -> Option<String> {
+        fn task(&self) -> Option<&str> {
             None
         }
         fn requested_model(&self) -> &str {
             "m"
         }
-        fn header(&self, name: &str) -> Option<String> {
+        fn header(&self, name: &str) -> Option<&str> {
             self.asked.borrow_mut().push(name.to_string());
             self.headers
                 .iter()
                 .find(|(n, _)| *n == name)
-                .map(|(_, v)| (*v).to_string())
+                .map(|(_, v)| *v)
         }
     }
 
@@ -890,10 +896,10 @@ mod tests {
             let one = Evaluation::of_rules(&in_set, &set);
             for r in set.rules() {
                 let each = Evaluation::new(&alone);
-                let checked = r.check(&each);
-                assert_eq!(r.check(&one), checked, "{values:?}");
-                assert_eq!(r.matches(&one), checked.0, "{values:?}");
-                assert_eq!(r.matches(&Evaluation::new(&alone)), checked.0, "{values:?}");
+                let each = checked(r, &each);
+                assert_eq!(checked(r, &one), each, "{values:?}");
+                assert_eq!(r.matches(&one), each.0, "{values:?}");
+                assert_eq!(r.matches(&Evaluation::new(&alone)), each.0, "{values:?}");
             }
             assert_eq!(*in_set.asked.borrow(), ["x-team", "x-project", "x-absent"]);
         }
@@ -945,8 +951,10 @@ mod tests {
                 for r in set.rules() {
                     let mut plain = Vec::new();
                     let held = evaluate(&r.conditions, &facts, &mut plain);
-                    assert_eq!(r.check(&one), (held, r.check(&each).1), "{prompt:?}");
-                    assert_eq!(r.check(&one).1.conditions, plain, "{prompt:?}");
+                    let (one_held, one_trace, one_conditions) = checked(r, &one);
+                    let (_, each_trace, _) = checked(r, &each);
+                    assert_eq!((one_held, one_trace), (held, each_trace), "{prompt:?}");
+                    assert_eq!(one_conditions, plain, "{prompt:?}");
                 }
             }
         }

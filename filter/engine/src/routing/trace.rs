@@ -1,6 +1,7 @@
 //! The rule trace: why a request went where it went. Returned in `x-tokenrouter-rule-trace`
 //! (JSON, ASCII-only, bounded) and stored with the request log row.
 
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -36,7 +37,8 @@ pub struct RuleTrace {
     pub name: Arc<str>,
     pub priority: i32,
     pub matched: bool,
-    pub conditions: Vec<ConditionTrace>,
+    /// Where its conditions are in [`Trace::conditions`] ([`Trace::conditions_of`]).
+    pub conditions: Range<u32>,
     /// Actions that took effect, e.g. `set_provider=openai`.
     pub applied: Vec<String>,
     /// Actions that did not, with the reason, e.g. `set_mode=cost (a higher rule set it)`.
@@ -55,6 +57,9 @@ pub struct Step {
 pub struct Trace {
     /// The rules traced with their conditions (every rule, unless some were passed over).
     pub rules: Vec<RuleTrace>,
+    /// The conditions of [`Trace::rules`], rule after rule, in one vector rather than one per
+    /// rule (an allocation fewer per rule and request).
+    pub conditions: Vec<ConditionTrace>,
     pub steps: Vec<Step>,
     /// Some rules that did not match carry no conditions: the edge's decision (above
     /// [`LOG_FULL_TRACE_RULES`] rules, where neither the log row nor the header shows an
@@ -180,6 +185,24 @@ impl Trace {
         self.steps.push(Step { step, detail });
     }
 
+    /// The conditions of `rule`, one of [`Trace::rules`].
+    pub fn conditions_of(&self, rule: &RuleTrace) -> &[ConditionTrace] {
+        let Range { start, end } = rule.conditions;
+        self.conditions
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    /// Adds a traced rule with its conditions (what [`Rule::check`] does in a decision).
+    #[cfg(test)]
+    pub(crate) fn push_rule(&mut self, mut rule: RuleTrace, conditions: Vec<ConditionTrace>) {
+        let start = u32::try_from(self.conditions.len()).unwrap_or(u32::MAX);
+        self.conditions.extend(conditions);
+        let end = u32::try_from(self.conditions.len()).unwrap_or(u32::MAX);
+        rule.conditions = start..end;
+        self.rules.push(rule);
+    }
+
     /// How many rules the trace lists, traced or passed over.
     pub fn rule_count(&self) -> usize {
         self.rules.len() + self.passed_over.as_ref().map_or(0, |p| p.passed.len())
@@ -220,8 +243,8 @@ impl Trace {
             o.insert("priority".into(), Value::from(r.priority));
             o.insert("matched".into(), Value::from(r.matched));
             if with_conditions {
-                let conditions: Vec<Value> = r
-                    .conditions
+                let conditions: Vec<Value> = self
+                    .conditions_of(r)
                     .iter()
                     .map(|c| {
                         json!({
@@ -276,7 +299,10 @@ impl Trace {
         {
             next(&mut out);
             match entry {
-                Entry::Traced(rule) => write_rule(&mut out, rule, form.with_conditions),
+                Entry::Traced(rule) => {
+                    let conditions = form.with_conditions.then(|| self.conditions_of(rule));
+                    write_rule(&mut out, rule, conditions);
+                }
                 Entry::Passed(rule) => write_passed(&mut out, rule, form.with_conditions),
             }
             if out.len() > limit {
@@ -450,17 +476,17 @@ impl Form {
     }
 }
 
-/// One rule (with its conditions when `with_conditions`), keys in sorted order.
-fn write_rule(out: &mut Vec<u8>, r: &RuleTrace, with_conditions: bool) {
+/// One rule (with `conditions`, its own, when given), keys in sorted order.
+fn write_rule(out: &mut Vec<u8>, r: &RuleTrace, conditions: Option<&[ConditionTrace]>) {
     out.push(b'{');
     if !r.applied.is_empty() {
         out.extend_from_slice(b"\"applied\":");
         write_strings(out, &r.applied);
         out.push(b',');
     }
-    if with_conditions {
+    if let Some(conditions) = conditions {
         out.extend_from_slice(b"\"conditions\":[");
-        for (i, c) in r.conditions.iter().enumerate() {
+        for (i, c) in conditions.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -518,7 +544,7 @@ fn passed_entry(r: &Rule) -> RuleTrace {
         name: Arc::clone(&r.name),
         priority: r.priority,
         matched: false,
-        conditions: Vec::new(),
+        conditions: 0..0,
         applied: Vec::new(),
         ignored: Vec::new(),
     }
@@ -593,23 +619,34 @@ fn ascii(s: String) -> String {
 mod tests {
     use super::*;
 
+    /// A trace of these rules with their conditions.
+    fn traced(rules: impl IntoIterator<Item = (RuleTrace, Vec<ConditionTrace>)>) -> Trace {
+        let mut t = Trace::default();
+        for (rule, conditions) in rules {
+            t.push_rule(rule, conditions);
+        }
+        t
+    }
+
     #[test]
     fn header_is_ascii_json_and_bounded() {
         let mut t = Trace::default();
-        t.rules.push(RuleTrace {
+        let rule = RuleTrace {
             id: 7,
             name: "Coding Tasks → OpenAI".into(),
             priority: 100,
             matched: true,
-            conditions: vec![ConditionTrace {
-                condition: "task",
-                expected_json: Arc::from(r#""coding""#),
-                actual: Arc::new(Value::from("coding")),
-                matched: true,
-            }],
+            conditions: 0..0,
             applied: vec!["set_provider=openai".into()],
             ignored: vec![],
-        });
+        };
+        let condition = ConditionTrace {
+            condition: "task",
+            expected_json: Arc::from(r#""coding""#),
+            actual: Arc::new(Value::from("coding")),
+            matched: true,
+        };
+        t.push_rule(rule, vec![condition]);
         t.step("mode", json!({"mode": "balance", "source": "model"}));
         let h = t.header_value().unwrap();
         assert!(h.is_ascii(), "{h}");
@@ -689,19 +726,8 @@ mod tests {
     /// header form fitting, and the cut), with non-ASCII names and values.
     #[test]
     fn serialized_trace_is_the_value_form() {
-        let rule = |i: usize| RuleTrace {
-            id: i as i64,
-            // Names and values that need escaping take the serializer's slow path.
-            name: if i % 4 == 1 {
-                format!("rule \"{i}\" \\ tab\t").into()
-            } else if i % 4 == 3 {
-                format!("C:\\rules\\{i}").into()
-            } else {
-                format!("règle {i} → é").into()
-            },
-            priority: 100 - i as i32,
-            matched: i.is_multiple_of(3),
-            conditions: vec![
+        let rule = |i: usize| -> (RuleTrace, Vec<ConditionTrace>) {
+            let conditions = vec![
                 ConditionTrace {
                     condition: "contains",
                     expected_json: Arc::from(json!(["naïve", format!("ticket-{i}")]).to_string()),
@@ -730,23 +756,35 @@ mod tests {
                     actual: Arc::new(json!({"x-team": null, "x-b": "ü"})),
                     matched: false,
                 },
-            ],
-            applied: if i.is_multiple_of(3) {
-                vec![format!("set_mode=cost {i}")]
-            } else {
-                vec![]
-            },
-            ignored: if i.is_multiple_of(6) {
-                vec!["set_model=x (a higher rule set it)".into()]
-            } else {
-                vec![]
-            },
+            ];
+            let trace = RuleTrace {
+                id: i as i64,
+                // Names and values that need escaping take the serializer's slow path.
+                name: if i % 4 == 1 {
+                    format!("rule \"{i}\" \\ tab\t").into()
+                } else if i % 4 == 3 {
+                    format!("C:\\rules\\{i}").into()
+                } else {
+                    format!("règle {i} → é").into()
+                },
+                priority: 100 - i as i32,
+                matched: i.is_multiple_of(3),
+                conditions: 0..0,
+                applied: if i.is_multiple_of(3) {
+                    vec![format!("set_mode=cost {i}")]
+                } else {
+                    vec![]
+                },
+                ignored: if i.is_multiple_of(6) {
+                    vec!["set_model=x (a higher rule set it)".into()]
+                } else {
+                    vec![]
+                },
+            };
+            (trace, conditions)
         };
         for n in [0, 1, 2, 5, 8, 12, 20, 40, 60, 100, 1000] {
-            let mut t = Trace {
-                rules: (0..n).map(rule).collect(),
-                ..Trace::default()
-            };
+            let mut t = traced((0..n).map(rule));
             t.step("mode", json!({"mode": "balance", "source": "model"}));
             if n % 2 == 0 {
                 t.step(
@@ -777,31 +815,29 @@ mod tests {
     }
     #[test]
     fn log_form_lists_unmatched_rules_by_id_above_the_threshold() {
-        let rule = |id: i64, matched: bool| RuleTrace {
-            id,
-            name: Arc::from(format!("r{id}")),
-            priority: 0,
-            matched,
-            conditions: vec![ConditionTrace {
+        let rule = |id: i64, matched: bool| {
+            let trace = RuleTrace {
+                id,
+                name: Arc::from(format!("r{id}")),
+                priority: 0,
+                matched,
+                conditions: 0..0,
+                applied: Vec::new(),
+                ignored: Vec::new(),
+            };
+            let condition = ConditionTrace {
                 condition: "contains",
                 expected_json: Arc::from(r#"["x"]"#),
                 actual: Arc::new(json!(false)),
                 matched,
-            }],
-            applied: Vec::new(),
-            ignored: Vec::new(),
+            };
+            (trace, vec![condition])
         };
-        let mut small = Trace {
-            rules: (0..3).map(|i| rule(i, i == 1)).collect(),
-            ..Trace::default()
-        };
+        let mut small = traced((0..3).map(|i| rule(i, i == 1)));
         small.step("provider", json!({"provider": "openai"}));
         assert_eq!(small.to_log_json(), small.to_json());
 
-        let mut big = Trace {
-            rules: (0..1000).map(|i| rule(i, i == 7)).collect(),
-            ..Trace::default()
-        };
+        let mut big = traced((0..1000).map(|i| rule(i, i == 7)));
         big.step("provider", json!({"provider": "openai"}));
         let log: Value = serde_json::from_str(&big.to_log_json()).unwrap_or_default();
         let entries = log.as_array().cloned().unwrap_or_default();
