@@ -13,7 +13,7 @@ use crate::upstream::ProviderKind;
 /// have them), every other model the three chat APIs (translated for every kind).
 pub fn client_apis(model: &ModelEntry) -> Vec<ClientApi> {
     if model.embeddings {
-        let serves = crate::translate::translator_for(ClientApi::Embeddings, model.kind).is_ok();
+        let serves = crate::translate::check_pairing(ClientApi::Embeddings, model.kind).is_ok();
         return if serves {
             vec![ClientApi::Embeddings]
         } else {

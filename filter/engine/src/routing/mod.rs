@@ -90,12 +90,11 @@ pub fn resolve<'s>(snapshot: &'s Snapshot, model: &str) -> Result<Target<'s>, Ga
     }
 }
 
-/// Checks that the chosen provider can serve the client's API: whether
-/// [`crate::translate::translator_for`], the one place that decides which (client API, provider
-/// wire format) pairs exist, has a translator for it. Unsupported pairs get a typed 422 naming
-/// the provider.
+/// Checks that the chosen provider can serve the client's API
+/// ([`crate::translate::check_pairing`], the one place that decides which (client API, provider
+/// wire format) pairs exist). Unsupported pairs get a typed 422 naming the provider.
 pub fn check_pair(api: ClientApi, target: &Target<'_>) -> Result<(), GatewayError> {
-    match crate::translate::translator_for(api, target.provider.kind) {
+    match crate::translate::check_pairing(api, target.provider.kind) {
         Ok(_) => Ok(()),
         Err(e) => Err(GatewayError {
             kind: ErrorKind::Routing,

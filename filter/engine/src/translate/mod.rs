@@ -232,37 +232,56 @@ fn wire_of(kind: ProviderKind) -> Wire {
     }
 }
 
+/// How a (client API, provider kind) pair is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pairing {
+    /// Same wire format: bodies pass through.
+    Passthrough,
+    /// Through the canonical form.
+    Hub,
+    GeminiEmbeddings,
+}
+
+/// How the gateway serves a (client API, provider kind) pair; a 422 `routing_error` for pairs
+/// it cannot serve (embeddings on Anthropic, `GET /v1/models`, which is never forwarded). The
+/// one place that decides which pairs exist.
+fn pairing(client: ClientApi, kind: ProviderKind) -> Result<Pairing, GatewayError> {
+    match (client, wire_of(kind)) {
+        (ClientApi::ChatCompletions, Wire::OpenAiChat)
+        | (ClientApi::Messages, Wire::Anthropic)
+        | (ClientApi::Embeddings, Wire::OpenAiChat) => Ok(Pairing::Passthrough),
+        (ClientApi::ChatCompletions | ClientApi::Responses | ClientApi::Messages, _) => {
+            Ok(Pairing::Hub)
+        }
+        (ClientApi::Embeddings, Wire::Gemini) => Ok(Pairing::GeminiEmbeddings),
+        (ClientApi::Embeddings, _) => Err(GatewayError::new(
+            ErrorKind::Routing,
+            format!("Provider kind '{kind}' does not serve embeddings through this gateway."),
+        )),
+        (ClientApi::Models, _) => Err(GatewayError::new(
+            ErrorKind::Routing,
+            "GET /v1/models is answered by the gateway, not forwarded.",
+        )),
+    }
+}
+
+/// Whether the gateway serves requests of `client` on a provider of `kind`: [`translator_for`]'s
+/// answer without building the translator (the routing decision asks it of every candidate).
+pub fn check_pairing(client: ClientApi, kind: ProviderKind) -> Result<(), GatewayError> {
+    pairing(client, kind).map(|_| ())
+}
+
 /// The translator for a (client API, provider kind) pair; a 422 `routing_error` for pairs the
-/// gateway cannot serve (embeddings on Anthropic, `GET /v1/models`, which is never forwarded).
+/// gateway cannot serve ([`check_pairing`]).
 pub fn translator_for(
     client: ClientApi,
     kind: ProviderKind,
 ) -> Result<Box<dyn Translator>, GatewayError> {
-    let wire = wire_of(kind);
-    let t: Box<dyn Translator> = match (client, wire) {
-        (ClientApi::ChatCompletions, Wire::OpenAiChat)
-        | (ClientApi::Messages, Wire::Anthropic)
-        | (ClientApi::Embeddings, Wire::OpenAiChat) => Box::new(Passthrough::new(client, kind)),
-        (ClientApi::ChatCompletions | ClientApi::Responses | ClientApi::Messages, _) => {
-            Box::new(Hub::new(client, kind))
-        }
-        (ClientApi::Embeddings, Wire::Gemini) => {
-            Box::new(gemini_embeddings::GeminiEmbeddings::default())
-        }
-        (ClientApi::Embeddings, _) => {
-            return Err(GatewayError::new(
-                ErrorKind::Routing,
-                format!("Provider kind '{kind}' does not serve embeddings through this gateway."),
-            ))
-        }
-        (ClientApi::Models, _) => {
-            return Err(GatewayError::new(
-                ErrorKind::Routing,
-                "GET /v1/models is answered by the gateway, not forwarded.",
-            ))
-        }
-    };
-    Ok(t)
+    Ok(match pairing(client, kind)? {
+        Pairing::Passthrough => Box::new(Passthrough::new(client, kind)),
+        Pairing::Hub => Box::new(Hub::new(client, kind)),
+        Pairing::GeminiEmbeddings => Box::new(gemini_embeddings::GeminiEmbeddings::default()),
+    })
 }
 
 /// Path of an operation for an OpenAI-style provider: the base URL's path replaces the
@@ -974,6 +993,11 @@ mod tests {
                         assert_eq!(e.status(), 422, "{client:?} {kind}");
                     }
                 }
+                let checked = check_pairing(client, kind).map_err(|e| e.message);
+                let built = translator_for(client, kind)
+                    .map(|_| ())
+                    .map_err(|e| e.message);
+                assert_eq!(checked, built, "{client:?} {kind}");
             }
         }
     }
