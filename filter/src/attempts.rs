@@ -3,8 +3,9 @@
 //! Both run on the same worker thread; the edge takes a request's entries when it logs.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
+use tokenrouter_engine::HashMap;
 use tokenrouter_proto::sync::v1::Attempt;
 
 /// Requests whose attempts are kept at most (oldest dropped): a bound for requests whose edge

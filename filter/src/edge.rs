@@ -2,7 +2,6 @@
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use tokenrouter_engine::routing::{self, features, Decision, RouteInput, ScoreBoa
 use tokenrouter_engine::translate::{translator_for, AttemptTarget, Translator, UpstreamRequest};
 use tokenrouter_engine::upstream::ProviderKind;
 use tokenrouter_engine::usage::{self, ChunkOutput, ClientStreamObserver, Usage};
-use tokenrouter_engine::{auth, idempotency, models, ErrorKind, GatewayError, Snapshot};
+use tokenrouter_engine::{auth, idempotency, models, ErrorKind, GatewayError, HashMap, Snapshot};
 use tokenrouter_proto::sync::v1::idempotency_verdict::Outcome;
 use tokenrouter_proto::sync::v1::{IdempotencyBegin, IdempotencyVerdict, UsageRecord};
 

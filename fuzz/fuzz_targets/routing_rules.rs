@@ -62,12 +62,13 @@ fuzz_target!(|data: &[u8]| {
     let mut trace = Trace::default();
     for rule in set.rules() {
         let _ = rule.in_scope(key);
-        let (held, rule_trace) = rule.check(&evaluation);
+        let (held, rule_trace) = rule.check(&evaluation, &mut trace.conditions);
         let mut plain = Vec::new();
         let plain_held = rules::evaluate(&rule.conditions, &facts, &mut plain);
         assert_eq!(held, plain_held, "rule {}", rule.id);
-        assert_eq!(rule_trace.conditions, plain, "rule {}", rule.id);
-        assert_eq!(held, rule_trace.conditions.iter().all(|c| c.matched));
+        let traced = trace.conditions_of(&rule_trace);
+        assert_eq!(traced, plain.as_slice(), "rule {}", rule.id);
+        assert_eq!(held, traced.iter().all(|c| c.matched));
         trace.rules.push(rule_trace);
     }
     let json = trace.to_json();

@@ -416,14 +416,14 @@ impl Facts for FuzzFacts {
     fn mode(&self) -> Option<Mode> {
         self.mode
     }
-    fn task(&self) -> Option<String> {
-        self.task.clone()
+    fn task(&self) -> Option<&str> {
+        self.task.as_deref()
     }
     fn requested_model(&self) -> &str {
         &self.model
     }
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).cloned()
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
     }
 }
 

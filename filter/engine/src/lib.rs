@@ -39,9 +39,10 @@ pub mod usage;
 
 pub use error::{ErrorKind, GatewayError};
 
-/// The maps the request path looks names and key hashes up in: hashed by foldhash (seeded per
-/// process) instead of SipHash, a few times fewer instructions per lookup. Their entries come
-/// from the control plane, never from a client, so a client cannot fill one with colliding
-/// keys; a client only chooses what is looked up.
+/// The maps the request path looks names, key hashes and request ids up in: hashed by foldhash
+/// (seeded per process) instead of SipHash, a few times fewer instructions per lookup. Their
+/// entries come from the control plane or the edge itself (the request ids it generates), never
+/// from a client, so a client cannot fill one with colliding keys; a client only chooses what is
+/// looked up.
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use snapshot::Snapshot;

@@ -118,6 +118,11 @@ impl<'i, 'a: 'i> RequestFacts<'i, 'a> {
             task: OnceCell::new(),
         }
     }
+
+    /// `metadata.<key>` as a string, borrowed from the request.
+    fn metadata_str(&self, key: &str) -> Option<&'i str> {
+        self.input.metadata?.get(key)?.as_str()
+    }
 }
 
 impl Facts for RequestFacts<'_, '_> {
@@ -125,15 +130,15 @@ impl Facts for RequestFacts<'_, '_> {
         &self.prompt_lower
     }
     fn metadata(&self, key: &str) -> Option<&str> {
-        self.input.metadata?.get(key)?.as_str()
+        self.metadata_str(key)
     }
     fn mode(&self) -> Option<Mode> {
         self.mode.get()
     }
     fn task(&self) -> Option<&str> {
         *self.task.get_or_init(|| {
-            let metadata = self.input.metadata.and_then(|m| m.get("task")?.as_str());
-            metadata.or_else(|| complexity::detect_task(&self.input.features.text))
+            self.metadata_str("task")
+                .or_else(|| complexity::detect_task(&self.input.features.text))
         })
     }
     fn requested_model(&self) -> &str {
