@@ -18,7 +18,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde_json::{Map, Value};
 use tokenrouter_proto::config::v1 as pb;
 
-use super::trace::{ConditionTrace, RuleTrace};
+use super::trace::{condition_position, ConditionTrace, RuleTrace};
 use super::Mode;
 use crate::snapshot::ConfigError;
 
@@ -651,8 +651,7 @@ impl Rule {
         evaluation: &Evaluation<'_>,
         conditions: &mut Vec<ConditionTrace>,
     ) -> (bool, RuleTrace) {
-        let position = |c: &Vec<ConditionTrace>| u32::try_from(c.len()).unwrap_or(u32::MAX);
-        let start = position(conditions);
+        let start = condition_position(conditions);
         let matched = evaluation.conditions(&self.conditions, &self.traced, conditions);
         (
             matched,
@@ -661,7 +660,7 @@ impl Rule {
                 name: Arc::clone(&self.name),
                 priority: self.priority,
                 matched,
-                conditions: start..position(conditions),
+                conditions: start..condition_position(conditions),
                 applied: Vec::new(),
                 ignored: Vec::new(),
             },

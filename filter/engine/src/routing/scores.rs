@@ -53,9 +53,7 @@ impl ScoreBoard {
 
     /// Whether the provider asked not to be called before a later time (429 Retry-After).
     pub fn cooling(&self, provider: &str, now_ms: i64) -> bool {
-        self.by
-            .get(provider)
-            .and_then(|models| models.get(""))
+        self.get(provider, "")
             .is_some_and(|s| s.cooldown_until_ms > now_ms)
     }
 

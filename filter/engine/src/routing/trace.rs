@@ -30,6 +30,12 @@ pub struct ConditionTrace {
     pub matched: bool,
 }
 
+/// Where the next condition pushed onto a trace's conditions goes (a bound of a
+/// [`RuleTrace::conditions`] range).
+pub(crate) fn condition_position(conditions: &[ConditionTrace]) -> u32 {
+    u32::try_from(conditions.len()).unwrap_or(u32::MAX)
+}
+
 /// One routing rule as it was evaluated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleTrace {
@@ -196,10 +202,9 @@ impl Trace {
     /// Adds a traced rule with its conditions (what [`Rule::check`] does in a decision).
     #[cfg(test)]
     pub(crate) fn push_rule(&mut self, mut rule: RuleTrace, conditions: Vec<ConditionTrace>) {
-        let start = u32::try_from(self.conditions.len()).unwrap_or(u32::MAX);
+        let start = condition_position(&self.conditions);
         self.conditions.extend(conditions);
-        let end = u32::try_from(self.conditions.len()).unwrap_or(u32::MAX);
-        rule.conditions = start..end;
+        rule.conditions = start..condition_position(&self.conditions);
         self.rules.push(rule);
     }
 
