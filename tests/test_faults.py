@@ -475,6 +475,24 @@ def test_5000_messages_are_served(gw: Gateway) -> None:
     gw.assert_still_serving()
 
 
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "spaced"])
+def test_forwarded_body_and_its_content_length_agree(gw: Gateway, compact: bool) -> None:
+    """The edge forwards the body it re-serialised (with the upstream model name) and sets
+    `content-length` only where the length changed: a compact body with sorted keys under the
+    provider's own model name keeps its length (the client's header stands), one with spaces
+    gets shorter (the header is set). Either way the provider gets one `content-length`, that of
+    the body it received, and the request as sent."""
+    body = {"messages": user("the same length"), "model": "gpt-4o-mini", "temperature": 0.5}
+    data = json.dumps(body, separators=(",", ":") if compact else None, sort_keys=True).encode()
+    r = gw.post("/v1/chat/completions", data)
+    assert r.status_code == 200, r.text
+    [sent] = gw.calls(gw.openai)
+    assert [v for n, v in sent.header_lines if n == "content-length"] == [str(len(sent.raw_body))]
+    assert sent.body == body
+    assert (len(sent.raw_body) == len(data)) is compact
+    gw.assert_still_serving()
+
+
 @pytest.mark.parametrize("api", list(APIS))
 def test_unknown_fields_are_passed_through_or_dropped_never_refused(gw: Gateway, api: str) -> None:
     """The edge interprets only routing fields: an unknown field is not refused. A pass-through

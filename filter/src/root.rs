@@ -61,6 +61,7 @@ impl Context for Root {
         if let Root::Edge(_) = self {
             vm::flush_usage_backlog();
         }
+        host::flush_counts();
         true
     }
 
@@ -129,6 +130,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        host::flush_counts();
         match self {
             Root::Sync(s) => s.on_tick(),
             Root::Edge(_) => {
