@@ -56,8 +56,11 @@ fn insert_chunks(n: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
 
 /// Page cache of one pooled connection, in KiB.
 const CACHE_KIB: u32 = 1024;
-/// SQLite's soft heap limit for the whole process (the page caches of all connections).
-const HEAP_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
+/// SQLite's soft heap limit for the whole process: room for the page caches of all eight
+/// pooled connections (8 × [`CACHE_KIB`]) and their prepared statements. At 4 MiB, below what
+/// the caches are allowed, SQLite gave pages back and read them again under load (a tenth of the
+/// control plane's CPU at saturation).
+const HEAP_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// SQLite-backed [`Store`].
 #[derive(Clone, Debug)]
