@@ -113,18 +113,6 @@ def envoy_stats(envoy: Envoy) -> dict[str, int]:
     return stats
 
 
-def settled_envoy_stats(envoy: Envoy) -> dict[str, int]:
-    """Envoy's tokenrouter stats once the counts of earlier requests have landed: the filter
-    hands its counts to Envoy on its 20 ms tick, so two reads 100 ms apart must agree."""
-
-    def steady() -> dict[str, int] | None:
-        first = envoy_stats(envoy)
-        time.sleep(0.1)
-        return first if envoy_stats(envoy) == first else None
-
-    return wait_for(steady, 10, what="Envoy's tokenrouter stats to settle")
-
-
 def test_logs_summaries_and_stats_show_exactly_the_mix(gateway: Gateway) -> None:
     g = gateway
     g.control_plane.cli("routing", "set", "--key-id", g.key_id, "--strategy", "fallback",
@@ -135,7 +123,7 @@ def test_logs_summaries_and_stats_show_exactly_the_mix(gateway: Gateway) -> None
     # the rule's holds the routing configuration too).
     settled(lambda: g.post("/v1/chat/completions", chat("top-secret probe")).status_code == 422,
             "the firewall rule at the edge")
-    stats_before = settled_envoy_stats(g.envoy)
+    stats_before = envoy_stats(g.envoy)
     sent: dict[str, str] = {}  # request id -> what it was
 
     client = openai.OpenAI(base_url=f"{g.envoy.url}/v1", api_key=g.key, max_retries=0)
@@ -247,8 +235,7 @@ def test_logs_summaries_and_stats_show_exactly_the_mix(gateway: Gateway) -> None
     assert Decimal(mine["spend_usd"]) == Decimal(summary["total_cost_usd"])
 
     # Envoy's stats count the same requests (a request is counted when it starts, the rest
-    # when its log runs, just after the client has its answer, and Envoy has them on the
-    # filter's next tick: wait for all of them).
+    # when its log runs, just after the client has its answer: wait for all of them).
     openai_in = sum(r["input_tokens"] for r in plain) + s["input_tokens"]
     want = {
         "tokenrouter.requests": len(sent),

@@ -1462,8 +1462,8 @@ fn credential_of(t: &Target<'_>) -> String {
 
 /// Replaces the client's body (`size` bytes in Envoy's buffer) with the one to forward, and
 /// its `content-length` where that changes: `client_length` is the value in Envoy's map, if
-/// any (a header set costs Envoy's worker about 3 400 instructions, and a body forwarded under
-/// the client's own model name keeps its length).
+/// any (a header set costs Envoy's worker 2 600–3 400 instructions, and a compact body with
+/// sorted keys forwarded under the client's own model name keeps its length).
 fn forward_body(size: usize, body: &[u8], client_length: Option<&str>) -> Result<(), GatewayError> {
     let length = body.len().to_string();
     if client_length != Some(length.as_str()) {

@@ -177,31 +177,8 @@ pub fn define_counter(name: &str) -> Option<u32> {
     hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).ok()
 }
 
-/// Counts `by` on a counter. The count waits in the VM until [`flush_counts`] (each root's
-/// tick, and the VM's end): a host call costs about as much as setting a header under V8, and a
-/// finished request moves up to six counters, so a busy worker moves each counter once per tick
-/// instead.
 pub fn increment(metric: Option<u32>, by: i64) {
     if let Some(id) = metric {
-        COUNTS.with(|c| {
-            let mut c = c.borrow_mut();
-            let n = c.entry(id).or_insert(0);
-            *n = n.saturating_add(by);
-        });
+        let _ = hostcalls::increment_metric(id, by);
     }
-}
-
-/// Hands the counts waiting in the VM to Envoy.
-pub fn flush_counts() {
-    COUNTS.with(|c| {
-        for (id, by) in c.borrow_mut().drain() {
-            let _ = hostcalls::increment_metric(id, by);
-        }
-    });
-}
-
-thread_local! {
-    /// Counts not yet handed to Envoy, by metric id (Envoy's, never a client's choice).
-    static COUNTS: std::cell::RefCell<tokenrouter_engine::HashMap<u32, i64>> =
-        std::cell::RefCell::default();
 }

@@ -61,7 +61,6 @@ impl Context for Root {
         if let Root::Edge(_) = self {
             vm::flush_usage_backlog();
         }
-        host::flush_counts();
         true
     }
 
@@ -130,7 +129,6 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        host::flush_counts();
         match self {
             Root::Sync(s) => s.on_tick(),
             Root::Edge(_) => {

@@ -837,15 +837,18 @@ impl Report {
     /// The section a `--only` run merges into an existing report: what it measured, with
     /// headings one level down and a note on where the rest of the report comes from.
     pub fn render_partial(&self, only: &str) -> String {
-        let date = self
-            .machine
-            .iter()
-            .find(|(name, _)| name == "date")
-            .map_or("", |(_, value)| value.as_str());
+        let fact = |fact: &str| {
+            self.machine
+                .iter()
+                .find(|(name, _)| name == fact)
+                .map_or("", |(_, value)| value.as_str())
+        };
+        // Partial runs may come from another machine than the full run: they name their CPU.
+        let (date, cpu) = (fact("date"), fact("CPU"));
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "## Partial run: `cargo xtask bench --only {only}` ({date}{}{}, {:.0} s)\n\n\
+            "## Partial run: `cargo xtask bench --only {only}` ({date}, {cpu}{}{}, {:.0} s)\n\n\
              **The tables in this section come from this later run of only these parts**; every \
              other table in this file is from the full run named at the top and was not \
              re-measured. The machine is shared with other work and noisy, so absolute figures \
