@@ -14,8 +14,9 @@ const EDGE_TICK: Duration = Duration::from_millis(20);
 
 /// How often a provider cluster's upstream filter looks. There is one per cluster (up to
 /// hundreds with chain clusters), and in the usual deployment it shares the edge's VM, whose
-/// configuration the edge's tick already keeps current; this one only matters for a VM
-/// without an edge.
+/// configuration the edge's tick already keeps current: a look within this period of another
+/// root's reads nothing (`vm::refresh_snapshot_unless_checked`), so it only matters for a VM
+/// without an edge, where one upstream root reads for all.
 const UPSTREAM_TICK: Duration = Duration::from_millis(100);
 
 #[derive(Deserialize)]
@@ -132,12 +133,16 @@ impl RootContext for Root {
         match self {
             Root::Sync(s) => s.on_tick(),
             Root::Edge(_) => {
-                vm::refresh_snapshot();
+                let now = host::now_ms();
+                vm::refresh_snapshot_unless_checked(now, 0);
                 // Only the edge routes, so only it reads the scores.
-                vm::refresh_scores();
-                vm::flush_usage_backlog_when_due(host::now_ms());
+                vm::refresh_scores_when_due(now);
+                vm::flush_usage_backlog_when_due(now);
             }
-            Root::Upstream { .. } => vm::refresh_snapshot(),
+            Root::Upstream { .. } => {
+                let period = i64::try_from(UPSTREAM_TICK.as_millis()).unwrap_or(i64::MAX);
+                vm::refresh_snapshot_unless_checked(host::now_ms(), period);
+            }
             Root::Unconfigured => {}
         }
     }

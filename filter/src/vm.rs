@@ -40,6 +40,10 @@ pub const USAGE_BATCH: usize = 64;
 /// Longest a record waits in a worker for a batch to fill (checked on the edge's tick).
 pub const USAGE_FLUSH_MS: i64 = 100;
 
+/// How often the edge's tick looks for new live scores (they follow the control plane's
+/// measurements, which move over seconds; each look is a shared-data read).
+pub const SCORES_CHECK_MS: i64 = 100;
+
 #[derive(Default)]
 struct VmState {
     snapshot: Option<Rc<Snapshot>>,
@@ -54,6 +58,10 @@ struct VmState {
     backlog: VecDeque<Pending>,
     /// When the edge's tick last queued the backlog (host clock, ms).
     flushed_at_ms: i64,
+    /// When a root of this VM last looked for a new configuration version (host clock, ms).
+    snapshot_checked_at_ms: i64,
+    /// When the edge's tick last looked for new scores (host clock, ms).
+    scores_checked_at_ms: i64,
     /// The trace rendered last ([`render_trace`]).
     last_trace: Option<RenderedTrace>,
 }
@@ -103,6 +111,46 @@ fn shared_version(key: &str) -> Option<u64> {
     host::shared_data(key)
         .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map(u64::from_le_bytes)
+}
+
+/// Whether `period_ms` passed since `*at` (or the clock went back); if so, `*at` becomes `now_ms`.
+fn due(at: &mut i64, now_ms: i64, period_ms: i64) -> bool {
+    let due = now_ms.saturating_sub(*at) >= period_ms || now_ms < *at;
+    if due {
+        *at = now_ms;
+    }
+    due
+}
+
+/// [`refresh_snapshot`] unless a root of this VM looked less than `period_ms` ago. Each look is
+/// a shared-data read (about 9 800 instructions of Envoy's worker, BENCHMARKS.md finding 24),
+/// and the upstream filters' roots, one per provider cluster (hundreds with chain clusters),
+/// share the VM whose configuration the edge's 20 ms tick already keeps current: their ticks
+/// then read nothing, and in a VM without an edge one of them reads for all.
+pub fn refresh_snapshot_unless_checked(now_ms: i64, period_ms: i64) {
+    if STATE.with(|s| {
+        due(
+            &mut s.borrow_mut().snapshot_checked_at_ms,
+            now_ms,
+            period_ms,
+        )
+    }) {
+        refresh_snapshot();
+    }
+}
+
+/// [`refresh_scores`] once [`SCORES_CHECK_MS`] passed since the last look (the edge's tick,
+/// which comes more often).
+pub fn refresh_scores_when_due(now_ms: i64) {
+    if STATE.with(|s| {
+        due(
+            &mut s.borrow_mut().scores_checked_at_ms,
+            now_ms,
+            SCORES_CHECK_MS,
+        )
+    }) {
+        refresh_scores();
+    }
 }
 
 /// Re-reads the scores when their version changed. Cheap when it did not (8 bytes). Scores that
@@ -331,6 +379,21 @@ mod tests {
             },
             trace: trace.cloned(),
         }
+    }
+
+    /// A look is due once its period passed since the last one (which it then becomes), at once
+    /// with a period of 0, and when the host's clock went back.
+    #[test]
+    fn looks_are_due_once_their_period_passed() {
+        let mut at = 0;
+        assert!(due(&mut at, 1_000, 100));
+        assert_eq!(at, 1_000);
+        assert!(!due(&mut at, 1_099, 100));
+        assert_eq!(at, 1_000);
+        assert!(due(&mut at, 1_100, 100));
+        assert!(due(&mut at, 1_100, 0));
+        assert!(due(&mut at, 900, 100));
+        assert_eq!(at, 900);
     }
 
     /// The records as `trace_runs::send_once` sends them, whether equal traces share one text
