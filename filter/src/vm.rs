@@ -299,8 +299,8 @@ pub fn flush_usage_backlog() {
 pub fn flush_usage_backlog_when_due(now_ms: i64) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        if now_ms - s.flushed_at_ms >= USAGE_FLUSH_MS {
-            s.flushed_at_ms = now_ms;
+        // A clock that went back does not hold the records until it catches up.
+        if due(&mut s.flushed_at_ms, now_ms, USAGE_FLUSH_MS) {
             flush_backlog(&mut s);
         }
     });
