@@ -17,7 +17,8 @@ const EDGE_TICK: Duration = Duration::from_millis(20);
 /// configuration the edge's tick already keeps current: a look within this period of another
 /// root's reads nothing (`vm::refresh_snapshot_unless_checked`), so it only matters for a VM
 /// without an edge, where one upstream root reads for all.
-const UPSTREAM_TICK: Duration = Duration::from_millis(100);
+const UPSTREAM_TICK_MS: i64 = 100;
+const UPSTREAM_TICK: Duration = Duration::from_millis(UPSTREAM_TICK_MS.unsigned_abs());
 
 #[derive(Deserialize)]
 #[serde(tag = "role", rename_all = "lowercase")]
@@ -140,8 +141,7 @@ impl RootContext for Root {
                 vm::flush_usage_backlog_when_due(now);
             }
             Root::Upstream { .. } => {
-                let period = i64::try_from(UPSTREAM_TICK.as_millis()).unwrap_or(i64::MAX);
-                vm::refresh_snapshot_unless_checked(host::now_ms(), period);
+                vm::refresh_snapshot_unless_checked(host::now_ms(), UPSTREAM_TICK_MS)
             }
             Root::Unconfigured => {}
         }

@@ -122,19 +122,18 @@ fn due(at: &mut i64, now_ms: i64, period_ms: i64) -> bool {
     due
 }
 
+/// [`due`] for one of this VM's timestamps.
+fn due_in_state(at: fn(&mut VmState) -> &mut i64, now_ms: i64, period_ms: i64) -> bool {
+    STATE.with(|s| due(at(&mut s.borrow_mut()), now_ms, period_ms))
+}
+
 /// [`refresh_snapshot`] unless a root of this VM looked less than `period_ms` ago. Each look is
 /// a shared-data read (about 9 800 instructions of Envoy's worker, BENCHMARKS.md finding 24),
 /// and the upstream filters' roots, one per provider cluster (hundreds with chain clusters),
 /// share the VM whose configuration the edge's 20 ms tick already keeps current: their ticks
 /// then read nothing, and in a VM without an edge one of them reads for all.
 pub fn refresh_snapshot_unless_checked(now_ms: i64, period_ms: i64) {
-    if STATE.with(|s| {
-        due(
-            &mut s.borrow_mut().snapshot_checked_at_ms,
-            now_ms,
-            period_ms,
-        )
-    }) {
+    if due_in_state(|s| &mut s.snapshot_checked_at_ms, now_ms, period_ms) {
         refresh_snapshot();
     }
 }
@@ -142,13 +141,7 @@ pub fn refresh_snapshot_unless_checked(now_ms: i64, period_ms: i64) {
 /// [`refresh_scores`] once [`SCORES_CHECK_MS`] passed since the last look (the edge's tick,
 /// which comes more often).
 pub fn refresh_scores_when_due(now_ms: i64) {
-    if STATE.with(|s| {
-        due(
-            &mut s.borrow_mut().scores_checked_at_ms,
-            now_ms,
-            SCORES_CHECK_MS,
-        )
-    }) {
+    if due_in_state(|s| &mut s.scores_checked_at_ms, now_ms, SCORES_CHECK_MS) {
         refresh_scores();
     }
 }
