@@ -307,7 +307,14 @@ def test_runs_of_equal_traces_are_sent_once_and_logged_whole(fleet: Fleet) -> No
 
     before = runs()
     tasks = ["other", "other", "other", "task-1", "task-1", "other", "other", "task-4"]
-    responses = [fleet.post("/v1/chat/completions", body(t)) for t in tasks]
+    # Runs are a worker's: one keep-alive connection keeps the requests on one of Envoy's
+    # workers (a new connection each could spread the repeats so no worker saw two in a row).
+    with requests.Session() as session:
+        responses = [
+            session.post(f"{fleet.envoy.url}/v1/chat/completions", json=body(t),
+                         headers={"Authorization": f"Bearer {fleet.key}"}, timeout=30)
+            for t in tasks
+        ]
     assert all(r.status_code == 200 for r in responses)
     traces = [r.headers["x-tokenrouter-rule-trace"] for r in responses]
     assert len(set(traces)) == 3 and len(traces[0]) >= 512  # stored once, in rule_traces
