@@ -39,6 +39,7 @@ mod ingest;
 mod instructions;
 mod load;
 mod overhead;
+mod profile;
 mod report;
 mod soak;
 
@@ -119,6 +120,10 @@ pub enum Phase {
     /// Instructions per request of Envoy's threads (bare, the floors, tokenrouter), each Envoy
     /// under `valgrind --tool=callgrind`: repeatable where the timed runs are noisy.
     Instructions,
+    /// The filter's own instructions by function: its Rust built natively and driven through
+    /// the benchmark's request by a harness playing Envoy, under callgrind. Only through
+    /// `--only`: the full run leaves it out.
+    Profile,
 }
 
 impl Phase {
@@ -133,6 +138,7 @@ impl Phase {
             Phase::Soak => "soak",
             Phase::Overhead => "overhead",
             Phase::Instructions => "instructions",
+            Phase::Profile => "profile",
         }
     }
 }
@@ -896,6 +902,10 @@ fn bench_only(paths: &Paths, args: &BenchArgs) -> Result<()> {
             &args.compare_wasm,
         )?);
     }
+    if args.only.contains(&Phase::Profile) {
+        println!("==> profile (the filter built natively, under valgrind)");
+        report.profile = Some(profile::run(&rt, &plan, &mut stacks, &base_url)?);
+    }
     if args.only.contains(&Phase::Soak) {
         println!("==> soak");
         let options = soak::Options {
@@ -1436,6 +1446,32 @@ impl<'p> Stacks<'p> {
     ) -> Result<(SocketAddr, SocketAddr)> {
         let listen = free_addr()?;
         let admin = free_addr()?;
+        let config = self.render_tr_bootstrap_at(cp, name, concurrency, wasm, listen, admin)?;
+        self.spawn_envoy(children, &format!("tr-{name}"), &config, concurrency)?;
+        Ok((listen, admin))
+    }
+
+    /// The bootstrap of a tokenrouter Envoy in front of `cp` (on free ports); its path.
+    fn render_tr_bootstrap(
+        &self,
+        cp: &ControlPlane,
+        name: &str,
+        concurrency: usize,
+        wasm: &Path,
+    ) -> Result<PathBuf> {
+        self.render_tr_bootstrap_at(cp, name, concurrency, wasm, free_addr()?, free_addr()?)
+    }
+
+    /// `tokenrouter envoy-bootstrap` for an Envoy listening on `listen`, its admin on `admin`.
+    fn render_tr_bootstrap_at(
+        &self,
+        cp: &ControlPlane,
+        name: &str,
+        concurrency: usize,
+        wasm: &Path,
+        listen: SocketAddr,
+        admin: SocketAddr,
+    ) -> Result<PathBuf> {
         let config = self
             .work
             .join(format!("tr-{name}-envoy-c{concurrency}.yaml"));
@@ -1452,8 +1488,7 @@ impl<'p> Stacks<'p> {
                 .arg(&config)
                 .env("TOKENROUTER_ADMIN_TOKEN", ADMIN_TOKEN),
         )?;
-        self.spawn_envoy(children, &format!("tr-{name}"), &config, concurrency)?;
-        Ok((listen, admin))
+        Ok(config)
     }
 
     fn spawn_envoy(

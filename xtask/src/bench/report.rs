@@ -14,6 +14,7 @@ use super::admission::AdmissionFigures;
 use super::ingest::IngestFigures;
 use super::instructions::InstructionFigures;
 use super::overhead::OverheadFigures;
+use super::profile::ProfileFigures;
 use super::soak::SoakFigures;
 use super::{Plan, PropagationTrial};
 
@@ -301,6 +302,8 @@ pub struct Report {
     pub admission: Option<AdmissionFigures>,
     pub overhead: Option<OverheadFigures>,
     pub instructions: Option<InstructionFigures>,
+    /// The filter's instructions by function (`--only profile` only).
+    pub profile: Option<ProfileFigures>,
     /// The soak (`--only soak` only).
     pub soak: Option<SoakFigures>,
     /// (process, VmRSS in KiB).
@@ -332,6 +335,7 @@ impl Report {
             admission: None,
             overhead: None,
             instructions: None,
+            profile: None,
             soak: None,
             memory: Vec::new(),
             commands: Vec::new(),
@@ -853,8 +857,8 @@ impl Report {
              other table in this file is from the full run named at the top and was not \
              re-measured. The machine is shared with other work and noisy, so absolute figures \
              move between runs; load average (1/5/15 min) before this run: {}; after: {}.\n",
-            // The soak alone has no rounds.
-            if only == "soak" {
+            // The soak and the profile have no rounds.
+            if only == "soak" || only == "profile" {
                 String::new()
             } else {
                 format!(", {} round(s)", self.plan.rounds)
@@ -888,6 +892,11 @@ impl Report {
             self.instructions.as_ref().map(|i| {
                 let mut md = String::new();
                 i.render(&mut md);
+                md
+            }),
+            self.profile.as_ref().map(|p| {
+                let mut md = String::new();
+                p.render(&mut md);
                 md
             }),
             self.admission.as_ref().map(|a| {
