@@ -506,11 +506,14 @@ impl Edge {
                 api.as_str()
             )));
         }
-        let key = auth::authenticate(
-            &snapshot,
-            self.headers.get("authorization"),
-            self.headers.get("x-api-key"),
-        )?;
+        let key = vm::with_key_hashes(|cache| {
+            auth::authenticate_cached(
+                &snapshot,
+                self.headers.get("authorization"),
+                self.headers.get("x-api-key"),
+                cache,
+            )
+        })?;
         self.key_id = key.id.clone();
         self.key_name = key.name.clone();
         self.workspace_id = key.workspace_id.clone();

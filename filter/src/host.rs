@@ -3,7 +3,9 @@
 //! these instead and treats a failing host call as "absent".
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use std::ops::Range;
+
+use proxy_wasm::types::{BufferType, MapType, Status};
 
 /// Header values are bytes: Envoy passes obs-text (bytes 0x80-0xFF) through, and the SDK's
 /// `String` readers `unwrap()` their UTF-8 conversion, so one such value from a client or a
@@ -23,17 +25,89 @@ pub fn request_header(name: &str) -> Option<String> {
 /// A copy of a header map, read with one host call. Each single-header read is a host call
 /// that also calls back into the VM to allocate its answer (about a microsecond under V8), so
 /// a callback that needs several headers reads them all at once.
+///
+/// The copy holds every name and value in one string, with their places in it: the SDK's
+/// reader would make two allocations per header, and headers are read twice per request.
 #[derive(Clone, Debug, Default)]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers {
+    /// Names and values one after the other; a value that is not UTF-8 with U+FFFD for its bad
+    /// bytes (Envoy passes obs-text through, and the SDK's `String` readers would panic on it).
+    text: String,
+    /// (name, value) places in `text`, in the host's order.
+    pairs: Vec<(Range<usize>, Range<usize>)>,
+}
 
 impl Headers {
+    /// Reads the proxy-wasm map format: a count, a (name length, value length) pair per
+    /// header, then each name and each value followed by a NUL. `None` when it does not add up
+    /// or a name is not UTF-8 (names are tokens: Envoy's codecs refuse others).
+    fn parse(raw: &[u8]) -> Option<Headers> {
+        if raw.is_empty() {
+            return Some(Headers::default());
+        }
+        let word = |at: usize| -> Option<usize> {
+            let b: [u8; 4] = raw.get(at..at.checked_add(4)?)?.try_into().ok()?;
+            usize::try_from(u32::from_le_bytes(b)).ok()
+        };
+        let n = word(0)?;
+        let base = n.checked_mul(8)?.checked_add(4)?;
+        let mut at = base;
+        let mut places = Vec::with_capacity(n.min(raw.len() / 10));
+        for i in 0..n {
+            let name = at..at.checked_add(word(4 + i * 8)?)?;
+            let start = name.end.checked_add(1)?;
+            let value = start..start.checked_add(word(8 + i * 8)?)?;
+            at = value.end.checked_add(1)?;
+            places.push((name, value));
+        }
+        let region = raw.get(base..at)?;
+        // Almost always all of it is UTF-8 (NULs included): one check, one copy.
+        if let Ok(text) = std::str::from_utf8(region) {
+            let shift = |r: Range<usize>| r.start - base..r.end - base;
+            return Some(Headers {
+                text: text.to_string(),
+                pairs: places
+                    .into_iter()
+                    .map(|(name, value)| (shift(name), shift(value)))
+                    .collect(),
+            });
+        }
+        let mut text = String::with_capacity(region.len());
+        let mut pairs = Vec::with_capacity(places.len());
+        let mut push = |bytes: &[u8], lossy: bool| -> Option<Range<usize>> {
+            let start = text.len();
+            match std::str::from_utf8(bytes) {
+                Ok(part) => text.push_str(part),
+                Err(_) if lossy => text.push_str(&String::from_utf8_lossy(bytes)),
+                Err(_) => return None,
+            }
+            Some(start..text.len())
+        };
+        for (name, value) in places {
+            let name = push(raw.get(name)?, false)?;
+            let value = push(raw.get(value)?, true)?;
+            pairs.push((name, value));
+        }
+        Some(Headers { text, pairs })
+    }
+
+    fn part(&self, place: &Range<usize>) -> &str {
+        self.text.get(place.clone()).unwrap_or_default()
+    }
+
+    /// Whether the name at `place` is `name`.
+    fn is(&self, place: &Range<usize>, name: &str) -> bool {
+        place.len() == name.len()
+            && self.text.as_bytes().get(place.clone()) == Some(name.as_bytes())
+    }
+
     /// The first value of `name` (lower-case, as Envoy keeps names), as Envoy's own
     /// single-header read answers it.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.pairs
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| self.is(n, name))
+            .map(|(_, v)| self.part(v))
     }
 
     /// `get` as an owned value.
@@ -47,26 +121,43 @@ impl Headers {
 
     /// How many times `name` occurs.
     pub fn count(&self, name: &str) -> usize {
-        self.0.iter().filter(|(n, _)| n == name).count()
+        self.pairs.iter().filter(|(n, _)| self.is(n, name)).count()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(n, _)| n.as_str())
+        self.pairs.iter().map(|(name, _)| self.part(name))
     }
 
     /// Removes `name` from this copy (after removing it from Envoy's map).
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(n, _)| n != name);
+        let text = self.text.as_bytes();
+        self.pairs
+            .retain(|(n, _)| text.get(n.clone()) != Some(name.as_bytes()));
     }
 }
 
+// The SDK's declaration is private to it; this is the same import.
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
 fn headers(map: MapType) -> Headers {
-    // Names are tokens (Envoy's codecs refuse others); values as in `request_header`.
-    Headers(
-        hostcalls::get_map_bytes(map)
-            .map(|pairs| pairs.into_iter().map(|(n, v)| (n, text(v))).collect())
-            .unwrap_or_default(),
-    )
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes the address and size of memory it allocated through this VM's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), which this VM then
+    // owns; the SDK's own reader takes it the same way.
+    let raw = unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
+    };
+    Headers::parse(&raw).unwrap_or_default()
 }
 
 /// The request headers (an empty copy when the host call fails).
@@ -180,5 +271,68 @@ pub fn define_counter(name: &str) -> Option<u32> {
 pub fn increment(metric: Option<u32>, by: i64) {
     if let Some(id) = metric {
         let _ = hostcalls::increment_metric(id, by);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::Headers;
+
+    /// The proxy-wasm map format, as Envoy writes it.
+    fn serialized(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (name, value) in pairs {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.extend_from_slice(value);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn a_header_map_reads_as_envoy_answers_single_reads() {
+        let raw = serialized(&[
+            (":status", b"200"),
+            ("x-a", b"one"),
+            ("x-obs", b"caf\xe9"),
+            ("x-a", b"two"),
+            ("x-empty", b""),
+        ]);
+        let mut h = Headers::parse(&raw).unwrap();
+        assert_eq!(h.get(":status"), Some("200"));
+        assert_eq!(h.get("x-a"), Some("one"));
+        assert_eq!(h.count("x-a"), 2);
+        assert_eq!(h.get("x-obs"), Some("caf\u{fffd}"));
+        assert_eq!(h.get("x-empty"), Some(""));
+        assert!(!h.contains("x-missing"));
+        assert_eq!(
+            h.names().collect::<Vec<_>>(),
+            [":status", "x-a", "x-obs", "x-a", "x-empty"]
+        );
+        h.remove("x-a");
+        assert_eq!(h.count("x-a"), 0);
+        assert_eq!(h.value("x-empty"), Some(String::new()));
+    }
+
+    #[test]
+    fn a_map_that_does_not_add_up_reads_as_none() {
+        let raw = serialized(&[("x-a", b"one"), ("x-b", b"two")]);
+        for cut in [1, 5, 12, raw.len() - 3] {
+            assert!(Headers::parse(&raw[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut huge = raw.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Headers::parse(&huge).is_none());
+        assert_eq!(Headers::parse(&[]).unwrap().names().count(), 0);
+        assert!(Headers::parse(&serialized(&[("x-\u{fffd}", b"v")])).is_some());
+        let mut bad_name = serialized(&[("x-a", b"v")]);
+        bad_name[12] = 0xff;
+        assert!(Headers::parse(&bad_name).is_none());
     }
 }

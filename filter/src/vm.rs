@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use prost::Message;
 use proxy_wasm::hostcalls;
+use tokenrouter_engine::auth::KeyHashCache;
 use tokenrouter_engine::routing::trace::Trace;
 use tokenrouter_engine::routing::ScoreBoard;
 use tokenrouter_engine::{snapshot, Snapshot};
@@ -64,6 +65,8 @@ struct VmState {
     scores_checked_at_ms: i64,
     /// The trace rendered last ([`render_trace`]).
     last_trace: Option<RenderedTrace>,
+    /// Digests of the keys that authenticated lately on this worker.
+    key_hashes: KeyHashCache,
 }
 
 /// A rule trace with its texts: the log row's JSON and the header's.
@@ -99,6 +102,11 @@ thread_local! {
 /// The current snapshot, if one has arrived.
 pub fn snapshot() -> Option<Rc<Snapshot>> {
     STATE.with(|s| s.borrow().snapshot.clone())
+}
+
+/// `f` with this worker's cache of key digests (see [`KeyHashCache`]).
+pub fn with_key_hashes<T>(f: impl FnOnce(&mut KeyHashCache) -> T) -> T {
+    STATE.with(|s| f(&mut s.borrow_mut().key_hashes))
 }
 
 /// The live provider scores, if any have arrived.

@@ -28,6 +28,25 @@ pub fn authenticate<'s>(
     authorization: Option<&str>,
     x_api_key: Option<&str>,
 ) -> Result<&'s KeyEntry, GatewayError> {
+    authenticate_by(snapshot, authorization, x_api_key, None)
+}
+
+/// [`authenticate`] with the digests of keys that authenticated lately taken from `cache`.
+pub fn authenticate_cached<'s>(
+    snapshot: &'s Snapshot,
+    authorization: Option<&str>,
+    x_api_key: Option<&str>,
+    cache: &mut KeyHashCache,
+) -> Result<&'s KeyEntry, GatewayError> {
+    authenticate_by(snapshot, authorization, x_api_key, Some(cache))
+}
+
+fn authenticate_by<'s>(
+    snapshot: &'s Snapshot,
+    authorization: Option<&str>,
+    x_api_key: Option<&str>,
+    cache: Option<&mut KeyHashCache>,
+) -> Result<&'s KeyEntry, GatewayError> {
     let raw = presented_key(authorization, x_api_key).ok_or_else(|| {
         GatewayError::new(
             ErrorKind::Authentication,
@@ -38,7 +57,21 @@ pub fn authenticate<'s>(
     if raw.len() > MAX_KEY_LEN {
         return Err(invalid());
     }
-    let key = snapshot.key_by_hash(&hash_key(raw)).ok_or_else(invalid)?;
+    let key = match cache {
+        None => snapshot.key_by_hash(&hash_key(raw)),
+        Some(cache) => match cache.digests.get(raw) {
+            Some(digest) => snapshot.key_by_hash(digest),
+            None => {
+                let digest = hash_key(raw);
+                let key = snapshot.key_by_hash(&digest);
+                if key.is_some() {
+                    cache.remember(raw, digest);
+                }
+                key
+            }
+        },
+    }
+    .ok_or_else(invalid)?;
     if key.revoked {
         return Err(GatewayError::new(
             ErrorKind::Authentication,
@@ -46,6 +79,43 @@ pub fn authenticate<'s>(
         ));
     }
     Ok(key)
+}
+
+/// Most keys a [`KeyHashCache`] holds; a full cache starts again empty.
+pub const CACHED_KEYS: usize = 1024;
+
+/// The SHA-256 digests of keys that authenticated lately, by raw key: a client that presents
+/// the same key on every request costs one hash, not one per request (a SHA-256 is the largest
+/// single cost of an edge's request).
+///
+/// - Only keys some snapshot held go in, so unknown keys cannot fill it.
+/// - A key's digest never changes, so a new snapshot needs no invalidation: every request is
+///   still looked up by digest in the current snapshot, and a revoked or removed key is refused
+///   as before.
+/// - The raw keys stay in the worker's memory, as the requests' own headers do; they are never
+///   logged, stored or sent. The map's hasher is seeded at random (std's SipHash), so which
+///   cached key a presented one is compared with is not the client's choice.
+#[derive(Debug, Default)]
+pub struct KeyHashCache {
+    digests: std::collections::HashMap<Box<str>, [u8; 32]>,
+}
+
+impl KeyHashCache {
+    fn remember(&mut self, raw: &str, digest: [u8; 32]) {
+        if self.digests.len() >= CACHED_KEYS {
+            self.digests.clear();
+        }
+        self.digests.insert(raw.into(), digest);
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -81,15 +151,52 @@ mod tests {
             (None, Err("Missing")),
             (Some(long.as_str()), Err("Invalid")),
         ];
-        for (header, want) in cases {
-            match (authenticate(&s, header, None), want) {
-                (Ok(k), Ok(id)) => assert_eq!(k.id, id),
-                (Err(e), Err(msg)) => {
-                    assert_eq!(e.status(), 401);
-                    assert!(e.message.contains(msg), "{}", e.message);
+        let mut cache = KeyHashCache::default();
+        // Without the cache, then twice with it (the second time from it).
+        for round in 0..3 {
+            for (header, want) in cases {
+                let got = if round == 0 {
+                    authenticate(&s, header, None)
+                } else {
+                    authenticate_cached(&s, header, None, &mut cache)
+                };
+                match (got, want) {
+                    (Ok(k), Ok(id)) => assert_eq!(k.id, id),
+                    (Err(e), Err(msg)) => {
+                        assert_eq!(e.status(), 401);
+                        assert!(e.message.contains(msg), "{}", e.message);
+                    }
+                    (got, want) => panic!("{header:?}: got {got:?}, want {want:?}"),
                 }
-                (got, want) => panic!("{header:?}: got {got:?}, want {want:?}"),
             }
         }
+        // Revoked keys are known keys: the live and the revoked one are cached.
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn the_cache_holds_known_keys_only_and_follows_revocations() {
+        let s = Snapshot::from_proto(sample()).unwrap();
+        let mut cache = KeyHashCache::default();
+        for _ in 0..2 {
+            let k = authenticate_cached(&s, Some("Bearer sk-tr-live"), None, &mut cache);
+            assert_eq!(k.unwrap().id, "key_live");
+        }
+        assert!(authenticate_cached(&s, Some("Bearer sk-tr-nope"), None, &mut cache).is_err());
+        assert_eq!(cache.len(), 1);
+        // The same key revoked in a later snapshot: refused although its digest is cached.
+        let mut revoked = sample();
+        for k in &mut revoked.keys {
+            k.revoked = true;
+        }
+        let later = Snapshot::from_proto(revoked).unwrap();
+        let e = authenticate_cached(&later, Some("Bearer sk-tr-live"), None, &mut cache);
+        assert!(e.unwrap_err().message.contains("revoked"));
+        // A full cache starts again.
+        for i in 0..CACHED_KEYS {
+            cache.remember(&format!("sk-tr-{i}"), [0; 32]);
+        }
+        assert!(cache.len() <= CACHED_KEYS);
+        assert!(!cache.is_empty());
     }
 }

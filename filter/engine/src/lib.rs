@@ -27,6 +27,7 @@ pub mod catalogue;
 pub mod error;
 pub mod firewall;
 pub mod idempotency;
+pub mod json;
 pub mod keys;
 pub mod models;
 pub mod money;

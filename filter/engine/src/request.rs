@@ -119,7 +119,7 @@ impl ClientRequest {
                 "The request body is empty; expected a JSON object.",
             ));
         }
-        let body: Map<String, Value> = serde_json::from_slice(bytes).map_err(|e| {
+        let body: Map<String, Value> = crate::json::from_slice(bytes).map_err(|e| {
             GatewayError::invalid(format!("The request body is not a valid JSON object: {e}."))
         })?;
         let model = match body.get("model") {

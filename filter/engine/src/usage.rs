@@ -71,7 +71,7 @@ impl From<OpenAiUsage> for Usage {
 
 /// Usage of a non-streaming OpenAI-format response body.
 pub fn from_openai_body(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<WithUsage>(body)
+    crate::json::from_slice::<WithUsage>(body)
         .ok()?
         .usage
         .map(Usage::from)
@@ -177,7 +177,7 @@ impl OpenAiStreamObserver {
         if !mentions_usage_object(data) {
             return true;
         }
-        match serde_json::from_slice::<WithUsage>(data) {
+        match crate::json::from_slice::<WithUsage>(data) {
             Ok(WithUsage {
                 usage: Some(u),
                 choices,
@@ -289,11 +289,11 @@ fn anthropic_usage(u: &crate::translate::anthropic::AnthropicUsage) -> Usage {
 pub fn from_client_body(api: ClientApi, body: &[u8]) -> Option<Usage> {
     match api {
         ClientApi::ChatCompletions | ClientApi::Embeddings => from_openai_body(body),
-        ClientApi::Responses => serde_json::from_slice::<WithResponsesUsage>(body)
+        ClientApi::Responses => crate::json::from_slice::<WithResponsesUsage>(body)
             .ok()?
             .usage
             .map(Usage::from),
-        ClientApi::Messages => serde_json::from_slice::<WithAnthropicUsage>(body)
+        ClientApi::Messages => crate::json::from_slice::<WithAnthropicUsage>(body)
             .ok()?
             .usage
             .map(|u| anthropic_usage(&u)),
@@ -307,15 +307,15 @@ pub fn from_client_body(api: ClientApi, body: &[u8]) -> Option<Usage> {
 pub fn from_client_usage(api: ClientApi, usage: &[u8]) -> Option<Usage> {
     match api {
         ClientApi::ChatCompletions | ClientApi::Embeddings => {
-            serde_json::from_slice::<Option<OpenAiUsage>>(usage)
+            crate::json::from_slice::<Option<OpenAiUsage>>(usage)
                 .ok()?
                 .map(Usage::from)
         }
-        ClientApi::Responses => serde_json::from_slice::<Option<ResponsesUsage>>(usage)
+        ClientApi::Responses => crate::json::from_slice::<Option<ResponsesUsage>>(usage)
             .ok()?
             .map(Usage::from),
         ClientApi::Messages => {
-            serde_json::from_slice::<Option<crate::translate::anthropic::AnthropicUsage>>(usage)
+            crate::json::from_slice::<Option<crate::translate::anthropic::AnthropicUsage>>(usage)
                 .ok()?
                 .map(|u| anthropic_usage(&u))
         }
@@ -463,7 +463,7 @@ impl EventStreamObserver {
         {
             return;
         }
-        let Ok(e) = serde_json::from_slice::<TypedEvent>(data) else {
+        let Ok(e) = crate::json::from_slice::<TypedEvent>(data) else {
             return;
         };
         match e.kind.as_str() {

@@ -626,7 +626,7 @@ impl StreamFilter {
             }
             return;
         }
-        let Ok(mut value) = serde_json::from_slice::<Value>(data) else {
+        let Ok(mut value) = crate::json::from_slice::<Value>(data) else {
             out.extend_from_slice(raw);
             return;
         };

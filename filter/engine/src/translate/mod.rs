@@ -89,12 +89,12 @@ pub fn check_reply(
     // Only an object: a derived struct would also take an array, its members as the fields.
     let object = body.trim_ascii_start().first() == Some(&b'{');
     if object {
-        if let Ok(parsed) = serde_json::from_slice::<Object<'_>>(body) {
+        if let Ok(parsed) = crate::json::from_slice::<Object<'_>>(body) {
             return Ok(parsed.usage.and_then(|member| range_in(body, member.get())));
         }
     }
     // Not an object with at most one `usage`: checked again to say what it is.
-    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+    match crate::json::from_slice::<serde::de::IgnoredAny>(body) {
         Err(e) => Err(format!(
             "Provider '{provider}' answered 2xx with a body that is not valid JSON ({e})."
         )),
