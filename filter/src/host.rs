@@ -2,9 +2,9 @@
 //! methods `unwrap()` host results, and a panic kills the VM of that worker, so the filter calls
 //! these instead and treats a failing host call as "absent".
 
-use proxy_wasm::hostcalls;
 use std::ops::Range;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
 
 /// Header values are bytes: Envoy passes obs-text (bytes 0x80-0xFF) through, and the SDK's
@@ -30,8 +30,9 @@ pub fn request_header(name: &str) -> Option<String> {
 /// reader would make two allocations per header, and headers are read twice per request.
 #[derive(Clone, Debug, Default)]
 pub struct Headers {
-    /// Names and values one after the other; a value that is not UTF-8 with U+FFFD for its bad
-    /// bytes (Envoy passes obs-text through, and the SDK's `String` readers would panic on it).
+    /// Names and values one after the other; one that is not UTF-8 with U+FFFD for its bad
+    /// bytes (Envoy passes obs-text through in values, and the SDK's `String` readers would
+    /// panic on it; names are tokens, which Envoy's codecs check).
     text: String,
     /// (name, value) places in `text`, in the host's order.
     pairs: Vec<(Range<usize>, Range<usize>)>,
@@ -39,8 +40,7 @@ pub struct Headers {
 
 impl Headers {
     /// Reads the proxy-wasm map format: a count, a (name length, value length) pair per
-    /// header, then each name and each value followed by a NUL. `None` when it does not add up
-    /// or a name is not UTF-8 (names are tokens: Envoy's codecs refuse others).
+    /// header, then each name and each value followed by a NUL. `None` when it does not add up.
     fn parse(raw: &[u8]) -> Option<Headers> {
         if raw.is_empty() {
             return Some(Headers::default());
@@ -74,18 +74,14 @@ impl Headers {
         }
         let mut text = String::with_capacity(region.len());
         let mut pairs = Vec::with_capacity(places.len());
-        let mut push = |bytes: &[u8], lossy: bool| -> Option<Range<usize>> {
+        let mut push = |bytes: &[u8]| -> Range<usize> {
             let start = text.len();
-            match std::str::from_utf8(bytes) {
-                Ok(part) => text.push_str(part),
-                Err(_) if lossy => text.push_str(&String::from_utf8_lossy(bytes)),
-                Err(_) => return None,
-            }
-            Some(start..text.len())
+            text.push_str(&String::from_utf8_lossy(bytes));
+            start..text.len()
         };
         for (name, value) in places {
-            let name = push(raw.get(name)?, false)?;
-            let value = push(raw.get(value)?, true)?;
+            let name = push(raw.get(name)?);
+            let value = push(raw.get(value)?);
             pairs.push((name, value));
         }
         Some(Headers { text, pairs })
@@ -331,8 +327,11 @@ mod tests {
         assert!(Headers::parse(&huge).is_none());
         assert_eq!(Headers::parse(&[]).unwrap().names().count(), 0);
         assert!(Headers::parse(&serialized(&[("x-\u{fffd}", b"v")])).is_some());
-        let mut bad_name = serialized(&[("x-a", b"v")]);
-        bad_name[12] = 0xff;
-        assert!(Headers::parse(&bad_name).is_none());
+        // A name that is not UTF-8 (Envoy's codecs refuse them) matches nothing we ask for.
+        let mut bad_name = serialized(&[("x-a", b"v"), ("x-b", b"w")]);
+        bad_name[20] = 0xff;
+        let h = Headers::parse(&bad_name).unwrap();
+        assert_eq!(h.names().collect::<Vec<_>>(), ["\u{fffd}-a", "x-b"]);
+        assert_eq!(h.get("x-b"), Some("w"));
     }
 }

@@ -85,8 +85,8 @@ fn authenticate_by<'s>(
 pub const CACHED_KEYS: usize = 1024;
 
 /// The SHA-256 digests of keys that authenticated lately, by raw key: a client that presents
-/// the same key on every request costs one hash, not one per request (a SHA-256 is the largest
-/// single cost of an edge's request).
+/// the same key on every request costs one hash, not one per request (the hash was 7 % of an
+/// edge's own work per request; BENCHMARKS.md, finding 25).
 ///
 /// - Only keys some snapshot held go in, so unknown keys cannot fill it.
 /// - A key's digest never changes, so a new snapshot needs no invalidation: every request is
@@ -94,10 +94,19 @@ pub const CACHED_KEYS: usize = 1024;
 ///   as before.
 /// - The raw keys stay in the worker's memory, as the requests' own headers do; they are never
 ///   logged, stored or sent. The map's hasher is seeded at random (std's SipHash), so which
-///   cached key a presented one is compared with is not the client's choice.
-#[derive(Debug, Default)]
+///   cached key a presented one is compared with is not the client's choice. Its `Debug`
+///   shows how many keys it holds, never the keys.
+#[derive(Default)]
 pub struct KeyHashCache {
     digests: std::collections::HashMap<Box<str>, [u8; 32]>,
+}
+
+impl std::fmt::Debug for KeyHashCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyHashCache")
+            .field("keys", &self.digests.len())
+            .finish()
+    }
 }
 
 impl KeyHashCache {
@@ -198,5 +207,7 @@ mod tests {
         }
         assert!(cache.len() <= CACHED_KEYS);
         assert!(!cache.is_empty());
+        // Its debug form never shows a key.
+        assert!(!format!("{cache:?}").contains("sk-tr-"));
     }
 }

@@ -85,7 +85,7 @@ pub fn run(
     let configuration = edge_configuration(stacks, &cp)?;
     fs::write(
         case.join("case.json"),
-        serde_json::to_vec_pretty(&case_json(configuration, &key, stacks.fake))?,
+        serde_json::to_vec_pretty(&case_json(configuration, &key))?,
     )?;
 
     let harness = build_harness(stacks.paths)?;
@@ -204,7 +204,7 @@ fn edge_configuration_in(yaml: &str) -> Option<Value> {
 
 /// The benchmark's request as Envoy hands it to the edge (the client's headers and those
 /// Envoy's connection manager adds), and the fake provider's answer as the router passes it.
-fn case_json(configuration: Value, key: &str, fake: std::net::SocketAddr) -> Value {
+fn case_json(configuration: Value, key: &str) -> Value {
     let body = super::request_body(super::TR_MODEL, false);
     let answer = super::fake::COMPLETION;
     json!({
@@ -230,7 +230,6 @@ fn case_json(configuration: Value, key: &str, fake: std::net::SocketAddr) -> Val
             ["x-envoy-upstream-service-time", "1"],
         ],
         "response_body": answer,
-        "provider": fake.to_string(),
     })
 }
 
