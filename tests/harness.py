@@ -553,6 +553,21 @@ class Envoy:
         wait_for(serving, timeout, interval=0.1, what="the filter to accept the test key")
         time.sleep(2 * WORKER_TICK_S)
 
+    def wait_until_refused(self, key: str, timeout: float = 15) -> None:
+        """Waits until every worker of this Envoy refuses ``key`` (401: revoked or unknown).
+
+        As ``wait_until_serving``, and the probes must agree several times in a row, each on a
+        new connection (Envoy spreads connections over its workers): one refusal shows that one
+        worker has the new configuration, and a loaded machine can hold another's tick back.
+        """
+
+        def refused() -> bool:
+            self._check_alive()
+            return all(self.post_chat(key, b"{").status_code == 401 for _ in range(4))
+
+        wait_for(refused, timeout, interval=0.1, what="every worker to refuse the key")
+        time.sleep(2 * WORKER_TICK_S)
+
     # clients
 
     def openai(self, key: str) -> OpenAI:

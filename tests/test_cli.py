@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from harness import ControlPlane, Stack, free_port, wait_for
+from harness import ControlPlane, Stack, free_port
 
 EXIT_USER_ERROR = 1
 EXIT_NETWORK_ERROR = 2
@@ -226,12 +226,7 @@ def test_test_verb_round_trip_revoked_broke_and_unreachable(stack: Stack, tmp_pa
 
     # A revoked key: the gateway's 401, exit 1.
     control_plane.cli("keys", "revoke", created["id"])
-    wait_for(
-        lambda: stack.envoy.post_chat(created["raw"], b"{").status_code == 401,
-        15,
-        interval=0.1,
-        what="the revocation to reach the filter",
-    )
+    stack.envoy.wait_until_refused(created["raw"])
     revoked = gateway_cli(control_plane, "test", data_dir=data_dir, gateway_url=url)
     assert revoked.returncode == EXIT_USER_ERROR, revoked
     assert "401" in revoked.stderr and "authentication_error" in revoked.stderr, revoked
