@@ -220,14 +220,6 @@ pub fn send_json(status: u16, body: &[u8], extra_headers: &[(&str, &str)]) {
     }
 }
 
-/// Envoy re-picks the route (and so the cluster from `x-tr-cluster`). Envoy exposes this as a
-/// foreign function; header mutations from wasm also clear it, this makes it explicit.
-pub fn clear_route_cache() {
-    if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
-        log::warn!("clearing the route cache failed: {e:?}");
-    }
-}
-
 /// Milliseconds since the Unix epoch, by the host's clock.
 pub fn now_ms() -> i64 {
     hostcalls::get_current_time()

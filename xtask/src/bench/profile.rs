@@ -410,6 +410,16 @@ impl ProfileFigures {
              (the harness's `proxy_*` functions, which Envoy's differ from).\n",
             self.filter, self.host
         );
+        let calls: Vec<String> = self
+            .log
+            .iter()
+            .filter_map(|line| line.strip_prefix("host call "))
+            .filter_map(|call| call.split_once(": "))
+            .map(|(name, per)| format!("`{name}` {}", per.trim_end_matches(" per request")))
+            .collect();
+        if !calls.is_empty() {
+            let _ = writeln!(md, "Host calls per request: {}.\n", calls.join(", "));
+        }
         let _ = writeln!(
             md,
             "| callback (host calls included) | instructions/request |\n| --- | --- |"
