@@ -596,23 +596,17 @@ pub extern "C" fn proxy_set_effective_context(_context: u32) -> Status {
     with("proxy_set_effective_context", |_| Status::Ok)
 }
 
+/// No foreign function: the edge calls none on a request's way.
 #[no_mangle]
-pub unsafe extern "C" fn proxy_call_foreign_function(
-    name: *const u8,
-    name_size: usize,
+pub extern "C" fn proxy_call_foreign_function(
+    _name: *const u8,
+    _name_size: usize,
     _arguments: *const u8,
     _arguments_size: usize,
-    data: *mut *mut u8,
-    size: *mut usize,
+    _data: *mut *mut u8,
+    _size: *mut usize,
 ) -> Status {
-    with("proxy_call_foreign_function", |_| {
-        if bytes(name, name_size) == b"clear_route_cache" {
-            give(&[], data, size);
-            Status::Ok
-        } else {
-            Status::NotFound
-        }
-    })
+    with("proxy_call_foreign_function", |_| Status::NotFound)
 }
 
 #[no_mangle]
@@ -641,11 +635,11 @@ pub unsafe extern "C" fn proxy_define_metric(
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn proxy_get_metric(id: u32, value: *mut u64) -> Status {
-    with("proxy_get_metric", |h| match h.metrics.get(id as usize) {
-        Some((_, v)) => {
-            *value = *v;
+/// `f` on the value of metric `id`, if it was defined.
+fn metric(name: &'static str, id: u32, f: impl FnOnce(&mut u64)) -> Status {
+    with(name, |h| match h.metrics.get_mut(id as usize) {
+        Some((_, value)) => {
+            f(value);
             Status::Ok
         }
         None => Status::NotFound,
@@ -653,28 +647,19 @@ pub unsafe extern "C" fn proxy_get_metric(id: u32, value: *mut u64) -> Status {
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn proxy_get_metric(id: u32, value: *mut u64) -> Status {
+    metric("proxy_get_metric", id, |v| *value = *v)
+}
+
+#[no_mangle]
 pub extern "C" fn proxy_record_metric(id: u32, value: u64) -> Status {
-    with("proxy_record_metric", |h| {
-        match h.metrics.get_mut(id as usize) {
-            Some((_, v)) => {
-                *v = value;
-                Status::Ok
-            }
-            None => Status::NotFound,
-        }
-    })
+    metric("proxy_record_metric", id, |v| *v = value)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_increment_metric(id: u32, offset: i64) -> Status {
-    with("proxy_increment_metric", |h| {
-        match h.metrics.get_mut(id as usize) {
-            Some((_, v)) => {
-                *v = v.wrapping_add_signed(offset);
-                Status::Ok
-            }
-            None => Status::NotFound,
-        }
+    metric("proxy_increment_metric", id, |v| {
+        *v = v.wrapping_add_signed(offset)
     })
 }
 

@@ -342,22 +342,22 @@ fn one_request(p: Prepared, context: u32, finished: &mut Vec<Finished>) -> Resul
 
 /// A callback's answer must let the request go on, and nothing may have gone wrong.
 fn check(context: u32, callback: &str, action: Action) -> Result<(), String> {
-    let (replies, warned) = HOST.with(|h| {
+    HOST.with(|h| {
         let h = h.borrow();
-        (h.local_replies.clone(), !h.warnings.is_empty())
-    });
-    if let Some((status, body)) = replies.first() {
-        return Err(format!(
-            "request {context}: the edge replied {status} itself: {}",
-            String::from_utf8_lossy(body)
-        ));
-    }
-    if warned {
-        return Err(format!(
-            "request {context}: the edge warned: {}",
-            warnings()
-        ));
-    }
+        if let Some((status, body)) = h.local_replies.first() {
+            return Err(format!(
+                "request {context}: the edge replied {status} itself: {}",
+                String::from_utf8_lossy(body)
+            ));
+        }
+        if !h.warnings.is_empty() {
+            return Err(format!(
+                "request {context}: the edge warned: {}",
+                h.warnings.join("; ")
+            ));
+        }
+        Ok(())
+    })?;
     if !matches!(action, Action::Continue) {
         return Err(format!("request {context}: {callback} paused the stream"));
     }

@@ -26,7 +26,9 @@ use serde_json::{json, Value};
 use tokenrouter_proto::sync::v1::control_message::Msg as Down;
 use tokenrouter_proto::sync::v1::edge_message::Msg as Up;
 use tokenrouter_proto::sync::v1::filter_sync_client::FilterSyncClient;
-use tokenrouter_proto::sync::v1::{Attempt, EdgeMessage, Hello, UsageBatch, UsageRecord};
+use tokenrouter_proto::sync::v1::{
+    Attempt, ControlMessage, EdgeMessage, Hello, UsageBatch, UsageRecord,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 // tonic's own re-export of tokio-stream (the client stream needs a `Stream`): no extra dependency.
@@ -436,6 +438,47 @@ impl Tally {
     }
 }
 
+/// A FilterSync stream opened as an Envoy's sync singleton opens it (`hello` holding no
+/// version, the admin token): the client, the sender of its messages (`buffer` of them) and
+/// what the control plane sends back (the snapshot first).
+pub(super) async fn sync_stream(
+    grpc: &str,
+    node: &str,
+    buffer: usize,
+) -> Result<(
+    FilterSyncClient<Channel>,
+    mpsc::Sender<EdgeMessage>,
+    tonic::Streaming<ControlMessage>,
+)> {
+    let channel = Endpoint::from_shared(format!("http://{grpc}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the control plane at {grpc}"))?;
+    let mut client = FilterSyncClient::new(channel).max_decoding_message_size(64 << 20);
+    let (out, rx) = mpsc::channel(buffer);
+    out.send(EdgeMessage {
+        msg: Some(Up::Hello(Hello {
+            node_id: node.to_string(),
+            have_version: 0,
+            max_schema: u32::MAX,
+        })),
+    })
+    .await
+    .map_err(|_| anyhow!("sync stream closed before the hello"))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let token = format!("Bearer {}", super::ADMIN_TOKEN)
+        .parse()
+        .map_err(|_| anyhow!("admin token is not a valid header value"))?;
+    request.metadata_mut().insert("authorization", token);
+    let inbound = client
+        .sync(request)
+        .await
+        .context("FilterSync/Sync")?
+        .into_inner();
+    Ok((client, out, inbound))
+}
+
 /// One fake edge: its own connection and `FilterSync/Sync` stream.
 struct Edge {
     node: String,
@@ -450,32 +493,7 @@ struct Edge {
 
 impl Edge {
     async fn connect(grpc: &str, node: String) -> Result<Edge> {
-        let channel = Endpoint::from_shared(format!("http://{grpc}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the control plane at {grpc}"))?;
-        let mut client = FilterSyncClient::new(channel).max_decoding_message_size(64 << 20);
-        let (out, rx) = mpsc::channel(MAX_INFLIGHT);
-        out.send(EdgeMessage {
-            msg: Some(Up::Hello(Hello {
-                node_id: node.clone(),
-                have_version: 0,
-                max_schema: u32::MAX,
-            })),
-        })
-        .await
-        .map_err(|_| anyhow!("sync stream closed before the hello"))?;
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        let token = format!("Bearer {}", super::ADMIN_TOKEN)
-            .parse()
-            .map_err(|_| anyhow!("admin token is not a valid header value"))?;
-        request.metadata_mut().insert("authorization", token);
-        let mut inbound = client
-            .sync(request)
-            .await
-            .context("FilterSync/Sync")?
-            .into_inner();
+        let (client, out, mut inbound) = sync_stream(grpc, &node, MAX_INFLIGHT).await?;
         let (ack_tx, acks) = mpsc::unbounded_channel();
         // Snapshots and scores come down too; only acks matter here.
         let reader = tokio::spawn(async move {

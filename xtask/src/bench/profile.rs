@@ -20,15 +20,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use prost::Message;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use tokenrouter_engine::keys::hash_key;
 use tokenrouter_proto::config::v1::ApiKey;
 use tokenrouter_proto::sync::v1::control_message::Msg as Down;
-use tokenrouter_proto::sync::v1::edge_message::Msg as Up;
-use tokenrouter_proto::sync::v1::filter_sync_client::FilterSyncClient;
-use tokenrouter_proto::sync::v1::{EdgeMessage, Hello};
-use tokio::sync::mpsc;
-use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use super::{Plan, Stacks};
 
@@ -127,33 +121,9 @@ pub fn run(
 /// `key` authenticates: the last full snapshot and the key delta on top of it (if any), each
 /// encoded as the sync singleton puts it in shared data.
 async fn configuration(grpc: &str, key: &str) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
-    let channel = Endpoint::from_shared(format!("http://{grpc}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the control plane at {grpc}"))?;
-    let mut client = FilterSyncClient::new(channel).max_decoding_message_size(64 << 20);
-    let (out, rx) = mpsc::channel(1);
-    out.send(EdgeMessage {
-        msg: Some(Up::Hello(Hello {
-            node_id: "bench-profile".into(),
-            have_version: 0,
-            max_schema: u32::MAX,
-        })),
-    })
-    .await
-    .map_err(|_| anyhow!("sync stream closed before the hello"))?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    let token = format!("Bearer {}", super::ADMIN_TOKEN)
-        .parse()
-        .map_err(|_| anyhow!("admin token is not a valid header value"))?;
-    request.metadata_mut().insert("authorization", token);
-    let mut inbound = client
-        .sync(request)
-        .await
-        .context("FilterSync/Sync")?
-        .into_inner();
-    let hash = Sha256::digest(key.as_bytes()).to_vec();
+    // Held until the answer: dropping the sender would end the stream.
+    let (_client, _out, mut inbound) = super::ingest::sync_stream(grpc, "bench-profile", 1).await?;
+    let hash = hash_key(key);
     let holds = |keys: &[ApiKey]| keys.iter().any(|k| k.sha256 == hash);
     let wait = tokio::time::timeout(Duration::from_secs(10), async {
         let mut snapshot = None;
