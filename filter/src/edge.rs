@@ -307,6 +307,9 @@ struct Direct {
     /// The answer is recorded and its headers translated (a held answer is then held only
     /// because response rules check it whole: a streamed request answered with JSON).
     recorded: bool,
+    /// The attempt, kept here rather than in the VM's log of attempts (which the upstream
+    /// filter of a planned request reads).
+    tried: attempts::Tried,
 }
 
 impl Routed {
@@ -725,6 +728,9 @@ impl Edge {
     /// Parses, checks and routes the whole request body of `size` bytes, and sends it on.
     fn route(&mut self, snapshot: Rc<Snapshot>, size: usize) -> Result<Action, GatewayError> {
         let body = host::request_body(size).unwrap_or_default();
+        // One clock read for the decision, the translation and the attempt's start (each read
+        // is a host call).
+        let now_ms = host::now_ms();
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let mut request = ClientRequest::parse_api(api, &body)?;
         self.requested_model = request.model.clone();
@@ -777,7 +783,7 @@ impl Edge {
                 header: &header,
                 byok: &byok,
                 random,
-                now_ms: host::now_ms(),
+                now_ms,
             };
             routing::decide_traced(&snapshot, &scores, &input, routing::Tracing::Served)?
         };
@@ -802,6 +808,7 @@ impl Edge {
                 size,
                 &byok_keys,
                 snapshot.per_try_timeout_ms,
+                now_ms,
             )?),
             None => {
                 self.send_planned(
@@ -870,7 +877,7 @@ impl Edge {
             None => Ok(Action::Continue),
         };
         if matches!(action, Ok(Action::Continue)) {
-            self.dispatched();
+            self.dispatched(now_ms);
         }
         action
     }
@@ -968,6 +975,7 @@ impl Edge {
         size: usize,
         byok: &[(String, String)],
         per_try_timeout_ms: u32,
+        now_ms: i64,
     ) -> Result<Box<Direct>, GatewayError> {
         let api = self.api.unwrap_or(ClientApi::ChatCompletions);
         let provider = target.provider;
@@ -989,7 +997,7 @@ impl Edge {
                 upstream_model: &target.upstream_model,
                 stream,
                 request_id: &self.request_id,
-                now_unix_s: u64::try_from(host::now_ms() / 1000).unwrap_or(0),
+                now_unix_s: u64::try_from(now_ms / 1000).unwrap_or(0),
             },
         )?;
         // A client's own x-envoy-* headers, credential headers of any provider kind and BYOK
@@ -1039,17 +1047,18 @@ impl Edge {
             provider: provider.name.clone(),
             held: None,
             recorded: false,
+            tried: attempts::Tried::default(),
         }))
     }
 
     /// The routed request leaves for its provider: a direct request's one attempt starts now
     /// (the upstream filter starts each attempt of the others).
-    fn dispatched(&self) {
-        let Stage::Routed(routed) = &self.stage else {
+    fn dispatched(&mut self, now_ms: i64) {
+        let Stage::Routed(routed) = &mut self.stage else {
             return;
         };
-        if let (Some(_), Some(p)) = (&routed.direct, routed.chain.first()) {
-            attempts::start(&self.request_id, &p.provider, &p.model, host::now_ms());
+        if let (Some(direct), Some(p)) = (routed.direct.as_mut(), routed.chain.first()) {
+            direct.tried.start(&p.provider, &p.model, now_ms);
         }
     }
 
@@ -1110,7 +1119,7 @@ impl Edge {
                 match self.ask_admission(&ask) {
                     Ok(Action::Pause) => return,
                     Ok(_) => {
-                        self.dispatched();
+                        self.dispatched(host::now_ms());
                         self.resume_http_request();
                         return;
                     }
@@ -1143,7 +1152,7 @@ impl Edge {
         };
         match result {
             Ok(()) => {
-                self.dispatched();
+                self.dispatched(host::now_ms());
                 self.resume_http_request();
             }
             Err(e) => {
@@ -1156,14 +1165,19 @@ impl Edge {
 
     /// The request's usage record, without its rule trace: that stays the request's shared
     /// text until its batch is encoded ([`vm::enqueue_usage`]).
-    fn usage_record(&self) -> UsageRecord {
+    fn usage_record(&mut self) -> UsageRecord {
+        let now_ms = host::now_ms();
+        let direct_tried = match &mut self.stage {
+            Stage::Routed(routed) => routed.direct.as_mut().map(|d| std::mem::take(&mut d.tried)),
+            _ => None,
+        };
         let mut r = UsageRecord {
             request_id: self.request_id.clone(),
             started_at_unix_ms: self.started_ms,
             key_id: self.key_id.clone(),
             requested_model: self.requested_model.clone(),
             client_api: self.api.map(|a| a.as_str().to_string()).unwrap_or_default(),
-            latency_ms: u64::try_from(host::now_ms().saturating_sub(self.started_ms)).unwrap_or(0),
+            latency_ms: u64::try_from(now_ms.saturating_sub(self.started_ms)).unwrap_or(0),
             key_name: self.key_name.clone(),
             workspace_id: self.workspace_id.clone(),
             idempotency_key: self.idempotency_key.clone(),
@@ -1207,7 +1221,10 @@ impl Edge {
                     r.response_content_type = routed.content_type.clone();
                 }
                 r.ttfb_ms = routed.ttfb_ms;
-                let (tried, retry_after) = attempts::take(&self.request_id, host::now_ms());
+                let (tried, retry_after) = match direct_tried {
+                    Some(tried) => tried.close(now_ms),
+                    None => attempts::take(&self.request_id, now_ms),
+                };
                 r.attempts = tried;
                 r.retry_after_s = retry_after;
                 let price = served.map(|p| p.price).unwrap_or_default();
@@ -1367,12 +1384,14 @@ impl Edge {
             return Some(held.pass(body_size, direct.translator.as_mut()));
         }
         direct.recorded = true;
+        let tried = &mut direct.tried;
         match held.release(
             body_size,
             direct.translator.as_mut(),
             &direct.provider,
             api,
             &self.request_id,
+            |status, now| tried.answered(status, None, now),
         ) {
             Released::Usable {
                 size,
@@ -1609,7 +1628,13 @@ impl HttpContext for Edge {
         let number = marked
             .or(headers.get("x-envoy-attempt-count"))
             .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or_else(|| attempts::started(&self.request_id).max(1));
+            .unwrap_or_else(|| {
+                match &routed.direct {
+                    Some(direct) => direct.tried.started(),
+                    None => attempts::started(&self.request_id),
+                }
+                .max(1)
+            });
         // A direct request has no upstream filter to mark its answer: Envoy's response code
         // details tell a provider's 5xx from Envoy's own reply.
         let from_provider = match routed.direct {
@@ -1637,7 +1662,7 @@ impl HttpContext for Edge {
                     .then(|| headers.get("retry-after"))
                     .flatten()
                     .and_then(|v| v.trim().parse::<u32>().ok());
-                attempts::answered(&self.request_id, routed.status, retry_after, now);
+                direct.tried.answered(routed.status, retry_after, now);
                 direct.recorded = true;
                 let mutation = direct
                     .translator

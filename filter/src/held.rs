@@ -11,7 +11,7 @@ use tokenrouter_engine::translate::{
 };
 use tokenrouter_engine::usage::ChunkOutput;
 
-use crate::{attempts, host};
+use crate::host;
 
 pub struct HeldReply {
     status: u16,
@@ -66,7 +66,8 @@ impl HeldReply {
     }
 
     /// Lets the whole answer go: translated when usable, else as a 502 naming `provider` in
-    /// the client's format. Either way the attempt's answer is recorded.
+    /// the client's format. Either way the attempt's answer goes to `answered` (its status and
+    /// the time) to be recorded.
     pub fn release(
         mut self,
         body_size: usize,
@@ -74,6 +75,7 @@ impl HeldReply {
         provider: &str,
         client: ClientApi,
         request_id: &str,
+        answered: impl FnOnce(u16, i64),
     ) -> Released {
         let now = host::now_ms();
         let checked = check_reply(
@@ -86,7 +88,7 @@ impl HeldReply {
             Ok(member) => member,
             Err(message) => {
                 log::warn!("{message} (request {request_id})");
-                attempts::answered(request_id, 502, None, now);
+                answered(502, now);
                 let body = unusable_reply_body(client, provider, message, request_id);
                 host::set_response_header(":status", Some("502"));
                 host::set_response_header("content-type", Some("application/json"));
@@ -95,7 +97,7 @@ impl HeldReply {
                 return Released::Unusable;
             }
         };
-        attempts::answered(request_id, self.status, None, now);
+        answered(self.status, now);
         let mutation = translator.response_headers(self.status, self.content_type.as_deref());
         let content_type = apply_mutation(&mutation, self.content_type.take());
         let (size, body, unchanged) = self.pass_body(body_size, translator);

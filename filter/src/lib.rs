@@ -10,6 +10,7 @@
 //!   translation.
 //!
 //! # Layout
+//! - [`alloc`]: the VM's allocator (size-class free lists over dlmalloc).
 //! - [`host`]: checked wrappers over proxy-wasm host calls (the SDK's trait defaults panic).
 //! - [`vm`]: per-VM cache of the decoded snapshot and scores, and the usage queue handle.
 //! - [`root`]: the root context; parses the role and creates HTTP contexts.
@@ -17,6 +18,7 @@
 //!   until it is whole and judged (upstream filter and direct requests); [`usage_wire`]: the
 //!   usage records' framing, which the sync singleton forwards without decoding them.
 
+pub mod alloc;
 pub mod attempts;
 pub mod edge;
 pub mod held;
@@ -43,6 +45,10 @@ pub const SCORES_VERSION_KEY: &str = "tokenrouter.scores.version";
 pub const USAGE_QUEUE: &str = "tokenrouter.usage";
 /// vm_id every tokenrouter wasm instance uses (shared data and queues are scoped by it).
 pub const VM_ID: &str = "tokenrouter";
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: alloc::Pools = alloc::Pools::new(std::alloc::System);
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -396,12 +396,14 @@ impl Upstream {
         let (Some(held), Some(translator)) = (self.held.take(), self.translator.as_mut()) else {
             return Action::Continue;
         };
+        let request_id = &self.request_id;
         let released = held.release(
             body_size,
             translator.as_mut(),
             &self.attempt_provider,
             self.client,
-            &self.request_id,
+            request_id,
+            |status, now| attempts::answered(request_id, status, None, now),
         );
         if let Released::Unusable = released {
             self.translator = None;

@@ -18,6 +18,11 @@
 
 mod host;
 
+/// The VM's allocator, as in the wasm build (the harness has one thread).
+#[global_allocator]
+static ALLOCATOR: tokenrouter_filter::alloc::Pools =
+    tokenrouter_filter::alloc::Pools::new(std::alloc::System);
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
