@@ -9,7 +9,8 @@
 //! its peak use per class (a VM's linear memory never shrinks anyway).
 //!
 //! The VM has one thread, and Envoy never enters it from two at once; the allocator holds no
-//! lock. It is generic over its backing allocator so that native tests can drive it.
+//! lock, so whoever makes one promises that only one thread uses it ([`Pools::new`] is
+//! `unsafe`). It is generic over its backing allocator so that native tests can drive it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
@@ -60,12 +61,16 @@ pub struct Pools<B = System> {
     backing: B,
 }
 
-// SAFETY: the VM runs on one thread (wasm32 without threads); native tests use one `Pools` per
-// thread.
+// SAFETY: a global allocator must be `Sync`; `Pools::new`'s caller promises that one thread
+// uses it (the wasm VM has one; so do the profiling harness and each test).
 unsafe impl<B: Sync> Sync for Pools<B> {}
 
 impl<B> Pools<B> {
-    pub const fn new(backing: B) -> Pools<B> {
+    /// An allocator with no block yet, taking its slabs and large blocks from `backing`.
+    ///
+    /// # Safety
+    /// It takes no lock: only one thread may ever use it (the VM, a single-threaded program).
+    pub const unsafe fn new(backing: B) -> Pools<B> {
         Pools {
             state: UnsafeCell::new(State {
                 free: [ptr::null_mut(); CLASSES],
@@ -234,7 +239,8 @@ mod tests {
 
     #[test]
     fn a_freed_block_is_reused_by_its_class_only() {
-        let pools = Pools::new(System);
+        // SAFETY: used by this test's thread only.
+        let pools = unsafe { Pools::new(System) };
         unsafe {
             let a = pools.alloc(layout(24, 8));
             let b = pools.alloc(layout(24, 8));
@@ -252,7 +258,8 @@ mod tests {
 
     #[test]
     fn realloc_keeps_the_contents_across_classes_and_to_the_backing_allocator() {
-        let pools = Pools::new(System);
+        // SAFETY: used by this test's thread only.
+        let pools = unsafe { Pools::new(System) };
         unsafe {
             let mut size = 3;
             let mut block = pools.alloc(layout(size, 1));
@@ -282,7 +289,8 @@ mod tests {
     /// blocks overlap, and none is written over by another's use.
     #[test]
     fn live_blocks_never_overlap() {
-        let pools = Pools::new(System);
+        // SAFETY: used by this test's thread only.
+        let pools = unsafe { Pools::new(System) };
         let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {

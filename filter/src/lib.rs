@@ -46,9 +46,10 @@ pub const USAGE_QUEUE: &str = "tokenrouter.usage";
 /// vm_id every tokenrouter wasm instance uses (shared data and queues are scoped by it).
 pub const VM_ID: &str = "tokenrouter";
 
+// SAFETY: a wasm32-wasip1 VM has one thread, and Envoy calls into it from one at a time.
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
-static ALLOCATOR: alloc::Pools = alloc::Pools::new(std::alloc::System);
+static ALLOCATOR: alloc::Pools = unsafe { alloc::Pools::new(std::alloc::System) };
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -18,10 +18,11 @@
 
 mod host;
 
-/// The VM's allocator, as in the wasm build (the harness has one thread).
+/// The VM's allocator, as in the wasm build.
+// SAFETY: the harness has one thread (it starts none).
 #[global_allocator]
 static ALLOCATOR: tokenrouter_filter::alloc::Pools =
-    tokenrouter_filter::alloc::Pools::new(std::alloc::System);
+    unsafe { tokenrouter_filter::alloc::Pools::new(std::alloc::System) };
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
