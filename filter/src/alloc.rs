@@ -85,18 +85,20 @@ impl<B> Pools<B> {
 /// The class serving `layout` (the smallest whose blocks hold it), when one does.
 #[inline]
 fn class(layout: Layout) -> Option<usize> {
-    let size = layout.size();
-    if size > MAX_SMALL || layout.align() > ALIGN {
-        return None;
-    }
+    (layout.size() <= MAX_SMALL && layout.align() <= ALIGN).then(|| size_class(layout.size()))
+}
+
+/// The smallest class whose blocks hold `size` bytes (at most [`MAX_SMALL`]).
+#[inline]
+fn size_class(size: usize) -> usize {
     if size <= LINEAR_MAX {
-        return Some(size.saturating_sub(1) / ALIGN);
+        return size.saturating_sub(1) / ALIGN;
     }
     // size - 1 has `bits` significant bits: size is in (2^(bits-1), 2^bits], a doubling
     // split in four quarters of 2^(bits-3).
     let bits = (usize::BITS - (size - 1).leading_zeros()) as usize;
     let quarter = ((size - 1) >> (bits - 3)) & 3;
-    Some(LINEAR_CLASSES + (bits - 8) * 4 + quarter)
+    LINEAR_CLASSES + (bits - 8) * 4 + quarter
 }
 
 #[inline]
@@ -121,7 +123,7 @@ impl<B: GlobalAlloc> Pools<B> {
             // the blocks it holds.
             let mut rest = (state.end as usize) - (state.next as usize);
             while rest >= ALIGN {
-                let fits = class(Layout::from_size_align_unchecked(rest, 1)).unwrap_or(0);
+                let fits = size_class(rest);
                 let c = if class_size(fits) > rest {
                     fits.saturating_sub(1)
                 } else {

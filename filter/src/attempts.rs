@@ -100,6 +100,23 @@ struct Log {
     order: VecDeque<String>,
 }
 
+impl Log {
+    /// Remembers a request the log has nothing of yet, dropping the oldest past
+    /// [`MAX_REQUESTS`].
+    fn track(&mut self, request_id: &str) {
+        if self.by_request.contains_key(request_id) || self.plans.contains_key(request_id) {
+            return;
+        }
+        self.order.push_back(request_id.to_string());
+        while self.order.len() > MAX_REQUESTS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_request.remove(&old);
+                self.plans.remove(&old);
+            }
+        }
+    }
+}
+
 thread_local! {
     static LOG: RefCell<Log> = RefCell::new(Log::default());
 }
@@ -111,15 +128,7 @@ pub fn plan(request_id: &str, plan: Plan) {
     }
     LOG.with(|l| {
         let mut l = l.borrow_mut();
-        if !l.by_request.contains_key(request_id) && !l.plans.contains_key(request_id) {
-            l.order.push_back(request_id.to_string());
-            while l.order.len() > MAX_REQUESTS {
-                if let Some(old) = l.order.pop_front() {
-                    l.by_request.remove(&old);
-                    l.plans.remove(&old);
-                }
-            }
-        }
+        l.track(request_id);
         l.plans.insert(request_id.to_string(), plan);
     });
 }
@@ -146,15 +155,7 @@ pub fn start(request_id: &str, provider: &str, model: &str, now_ms: i64) {
     }
     LOG.with(|l| {
         let mut l = l.borrow_mut();
-        if !l.by_request.contains_key(request_id) && !l.plans.contains_key(request_id) {
-            l.order.push_back(request_id.to_string());
-            while l.order.len() > MAX_REQUESTS {
-                if let Some(old) = l.order.pop_front() {
-                    l.by_request.remove(&old);
-                    l.plans.remove(&old);
-                }
-            }
-        }
+        l.track(request_id);
         l.by_request
             .entry(request_id.to_string())
             .or_default()

@@ -18,12 +18,6 @@
 
 mod host;
 
-/// The VM's allocator, as in the wasm build.
-// SAFETY: the harness has one thread (it starts none).
-#[global_allocator]
-static ALLOCATOR: tokenrouter_filter::alloc::Pools =
-    unsafe { tokenrouter_filter::alloc::Pools::new(std::alloc::System) };
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -33,6 +27,12 @@ use serde::Deserialize;
 use tokenrouter_proto::config::v1::{KeyDelta, Snapshot};
 
 use crate::host::HOST;
+
+/// The VM's allocator, as in the wasm build.
+// SAFETY: the harness has one thread (it starts none).
+#[global_allocator]
+static ALLOCATOR: tokenrouter_filter::alloc::Pools =
+    unsafe { tokenrouter_filter::alloc::Pools::new(std::alloc::System) };
 
 /// The filter's exports (the proxy-wasm SDK's dispatcher), called as Envoy calls them.
 pub(crate) mod vm {
