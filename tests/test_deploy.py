@@ -1126,6 +1126,11 @@ def test_istio_patches_match_the_rendered_bootstrap(binaries: Binaries, tmp_path
     assert configuration.pop("token") == ADMIN_TOKEN
     # Provider clusters are written by hand on this path: no direct clusters beside them.
     assert configuration.pop("direct_clusters") is True
+    # Istio's connection manager is not the bootstrap's: the edge here writes x-request-id
+    # into responses, the per-try timeout and the authority itself.
+    assert configuration.pop("route_per_try_timeout_ms") == 60000
+    assert configuration.pop("request_id_in_response") is True
+    assert configuration.pop("auto_host_rewrite") is True
     edge["typed_config"]["config"]["configuration"]["value"] = json.dumps(
         configuration, separators=(",", ":")
     )

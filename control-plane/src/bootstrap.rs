@@ -234,6 +234,10 @@ pub struct BootstrapParams {
     pub max_request_body_bytes: u64,
 }
 
+/// The route's per-try timeout: `serve`'s default (`TOKENROUTER_PER_TRY_TIMEOUT_MS` unset), so
+/// the edge sends `x-envoy-upstream-rq-per-try-timeout-ms` only when the operator chose another.
+const ROUTE_PER_TRY_TIMEOUT_MS: u32 = tokenrouter_engine::routing::DEFAULT_PER_TRY_TIMEOUT_MS;
+
 /// `s` as a JSON string literal, quotes included.
 fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
@@ -261,9 +265,10 @@ fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
         json_string(&p.node_id),
     );
     let edge_configuration = format!(
-        r#"{{"role":"edge","max_request_body_bytes":{},"control_cluster":"tokenrouter_control","token":{},"direct_clusters":true}}"#,
+        r#"{{"role":"edge","max_request_body_bytes":{},"control_cluster":"tokenrouter_control","token":{},"direct_clusters":true,"route_per_try_timeout_ms":{},"request_id_in_response":true,"auto_host_rewrite":true}}"#,
         p.max_request_body_bytes,
         json_string(&p.admin_token),
+        ROUTE_PER_TRY_TIMEOUT_MS,
     );
     let buffer_limit = p
         .max_request_body_bytes
@@ -283,6 +288,14 @@ fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
         (
             "max_request_body_bytes",
             p.max_request_body_bytes.to_string(),
+        ),
+        (
+            "route_per_try_timeout",
+            format!(
+                "{}.{:03}s",
+                ROUTE_PER_TRY_TIMEOUT_MS / 1000,
+                ROUTE_PER_TRY_TIMEOUT_MS % 1000
+            ),
         ),
         ("edge_configuration", yaml_dq_escape(&edge_configuration)),
         ("sync_configuration", yaml_dq_escape(&sync_configuration)),
@@ -362,8 +375,10 @@ mod tests {
         assert!(yaml.contains(&format!("per_connection_buffer_limit_bytes: {limit}")));
         // Envoy's own 413 names the same limit as the filter's.
         assert!(yaml.contains("exceeds the gateway's limit of 10485760 bytes."));
+        // The route's per-try timeout is the one the edge is told it has.
+        assert!(yaml.contains("per_try_timeout: 60.000s"));
         assert!(
-            yaml.contains(r#"value: "{\"role\":\"edge\",\"max_request_body_bytes\":10485760,\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\",\"direct_clusters\":true}""#)
+            yaml.contains(r#"value: "{\"role\":\"edge\",\"max_request_body_bytes\":10485760,\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\",\"direct_clusters\":true,\"route_per_try_timeout_ms\":60000,\"request_id_in_response\":true,\"auto_host_rewrite\":true}""#)
         );
         assert!(yaml.contains(
             r#"value: "{\"role\":\"sync\",\"control_cluster\":\"tokenrouter_control\",\"token\":\"0123456789abcdef\",\"node_id\":\"tokenrouter-node-1\"}""#

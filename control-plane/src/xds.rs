@@ -16,8 +16,8 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, async_data_source, data_source, socket_address, transport_socket, Address,
-    AsyncDataSource, DataSource, Http1ProtocolOptions, Http2ProtocolOptions, Node, SocketAddress,
-    TransportSocket,
+    AsyncDataSource, DataSource, Http1ProtocolOptions, Http2ProtocolOptions, Metadata, Node,
+    SocketAddress, TransportSocket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -43,7 +43,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::google::protobuf::{value, Any, BoolValue, Duration, StringValue};
+use envoy_types::pb::google::protobuf::{
+    value, Any, BoolValue, Duration, StringValue, Struct as PbStruct, Value as PbValue,
+};
 use envoy_types::util::pack_any;
 use tokenrouter_engine::routing;
 use tokio::sync::{mpsc, watch};
@@ -375,16 +377,34 @@ pub fn provider_cluster(
 /// its provider cluster, but no upstream filter — the edge has already prepared the request
 /// (credential, authority, path, translated body) and translates the answer itself. `None`
 /// for a slot copy (`tr_provider_<name>~<n>`, used only inside chains).
+///
+/// Its metadata names the provider (`filter_metadata.tokenrouter.provider`): when the provider
+/// resets while the edge holds its answer, Envoy replies without the edge, and the bootstrap's
+/// local-reply mapper names the provider from it (`%CLUSTER_METADATA(tokenrouter:provider)%`).
 pub fn direct_cluster(p: &ProviderCluster, ca_file: &str) -> Option<Result<Cluster, XdsError>> {
     (p.cluster == routing::provider_cluster_name(&p.name)).then(|| {
-        endpoint_cluster(
+        let mut cluster = endpoint_cluster(
             p,
             &routing::direct_cluster_name(&p.name),
             vec![codec_filter()],
             ca_file,
-        )
+        )?;
+        let provider = PbValue {
+            kind: Some(value::Kind::StringValue(p.name.clone())),
+        };
+        let fields = HashMap::from([(PROVIDER_METADATA_KEY.to_string(), provider)]);
+        cluster.metadata = Some(Metadata {
+            filter_metadata: HashMap::from([(METADATA_NAMESPACE.to_string(), PbStruct { fields })]),
+            ..Default::default()
+        });
+        Ok(cluster)
     })
 }
+
+/// The namespace of the metadata the control plane puts on its clusters.
+pub const METADATA_NAMESPACE: &str = "tokenrouter";
+/// A direct cluster's provider name, in [`METADATA_NAMESPACE`].
+pub const PROVIDER_METADATA_KEY: &str = "provider";
 
 /// A cluster with the provider's one endpoint and the given upstream HTTP filters.
 fn endpoint_cluster(
@@ -408,7 +428,12 @@ fn endpoint_cluster(
                 ..Default::default()
             })),
         }),
-        hostname: u.host.trim_end_matches('.').to_string(),
+        // The bootstrap's route rewrites a direct request's authority to it
+        // (`auto_host_rewrite`), so it is exactly the `:authority` the filters send: host, and
+        // the port when it is not the scheme's default.
+        hostname: tokenrouter_engine::upstream::BaseUrl::parse(p.base_url.trim())
+            .map(|b| b.authority())
+            .unwrap_or_else(|_| u.host.trim_end_matches('.').to_string()),
         ..Default::default()
     };
 
@@ -967,7 +992,7 @@ mod tests {
                 cluster::DiscoveryType::Static as i32
             ))
         );
-        assert_eq!(socket_address(&c), ("127.0.0.1", 9000, "127.0.0.1"));
+        assert_eq!(socket_address(&c), ("127.0.0.1", 9000, "127.0.0.1:9000"));
         assert!(c.transport_socket.is_none());
         let opts = protocol_options(&c);
         assert!(matches!(
@@ -1006,6 +1031,15 @@ mod tests {
             );
             let names: Vec<&str> = opts.http_filters.iter().map(|f| f.name.as_str()).collect();
             assert_eq!(names, ["envoy.filters.http.upstream_codec"]);
+            // The provider's name, for the bootstrap's local-reply mapper; the provider
+            // cluster needs none.
+            let provider = &direct.metadata.as_ref().unwrap().filter_metadata["tokenrouter"].fields
+                ["provider"];
+            assert_eq!(
+                provider.kind,
+                Some(value::Kind::StringValue("local".into()))
+            );
+            assert!(own.metadata.is_none());
         }
         // A slot copy (only used inside chains) has no direct cluster.
         let slot = ProviderCluster {
@@ -1018,7 +1052,7 @@ mod tests {
     #[test]
     fn http_default_port_and_ipv6() {
         let c = provider_cluster(&provider("a", "http://[::1]/v1"), WASM, CA).unwrap();
-        assert_eq!(socket_address(&c), ("::1", 80, "::1"));
+        assert_eq!(socket_address(&c), ("::1", 80, "[::1]"));
         let c = provider_cluster(&provider("b", "http://ollama.lan"), WASM, CA).unwrap();
         assert_eq!(socket_address(&c), ("ollama.lan", 80, "ollama.lan"));
     }
@@ -1044,7 +1078,8 @@ mod tests {
         );
         assert_eq!(
             socket_address(&c),
-            ("api.openai.com", 443, "api.openai.com")
+            // Resolved in lower case; the hostname is the `:authority` the filters send.
+            ("api.openai.com", 443, "API.OpenAI.com")
         );
 
         let ts = c.transport_socket.as_ref().unwrap();
@@ -1092,7 +1127,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             socket_address(&c),
-            ("my.openai.azure.com", 8443, "my.openai.azure.com")
+            ("my.openai.azure.com", 8443, "my.openai.azure.com:8443")
         );
     }
 

@@ -53,11 +53,6 @@ const VIA_UPSTREAM_DETAILS: &str = "via_upstream";
 /// Where a client sends its gateway key (`Authorization: Bearer`, Anthropic's `x-api-key`).
 const CLIENT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
 
-/// Stream property (filter state `wasm.tokenrouter_provider`) naming the provider of a held
-/// direct answer, for the bootstrap's local-reply mapper: a provider that resets while its
-/// answer is held makes Envoy reply without the edge (the response headers already reached it).
-const HELD_PROVIDER_PROPERTY: &str = "tokenrouter_provider";
-
 /// Envoy stats the edge defines (admin `/stats`, `/stats/prometheus`; Envoy prefixes them with
 /// `wasmcustom.`).
 #[derive(Clone, Default)]
@@ -201,6 +196,26 @@ pub struct EdgeConfig {
     /// The control plane pushes a `tr_direct_<provider>` cluster beside every provider
     /// cluster: a request with one attempt goes there, prepared and translated by the edge.
     pub direct_clusters: bool,
+    /// What this Envoy's own configuration does, so the edge need not (each header write
+    /// costs Envoy's worker 2 600–3 400 instructions): the bootstrap of `tokenrouter
+    /// envoy-bootstrap` says so in the plugin configuration; elsewhere (an Istio gateway) all
+    /// are off and the edge writes every header itself.
+    pub envoy_does: EnvoyDoes,
+}
+
+/// Header writes this Envoy's configuration makes itself (see [`EdgeConfig::envoy_does`]).
+#[derive(Clone, Copy, Default)]
+pub struct EnvoyDoes {
+    /// The route's `retry_policy.per_try_timeout` in ms: the edge sends
+    /// `x-envoy-upstream-rq-per-try-timeout-ms` only when the snapshot's differs.
+    pub route_per_try_timeout_ms: Option<u32>,
+    /// The connection manager's `always_set_request_id_in_response`: Envoy copies the request's
+    /// `x-request-id` (the gateway's id, which the edge set) into every response.
+    pub request_id_in_response: bool,
+    /// The route's `auto_host_rewrite`, with each direct cluster's endpoint `hostname` set to
+    /// its provider's authority by the control plane: Envoy writes a direct request's
+    /// `:authority`.
+    pub auto_host_rewrite: bool,
 }
 
 /// The control plane's gRPC cluster and the token its edge services want.
@@ -936,11 +951,18 @@ impl Edge {
         host::set_request_header("x-tr-client-api", Some(api.as_str()));
         host::set_request_header("x-tr-stream", Some(if stream { "1" } else { "0" }));
         host::set_request_header("x-envoy-max-retries", Some(&retries.to_string()));
-        host::set_request_header(
-            "x-envoy-upstream-rq-per-try-timeout-ms",
-            Some(&per_try_timeout_ms.to_string()),
-        );
+        self.set_per_try_timeout(per_try_timeout_ms);
         self.forward_body(size, body)
+    }
+
+    /// `x-envoy-upstream-rq-per-try-timeout-ms`, unless the route has the same.
+    fn set_per_try_timeout(&self, ms: u32) {
+        if self.config.envoy_does.route_per_try_timeout_ms != Some(ms) {
+            host::set_request_header(
+                "x-envoy-upstream-rq-per-try-timeout-ms",
+                Some(&ms.to_string()),
+            );
+        }
     }
 
     /// Replaces the client's body (`size` bytes in Envoy's buffer) with the one to forward, and
@@ -1020,16 +1042,15 @@ impl Edge {
             (!credential.is_empty()).then(|| provider.kind.credential_header(&credential));
         self.remove_client_credentials(credential_header.as_ref().map(|(name, _)| *name));
         host::set_request_header("x-tr-cluster", Some(cluster));
-        host::set_request_header(
-            "x-envoy-upstream-rq-per-try-timeout-ms",
-            Some(&per_try_timeout_ms.to_string()),
-        );
+        self.set_per_try_timeout(per_try_timeout_ms);
         // A header set costs Envoy's worker ≈ 3 400 instructions (`--only instructions`); the
         // provider's path is often the client's already.
         if self.headers.get(":path") != Some(path.as_str()) {
             host::set_request_header(":path", Some(&path));
         }
-        host::set_request_header(":authority", Some(&provider.base_url.authority()));
+        if !self.config.envoy_does.auto_host_rewrite {
+            host::set_request_header(":authority", Some(&provider.base_url.authority()));
+        }
         for (name, value) in &default_headers {
             if !self.headers.contains(name) {
                 host::set_request_header(name, Some(value));
@@ -1307,7 +1328,9 @@ impl Edge {
         let Stage::Routed(routed) = &self.stage else {
             return;
         };
-        host::set_response_header("x-request-id", Some(&self.request_id));
+        if !self.config.envoy_does.request_id_in_response {
+            host::set_response_header("x-request-id", Some(&self.request_id));
+        }
         if let Some(p) = routed.served() {
             host::set_response_header("x-tokenrouter-provider", Some(&p.provider));
             host::set_response_header("x-tokenrouter-model", Some(&p.model));
@@ -1397,12 +1420,10 @@ impl Edge {
                 size,
                 body,
                 content_type,
-                usage_member,
+                usage,
             } => {
                 routed.content_type = content_type;
-                routed.checked_usage = usage_member
-                    .and_then(|member| body.get(member))
-                    .and_then(|member| usage::from_client_usage(api, member));
+                routed.checked_usage = usage;
                 Some((size, body))
             }
             Released::Unusable => {
@@ -1654,8 +1675,10 @@ impl HttpContext for Edge {
                 .is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
             if (200..300).contains(&routed.status) && !routed.stream && !streamed {
                 // Judged once the body is in (`release_direct`), headers included.
+                // A provider that resets before it is whole makes Envoy reply without the edge:
+                // the bootstrap's local-reply mapper names the provider from the direct
+                // cluster's metadata.
                 direct.held = Some(HeldReply::new(routed.status, content_type.clone()));
-                host::set_property(HELD_PROVIDER_PROPERTY, &direct.provider);
                 held = true;
             } else {
                 let retry_after = (routed.status == 429)

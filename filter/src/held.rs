@@ -4,12 +4,11 @@
 //! chain's next attempt. The upstream filter holds an attempt's answer; the edge holds a direct
 //! request's (ARCHITECTURE.md, "Failover" and "Direct requests").
 
-use std::ops::Range;
 use tokenrouter_engine::request::ClientApi;
 use tokenrouter_engine::translate::{
-    check_reply, unusable_reply_body, ResponseHeaderMutation, Translator, MAX_RESPONSE_BODY_BYTES,
+    unusable_reply_body, ResponseHeaderMutation, Translator, MAX_RESPONSE_BODY_BYTES,
 };
-use tokenrouter_engine::usage::ChunkOutput;
+use tokenrouter_engine::usage::{check_client_reply, ChunkOutput, Usage};
 
 use crate::host;
 
@@ -30,9 +29,9 @@ pub enum Released {
         size: usize,
         body: Vec<u8>,
         content_type: String,
-        /// Where the answer's top-level `usage` member lies in `body`, when the check found it
-        /// and the body reached the client as it came (`None`: read the usage from the body).
-        usage_member: Option<Range<usize>>,
+        /// The answer's usage, when the check read it and the body reached the client as it
+        /// came (`None`: read the usage from the body).
+        usage: Option<Usage>,
     },
     /// Unusable: a 502 naming the provider went in its place.
     Unusable,
@@ -78,14 +77,15 @@ impl HeldReply {
         answered: impl FnOnce(u16, i64),
     ) -> Released {
         let now = host::now_ms();
-        let checked = check_reply(
+        let checked = check_client_reply(
+            client,
             provider,
             self.content_type.as_deref(),
             &self.body,
             self.overflowed,
         );
-        let usage_member = match checked {
-            Ok(member) => member,
+        let usage = match checked {
+            Ok(usage) => usage,
             Err(message) => {
                 log::warn!("{message} (request {request_id})");
                 answered(502, now);
@@ -105,8 +105,8 @@ impl HeldReply {
             size,
             body,
             content_type,
-            // In the provider's format: the client's too only if the body passed unchanged.
-            usage_member: usage_member.filter(|_| unchanged),
+            // Read as the client's format: right only if the body passed unchanged.
+            usage: usage.filter(|_| unchanged),
         }
     }
 

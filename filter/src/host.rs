@@ -237,12 +237,6 @@ pub fn property(path: &[&str]) -> Option<String> {
         .and_then(|v| String::from_utf8(v).ok())
 }
 
-/// Sets a stream property; Envoy keeps it as filter state `wasm.<name>`, which access logs and
-/// local-reply formats read as `%FILTER_STATE(wasm.<name>:PLAIN)%`.
-pub fn set_property(name: &str, value: &str) {
-    let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
-}
-
 pub fn shared_data(key: &str) -> Option<Vec<u8>> {
     hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
 }

@@ -38,6 +38,16 @@ enum RoleConfig {
         /// control plane): a one-attempt request goes there, prepared by the edge.
         #[serde(default)]
         direct_clusters: bool,
+        /// The route's per-try timeout (ms), when it has one: the edge then sends its own only
+        /// when the snapshot's differs.
+        #[serde(default)]
+        route_per_try_timeout_ms: Option<u32>,
+        /// Envoy's connection manager copies `x-request-id` into every response.
+        #[serde(default)]
+        request_id_in_response: bool,
+        /// The route rewrites a direct request's authority from its endpoint's hostname.
+        #[serde(default)]
+        auto_host_rewrite: bool,
     },
     Upstream {
         provider: String,
@@ -95,6 +105,9 @@ impl RootContext for Root {
                 control_cluster,
                 token,
                 direct_clusters,
+                route_per_try_timeout_ms,
+                request_id_in_response,
+                auto_host_rewrite,
             } => {
                 vm::refresh_snapshot();
                 vm::refresh_scores();
@@ -102,6 +115,13 @@ impl RootContext for Root {
                     metrics: edge::Metrics::define(),
                     max_request_body_bytes,
                     direct_clusters,
+                    envoy_does: edge::EnvoyDoes {
+                        route_per_try_timeout_ms,
+                        request_id_in_response,
+                        // Only a direct request relies on it, and only Envoys with direct
+                        // clusters have them.
+                        auto_host_rewrite: auto_host_rewrite && direct_clusters,
+                    },
                     control: control_cluster.zip(token).map(|(cluster, token)| {
                         std::rc::Rc::new(edge::ControlCalls { cluster, token })
                     }),

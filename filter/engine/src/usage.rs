@@ -301,25 +301,35 @@ pub fn from_client_body(api: ClientApi, body: &[u8]) -> Option<Usage> {
     }
 }
 
-/// Usage from a non-streaming response's top-level `usage` member in the client's format
-/// (`api`), as [`crate::translate::check_reply`] found it: what [`from_client_body`] reads from
-/// the whole body, without reading the rest again.
-pub fn from_client_usage(api: ClientApi, usage: &[u8]) -> Option<Usage> {
+/// [`crate::translate::check_reply`] of a non-streaming 2xx reply, with its usage read in the
+/// same pass as the client's format (`api`) writes it: `Ok(Some(_))` is what
+/// [`from_client_body`] reads from the whole body, without reading it again. Meaningful only
+/// for a reply the client gets as it came (in the client's format).
+pub fn check_client_reply(
+    api: ClientApi,
+    provider: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    overflowed: bool,
+) -> Result<Option<Usage>, String> {
+    use crate::translate::{anthropic::AnthropicUsage, check_reply};
     match api {
         ClientApi::ChatCompletions | ClientApi::Embeddings => {
-            crate::json::from_slice::<Option<OpenAiUsage>>(usage)
-                .ok()?
-                .map(Usage::from)
+            check_reply::<OpenAiUsage>(provider, content_type, body, overflowed)
+                .map(|u| u.map(Usage::from))
         }
-        ClientApi::Responses => crate::json::from_slice::<Option<ResponsesUsage>>(usage)
-            .ok()?
-            .map(Usage::from),
+        ClientApi::Responses => {
+            check_reply::<ResponsesUsage>(provider, content_type, body, overflowed)
+                .map(|u| u.map(Usage::from))
+        }
         ClientApi::Messages => {
-            crate::json::from_slice::<Option<crate::translate::anthropic::AnthropicUsage>>(usage)
-                .ok()?
-                .map(|u| anthropic_usage(&u))
+            check_reply::<AnthropicUsage>(provider, content_type, body, overflowed)
+                .map(|u| u.map(|u| anthropic_usage(&u)))
         }
-        ClientApi::Models => None,
+        ClientApi::Models => {
+            check_reply::<serde::de::IgnoredAny>(provider, content_type, body, overflowed)
+                .map(|_| None)
+        }
     }
 }
 
@@ -498,7 +508,7 @@ mod tests {
     /// The usage read from the `usage` member the reply check found equals what the whole
     /// body gives, in every client format.
     #[test]
-    fn usage_from_the_checked_member_equals_usage_from_the_body() {
+    fn usage_read_by_the_check_equals_usage_from_the_body() {
         let cases: [(ClientApi, &[u8]); 4] = [
             (
                 ClientApi::ChatCompletions,
@@ -517,28 +527,52 @@ mod tests {
                 br#"{"id":"m","type":"message","usage":{"input_tokens":10,"output_tokens":5,"cache_read_input_tokens":3,"cache_creation_input_tokens":2}}"#,
             ),
         ];
+        let json = Some("application/json");
         for (api, body) in cases {
-            let member = crate::translate::check_reply("p", Some("application/json"), body, false)
-                .expect("a usable reply")
-                .expect("its usage member");
-            let from_member = body.get(member).and_then(|m| from_client_usage(api, m));
-            assert!(from_member.is_some(), "{api:?}");
-            assert_eq!(from_member, from_client_body(api, body), "{api:?}");
+            let checked = check_client_reply(api, "p", json, body, false).expect("a usable reply");
+            assert!(checked.is_some(), "{api:?}");
+            assert_eq!(checked, from_client_body(api, body), "{api:?}");
         }
         // No usage, or `null`: nothing read here (the body gives none either).
         for body in [&br#"{"id":"x"}"#[..], br#"{"id":"x","usage":null}"#] {
-            let member = crate::translate::check_reply("p", None, body, false);
-            assert!(member.is_err(), "no content type is refused first");
-            let member = crate::translate::check_reply("p", Some("application/json"), body, false);
-            assert!(matches!(member, Ok(None)), "{member:?}");
+            let checked = check_client_reply(ClientApi::ChatCompletions, "p", None, body, false);
+            assert!(checked.is_err(), "no content type is refused first");
+            let checked = check_client_reply(ClientApi::ChatCompletions, "p", json, body, false);
+            assert_eq!(checked, Ok(None));
             assert_eq!(from_client_body(ClientApi::ChatCompletions, body), None);
         }
-        // `usage` twice: usable, but left to the whole body's reading.
-        let twice = br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#;
-        assert!(matches!(
-            crate::translate::check_reply("p", Some("application/json"), twice, false),
+        // `usage` twice, or a usage the client's format does not have: usable, but left to
+        // the whole body's reading (which reads nothing either).
+        for body in [
+            &br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#[..],
+            br#"{"usage":{"prompt_tokens":"many"}}"#,
+        ] {
+            let checked = check_client_reply(ClientApi::ChatCompletions, "p", json, body, false);
+            assert_eq!(checked, Ok(None), "{:?}", String::from_utf8_lossy(body));
+        }
+        // Whatever serde reads as the usage struct, the body's reading reads too (a sequence
+        // of its fields included).
+        let odd = br#"{"usage":[1]}"#;
+        assert_eq!(
+            check_client_reply(ClientApi::ChatCompletions, "p", json, odd, false),
+            Ok(from_client_body(ClientApi::ChatCompletions, odd))
+        );
+        // Not an object, or not JSON: refused.
+        for body in [&b"[1]"[..], b"{\"usage\":", b"nope"] {
+            let checked = check_client_reply(ClientApi::ChatCompletions, "p", json, body, false);
+            assert!(checked.is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+        // A models list has no usage to read.
+        assert_eq!(
+            check_client_reply(
+                ClientApi::Models,
+                "p",
+                json,
+                br#"{"data":[],"usage":{}}"#,
+                false
+            ),
             Ok(None)
-        ));
+        );
     }
 
     const STREAM: &str = concat!(

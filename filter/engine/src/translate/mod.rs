@@ -34,10 +34,8 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::request::ClientApi;
 use crate::upstream::{BaseUrl, ProviderKind};
 use crate::usage::ChunkOutput;
-use std::ops::Range;
-
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use canonical::{Event, Reply, ReplyBuilder};
 use errors::{ClientError, MAX_ERROR_BODY_BYTES};
@@ -63,34 +61,35 @@ pub fn unusable_reply(
     body: &[u8],
     overflowed: bool,
 ) -> Option<String> {
-    check_reply(provider, content_type, body, overflowed).err()
+    check_reply::<IgnoredAny>(provider, content_type, body, overflowed).err()
 }
 
 /// [`unusable_reply`] as a `Result`: `Err` with why the reply cannot be given to the client;
-/// `Ok` with where the reply's top-level `usage` member lies in `body`, when the one pass that
-/// checks the body could read it (a reply without one, or whose object the pass could not take
-/// apart, e.g. with `usage` twice, gives `None`: its usage is then read from the body as before).
-pub fn check_reply(
+/// `Ok` with the reply's top-level `usage` member read as `U`, when the one pass that checks
+/// the body could read it (a reply without one, or whose object the pass could not take apart
+/// as `U` wants, e.g. with `usage` twice, gives `None`: its usage is then read from the body
+/// as before). `crate::usage::check_client_reply` picks `U` by the client's API.
+pub fn check_reply<U: DeserializeOwned>(
     provider: &str,
     content_type: Option<&str>,
     body: &[u8],
     overflowed: bool,
-) -> Result<Option<Range<usize>>, String> {
+) -> Result<Option<U>, String> {
     if let Some(message) = refused_unread(provider, content_type, overflowed) {
         return Err(message);
     }
     /// Every other member is skipped as `serde::de::IgnoredAny` would, so this checks the whole
     /// body in the same pass.
     #[derive(Deserialize)]
-    struct Object<'a> {
-        #[serde(borrow, default)]
-        usage: Option<&'a RawValue>,
+    struct Object<U> {
+        #[serde(default = "Option::default")]
+        usage: Option<U>,
     }
     // Only an object: a derived struct would also take an array, its members as the fields.
     let object = body.trim_ascii_start().first() == Some(&b'{');
     if object {
-        if let Ok(parsed) = crate::json::from_slice::<Object<'_>>(body) {
-            return Ok(parsed.usage.and_then(|member| range_in(body, member.get())));
+        if let Ok(parsed) = crate::json::from_slice::<Object<U>>(body) {
+            return Ok(parsed.usage);
         }
     }
     // Not an object with at most one `usage`: checked again to say what it is.
@@ -103,13 +102,6 @@ pub fn check_reply(
         )),
         Ok(_) => Ok(None),
     }
-}
-
-/// Where `part`, a slice borrowed from `whole`, lies in it.
-fn range_in(whole: &[u8], part: &str) -> Option<Range<usize>> {
-    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
-    let range = start..start + part.len();
-    (whole.get(range.clone()) == Some(part.as_bytes())).then_some(range)
 }
 
 /// What refuses a reply before its bytes are read: its size or its content type.
