@@ -904,9 +904,8 @@ impl Edge {
             return None;
         };
         let provider = &only.provider.name;
-        (self.config.direct_clusters
-            && decision.cluster == routing::provider_cluster_name(provider))
-        .then(|| routing::direct_cluster_name(provider))
+        (self.config.direct_clusters && routing::is_provider_cluster(&decision.cluster, provider))
+            .then(|| routing::direct_cluster_name(provider))
     }
 
     /// Sends a request through the upstream filter (of its provider's or a chain's cluster):
@@ -1599,7 +1598,23 @@ fn new_request_id(now_ms: i64) -> String {
 
 fn request_id_text(now_ms: i64, random_high: u64, random_low: u64) -> String {
     let ms = u64::try_from(now_ms).unwrap_or(0) & 0xffff_ffff_ffff;
-    format!("req_{ms:012x}{random_high:016x}{:04x}", random_low & 0xffff)
+    // By hand rather than `format!("req_{ms:012x}…")`: formatting machinery cost a request's
+    // context creation ≈ 1 300 instructions (natively) of its ≈ 2 300.
+    let mut id = String::with_capacity(4 + 32);
+    id.push_str("req_");
+    push_hex(&mut id, ms, 12);
+    push_hex(&mut id, random_high, 16);
+    push_hex(&mut id, random_low & 0xffff, 4);
+    id
+}
+
+/// Appends the `digits` low hex digits of `value`, zero-padded, in lower case.
+fn push_hex(out: &mut String, value: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..digits).rev() {
+        let nibble = (value >> (shift * 4)) & 0xf;
+        out.push(char::from(HEX[nibble as usize]));
+    }
 }
 
 impl Context for Edge {
@@ -1976,5 +1991,19 @@ mod tests {
         assert!(earlier < later);
         // A clock that is not set (or before 1970) still gives a well-formed id.
         assert_eq!(&request_id_text(-5, 1, 2)[..16], "req_000000000000");
+        // The digits are the ones `format!` gives.
+        for (ms, high, low) in [
+            (0, 0, 0),
+            (1, u64::MAX, u64::MAX),
+            (0xfff_ffff_ffff, 0x0123_4567_89ab_cdef, 0xabcd_ef01),
+            (i64::MAX, 0x8000_0000_0000_0000, 0x1_0000),
+        ] {
+            let want = format!(
+                "req_{:012x}{high:016x}{:04x}",
+                u64::try_from(ms).unwrap_or(0) & 0xffff_ffff_ffff,
+                low & 0xffff
+            );
+            assert_eq!(request_id_text(ms, high, low), want);
+        }
     }
 }

@@ -98,6 +98,8 @@ pub struct ClientRequest {
     pub metadata: Option<Map<String, Value>>,
     /// Responses `router_mode` (our extension), one of [`ROUTER_MODES`].
     pub router_mode: Option<String>,
+    /// Bytes of the client's body: what the upstream body is sized for.
+    client_len: usize,
     body: Map<String, Value>,
 }
 
@@ -169,6 +171,7 @@ impl ClientRequest {
             client_wants_usage,
             metadata,
             router_mode,
+            client_len: bytes.len(),
             body,
         })
     }
@@ -197,7 +200,12 @@ impl ClientRequest {
                 *options = serde_json::json!({"include_usage": true});
             }
         }
-        serde_json::to_vec(&self.body).unwrap_or_default()
+        // Sized for it at once: `to_vec` starts at 128 bytes and grows (a copy each time).
+        let mut out = Vec::with_capacity(self.client_len.saturating_add(64));
+        match serde_json::to_writer(&mut out, &self.body) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 }
 

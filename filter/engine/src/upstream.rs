@@ -72,7 +72,7 @@ impl ProviderKind {
             ProviderKind::Anthropic => ("x-api-key", secret.to_string()),
             ProviderKind::Azure => ("api-key", secret.to_string()),
             ProviderKind::Gemini => ("x-goog-api-key", secret.to_string()),
-            _ => ("authorization", format!("Bearer {secret}")),
+            _ => ("authorization", ["Bearer ", secret].concat()),
         }
     }
 }

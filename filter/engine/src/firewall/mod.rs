@@ -474,9 +474,11 @@ pub struct Hit {
 /// The compiled rules of one scope.
 #[derive(Clone, Debug, Default)]
 struct ScopeSet {
-    /// All substring patterns of the scope in one automaton: cost does not grow per rule.
-    substrings: Option<AhoCorasick>,
-    /// Automaton pattern id → rule index.
+    /// The scope's substring patterns, then its regexes' required literals
+    /// ([`RegexRules::literals`]), in one ASCII-case-insensitive automaton: a text is scanned
+    /// once for both, and the cost does not grow per rule.
+    patterns: Option<AhoCorasick>,
+    /// Automaton pattern id → rule index, for the substring patterns (the first ids).
     substring_rules: Vec<usize>,
     /// The regex rules, behind a prefilter that runs only those that can match a text.
     regexes: RegexRules,
@@ -614,14 +616,29 @@ impl Firewall {
             }
         }
         for (set, pats) in scopes.iter_mut().zip(patterns) {
-            if !pats.is_empty() {
-                let ac = AhoCorasickBuilder::new()
+            let build = |literals: &[Vec<u8>]| {
+                AhoCorasickBuilder::new()
                     .ascii_case_insensitive(true)
                     .match_kind(MatchKind::Standard)
-                    .build(pats)
-                    .map_err(|e| RuleError(format!("firewall substring patterns: {e}")))?;
-                set.substrings = Some(ac);
+                    .build(
+                        pats.iter()
+                            .map(|p| p.as_bytes())
+                            .chain(literals.iter().map(Vec::as_slice)),
+                    )
+            };
+            if pats.is_empty() && set.regexes.literals().is_empty() {
+                continue;
             }
+            let ac = match build(set.regexes.literals()) {
+                Ok(ac) => ac,
+                Err(_) => {
+                    // The literals made it too large: their regexes run on every text.
+                    set.regexes.unfilter_literals();
+                    build(&[])
+                        .map_err(|e| RuleError(format!("firewall substring patterns: {e}")))?
+                }
+            };
+            set.patterns = Some(ac);
         }
         Ok(Firewall {
             rules: valid,
@@ -640,7 +657,15 @@ impl Firewall {
     pub fn prefilter_bytes(&self) -> (usize, usize) {
         self.scopes
             .iter()
-            .map(|s| s.regexes.prefilter_bytes())
+            .map(|s| {
+                // The scope's automaton serves the regexes' literals too (and its substrings).
+                let literals = match s.regexes.literals().is_empty() {
+                    true => 0,
+                    false => s.patterns.as_ref().map_or(0, AhoCorasick::memory_usage),
+                };
+                let (automata, caches) = s.regexes.prefilter_bytes();
+                (automata + literals, caches)
+            })
             .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     }
 
@@ -659,9 +684,16 @@ impl Firewall {
             return hits;
         }
         let applies = |rule: usize| self.rules.get(rule).is_some_and(|r| r.applies_to(subject));
-        if let (Some(ac), Some(tail)) = (&set.substrings, text.get(from..)) {
+        // Which of the regexes' literals occur, by literal id: found in the same scan.
+        let mut found = vec![false; set.regexes.literals().len()];
+        if let (Some(ac), Some(tail)) = (&set.patterns, text.get(from..)) {
+            let substrings = set.substring_rules.len();
             for m in ac.find_overlapping_iter(tail) {
-                let Some(&rule) = set.substring_rules.get(m.pattern().as_usize()) else {
+                let id = m.pattern().as_usize();
+                let Some(&rule) = set.substring_rules.get(id) else {
+                    if let Some(f) = id.checked_sub(substrings).and_then(|i| found.get_mut(i)) {
+                        *f = true;
+                    }
                     continue;
                 };
                 if applies(rule) {
@@ -677,7 +709,7 @@ impl Firewall {
             return hits;
         }
         // Only the regexes the prefilter cannot rule out run their own search.
-        for (rule, re) in set.regexes.candidates(text, from) {
+        for (rule, re) in set.regexes.candidates(text, from, &found) {
             if !applies(*rule) {
                 continue;
             }

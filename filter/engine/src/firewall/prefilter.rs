@@ -10,9 +10,11 @@
 //! - **Required literals**, for a regex every match of which contains one of a few literals of
 //!   at least [`MIN_LITERAL_BYTES`] bytes (`acct-` in `\bacct-\d{8}\b`, `-0042` in
 //!   `\d{3}-\d{2}-0042`, `@dept7.example.com`/`.org` in an email pattern; `(?i)` gives every
-//!   case variant, up to [`MAX_LITERALS_PER_RULE`]). The literals of all such regexes are one
-//!   Aho-Corasick automaton, built when the snapshot is compiled: a regex runs only when one of
-//!   its literals occurs. Its cost does not depend on what the text looks like.
+//!   case variant, up to [`MAX_LITERALS_PER_RULE`]). The literals of all such regexes, in ASCII
+//!   lower case (their case variants one literal), join the scope's substring patterns in one
+//!   ASCII-case-insensitive Aho-Corasick automaton, built when the snapshot is compiled, so a
+//!   text is scanned once for both (`Firewall::find`): a regex runs only when one of its
+//!   literals occurs, in any ASCII case. Its cost does not depend on what the text looks like.
 //! - **Approximations**, for the others (the PII templates: `\d{3}-\d{2}-\d{4}`, phone, card,
 //!   email): each regex is rewritten into one that matches everything it matches, and
 //!   possibly more, and up to [`SET_PATTERNS`] of them are compiled into one multi-pattern lazy
@@ -31,7 +33,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind as AcMatchKind};
 use regex::Regex;
 use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
@@ -69,8 +70,9 @@ pub const MIN_BYTES_PER_STATE: usize = 10;
 pub(super) struct RegexRules {
     /// Rule index (into the firewall's rules) and its regex, per regex rule of the scope.
     rules: Vec<(usize, Regex)>,
-    /// The required literals of the regexes that have some, in one automaton.
-    literals: Option<AhoCorasick>,
+    /// The required literals of the regexes that have some (ASCII lower case), by literal id:
+    /// the scope scans for them in its automaton (`ScopeSet::patterns`).
+    literals: Vec<Vec<u8>>,
     /// Literal id → the entries of `rules` that need it.
     literal_entries: Vec<Vec<usize>>,
     /// Lazy DFAs over the approximations of the other regexes. Shared by clones of the
@@ -126,35 +128,25 @@ impl RegexRules {
                 approximated.push((entries, widen(hir)));
                 continue;
             };
-            for literal in literals {
+            for mut literal in literals {
                 literal_bytes += literal.len();
+                // Scanned ASCII-case-insensitively: case variants are one literal.
+                literal.make_ascii_lowercase();
                 let id = *literal_ids.entry(literal).or_insert_with(|| {
                     literal_entries.push(Vec::new());
                     literal_entries.len() - 1
                 });
                 if let Some(needing) = literal_entries.get_mut(id) {
-                    needing.extend(&entries);
+                    if !needing.ends_with(&entries) {
+                        needing.extend(&entries);
+                    }
                 }
             }
         }
         let mut by_id: Vec<(usize, Vec<u8>)> =
             literal_ids.into_iter().map(|(lit, id)| (id, lit)).collect();
         by_id.sort_unstable();
-        let literals = match by_id.is_empty() {
-            true => None,
-            false => {
-                let built = AhoCorasickBuilder::new()
-                    .match_kind(AcMatchKind::Standard)
-                    .build(by_id.iter().map(|(_, lit)| lit));
-                match built {
-                    Ok(ac) => Some(ac),
-                    Err(_) => {
-                        unfiltered.extend(literal_entries.drain(..).flatten());
-                        None
-                    }
-                }
-            }
-        };
+        let literals = by_id.into_iter().map(|(_, lit)| lit).collect();
         let mut sets = Vec::new();
         for chunk in approximated.chunks(SET_PATTERNS) {
             build_sets(chunk, &mut sets, &mut unfiltered);
@@ -172,6 +164,21 @@ impl RegexRules {
 
     pub(super) fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The required literals, by id: what [`RegexRules::candidates`] takes as found or not.
+    pub(super) fn literals(&self) -> &[Vec<u8>] {
+        &self.literals
+    }
+
+    /// The literals cannot be scanned for (their automaton could not be built): every regex
+    /// that needs one runs on every text.
+    pub(super) fn unfilter_literals(&mut self) {
+        self.unfiltered
+            .extend(self.literal_entries.drain(..).flatten());
+        self.unfiltered.sort_unstable();
+        self.unfiltered.dedup();
+        self.literals.clear();
     }
 
     /// How many regexes each prefilter covers: (required literals, lazy DFAs, none).
@@ -193,11 +200,10 @@ impl RegexRules {
         self.rules.iter().map(|(_, re)| re)
     }
 
-    /// Heap bytes of the prefilter automata as compiled (literal automaton and lazy DFAs'
-    /// NFAs), and of the lazy-DFA caches the calling thread has filled so far.
+    /// Heap bytes of the lazy DFAs' NFAs as compiled, and of the lazy-DFA caches the calling
+    /// thread has filled so far (the literals are in the scope's automaton).
     pub(super) fn prefilter_bytes(&self) -> (usize, usize) {
-        let literals = self.literals.as_ref().map_or(0, AhoCorasick::memory_usage);
-        self.sets.iter().fold((literals, 0), |(nfa, cache), s| {
+        self.sets.iter().fold((0, 0), |(nfa, cache), s| {
             (
                 nfa + s.dfa.get_nfa().memory_usage(),
                 cache + s.caches.get().memory_usage(),
@@ -206,11 +212,14 @@ impl RegexRules {
     }
 
     /// The entries (rule index, regex) that may match in `text[from..]`: every one that does is
-    /// among them. `text[..from]` is context only, as for [`Regex::find_at`].
+    /// among them. `text[..from]` is context only, as for [`Regex::find_at`]. `found` tells,
+    /// by literal id ([`RegexRules::literals`]), which literals occur in `text[from..]` (a
+    /// match starting at `from` or later contains its literal there).
     pub(super) fn candidates<'s>(
         &'s self,
         text: &str,
         from: usize,
+        found: &[bool],
     ) -> impl Iterator<Item = &'s (usize, Regex)> {
         let mut run = vec![false; self.rules.len()];
         let mut mark = |entries: &[usize]| {
@@ -221,17 +230,8 @@ impl RegexRules {
             }
         };
         mark(&self.unfiltered);
-        if let Some(ac) = &self.literals {
-            // A match starting at `from` or later contains its literal after `from`.
-            let tail = text.get(from..).unwrap_or(text);
-            let mut found = vec![false; self.literal_entries.len()];
-            for m in ac.find_overlapping_iter(tail) {
-                let id = m.pattern().as_usize();
-                if let Some(f) = found.get_mut(id).filter(|f| !**f) {
-                    *f = true;
-                    mark(self.literal_entries.get(id).map_or(&[], Vec::as_slice));
-                }
-            }
+        for (entries, _) in self.literal_entries.iter().zip(found).filter(|(_, f)| **f) {
+            mark(entries);
         }
         for set in &self.sets {
             for entries in set.candidates(text, from) {

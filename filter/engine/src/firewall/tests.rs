@@ -1258,6 +1258,42 @@ fn regex_prefilter_keeps_what_each_regex_finds() {
     }
 }
 
+#[test]
+fn substrings_and_regex_literals_share_one_scan() {
+    // One automaton holds the substring patterns and the regexes' literals (in ASCII lower
+    // case, scanned case-insensitively): each kind still finds exactly its own matches.
+    let fw = firewall(&[
+        rule(1, "a", 1, "prompt", "substring", "Ticket-7", "mask"),
+        rule(2, "b", 1, "prompt", "regex", r"sk-[a-z]{3}", "mask"),
+        rule(
+            3,
+            "c",
+            1,
+            "prompt",
+            "regex",
+            r"(?i)internal use only \d",
+            "mask",
+        ),
+        rule(4, "d", 1, "prompt", "substring", "sk-", "warn"),
+    ]);
+    let cases = [
+        ("TICKET-7 sk-abc", "[REDACTED] [REDACTED]"),
+        // The literal `sk-` occurs in another case: the regex runs, and does not match.
+        ("SK-abc", "SK-abc"),
+        ("Internal USE only 4.", "[REDACTED]."),
+        ("internal use only", "internal use only"),
+        ("nothing here", "nothing here"),
+    ];
+    for (text, want) in cases {
+        let (_, masked) = fw.scan(Scope::Prompt, K, text);
+        assert_eq!(masked.as_deref().unwrap_or(text), want, "{text}");
+    }
+    // The warn-only substring is found in any case, as before.
+    let (verdict, _) = fw.scan(Scope::Prompt, K, "SK-abc");
+    let warned: Vec<i64> = verdict.applied.iter().map(|a| a.rule_id).collect();
+    assert_eq!(warned, [4]);
+}
+
 /// A small deterministic generator (xorshift64*), so the differential test needs no crate.
 struct Rng(u64);
 

@@ -158,13 +158,22 @@ struct RuleOutcome {
 
 /// Name of a provider's own cluster (ARCHITECTURE.md, "Provider clusters").
 pub fn provider_cluster_name(provider: &str) -> String {
-    format!("tr_provider_{provider}")
+    // `concat` rather than `format!`: the formatting machinery costs several times the copy,
+    // and a direct request's cluster name is built per request.
+    [PROVIDER_CLUSTER_PREFIX, provider].concat()
+}
+
+const PROVIDER_CLUSTER_PREFIX: &str = "tr_provider_";
+
+/// Whether `cluster` is [`provider_cluster_name`] of `provider` (without building the name).
+pub fn is_provider_cluster(cluster: &str, provider: &str) -> bool {
+    cluster.strip_prefix(PROVIDER_CLUSTER_PREFIX) == Some(provider)
 }
 
 /// Name of a provider's direct cluster: its endpoint without the upstream filter, for a
 /// request the edge prepares itself (ARCHITECTURE.md, "Direct requests").
 pub fn direct_cluster_name(provider: &str) -> String {
-    format!("tr_direct_{provider}")
+    ["tr_direct_", provider].concat()
 }
 
 /// Name of the chain cluster for these provider names in attempt order.
@@ -1745,6 +1754,22 @@ mod tests {
             chain(&run(&s, &scores, &r).unwrap()),
             ["claude/claude-sonnet-4-5"]
         );
+    }
+
+    #[test]
+    fn cluster_names() {
+        assert_eq!(provider_cluster_name("openai"), "tr_provider_openai");
+        assert_eq!(direct_cluster_name("openai"), "tr_direct_openai");
+        assert!(is_provider_cluster("tr_provider_openai", "openai"));
+        for (cluster, provider) in [
+            ("tr_provider_openai~2", "openai"),
+            ("tr_direct_openai", "openai"),
+            ("tr_provider_open", "openai"),
+            ("tr_chain_openai+claude", "openai"),
+            ("openai", "openai"),
+        ] {
+            assert!(!is_provider_cluster(cluster, provider), "{cluster}");
+        }
     }
 
     #[test]

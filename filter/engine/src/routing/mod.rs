@@ -20,8 +20,8 @@ mod decide;
 pub use complexity::Tier;
 pub use decide::{
     auto_chain_len, chain_children, chain_cluster_name, config_chains, decide, decide_traced,
-    direct_cluster_name, implied_chains, provider_cluster_name, Decision, RouteInput, Tracing,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_PER_TRY_TIMEOUT_MS, MAX_ATTEMPTS,
+    direct_cluster_name, implied_chains, is_provider_cluster, provider_cluster_name, Decision,
+    RouteInput, Tracing, DEFAULT_MAX_ATTEMPTS, DEFAULT_PER_TRY_TIMEOUT_MS, MAX_ATTEMPTS,
 };
 pub use scores::ScoreBoard;
 

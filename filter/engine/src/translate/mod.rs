@@ -281,7 +281,7 @@ pub fn translator_for(
 fn openai_path(target: &AttemptTarget<'_>, op: &str) -> Result<String, GatewayError> {
     let base = target.base_url;
     if target.kind != ProviderKind::Azure {
-        return Ok(format!("{}/{op}", base.path));
+        return Ok([base.path.as_str(), "/", op].concat());
     }
     let version = base
         .query
