@@ -1597,24 +1597,16 @@ fn new_request_id(now_ms: i64) -> String {
 }
 
 fn request_id_text(now_ms: i64, random_high: u64, random_low: u64) -> String {
-    let ms = u64::try_from(now_ms).unwrap_or(0) & 0xffff_ffff_ffff;
-    // By hand rather than `format!("req_{ms:012x}…")`: formatting machinery cost a request's
+    // The id's 16 bytes, big-endian: the low 48 bits of the time, then 80 random bits. Hex of
+    // bytes rather than `format!("req_{ms:012x}…")`: formatting machinery cost a request's
     // context creation ≈ 1 300 instructions (natively) of its ≈ 2 300.
-    let mut id = String::with_capacity(4 + 32);
-    id.push_str("req_");
-    push_hex(&mut id, ms, 12);
-    push_hex(&mut id, random_high, 16);
-    push_hex(&mut id, random_low & 0xffff, 4);
-    id
-}
-
-/// Appends the `digits` low hex digits of `value`, zero-padded, in lower case.
-fn push_hex(out: &mut String, value: u64, digits: u32) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..digits).rev() {
-        let nibble = (value >> (shift * 4)) & 0xf;
-        out.push(char::from(HEX[nibble as usize]));
-    }
+    let ms = u64::try_from(now_ms).unwrap_or(0).to_be_bytes();
+    let low = random_low.to_be_bytes();
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms[2..]);
+    bytes[6..14].copy_from_slice(&random_high.to_be_bytes());
+    bytes[14..].copy_from_slice(&low[6..]);
+    ["req_", &hex::encode(bytes)].concat()
 }
 
 impl Context for Edge {

@@ -475,7 +475,7 @@ pub struct Hit {
 #[derive(Clone, Debug, Default)]
 struct ScopeSet {
     /// The scope's substring patterns, then its regexes' required literals
-    /// ([`RegexRules::literals`]), in one ASCII-case-insensitive automaton: a text is scanned
+    /// ([`RegexRules::take_literals`]), in one ASCII-case-insensitive automaton: a text is scanned
     /// once for both, and the cost does not grow per rule.
     patterns: Option<AhoCorasick>,
     /// Automaton pattern id → rule index, for the substring patterns (the first ids).
@@ -626,10 +626,11 @@ impl Firewall {
                             .chain(literals.iter().map(Vec::as_slice)),
                     )
             };
-            if pats.is_empty() && set.regexes.literals().is_empty() {
+            let literals = set.regexes.take_literals();
+            if pats.is_empty() && literals.is_empty() {
                 continue;
             }
-            let ac = match build(set.regexes.literals()) {
+            let ac = match build(&literals) {
                 Ok(ac) => ac,
                 Err(_) => {
                     // The literals made it too large: their regexes run on every text.
@@ -659,9 +660,9 @@ impl Firewall {
             .iter()
             .map(|s| {
                 // The scope's automaton serves the regexes' literals too (and its substrings).
-                let literals = match s.regexes.literals().is_empty() {
-                    true => 0,
-                    false => s.patterns.as_ref().map_or(0, AhoCorasick::memory_usage),
+                let literals = match s.regexes.literal_count() {
+                    0 => 0,
+                    _ => s.patterns.as_ref().map_or(0, AhoCorasick::memory_usage),
                 };
                 let (automata, caches) = s.regexes.prefilter_bytes();
                 (automata + literals, caches)
@@ -685,7 +686,7 @@ impl Firewall {
         }
         let applies = |rule: usize| self.rules.get(rule).is_some_and(|r| r.applies_to(subject));
         // Which of the regexes' literals occur, by literal id: found in the same scan.
-        let mut found = vec![false; set.regexes.literals().len()];
+        let mut found = vec![false; set.regexes.literal_count()];
         if let (Some(ac), Some(tail)) = (&set.patterns, text.get(from..)) {
             let substrings = set.substring_rules.len();
             for m in ac.find_overlapping_iter(tail) {

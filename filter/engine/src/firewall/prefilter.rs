@@ -70,8 +70,8 @@ pub const MIN_BYTES_PER_STATE: usize = 10;
 pub(super) struct RegexRules {
     /// Rule index (into the firewall's rules) and its regex, per regex rule of the scope.
     rules: Vec<(usize, Regex)>,
-    /// The required literals of the regexes that have some (ASCII lower case), by literal id:
-    /// the scope scans for them in its automaton (`ScopeSet::patterns`).
+    /// The required literals of the regexes that have some (ASCII lower case), by literal id,
+    /// until the scope takes them into its automaton (`ScopeSet::patterns`).
     literals: Vec<Vec<u8>>,
     /// Literal id → the entries of `rules` that need it.
     literal_entries: Vec<Vec<usize>>,
@@ -166,9 +166,15 @@ impl RegexRules {
         self.rules.is_empty()
     }
 
-    /// The required literals, by id: what [`RegexRules::candidates`] takes as found or not.
-    pub(super) fn literals(&self) -> &[Vec<u8>] {
-        &self.literals
+    /// The required literals, by id, for the scope's automaton (which keeps them; this does
+    /// not).
+    pub(super) fn take_literals(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.literals)
+    }
+
+    /// How many literals [`RegexRules::candidates`] takes as found or not.
+    pub(super) fn literal_count(&self) -> usize {
+        self.literal_entries.len()
     }
 
     /// The literals cannot be scanned for (their automaton could not be built): every regex
@@ -178,7 +184,6 @@ impl RegexRules {
             .extend(self.literal_entries.drain(..).flatten());
         self.unfiltered.sort_unstable();
         self.unfiltered.dedup();
-        self.literals.clear();
     }
 
     /// How many regexes each prefilter covers: (required literals, lazy DFAs, none).
@@ -213,7 +218,7 @@ impl RegexRules {
 
     /// The entries (rule index, regex) that may match in `text[from..]`: every one that does is
     /// among them. `text[..from]` is context only, as for [`Regex::find_at`]. `found` tells,
-    /// by literal id ([`RegexRules::literals`]), which literals occur in `text[from..]` (a
+    /// by literal id ([`RegexRules::take_literals`]), which literals occur in `text[from..]` (a
     /// match starting at `from` or later contains its literal there).
     pub(super) fn candidates<'s>(
         &'s self,
