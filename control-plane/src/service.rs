@@ -17,6 +17,7 @@ use tokenrouter_engine::snapshot::valid_name;
 use tokenrouter_engine::upstream::{BaseUrl, ProviderKind};
 use tokenrouter_proto::config::v1 as pb;
 use tokenrouter_proto::sync::v1::UsageRecord;
+use tokenrouter_proto::trace_runs;
 use tokio::sync::watch;
 
 use crate::calendar::{day_of_ms, format_day, DAY_MS};
@@ -801,17 +802,20 @@ impl Service {
     }
 
     /// Stores one usage batch (one transaction; resent records are skipped). Records without a
-    /// request id cannot be deduplicated and are dropped. Returns how many records were new;
-    /// only those feed the live scores, so a resent batch is not counted twice.
+    /// request id cannot be deduplicated and are dropped. Records may carry runs of equal
+    /// traces sent once (`rule_trace_as_previous`); the store resolves them. Returns how many
+    /// records were new; only those feed the live scores, so a resent batch is not counted twice.
     pub async fn ingest_usage(&self, records: &[UsageRecord]) -> Result<u64> {
         // Copied only when some record must go (each carries its rule trace, a few KB).
         let valid: Cow<'_, [UsageRecord]> = if records.iter().all(|r| !r.request_id.is_empty()) {
             Cow::Borrowed(records)
         } else {
-            let kept: Vec<UsageRecord> = records
-                .iter()
+            // A dropped record may be the one that carries its run's trace.
+            let mut restored = records.to_vec();
+            trace_runs::restore(&mut restored);
+            let kept: Vec<UsageRecord> = restored
+                .into_iter()
                 .filter(|r| !r.request_id.is_empty())
-                .cloned()
                 .collect();
             tracing::warn!(
                 dropped = records.len() - kept.len(),
@@ -1065,6 +1069,29 @@ pub(crate) mod tests {
             svc.list_logs(1, None, Some("zz".into())).await,
             Err(ServiceError::InvalidArgument(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_record_leaves_its_trace_to_its_run() {
+        let (svc, _dir) = service().await;
+        let trace = format!(r#"[{{"rule":"r","pad":"{}"}}]"#, "x".repeat(600));
+        let sent = |id: &str, trace: &str, as_previous: bool| UsageRecord {
+            request_id: id.into(),
+            rule_trace: trace.into(),
+            rule_trace_as_previous: as_previous,
+            ..UsageRecord::default()
+        };
+        // The record that carries the run's trace has no request id, so it is dropped.
+        let records = [
+            sent("", &trace, false),
+            sent("a", "", true),
+            sent("b", "", true),
+        ];
+        assert_eq!(svc.ingest_usage(&records).await.unwrap(), 2);
+        for id in ["a", "b"] {
+            let entry = svc.get_log(id, None).await.unwrap();
+            assert_eq!(entry.record.rule_trace, trace, "{id}");
+        }
     }
 
     #[tokio::test]

@@ -45,6 +45,23 @@ pub fn restore(records: &mut [UsageRecord]) -> (usize, usize) {
     (marked, unresolved)
 }
 
+/// What [`restore`] would report, without copying a trace or clearing a mark: how many records
+/// are marked, and how many of those have no record before them that carries a trace. For a
+/// reader that resolves the runs itself (the control plane's stores).
+pub fn count(records: &[UsageRecord]) -> (usize, usize) {
+    let (mut marked, mut unresolved) = (0, 0);
+    let mut carried = false;
+    for r in records {
+        if r.rule_trace_as_previous {
+            marked += 1;
+            unresolved += usize::from(!carried);
+        } else if !r.rule_trace.is_empty() {
+            carried = true;
+        }
+    }
+    (marked, unresolved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +124,7 @@ mod tests {
             record("B", false),
             record("", true),
         ];
+        assert_eq!(count(&records), (4, 1), "what restore reports, read only");
         assert_eq!(restore(&mut records), (4, 1));
         let traces: Vec<&str> = records.iter().map(|r| r.rule_trace.as_str()).collect();
         assert_eq!(traces, ["", "A", "A", "", "A", "B", "B"]);

@@ -59,6 +59,7 @@ backends!(
     routing_columns_of_the_request_log_round_trip,
     usage_batches_are_idempotent,
     long_rule_traces_are_stored_once,
+    trace_runs_are_stored_resolved,
     many_distinct_traces_in_one_batch,
     log_filters_and_usage_totals,
     usage_breakdowns_and_key_totals,
@@ -790,6 +791,48 @@ async fn long_rule_traces_are_stored_once(db: TestDb) {
             assert_eq!(entry.record.rule_trace, r.rule_trace);
         }
     }
+}
+
+/// Runs of equal traces sent once (`rule_trace_as_previous`) are stored as if each record
+/// carried its run's trace, long or short, past a statement chunk; a marked record with no trace
+/// before it is stored without one.
+async fn trace_runs_are_stored_resolved(db: TestDb) {
+    let long = format!(r#"[{{"rule":"long","pad":"{}"}}]"#, "x".repeat(600));
+    let short = r#"[{"rule":"short","id":1,"matched":true}]"#.to_string();
+    let sent = |id: &str, trace: &str, as_previous: bool| UsageRecord {
+        rule_trace: trace.into(),
+        rule_trace_as_previous: as_previous,
+        ..record(id)
+    };
+    let mut batch = vec![
+        sent("t0", "", true),
+        sent("t1", &long, false),
+        sent("t2", "", true),
+        sent("t3", "", false),
+        sent("t4", "", true),
+        sent("t5", &short, false),
+        sent("t6", "", true),
+    ];
+    // Past the first statement's rows (256): the run goes on across the chunk.
+    batch.extend((7..300).map(|i| sent(&format!("t{i:03}"), "", true)));
+    batch.push(sent("t300", &long, false));
+    batch.push(sent("t301", "", true));
+    let mut expected = batch.clone();
+    assert_eq!(
+        tokenrouter_proto::trace_runs::restore(&mut expected),
+        (298, 1)
+    );
+    assert_eq!(db.store.insert_usage(&batch, 1).await.unwrap().len(), 302);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM rule_traces").await, 1);
+    for r in &expected {
+        let got = db.store.get_log(&r.request_id).await.unwrap().unwrap();
+        assert_eq!(got.record.rule_trace, r.rule_trace, "{}", r.request_id);
+    }
+    assert_eq!(
+        expected[4].rule_trace, long,
+        "a record without a trace ends no run"
+    );
+    assert_eq!(expected[299].rule_trace, short);
 }
 
 /// A batch of traces that all differ (a rule on a per-user value) stores each, past the

@@ -666,7 +666,9 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// repeated earlier in the batch) are skipped. Returns the positions in `records` of those
     /// that were new, in order: only they may be counted (scores, metrics). The cost of each
     /// new record that is not a replay is charged, in the same transaction, to its key's and
-    /// its workspace's balance where they have one (never below zero): exactly once.
+    /// its workspace's balance where they have one (never below zero): exactly once. A record
+    /// marked `rule_trace_as_previous` is stored with the trace of the last record before it
+    /// that carries one (`trace_runs::restore`), or none when there is no such record.
     async fn insert_usage(
         &self,
         records: &[UsageRecord],

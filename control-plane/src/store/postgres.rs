@@ -268,7 +268,8 @@ impl Store for PostgresStore {
         let mut inserted = Vec::new();
         let mut charges: BTreeMap<&str, i64> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
-            if !insert_log(&mut tx, r, traces.id_of(i), received_at_ms).await? {
+            let trace = (traces.id_of(i), traces.text_of(i));
+            if !insert_log(&mut tx, r, trace, received_at_ms).await? {
                 continue;
             }
             inserted.push(i);
@@ -550,7 +551,7 @@ async fn store_traces(pool: &PgPool, traces: &mut BatchTraces<'_>) -> Result<(),
 async fn insert_log(
     conn: &mut PgConnection,
     r: &UsageRecord,
-    trace_id: Option<i64>,
+    (trace_id, trace_text): (Option<i64>, &str),
     received_at_ms: i64,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
@@ -587,11 +588,7 @@ async fn insert_log(
     .bind(&r.mode)
     .bind(&r.tier)
     // A long trace is stored once, in `rule_traces` (store_traces above).
-    .bind(if trace_id.is_some() {
-        ""
-    } else {
-        &r.rule_trace
-    })
+    .bind(if trace_id.is_some() { "" } else { trace_text })
     .bind(trace_id)
     .bind(attempts_json(&r.attempts))
     .bind(to_i64(r.ttfb_ms))

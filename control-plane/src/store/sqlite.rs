@@ -284,7 +284,7 @@ impl Store for SqliteStore {
                 // A long trace is stored once, in `rule_traces` (store_traces above).
                 let trace_text = match trace_id {
                     Some(_) => "",
-                    None => r.rule_trace.as_str(),
+                    None => traces.text_of(offset + i),
                 };
                 row.push_bind(&r.request_id)
                     .push_bind(r.started_at_unix_ms)

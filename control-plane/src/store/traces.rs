@@ -76,29 +76,44 @@ impl KnownTraces {
 /// The long traces of one batch of records: each distinct text once, with its `rule_traces` id
 /// once known.
 pub struct BatchTraces<'r> {
+    /// Per record: its trace, a record marked `rule_trace_as_previous` given the one it repeats.
+    texts: Vec<&'r str>,
     /// Per record: its trace's index in `distinct`, or `None` for a trace kept in the row.
     slots: Vec<Option<usize>>,
     distinct: Vec<(&'r str, Option<i64>)>,
 }
 
 impl<'r> BatchTraces<'r> {
-    /// Groups `records`' long traces, taking the ids `known` has.
+    /// Groups `records`' long traces, taking the ids `known` has. A record marked
+    /// `rule_trace_as_previous` (a run the edge sent once, `trace_runs`) has the trace of the
+    /// last record before it that carries one, as `trace_runs::restore` would give it, without
+    /// a copy of the text per record.
     pub fn group(records: &'r [UsageRecord], known: &KnownTraces) -> BatchTraces<'r> {
+        let mut texts = Vec::with_capacity(records.len());
         let mut slots = Vec::with_capacity(records.len());
         let mut distinct: Vec<(&'r str, Option<i64>)> = Vec::new();
         let mut index: HashMap<&'r str, usize, foldhash::fast::RandomState> = HashMap::default();
         let guard = known.inner.lock().ok();
-        // Neighbouring records mostly share their trace: one comparison instead of a hash of
-        // the whole text.
+        let mut carried: Option<&'r str> = None;
+        // Neighbouring records mostly share their trace: one comparison (none for a run) instead
+        // of a hash of the whole text.
         let mut last: Option<(&'r str, usize)> = None;
         for r in records {
-            let text = r.rule_trace.as_str();
+            let own = r.rule_trace.as_str();
+            let text = match carried {
+                Some(previous) if r.rule_trace_as_previous => previous,
+                _ => own,
+            };
+            if !r.rule_trace_as_previous && !own.is_empty() {
+                carried = Some(own);
+            }
+            texts.push(text);
             if text.len() < SHARED_MIN_BYTES {
                 slots.push(None);
                 continue;
             }
             let slot = match last {
-                Some((t, slot)) if t == text => slot,
+                Some((t, slot)) if std::ptr::eq(t, text) || t == text => slot,
                 _ => *index.entry(text).or_insert_with(|| {
                     let id = guard.as_ref().and_then(|k| k.ids.get(text).copied());
                     distinct.push((text, id));
@@ -108,7 +123,11 @@ impl<'r> BatchTraces<'r> {
             last = Some((text, slot));
             slots.push(Some(slot));
         }
-        BatchTraces { slots, distinct }
+        BatchTraces {
+            texts,
+            slots,
+            distinct,
+        }
     }
 
     /// The traces without an id yet, with their index for [`BatchTraces::set_id`], ordered by
@@ -148,6 +167,12 @@ impl<'r> BatchTraces<'r> {
             self.set_id(*index, *id);
         }
         Ok(())
+    }
+
+    /// Record `i`'s trace (a run's repeated one resolved): what its row holds when
+    /// [`BatchTraces::id_of`] is `None`.
+    pub fn text_of(&self, i: usize) -> &'r str {
+        self.texts.get(i).copied().unwrap_or_default()
     }
 
     /// The `rule_traces` id of record `i`'s trace (`None`: kept in the row).

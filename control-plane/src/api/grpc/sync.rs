@@ -247,8 +247,9 @@ impl EdgeStream {
         for r in batch.records.iter_mut().filter(|r| r.node_id.is_empty()) {
             r.node_id.clone_from(&self.node_id);
         }
-        // The edge sent each run of equal traces once (`Settings.accepts_trace_runs`).
-        let (runs, unresolved) = trace_runs::restore(&mut batch.records);
+        // The edge sent each run of equal traces once (`Settings.accepts_trace_runs`); the
+        // store gives the marked records their run's trace (`BatchTraces`) without a copy each.
+        let (runs, unresolved) = trace_runs::count(&batch.records);
         Metrics::add(&self.service.metrics().usage_trace_runs, runs as u64);
         if unresolved > 0 {
             tracing::warn!(
