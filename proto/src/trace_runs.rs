@@ -45,21 +45,33 @@ pub fn restore(records: &mut [UsageRecord]) -> (usize, usize) {
     (marked, unresolved)
 }
 
-/// What [`restore`] would report, without copying a trace or clearing a mark: how many records
-/// are marked, and how many of those have no record before them that carries a trace. For a
-/// reader that resolves the runs itself (the control plane's stores).
-pub fn count(records: &[UsageRecord]) -> (usize, usize) {
-    let (mut marked, mut unresolved) = (0, 0);
-    let mut carried = false;
-    for r in records {
-        if r.rule_trace_as_previous {
-            marked += 1;
-            unresolved += usize::from(!carried);
-        } else if !r.rule_trace.is_empty() {
-            carried = true;
+/// Each record's trace as [`restore`] would give it, by reference and without clearing a mark:
+/// `(trace, marked, unresolved)`, `unresolved` for a marked record with no record before it
+/// that carries a trace (its own, normally empty, trace is kept). For a reader that resolves
+/// the runs itself (the control plane's stores).
+pub fn resolved(records: &[UsageRecord]) -> impl Iterator<Item = (&str, bool, bool)> {
+    let mut carried: Option<&str> = None;
+    records.iter().map(move |r| {
+        let own = r.rule_trace.as_str();
+        if !r.rule_trace_as_previous {
+            if !own.is_empty() {
+                carried = Some(own);
+            }
+            return (own, false, false);
         }
-    }
-    (marked, unresolved)
+        match carried {
+            Some(previous) => (previous, true, false),
+            None => (own, true, true),
+        }
+    })
+}
+
+/// What [`restore`] would report, read only: how many records are marked, and how many of
+/// those have no record before them that carries a trace.
+pub fn count(records: &[UsageRecord]) -> (usize, usize) {
+    resolved(records).fold((0, 0), |(marked, unresolved), (_, m, u)| {
+        (marked + usize::from(m), unresolved + usize::from(u))
+    })
 }
 
 #[cfg(test)]
@@ -125,9 +137,11 @@ mod tests {
             record("", true),
         ];
         assert_eq!(count(&records), (4, 1), "what restore reports, read only");
+        let by_reference: Vec<String> = resolved(&records).map(|(t, ..)| t.to_string()).collect();
         assert_eq!(restore(&mut records), (4, 1));
         let traces: Vec<&str> = records.iter().map(|r| r.rule_trace.as_str()).collect();
         assert_eq!(traces, ["", "A", "A", "", "A", "B", "B"]);
+        assert_eq!(by_reference, traces);
         assert!(records.iter().all(|r| !r.rule_trace_as_previous));
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use tokenrouter_proto::sync::v1::UsageRecord;
+use tokenrouter_proto::trace_runs;
 
 use super::StoreError;
 
@@ -94,19 +95,10 @@ impl<'r> BatchTraces<'r> {
         let mut distinct: Vec<(&'r str, Option<i64>)> = Vec::new();
         let mut index: HashMap<&'r str, usize, foldhash::fast::RandomState> = HashMap::default();
         let guard = known.inner.lock().ok();
-        let mut carried: Option<&'r str> = None;
         // Neighbouring records mostly share their trace: one comparison (none for a run) instead
         // of a hash of the whole text.
         let mut last: Option<(&'r str, usize)> = None;
-        for r in records {
-            let own = r.rule_trace.as_str();
-            let text = match carried {
-                Some(previous) if r.rule_trace_as_previous => previous,
-                _ => own,
-            };
-            if !r.rule_trace_as_previous && !own.is_empty() {
-                carried = Some(own);
-            }
+        for (text, ..) in trace_runs::resolved(records) {
             texts.push(text);
             if text.len() < SHARED_MIN_BYTES {
                 slots.push(None);
