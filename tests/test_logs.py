@@ -349,3 +349,24 @@ def test_bodies_are_stored_only_for_keys_that_opt_in(gateway: Gateway) -> None:
     # A gateway key reads its own row, not another key's.
     assert g.rest(f"/logs/{rid}", token=keeper).status_code == 200
     assert g.rest(f"/logs/{rid}", token=g.key).status_code in (403, 404)
+
+
+def test_a_held_answer_is_timed_to_its_end(gateway: Gateway) -> None:
+    """A non-streamed answer is held until it is whole and judged; the request's latency in its
+    log row runs to that end (the provider's delay included, within what the client waited),
+    and its time to first byte lies inside it."""
+    g = gateway
+    g.fakes["openai"].inject({"delay": 0.4})
+    started = time.monotonic()
+    r = g.post("/v1/chat/completions", chat("take your time"))
+    waited_ms = (time.monotonic() - started) * 1000
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+
+    def detail() -> dict[str, Any] | None:
+        got = g.rest(f"/logs/{rid}")
+        return got.json()["data"] if got.status_code == 200 else None
+
+    row = wait_for(detail, 15, what="the delayed request's row")
+    assert row["status"] == 200
+    assert 400 <= row["ttfb_ms"] <= row["latency_ms"] <= waited_ms + 1, row

@@ -306,6 +306,9 @@ struct Routed {
     /// The usage a held direct answer carried, read when it was checked ([`Released`]): the
     /// client's body need not be parsed for it again.
     checked_usage: Option<Usage>,
+    /// When a held direct answer was released (whole and judged): the request's end for its
+    /// usage record, whose log callback follows at once, so the clock is read once for both.
+    released_at_ms: Option<i64>,
     /// Set for a request sent to its provider's direct cluster: the edge does the upstream
     /// filter's work.
     direct: Option<Box<Direct>>,
@@ -786,12 +789,11 @@ impl Edge {
         let scores = vm::scores().unwrap_or_else(|| Rc::new(ScoreBoard::default()));
         let random = REQUEST_IDS.with(|(a, _, n)| a.hash_one(n.get() ^ 0x5eed));
         let mut decision = {
-            let metadata = request.metadata.clone();
             let input = RouteInput {
                 api,
                 model: &request.model,
                 router_mode: request.router_mode.as_deref(),
-                metadata: metadata.as_ref(),
+                metadata: request.metadata.as_ref(),
                 features: &feats,
                 stream: request.stream,
                 key_id: &self.key_id,
@@ -881,6 +883,7 @@ impl Edge {
             client_body_cut: false,
             content_type: String::new(),
             checked_usage: None,
+            released_at_ms: None,
             direct,
         }));
         let action = match ask {
@@ -1186,7 +1189,11 @@ impl Edge {
     /// The request's usage record, without its rule trace: that stays the request's shared
     /// text until its batch is encoded ([`vm::enqueue_usage`]).
     fn usage_record(&mut self) -> UsageRecord {
-        let now_ms = host::now_ms();
+        let now_ms = match &self.stage {
+            Stage::Routed(routed) => routed.released_at_ms,
+            _ => None,
+        }
+        .unwrap_or_else(host::now_ms);
         let direct_tried = match &mut self.stage {
             Stage::Routed(routed) => routed.direct.as_mut().map(|d| std::mem::take(&mut d.tried)),
             _ => None,
@@ -1407,13 +1414,17 @@ impl Edge {
         }
         direct.recorded = true;
         let tried = &mut direct.tried;
+        let released_at_ms = &mut routed.released_at_ms;
         match held.release(
             body_size,
             direct.translator.as_mut(),
             &direct.provider,
             api,
             &self.request_id,
-            |status, now| tried.answered(status, None, now),
+            |status, now| {
+                *released_at_ms = Some(now);
+                tried.answered(status, None, now);
+            },
         ) {
             Released::Usable {
                 size,
