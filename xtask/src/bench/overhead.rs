@@ -32,11 +32,16 @@ pub(super) const ENVOY_CONCURRENCY: usize = 1;
 /// The row of the `--compare-wasm` build (a prefix of each row with several).
 pub(super) const COMPARE_NAME: &str = "tr (compare)";
 
-/// The floor rows: (row name, the floor filter's configuration).
-const FLOORS: [(&str, &str); 2] = [
+/// The floor rows: (row name, the floor filter's configuration; `native` is the routing floor
+/// as an Envoy dynamic module, `filter/native-floor`, in place of the wasm filter).
+const FLOORS: [(&str, &str); 3] = [
     ("bare + no-op wasm", "none"),
     ("bare + routing floor", "routing"),
+    (NATIVE_FLOOR, "native"),
 ];
+
+/// The row of the routing floor as a dynamic module.
+pub(super) const NATIVE_FLOOR: &str = "bare + native routing floor";
 
 /// Kernel clock ticks per second of `/proc/*/stat` (`getconf CLK_TCK`; 100 on Linux).
 const CLK_TCK: f64 = 100.0;
@@ -273,6 +278,7 @@ pub(super) fn bare_and_floors(
     label: &str,
 ) -> Result<Vec<(&'static str, std::net::SocketAddr, u32)>> {
     let floor_wasm = crate::build_floor_filter(stacks.paths)?;
+    let native_name = crate::build_native_floor(stacks.paths)?;
     let mut envoys = Vec::new();
     let variants = std::iter::once((Candidate::Bare.name(), None))
         .chain(FLOORS.map(|(name, configuration)| (name, Some(configuration))));
@@ -283,10 +289,16 @@ pub(super) fn bare_and_floors(
             Some(c) => format!("floor-{c}-envoy-{label}-c{ENVOY_CONCURRENCY}.yaml"),
         };
         let config = stacks.work.join(file);
-        let wasm = configuration.map(|c| (floor_wasm.as_path(), c));
+        let floor = configuration.map(|c| match c {
+            "native" => super::FloorFilter::Native { name: native_name },
+            c => super::FloorFilter::Wasm {
+                module: &floor_wasm,
+                configuration: c,
+            },
+        });
         fs::write(
             &config,
-            super::bare_envoy_config(addr, super::free_addr()?, stacks.fake, wasm),
+            super::bare_envoy_config(addr, super::free_addr()?, stacks.fake, floor),
         )?;
         let log_name = match configuration {
             None => format!("bare-{label}"),
@@ -414,7 +426,9 @@ impl OverheadFigures {
              request until its body is in, reads the header map and the body, sets a routing \
              header, puts the body back and clears the route cache, then holds the response \
              until its body is in, reads its header map and body and sets one header — the host \
-             calls routing on the body needs, with no parsing, decision or usage record) and \
+             calls routing on the body needs, with no parsing, decision or usage record; `{}` \
+             makes the same calls from an Envoy dynamic module, `filter/native-floor`: native \
+             code in Envoy's process, no wasm VM) and \
              tokenrouter (the `tr` configuration: 100 keys, 10 routing rules, \
              10 firewall rules), `--concurrency {ENVOY_CONCURRENCY}`{}. \
              Each round measures every candidate at one connection ({:.0} s), then saturated \
@@ -429,6 +443,7 @@ impl OverheadFigures {
              | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             FLOORS[0].0,
             FLOORS[1].0,
+            FLOORS[2].0,
             if self.compared() {
                 "; `tr (compare)` is a second build of the filter (`--compare-wasm`) on a second \
                  Envoy in front of the same control plane"
