@@ -1545,7 +1545,7 @@ fn bare_envoy_config(
     fake: SocketAddr,
     floor: Option<FloorFilter<'_>>,
 ) -> String {
-    let wasm_filter = floor
+    let floor_filter = floor
         .map(|floor| match floor {
             FloorFilter::Native { name } => format!(
                 r#"          - name: envoy.filters.http.dynamic_modules
@@ -1594,7 +1594,7 @@ static_resources:
           stat_prefix: bare
           codec_type: AUTO
           http_filters:
-{wasm_filter}          - name: envoy.filters.http.router
+{floor_filter}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
           route_config:
