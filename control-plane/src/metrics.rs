@@ -129,6 +129,14 @@ impl Histogram {
         self.sum += u128::from(value);
         self.count += 1;
     }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (n, m) in self.buckets.iter_mut().zip(other.buckets) {
+            *n += m;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
 }
 
 /// One histogram per label set, bounded.
@@ -140,17 +148,71 @@ struct Family {
 }
 
 impl Family {
-    fn observe(&mut self, labels: Labels, bounds: &[u64; 14], value: u64) {
+    /// Adds `observed` (observations of one label set) to the set's histogram.
+    fn merge(&mut self, labels: Labels, observed: &Histogram) {
+        if observed.count == 0 {
+            return;
+        }
         let labels = if self.series.len() >= MAX_LABEL_SETS && !self.series.contains_key(&labels) {
-            self.folded += 1;
+            self.folded += observed.count;
             labels.folded()
         } else {
             labels
         };
-        self.series
-            .entry(labels)
-            .or_default()
-            .observe(bounds, value);
+        self.series.entry(labels).or_default().merge(observed);
+    }
+}
+
+/// What decides a usage record's label sets, borrowed from the record. The records of a batch
+/// mostly share it, so a run of them is observed into histograms of their own and added to the
+/// families once: one lookup of each label set per run, not per record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RunKey<'a> {
+    operation: &'static str,
+    provider: &'a str,
+    request_model: &'a str,
+    response_model: &'a str,
+    /// Its tokens are counted (2xx, not a replay).
+    tokens: bool,
+    /// It failed: its error type, and its status for a failure without one.
+    failure: Option<(&'a str, u32)>,
+}
+
+impl<'a> RunKey<'a> {
+    /// `None` for records the GenAI histograms do not observe (catalogue listings).
+    fn of(r: &'a UsageRecord) -> Option<RunKey<'a>> {
+        let operation = match r.client_api.as_str() {
+            "embeddings" => "embeddings",
+            "chat.completions" | "responses" | "messages" => "chat",
+            _ => return None,
+        };
+        let failed = r.status >= 400 || r.status < 100;
+        Some(RunKey {
+            operation,
+            provider: &r.provider,
+            request_model: &r.requested_model,
+            response_model: &r.model,
+            tokens: (200..300).contains(&r.status) && r.replay_of.is_empty(),
+            failure: failed.then_some((r.error_type.as_str(), r.status)),
+        })
+    }
+}
+
+/// The observations of one run of records with the same [`RunKey`].
+#[derive(Debug, Default)]
+struct Run {
+    input_tokens: Histogram,
+    output_tokens: Histogram,
+    durations: Histogram,
+}
+
+impl Run {
+    fn observe(&mut self, key: &RunKey<'_>, r: &UsageRecord) {
+        if key.tokens {
+            self.input_tokens.observe(&TOKEN_BOUNDS, r.input_tokens);
+            self.output_tokens.observe(&TOKEN_BOUNDS, r.output_tokens);
+        }
+        self.durations.observe(&DURATION_BOUNDS_MS, r.latency_ms);
     }
 }
 
@@ -160,51 +222,71 @@ struct GenAi {
     durations: Family,
 }
 
+impl GenAi {
+    /// Adds one run's observations under its label sets.
+    fn add(&mut self, key: &RunKey<'_>, run: &Run) {
+        let labels = Labels {
+            operation: key.operation,
+            provider: label(key.provider),
+            request_model: label(key.request_model),
+            response_model: label(key.response_model),
+            token_type: "",
+            error_type: String::new(),
+        };
+        if key.tokens {
+            for (token_type, observed) in
+                [("input", &run.input_tokens), ("output", &run.output_tokens)]
+            {
+                let labels = Labels {
+                    token_type,
+                    ..labels.clone()
+                };
+                self.tokens.merge(labels, observed);
+            }
+        }
+        let error_type = match key.failure {
+            None => String::new(),
+            Some(("", status)) => status.to_string(),
+            Some((error_type, _)) => label(error_type),
+        };
+        self.durations.merge(
+            Labels {
+                error_type,
+                ..labels
+            },
+            &run.durations,
+        );
+    }
+}
+
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Feeds the GenAI histograms with newly stored usage records (one lock for the batch).
+    /// Feeds the GenAI histograms with newly stored usage records (one lock for the batch;
+    /// one lookup of each label set per run of records that share it, [`RunKey`]).
     pub fn observe_usage<'a>(&self, records: impl IntoIterator<Item = &'a UsageRecord>) {
         let mut genai = self.genai.lock().unwrap_or_else(|e| e.into_inner());
+        let mut run: Option<(RunKey<'a>, Run)> = None;
         for r in records {
-            let operation = match r.client_api.as_str() {
-                "embeddings" => "embeddings",
-                "chat.completions" | "responses" | "messages" => "chat",
-                _ => continue,
+            let Some(key) = RunKey::of(r) else {
+                continue;
             };
-            let ok = (200..300).contains(&r.status);
-            let failed = r.status >= 400 || r.status < 100;
-            let labels = Labels {
-                operation,
-                provider: label(&r.provider),
-                request_model: label(&r.requested_model),
-                response_model: label(&r.model),
-                token_type: "",
-                error_type: String::new(),
-            };
-            if ok && r.replay_of.is_empty() {
-                for (token_type, n) in [("input", r.input_tokens), ("output", r.output_tokens)] {
-                    let labels = Labels {
-                        token_type,
-                        ..labels.clone()
-                    };
-                    genai.tokens.observe(labels, &TOKEN_BOUNDS, n);
+            match &mut run {
+                Some((current, observed)) if *current == key => observed.observe(&key, r),
+                _ => {
+                    if let Some((done, observed)) = run.take() {
+                        genai.add(&done, &observed);
+                    }
+                    let mut observed = Run::default();
+                    observed.observe(&key, r);
+                    run = Some((key, observed));
                 }
             }
-            let error_type = match (failed, r.error_type.is_empty()) {
-                (false, _) => String::new(),
-                (true, false) => label(&r.error_type),
-                (true, true) => r.status.to_string(),
-            };
-            let labels = Labels {
-                error_type,
-                ..labels
-            };
-            genai
-                .durations
-                .observe(labels, &DURATION_BOUNDS_MS, r.latency_ms);
+        }
+        if let Some((done, observed)) = run {
+            genai.add(&done, &observed);
         }
     }
 
@@ -385,6 +467,49 @@ mod tests {
             latency_ms,
             ..UsageRecord::default()
         }
+    }
+
+    /// A batch is observed in runs of records that share their label sets: whatever the runs,
+    /// the histograms are those of observing every record on its own, folding included.
+    #[test]
+    fn a_batch_observed_in_runs_counts_as_its_records_one_by_one() {
+        let failed = |error_type: &str, status| UsageRecord {
+            error_type: error_type.into(),
+            ..record("chat.completions", status, 0, 0, 30)
+        };
+        let other_model = |model: &str| UsageRecord {
+            model: model.into(),
+            ..record("chat.completions", 200, 7, 3, 250)
+        };
+        let mut batch = vec![
+            record("chat.completions", 200, 100, 4, 1_500),
+            record("chat.completions", 200, 90, 5, 1_400),
+            record("chat.completions", 200, 80, 6, 300),
+            other_model("gpt-4o-mini"),
+            record("chat.completions", 200, 70, 7, 1_000),
+            failed("rate_limit_error", 429),
+            failed("rate_limit_error", 429),
+            failed("", 502),
+            failed("", 503),
+            UsageRecord {
+                replay_of: "req-1".into(),
+                ..record("chat.completions", 200, 100, 10, 1)
+            },
+            record("models", 200, 0, 0, 1),
+            record("embeddings", 200, 16, 0, 90_000),
+            record("chat.completions", 200, 60, 8, 900),
+        ];
+        // Past the bound on label sets, new sets fold into `other`.
+        batch.extend((0..MAX_LABEL_SETS + 3).map(|i| other_model(&format!("m{i}"))));
+        batch.extend((0..3).map(|i| other_model(&format!("m{i}"))));
+        let in_runs = Metrics::default();
+        in_runs.observe_usage(&batch);
+        let one_by_one = Metrics::default();
+        for r in &batch {
+            one_by_one.observe_usage(std::slice::from_ref(r));
+        }
+        assert_eq!(in_runs.render(), one_by_one.render());
+        assert!(in_runs.render().contains("gen_ai_response_model=\"other\""));
     }
 
     #[test]
