@@ -1189,15 +1189,14 @@ impl Edge {
     /// The request's usage record, without its rule trace: that stays the request's shared
     /// text until its batch is encoded ([`vm::enqueue_usage`]).
     fn usage_record(&mut self) -> UsageRecord {
-        let now_ms = match &self.stage {
-            Stage::Routed(routed) => routed.released_at_ms,
-            _ => None,
-        }
-        .unwrap_or_else(host::now_ms);
-        let direct_tried = match &mut self.stage {
-            Stage::Routed(routed) => routed.direct.as_mut().map(|d| std::mem::take(&mut d.tried)),
-            _ => None,
+        let (released_at_ms, direct_tried) = match &mut self.stage {
+            Stage::Routed(routed) => (
+                routed.released_at_ms,
+                routed.direct.as_mut().map(|d| std::mem::take(&mut d.tried)),
+            ),
+            _ => (None, None),
         };
+        let now_ms = released_at_ms.unwrap_or_else(host::now_ms);
         let mut r = UsageRecord {
             request_id: self.request_id.clone(),
             started_at_unix_ms: self.started_ms,

@@ -158,17 +158,33 @@ fn read_body(filter: EnvoyPtr, kind: u32, out: &mut Vec<u8>) {
 }
 
 /// The whole body of a request or response whose end has arrived: what was buffered, then the
-/// last chunk.
-fn whole_body(filter: EnvoyPtr, buffered: u32, received: u32) -> Vec<u8> {
+/// last chunk; with the two parts' sizes.
+fn whole_body(filter: EnvoyPtr, buffered: u32, received: u32) -> (Vec<u8>, [usize; 2]) {
     // SAFETY: `filter` is the pointer Envoy passed to the running hook.
-    let size = unsafe {
-        envoy_dynamic_module_callback_http_get_body_size(filter, buffered)
-            + envoy_dynamic_module_callback_http_get_body_size(filter, received)
+    let sizes = unsafe {
+        [
+            envoy_dynamic_module_callback_http_get_body_size(filter, buffered),
+            envoy_dynamic_module_callback_http_get_body_size(filter, received),
+        ]
     };
-    let mut body = Vec::with_capacity(size);
+    let mut body = Vec::with_capacity(sizes[0] + sizes[1]);
     read_body(filter, buffered, &mut body);
     read_body(filter, received, &mut body);
-    body
+    (body, sizes)
+}
+
+/// Sets (replaces) one header of the map `kind`.
+fn set_header(filter: EnvoyPtr, kind: u32, name: &[u8], value: &[u8]) {
+    // SAFETY: `filter` is the pointer Envoy passed to the running hook; the buffers are ours
+    // and outlive the call.
+    unsafe {
+        envoy_dynamic_module_callback_http_set_header(
+            filter,
+            kind,
+            Buffer::of(name),
+            Buffer::of(value),
+        );
+    }
 }
 
 fn hold_until_end(end_of_stream: bool) -> u32 {
@@ -241,20 +257,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     if !end_of_stream {
         return STOP;
     }
-    let body = whole_body(filter, BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY);
-    // SAFETY: `filter` is the pointer Envoy passed to the running hook; the buffers are ours.
+    let (body, [buffered, received]) =
+        whole_body(filter, BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY);
+    set_header(filter, REQUEST_HEADERS, b"x-floor-route", b"fake");
+    // SAFETY: `filter` is the pointer Envoy passed to the running hook; `body` is ours.
     unsafe {
-        envoy_dynamic_module_callback_http_set_header(
-            filter,
-            REQUEST_HEADERS,
-            Buffer::of(b"x-floor-route"),
-            Buffer::of(b"fake"),
-        );
         // The body put back, as a filter that rewrites it (the model name) must.
-        let buffered =
-            envoy_dynamic_module_callback_http_get_body_size(filter, BUFFERED_REQUEST_BODY);
-        let received =
-            envoy_dynamic_module_callback_http_get_body_size(filter, RECEIVED_REQUEST_BODY);
         envoy_dynamic_module_callback_http_drain_body(filter, BUFFERED_REQUEST_BODY, buffered);
         envoy_dynamic_module_callback_http_drain_body(filter, RECEIVED_REQUEST_BODY, received);
         envoy_dynamic_module_callback_http_append_body(
@@ -279,15 +287,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     end_of_stream: bool,
 ) -> u32 {
     std::hint::black_box(read_headers(filter, RESPONSE_HEADERS));
-    // SAFETY: `filter` is the pointer Envoy passed to the running hook; the buffers are ours.
-    unsafe {
-        envoy_dynamic_module_callback_http_set_header(
-            filter,
-            RESPONSE_HEADERS,
-            Buffer::of(b"x-floor"),
-            Buffer::of(b"1"),
-        );
-    }
+    set_header(filter, RESPONSE_HEADERS, b"x-floor", b"1");
     hold_until_end(end_of_stream)
 }
 

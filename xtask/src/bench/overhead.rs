@@ -32,16 +32,31 @@ pub(super) const ENVOY_CONCURRENCY: usize = 1;
 /// The row of the `--compare-wasm` build (a prefix of each row with several).
 pub(super) const COMPARE_NAME: &str = "tr (compare)";
 
-/// The floor rows: (row name, the floor filter's configuration; `native` is the routing floor
-/// as an Envoy dynamic module, `filter/native-floor`, in place of the wasm filter).
-const FLOORS: [(&str, &str); 3] = [
-    ("bare + no-op wasm", "none"),
-    ("bare + routing floor", "routing"),
-    (NATIVE_FLOOR, "native"),
-];
+/// A floor filter in front of bare Envoy.
+#[derive(Clone, Copy, Debug)]
+enum Floor {
+    /// `filter/floor`'s wasm module with this plugin configuration.
+    Wasm(&'static str),
+    /// The routing floor as an Envoy dynamic module (`filter/native-floor`).
+    Native,
+}
 
-/// The row of the routing floor as a dynamic module.
-pub(super) const NATIVE_FLOOR: &str = "bare + native routing floor";
+impl Floor {
+    /// Its part of the Envoy's configuration and log file names.
+    fn key(self) -> &'static str {
+        match self {
+            Floor::Wasm(configuration) => configuration,
+            Floor::Native => "native",
+        }
+    }
+}
+
+/// The floor rows: (row name, floor).
+const FLOORS: [(&str, Floor); 3] = [
+    ("bare + no-op wasm", Floor::Wasm("none")),
+    ("bare + routing floor", Floor::Wasm("routing")),
+    ("bare + native routing floor", Floor::Native),
+];
 
 /// Kernel clock ticks per second of `/proc/*/stat` (`getconf CLK_TCK`; 100 on Linux).
 const CLK_TCK: f64 = 100.0;
@@ -281,28 +296,28 @@ pub(super) fn bare_and_floors(
     let native_name = crate::build_native_floor(stacks.paths)?;
     let mut envoys = Vec::new();
     let variants = std::iter::once((Candidate::Bare.name(), None))
-        .chain(FLOORS.map(|(name, configuration)| (name, Some(configuration))));
-    for (name, configuration) in variants {
+        .chain(FLOORS.map(|(name, floor)| (name, Some(floor))));
+    for (name, floor) in variants {
         let addr = super::free_addr()?;
-        let file = match configuration {
+        let file = match floor {
             None => format!("bare-envoy-{label}-c{ENVOY_CONCURRENCY}.yaml"),
-            Some(c) => format!("floor-{c}-envoy-{label}-c{ENVOY_CONCURRENCY}.yaml"),
+            Some(f) => format!("floor-{}-envoy-{label}-c{ENVOY_CONCURRENCY}.yaml", f.key()),
         };
         let config = stacks.work.join(file);
-        let floor = configuration.map(|c| match c {
-            "native" => super::FloorFilter::Native { name: native_name },
-            c => super::FloorFilter::Wasm {
+        let filter = floor.map(|f| match f {
+            Floor::Native => super::FloorFilter::Native { name: native_name },
+            Floor::Wasm(configuration) => super::FloorFilter::Wasm {
                 module: &floor_wasm,
-                configuration: c,
+                configuration,
             },
         });
         fs::write(
             &config,
-            super::bare_envoy_config(addr, super::free_addr()?, stacks.fake, floor),
+            super::bare_envoy_config(addr, super::free_addr()?, stacks.fake, filter),
         )?;
-        let log_name = match configuration {
+        let log_name = match floor {
             None => format!("bare-{label}"),
-            Some(c) => format!("floor-{c}-{label}"),
+            Some(f) => format!("floor-{}-{label}", f.key()),
         };
         stacks.spawn_envoy(children, &log_name, &config, ENVOY_CONCURRENCY)?;
         envoys.push((name, addr, super::last_pid(children)?));
