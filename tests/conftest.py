@@ -10,6 +10,7 @@ When a test fails, the tail of every log of its processes is attached to the rep
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,24 @@ import pytest
 from harness import PROVIDER_SECRET, Binaries, ControlPlane, Harness, Stack
 
 _HARNESS = pytest.StashKey[Harness]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "wasm_only(reason): checks what only the wasm form of the filter does yet; skipped when "
+        "the suite runs the native module (TOKENROUTER_NATIVE_DIR)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("TOKENROUTER_NATIVE_DIR"):
+        return
+    for item in items:
+        marker = item.get_closest_marker("wasm_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"native module: {reason}"))
 
 
 @pytest.fixture(scope="session")

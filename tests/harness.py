@@ -135,6 +135,9 @@ class Binaries:
     tokenrouter: Path
     wasm: Path
     envoy: Path
+    # The directory holding libtokenrouter_native.so when the suite runs the edge as the native
+    # module (`TOKENROUTER_NATIVE_DIR`), else None: the wasm filter.
+    native_dir: Path | None = None
 
     @classmethod
     def from_env(cls) -> Binaries:
@@ -148,7 +151,13 @@ class Binaries:
             if not path.is_file():
                 raise LookupError(f"{var}={value} is not a file: build first (`cargo xtask test`)")
             paths[var] = path
-        return cls(paths["TOKENROUTER_BIN"], paths["TOKENROUTER_WASM"], paths["ENVOY_BIN"])
+        native = os.environ.get("TOKENROUTER_NATIVE_DIR")
+        native_dir = Path(native).resolve() if native else None
+        if native_dir is not None and not (native_dir / "libtokenrouter_native.so").is_file():
+            raise LookupError(f"TOKENROUTER_NATIVE_DIR={native} has no libtokenrouter_native.so")
+        return cls(
+            paths["TOKENROUTER_BIN"], paths["TOKENROUTER_WASM"], paths["ENVOY_BIN"], native_dir
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,6 +472,7 @@ class Envoy:
             str(self.max_request_body_bytes),
             "--out",
             str(self.config_path),
+            *(["--native"] if self.binaries.native_dir else []),
             json=False,
         )
 
@@ -491,7 +501,9 @@ class Envoy:
             "--log-level",
             "info",
         ]
-        self.proc = spawn(args, env=child_env(), log_path=self.log_path)
+        native = self.binaries.native_dir
+        env = child_env(ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(native) if native else None)
+        self.proc = spawn(args, env=env, log_path=self.log_path)
         wait_for(self._live, timeout, interval=0.1, what=f"{self.admin_url}/ready = LIVE")
         self.wait_for_clusters(providers, timeout)
         return self

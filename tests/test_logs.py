@@ -113,6 +113,9 @@ def envoy_stats(envoy: Envoy) -> dict[str, int]:
     return stats
 
 
+@pytest.mark.wasm_only(
+    reason="the filter's counters are not in Envoy's stats under the native module yet"
+)
 def test_logs_summaries_and_stats_show_exactly_the_mix(gateway: Gateway) -> None:
     g = gateway
     g.control_plane.cli("routing", "set", "--key-id", g.key_id, "--strategy", "fallback",

@@ -232,6 +232,9 @@ pub struct BootstrapParams {
     pub node_id: String,
     /// Largest request body the edge filter accepts.
     pub max_request_body_bytes: u64,
+    /// The edge as the native module (`libtokenrouter_native.so`, an Envoy dynamic module)
+    /// instead of the wasm filter; see [`native_form`].
+    pub native: bool,
 }
 
 /// The route's per-try timeout: `serve`'s default (`TOKENROUTER_PER_TRY_TIMEOUT_MS` unset), so
@@ -255,9 +258,8 @@ fn yaml_dq_escape(s: &str) -> String {
         .to_string()
 }
 
-/// The values for every placeholder of the template.
-fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
-    let wasm_path = p.wasm_path.to_string_lossy().into_owned();
+/// The sync singleton's and the edge's plugin configurations (JSON).
+fn configurations(p: &BootstrapParams) -> (String, String) {
     // Built by hand (not `json!`) to keep the documented key order; strings are JSON-escaped.
     let sync_configuration = format!(
         r#"{{"role":"sync","control_cluster":"tokenrouter_control","token":{},"node_id":{}}}"#,
@@ -270,6 +272,13 @@ fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
         json_string(&p.admin_token),
         ROUTE_PER_TRY_TIMEOUT_MS,
     );
+    (sync_configuration, edge_configuration)
+}
+
+/// The values for every placeholder of the template.
+fn values(p: &BootstrapParams) -> Vec<(&'static str, String)> {
+    let wasm_path = p.wasm_path.to_string_lossy().into_owned();
+    let (sync_configuration, edge_configuration) = configurations(p);
     let buffer_limit = p
         .max_request_body_bytes
         .saturating_add(BUFFER_HEADROOM_BYTES)
@@ -327,7 +336,73 @@ fn substitute(template: &str, values: &[(&str, String)]) -> String {
 
 /// Renders the Envoy bootstrap YAML for `p`.
 pub fn render(p: &BootstrapParams) -> String {
-    substitute(TEMPLATE, &values(p))
+    let yaml = substitute(TEMPLATE, &values(p));
+    if p.native {
+        native_form(&yaml, p)
+    } else {
+        yaml
+    }
+}
+
+/// Name of the native module: Envoy loads `lib<name>.so` from `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub const NATIVE_MODULE: &str = "tokenrouter_native";
+
+/// The edge filter of the template (from its first line to the router's), which the native
+/// form replaces.
+const EDGE_FILTER: (&str, &str) = (
+    "          - name: tokenrouter.edge\n",
+    "          - name: envoy.filters.http.router\n",
+);
+/// The wasm sync singleton of the template, which the native form runs in the module.
+const SYNC_SERVICE: (&str, &str) = ("bootstrap_extensions:\n", "overload_manager:\n");
+
+/// The bootstrap with the edge as the native module: the same plugin configuration, and the
+/// sync singleton's, go to the module (`filter_config`), which runs the singleton on a thread
+/// of its own and dials the control plane's endpoints itself; the wasm sync service goes.
+/// Provider clusters' upstream filters are the module too (the node's metadata says so).
+fn native_form(yaml: &str, p: &BootstrapParams) -> String {
+    let (sync_configuration, edge_configuration) = configurations(p);
+    let control: Vec<String> = p.control.0.iter().map(|a| format!("http://{a}")).collect();
+    let module_configuration = format!(
+        r#"{{"plugin":{edge_configuration},"sync":{sync_configuration},"clusters":{{"tokenrouter_control":{}}}}}"#,
+        serde_json::Value::from(control)
+    );
+    let filter = format!(
+        r#"          - name: tokenrouter.edge
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                name: {NATIVE_MODULE}
+                # Its threads and the SDK's thread locals live as long as the process.
+                do_not_close: true
+              filter_name: edge
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: "{}"
+"#,
+        yaml_dq_escape(&module_configuration)
+    );
+    let cut = |yaml: &str, (from, to): (&str, &str), with: &str| -> String {
+        match (yaml.find(from), yaml.find(to)) {
+            (Some(start), Some(end)) if start < end => {
+                format!("{}{with}{}", &yaml[..start], &yaml[end..])
+            }
+            _ => yaml.to_string(),
+        }
+    };
+    let native = cut(&cut(yaml, EDGE_FILTER, &filter), SYNC_SERVICE, "");
+    // The control plane gives this node's provider clusters the module as their upstream
+    // filter (`xds::META_NATIVE_MODULE`).
+    let wasm_line = "    tokenrouter_wasm_path: ";
+    match native.find(wasm_line) {
+        Some(at) => format!(
+            "{}    {}: \"{NATIVE_MODULE}\"\n{}",
+            &native[..at],
+            crate::xds::META_NATIVE_MODULE,
+            &native[at..]
+        ),
+        None => native,
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +419,7 @@ mod tests {
             admin_token: "0123456789abcdef".into(),
             node_id: "tokenrouter-node-1".into(),
             max_request_body_bytes: 10 * 1024 * 1024,
+            native: false,
         }
     }
 
@@ -579,6 +655,56 @@ mod tests {
                 out.status
             );
         }
+    }
+
+    /// The JSON of the native module's `filter_config` in a rendered bootstrap.
+    fn module_configuration(yaml: &str) -> serde_json::Value {
+        let at = yaml.find("filter_config:").unwrap();
+        let line = yaml[at..]
+            .lines()
+            .find(|l| l.trim_start().starts_with("value: "))
+            .unwrap();
+        let scalar = unquote(line.trim_start().trim_start_matches("value: "));
+        serde_json::from_str(&scalar).unwrap()
+    }
+
+    /// A YAML double-quoted scalar's text (the renderer's escapes are JSON's).
+    fn unquote(quoted: &str) -> String {
+        serde_json::from_str(quoted).unwrap()
+    }
+
+    #[test]
+    fn the_native_form_puts_the_edge_and_the_sync_singleton_in_the_module() {
+        let mut p = params("/opt/tr/tokenrouter_filter.wasm");
+        p.control = "127.0.0.1:50051,127.0.0.2:50051".parse().unwrap();
+        let wasm = render(&p);
+        p.native = true;
+        let native = render(&p);
+        // Only the edge filter, the sync service and the node's metadata differ.
+        assert!(wasm.contains("envoy.bootstrap.wasm") && !native.contains("envoy.bootstrap.wasm"));
+        assert!(
+            !native.contains("envoy.filters.http.wasm.v3.Wasm"),
+            "{native}"
+        );
+        assert!(native.contains("dynamic_modules.v3.DynamicModuleFilter"));
+        assert!(native.contains(&format!("name: {NATIVE_MODULE}")));
+        assert!(native.contains("tokenrouter_native_module: \"tokenrouter_native\"\n"));
+        assert!(native.contains("tokenrouter_wasm_path: \"/opt/tr/tokenrouter_filter.wasm\""));
+        assert!(
+            native.contains("envoy.filters.http.router") && native.contains("overload_manager:")
+        );
+        let c = module_configuration(&native);
+        assert_eq!(c["plugin"]["role"], "edge");
+        assert_eq!(c["plugin"]["direct_clusters"], true);
+        assert_eq!(c["plugin"]["token"], "0123456789abcdef");
+        assert_eq!(c["sync"]["role"], "sync");
+        assert_eq!(c["sync"]["node_id"], "tokenrouter-node-1");
+        assert_eq!(c["sync"]["control_cluster"], "tokenrouter_control");
+        // The module dials the replicas itself.
+        assert_eq!(
+            c["clusters"]["tokenrouter_control"],
+            serde_json::json!(["http://127.0.0.1:50051", "http://127.0.0.2:50051"])
+        );
     }
 
     #[test]

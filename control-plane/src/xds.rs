@@ -23,6 +23,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateClusterConfig;
+use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -59,6 +61,9 @@ pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.
 pub const META_WASM_PATH: &str = "tokenrouter_wasm_path";
 /// Node metadata key carrying the CA bundle used to verify providers (optional).
 pub const META_CA_FILE: &str = "tokenrouter_ca_file";
+/// Node metadata key naming the native module (`tokenrouter_native`) when the node's edge is
+/// the native form: its provider clusters then get the module as their upstream filter.
+pub const META_NATIVE_MODULE: &str = "tokenrouter_native_module";
 /// CA bundle used when the node does not name one.
 pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Name of the upstream wasm filter in every provider cluster.
@@ -274,24 +279,53 @@ fn plugin_config(plugin_name: &str, wasm_path: &str, configuration: String) -> P
     }
 }
 
-/// The upstream filter chain: the wasm upstream filter for `provider` (empty: a chain cluster,
+/// Which form of the filter a node runs, and so what its clusters' upstream filter is.
+#[derive(Clone, Copy, Debug)]
+pub enum Module<'a> {
+    /// `tokenrouter_filter.wasm` at this path (as Envoy sees it).
+    Wasm(&'a str),
+    /// The native module (an Envoy dynamic module) of this name.
+    Native(&'a str),
+}
+
+impl<'a> From<&'a str> for Module<'a> {
+    fn from(wasm_path: &'a str) -> Self {
+        Module::Wasm(wasm_path)
+    }
+}
+
+/// The upstream filter chain: the upstream filter for `provider` (empty: a chain cluster,
 /// where each attempt's provider comes from the edge's attempt list), then the codec.
-fn upstream_http_filters(provider: &str, wasm_path: &str) -> Vec<HttpFilter> {
+fn upstream_http_filters(provider: &str, module: Module<'_>) -> Vec<HttpFilter> {
     let configuration = format!(
         r#"{{"role":"upstream","provider":{}}}"#,
         serde_json::Value::String(provider.to_string())
     );
-    let wasm = Wasm {
-        config: Some(plugin_config(
-            "tokenrouter-upstream",
-            wasm_path,
-            configuration,
-        )),
+    let typed_config = match module {
+        Module::Wasm(wasm_path) => pack_any(Wasm {
+            config: Some(plugin_config(
+                "tokenrouter-upstream",
+                wasm_path,
+                configuration,
+            )),
+        }),
+        Module::Native(name) => pack_any(DynamicModuleFilter {
+            dynamic_module_config: Some(DynamicModuleConfig {
+                name: name.to_string(),
+                do_not_close: true,
+                ..Default::default()
+            }),
+            filter_name: "upstream".to_string(),
+            filter_config: Some(pack_any(StringValue {
+                value: format!(r#"{{"plugin":{configuration}}}"#),
+            })),
+            ..Default::default()
+        }),
     };
     vec![
         HttpFilter {
             name: UPSTREAM_FILTER_NAME.to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(wasm))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(typed_config)),
             ..Default::default()
         },
         codec_filter(),
@@ -355,20 +389,21 @@ fn tls_transport_socket(u: &Upstream, ca_file: &str) -> TransportSocket {
 
 /// The Cluster proto for one provider.
 ///
-/// `wasm_path` is the node's `tokenrouter_wasm_path` (the upstream filter's module), `ca_file`
-/// the CA bundle https providers are verified against.
-pub fn provider_cluster(
+/// `module` is the node's filter (`tokenrouter_wasm_path`, or its native module), the upstream
+/// filter's; `ca_file` the CA bundle https providers are verified against.
+pub fn provider_cluster<'a>(
     p: &ProviderCluster,
-    wasm_path: &str,
+    module: impl Into<Module<'a>>,
     ca_file: &str,
 ) -> Result<Cluster, XdsError> {
-    if wasm_path.is_empty() {
+    let module = module.into();
+    if matches!(module, Module::Wasm("") | Module::Native("")) {
         return Err(XdsError::EmptyWasmPath);
     }
     endpoint_cluster(
         p,
         &p.cluster,
-        upstream_http_filters(&p.name, wasm_path),
+        upstream_http_filters(&p.name, module),
         ca_file,
     )
 }
@@ -510,7 +545,7 @@ fn endpoint_cluster(
 /// the member an attempt lands on (checked on Envoy 1.40) — so the aggregate carries the wasm
 /// upstream filter itself, without a provider: each attempt's provider is entry `n` of the
 /// edge's attempt list. Connections, endpoints and TLS stay the members' own.
-pub fn chain_cluster(c: &ChainCluster, wasm_path: &str) -> Cluster {
+pub fn chain_cluster<'a>(c: &ChainCluster, module: impl Into<Module<'a>>) -> Cluster {
     let config = AggregateClusterConfig {
         clusters: c.children.clone(),
     };
@@ -526,7 +561,7 @@ pub fn chain_cluster(c: &ChainCluster, wasm_path: &str) -> Cluster {
                 },
             ),
         ),
-        http_filters: upstream_http_filters("", wasm_path),
+        http_filters: upstream_http_filters("", module.into()),
         ..Default::default()
     };
     let mut typed_extension_protocol_options: HashMap<String, Any> = HashMap::new();
@@ -559,6 +594,17 @@ struct NodeInfo {
     id: String,
     wasm_path: String,
     ca_file: String,
+    /// The native module's name when the node's edge is the native form.
+    native_module: Option<String>,
+}
+
+impl NodeInfo {
+    fn module(&self) -> Module<'_> {
+        match &self.native_module {
+            Some(name) => Module::Native(name),
+            None => Module::Wasm(&self.wasm_path),
+        }
+    }
 }
 
 fn metadata_string(node: &Node, key: &str) -> Option<String> {
@@ -586,6 +632,7 @@ fn node_info(node: Option<&Node>) -> Result<NodeInfo, Status> {
         id: node.id.clone(),
         wasm_path,
         ca_file,
+        native_module: metadata_string(node, META_NATIVE_MODULE),
     })
 }
 
@@ -705,8 +752,8 @@ impl AdsStream {
             let mut resources = Vec::with_capacity(current.providers.len() * 2);
             for p in &current.providers {
                 let direct = direct_cluster(p, &node.ca_file);
-                for cluster in std::iter::once(provider_cluster(p, &node.wasm_path, &node.ca_file))
-                    .chain(direct)
+                for cluster in
+                    std::iter::once(provider_cluster(p, node.module(), &node.ca_file)).chain(direct)
                 {
                     match cluster {
                         Ok(c) => resources.push(pack_any(c)),
@@ -715,7 +762,7 @@ impl AdsStream {
                 }
             }
             for c in &current.chains {
-                resources.push(pack_any(chain_cluster(c, &node.wasm_path)));
+                resources.push(pack_any(chain_cluster(c, node.module())));
             }
             (
                 current.version.to_string(),
@@ -1008,6 +1055,55 @@ mod tests {
             )
         ));
         check_filters(&opts, "local");
+    }
+
+    #[test]
+    fn a_native_node_gets_the_module_as_its_upstream_filter() {
+        let p = provider("local", "http://127.0.0.1:9000");
+        let wasm = provider_cluster(&p, WASM, CA).unwrap();
+        let native = provider_cluster(&p, Module::Native("tokenrouter_native"), CA).unwrap();
+        let chain = ChainCluster {
+            cluster: "tr_chain_x".into(),
+            children: vec!["tr_provider_local".into()],
+        };
+        let chain = chain_cluster(&chain, Module::Native("tokenrouter_native"));
+        for c in [&native, &chain] {
+            let opts = protocol_options(c);
+            assert_eq!(opts.http_filters.len(), 2);
+            assert_eq!(opts.http_filters[0].name, UPSTREAM_FILTER_NAME);
+            let Some(http_filter::ConfigType::TypedConfig(any)) = &opts.http_filters[0].config_type
+            else {
+                panic!("filter without typed_config");
+            };
+            assert_eq!(
+                any.type_url,
+                "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+            );
+            let f = DynamicModuleFilter::decode(any.value.as_slice()).unwrap();
+            let module = f.dynamic_module_config.unwrap();
+            assert_eq!(module.name, "tokenrouter_native");
+            assert!(module.do_not_close);
+            assert_eq!(f.filter_name, "upstream");
+            let config = StringValue::decode(f.filter_config.unwrap().value.as_slice()).unwrap();
+            let config: serde_json::Value = serde_json::from_str(&config.value).unwrap();
+            assert_eq!(config["plugin"]["role"], "upstream");
+            let provider = if std::ptr::eq(c, &native) {
+                "local"
+            } else {
+                ""
+            };
+            assert_eq!(config["plugin"]["provider"], provider);
+            assert_eq!(
+                opts.http_filters[1].name,
+                "envoy.filters.http.upstream_codec"
+            );
+        }
+        // Everything but the upstream filter is the wasm node's cluster.
+        let (mut a, mut b) = (protocol_options(&wasm), protocol_options(&native));
+        a.http_filters.clear();
+        b.http_filters.clear();
+        assert_eq!(a, b);
+        assert_eq!(wasm.load_assignment, native.load_assignment);
     }
 
     #[test]

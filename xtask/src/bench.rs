@@ -1444,9 +1444,34 @@ impl<'p> Stacks<'p> {
         concurrency: usize,
         wasm: &Path,
     ) -> Result<(SocketAddr, SocketAddr)> {
+        self.spawn_tr_envoy(children, cp, name, concurrency, wasm, false)
+    }
+
+    /// [`Stacks::tr_envoy`] with the edge as the native module (`filter/native`, built by
+    /// `crate::build_native_edge`; `tokenrouter envoy-bootstrap --native`).
+    fn tr_native_envoy(
+        &self,
+        children: &mut Supervisor,
+        cp: &ControlPlane,
+        name: &str,
+        concurrency: usize,
+    ) -> Result<(SocketAddr, SocketAddr)> {
+        self.spawn_tr_envoy(children, cp, name, concurrency, &self.paths.wasm(), true)
+    }
+
+    fn spawn_tr_envoy(
+        &self,
+        children: &mut Supervisor,
+        cp: &ControlPlane,
+        name: &str,
+        concurrency: usize,
+        wasm: &Path,
+        native: bool,
+    ) -> Result<(SocketAddr, SocketAddr)> {
         let listen = free_addr()?;
         let admin = free_addr()?;
-        let config = self.render_tr_bootstrap_at(cp, name, concurrency, wasm, listen, admin)?;
+        let config =
+            self.render_tr_bootstrap_at(cp, name, concurrency, wasm, listen, admin, native)?;
         self.spawn_envoy(children, &format!("tr-{name}"), &config, concurrency)?;
         Ok((listen, admin))
     }
@@ -1459,10 +1484,20 @@ impl<'p> Stacks<'p> {
         concurrency: usize,
         wasm: &Path,
     ) -> Result<PathBuf> {
-        self.render_tr_bootstrap_at(cp, name, concurrency, wasm, free_addr()?, free_addr()?)
+        self.render_tr_bootstrap_at(
+            cp,
+            name,
+            concurrency,
+            wasm,
+            free_addr()?,
+            free_addr()?,
+            false,
+        )
     }
 
-    /// `tokenrouter envoy-bootstrap` for an Envoy listening on `listen`, its admin on `admin`.
+    /// `tokenrouter envoy-bootstrap` for an Envoy listening on `listen`, its admin on `admin`;
+    /// with `native`, the edge as the native module.
+    #[allow(clippy::too_many_arguments)]
     fn render_tr_bootstrap_at(
         &self,
         cp: &ControlPlane,
@@ -1471,6 +1506,7 @@ impl<'p> Stacks<'p> {
         wasm: &Path,
         listen: SocketAddr,
         admin: SocketAddr,
+        native: bool,
     ) -> Result<PathBuf> {
         let config = self
             .work
@@ -1480,6 +1516,7 @@ impl<'p> Stacks<'p> {
                 .args(["--api-url", &format!("http://{}", cp.grpc), "--data-dir"])
                 .arg(&cp.data_dir)
                 .args(["envoy-bootstrap", "--listen", &listen.to_string()])
+                .args(native.then_some("--native"))
                 .args(["--admin", &admin.to_string(), "--control", &cp.grpc])
                 .args(["--node-id", &format!("bench-{name}-c{concurrency}")])
                 .arg("--wasm")

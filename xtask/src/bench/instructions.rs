@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 use super::client::Conn;
-use super::overhead::{COMPARE_NAME, ENVOY_CONCURRENCY};
+use super::overhead::{COMPARE_NAME, ENVOY_CONCURRENCY, NATIVE_NAME};
 use super::report::{per_round, stat_text, Stat};
 use super::{Plan, Stacks};
 use crate::Supervisor;
@@ -177,6 +177,15 @@ fn spawn_all(
     measured.push(Measured {
         name: "tr".into(),
         addr: tr,
+        key: Some(key.to_string()),
+        pid: super::last_pid(children)?,
+    });
+    crate::build_native_edge(stacks.paths)?;
+    let (native, _) =
+        stacks.tr_native_envoy(children, cp, "instructions-native", ENVOY_CONCURRENCY)?;
+    measured.push(Measured {
+        name: NATIVE_NAME.into(),
+        addr: native,
         key: Some(key.to_string()),
         pid: super::last_pid(children)?,
     });

@@ -31,6 +31,8 @@ pub(super) const ENVOY_CONCURRENCY: usize = 1;
 
 /// The row of the `--compare-wasm` build (a prefix of each row with several).
 pub(super) const COMPARE_NAME: &str = "tr (compare)";
+/// The row of `tr` with its edge as the native module (`filter/native`), same control plane.
+pub(super) const NATIVE_NAME: &str = "tr, native module";
 
 /// A floor filter in front of bare Envoy.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +135,10 @@ pub fn run(
     let floors: Vec<_> = envoys.collect();
     let (tr, _) = stacks.tr_envoy(&mut children, &cp, "overhead", ENVOY_CONCURRENCY)?;
     let tr_pid = super::last_pid(&children)?;
+    crate::build_native_edge(stacks.paths)?;
+    let (native, _) =
+        stacks.tr_native_envoy(&mut children, &cp, "overhead-native", ENVOY_CONCURRENCY)?;
+    let native_pid = super::last_pid(&children)?;
     let compare = match compare_wasm {
         Some(wasm) => {
             let (addr, _) = stacks.tr_envoy_with(
@@ -180,6 +186,11 @@ pub fn run(
         target(Candidate::Tr, tr, Some(&key)),
         pids(Some(tr_pid), Some(cp.pid)),
         Candidate::Tr.name(),
+    ));
+    targets.push((
+        target(Candidate::Tr, native, Some(&key)),
+        pids(Some(native_pid), Some(cp.pid)),
+        NATIVE_NAME,
     ));
     if let Some((addr, pid)) = compare {
         targets.push((
