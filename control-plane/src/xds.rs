@@ -680,7 +680,7 @@ impl AdsStream {
     ) -> Result<Vec<DiscoveryResponse>, Status> {
         if self.node.is_none() {
             let info = node_info(req.node.as_ref())?;
-            tracing::info!(node = %info.id, wasm = %info.wasm_path, ca = %info.ca_file, "ADS stream opened");
+            tracing::info!(node = %info.id, wasm = %info.wasm_path, native = ?info.native_module, ca = %info.ca_file, "ADS stream opened");
             self.node = Some(info);
         }
         let type_url = req.type_url.as_str();

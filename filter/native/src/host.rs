@@ -226,9 +226,9 @@ pub unsafe extern "C" fn proxy_set_buffer_bytes(
         let start = start.min(old.len());
         let end = start.saturating_add(size).min(old.len());
         let mut new = Vec::with_capacity(old.len() - (end - start) + value.len());
-        new.extend_from_slice(&old[..start]);
+        new.extend_from_slice(old.get(..start).unwrap_or_default());
         new.extend_from_slice(value);
-        new.extend_from_slice(&old[end..]);
+        new.extend_from_slice(old.get(end..).unwrap_or_default());
         spliced = new;
         &spliced
     };
