@@ -17,3 +17,10 @@ mod host;
 mod sdk;
 mod shared;
 mod thread;
+
+/// The module's own allocator. Through Envoy's exported `malloc` (tcmalloc) the filter's many
+/// small per-request allocations cost ≈ 30 000 instructions a request; mimalloc's thread-local
+/// heaps serve them for less, and free safely across threads (queue items and call answers are
+/// freed on the sync thread). Envoy never frees the module's memory, nor the module Envoy's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
