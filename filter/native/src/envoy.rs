@@ -259,44 +259,49 @@ fn append_chunks(filter: EnvoyPtr, kind: u32, out: &mut Vec<u8>) {
 }
 
 /// The body as proxy-wasm shows it: what Envoy buffered, then the chunk of the running hook.
-pub fn body(filter: EnvoyPtr, [buffered, received]: [u32; 2]) -> Vec<u8> {
+pub fn body(filter: EnvoyPtr, kinds: [u32; 2]) -> Vec<u8> {
     let mut out = Vec::new();
     if filter.is_null() {
         return out;
     }
-    // SAFETY: `filter` is the running stream's.
-    let size = unsafe {
-        envoy_dynamic_module_callback_http_get_body_size(filter, buffered)
-            + envoy_dynamic_module_callback_http_get_body_size(filter, received)
-    };
-    out.reserve_exact(size);
+    out.reserve_exact(body_size(filter, kinds));
+    let [buffered, received] = kinds;
     append_chunks(filter, buffered, &mut out);
     append_chunks(filter, received, &mut out);
     out
 }
 
-pub fn body_size(filter: EnvoyPtr, [buffered, received]: [u32; 2]) -> usize {
+/// The sizes of the buffered part and of the running chunk.
+pub fn body_sizes(filter: EnvoyPtr, [buffered, received]: [u32; 2]) -> [usize; 2] {
     if filter.is_null() {
-        return 0;
+        return [0, 0];
     }
     // SAFETY: `filter` is the running stream's.
     unsafe {
-        envoy_dynamic_module_callback_http_get_body_size(filter, buffered)
-            + envoy_dynamic_module_callback_http_get_body_size(filter, received)
+        [
+            envoy_dynamic_module_callback_http_get_body_size(filter, buffered),
+            envoy_dynamic_module_callback_http_get_body_size(filter, received),
+        ]
     }
 }
 
-/// Replaces the whole body (buffered part and running chunk) with `body`.
-pub fn replace_body(filter: EnvoyPtr, [buffered, received]: [u32; 2], body: &[u8]) -> bool {
+pub fn body_size(filter: EnvoyPtr, kinds: [u32; 2]) -> usize {
+    body_sizes(filter, kinds).iter().sum()
+}
+
+/// Replaces the whole body (buffered part and running chunk, of `sizes` as [`body_sizes`]
+/// read them) with `body`.
+pub fn replace_body(
+    filter: EnvoyPtr,
+    [buffered, received]: [u32; 2],
+    sizes: [usize; 2],
+    body: &[u8],
+) -> bool {
     if filter.is_null() {
         return false;
     }
     // SAFETY: `filter` is the running stream's; `body` is ours and outlives the calls.
     unsafe {
-        let sizes = [
-            envoy_dynamic_module_callback_http_get_body_size(filter, buffered),
-            envoy_dynamic_module_callback_http_get_body_size(filter, received),
-        ];
         if sizes[0] > 0 {
             envoy_dynamic_module_callback_http_drain_body(filter, buffered, sizes[0]);
         }

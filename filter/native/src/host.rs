@@ -216,7 +216,8 @@ pub unsafe extern "C" fn proxy_set_buffer_bytes(
     };
     let filter = current();
     // The filter replaces whole bodies: then the old one need not be read.
-    let whole = start == 0 && size >= envoy::body_size(filter, kinds);
+    let sizes = envoy::body_sizes(filter, kinds);
+    let whole = start == 0 && size >= sizes.iter().sum();
     let spliced;
     let new: &[u8] = if whole {
         value
@@ -232,7 +233,7 @@ pub unsafe extern "C" fn proxy_set_buffer_bytes(
         spliced = new;
         &spliced
     };
-    if !envoy::replace_body(filter, kinds, new) {
+    if !envoy::replace_body(filter, kinds, sizes, new) {
         log::warn!("setting the body failed");
     }
     Status::Ok
