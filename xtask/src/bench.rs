@@ -16,7 +16,8 @@
 //!
 //! Candidates: `direct` (the fake), `bare` (Envoy, static route to the fake, no filter), `tr`
 //! (Envoy from `tokenrouter envoy-bootstrap` + `tokenrouter serve` with 100 keys, 10 routing
-//! rules and 10 firewall rules), `tr-large`
+//! rules and 10 firewall rules), `tr-native` (the same stack and control plane with the
+//! edge as the native module, `tokenrouter envoy-bootstrap --native`), `tr-large`
 //! (the same with the large key set, for the scaling figure), `litellm` (LiteLLM proxy, one
 //! worker). Every round runs each step for every candidate, in a rotating order, so that the
 //! candidates share the machine's noise; figures are medians over rounds with min–max.
@@ -253,6 +254,7 @@ pub fn bench(paths: &Paths, args: &BenchArgs) -> Result<()> {
     crate::ensure_toolchain()?;
     crate::ensure_venv(paths, false)?;
     crate::build(paths, true)?;
+    crate::build_native_edge(paths)?;
     let oha = Oha::ensure(paths)?;
     report
         .versions
@@ -495,6 +497,12 @@ impl Targets {
             target(Candidate::Direct, self.direct, None, TR_MODEL),
             target(Candidate::Bare, envoys.bare, None, TR_MODEL),
             target(Candidate::Tr, envoys.tr, Some(&self.small_key), TR_MODEL),
+            target(
+                Candidate::TrNative,
+                envoys.tr_native,
+                Some(&self.small_key),
+                TR_MODEL,
+            ),
             target(
                 Candidate::TrLarge,
                 envoys.tr_large,
@@ -1256,6 +1264,8 @@ struct Envoys {
     bare: SocketAddr,
     tr: SocketAddr,
     tr_admin: SocketAddr,
+    /// `tr`'s stack with the edge as the native module, in front of the same control plane.
+    tr_native: SocketAddr,
     tr_large: SocketAddr,
     tr_large_admin: SocketAddr,
     pids: BTreeMap<Candidate, u32>,
@@ -1368,8 +1378,8 @@ impl<'p> Stacks<'p> {
         Ok(addr)
     }
 
-    /// Starts bare Envoy and the two tokenrouter Envoys with `--concurrency concurrency`, and
-    /// waits until each answers 200.
+    /// Starts bare Envoy and the three tokenrouter Envoys (`tr`, `tr-large`, `tr-native`) with
+    /// `--concurrency concurrency`, and waits until each answers 200.
     fn envoys(
         &self,
         concurrency: usize,
@@ -1392,11 +1402,14 @@ impl<'p> Stacks<'p> {
         let (tr, tr_admin) = self.tr_envoy(&mut children, small, "small", concurrency)?;
         let (tr_large, tr_large_admin) =
             self.tr_envoy(&mut children, large, "large", concurrency)?;
+        let (tr_native, _) =
+            self.tr_native_envoy(&mut children, small, "small-native", concurrency)?;
         // The pids, in spawn order after bare Envoy.
         let spawned: Vec<u32> = children.children.iter().map(|(_, c)| c.id()).collect();
-        if let [_, small_pid, large_pid] = spawned.as_slice() {
+        if let [_, small_pid, large_pid, native_pid] = spawned.as_slice() {
             pids.insert(Candidate::Tr, *small_pid);
             pids.insert(Candidate::TrLarge, *large_pid);
+            pids.insert(Candidate::TrNative, *native_pid);
         }
 
         let body = Bytes::from(request_body(TR_MODEL, false));
@@ -1404,6 +1417,7 @@ impl<'p> Stacks<'p> {
             (bare, None),
             (tr, Some(targets.small_key.as_str())),
             (tr_large, Some(targets.large_key.as_str())),
+            (tr_native, Some(targets.small_key.as_str())),
         ] {
             wait_until(
                 Duration::from_secs(120),
@@ -1418,6 +1432,7 @@ impl<'p> Stacks<'p> {
             tr_admin,
             tr_large,
             tr_large_admin,
+            tr_native,
             pids,
             _children: children,
         })
@@ -1804,6 +1819,10 @@ fn memory(
         (
             Candidate::TrLarge,
             "Envoy + tokenrouter filter, large key set (1 worker)",
+        ),
+        (
+            Candidate::TrNative,
+            "Envoy + tokenrouter as the native module, small config (1 worker)",
         ),
     ] {
         if let Some(pid) = envoys.pids.get(&candidate) {

@@ -4,7 +4,7 @@
 //! Every lock is held for a copy in or out only, never while the filter's code runs.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -127,32 +127,45 @@ pub fn dequeue(id: u32) -> Result<Option<Vec<u8>>, ()> {
     Ok(queue.items.pop_front())
 }
 
-#[derive(Default)]
-struct Metrics {
-    ids: HashMap<String, u32>,
-    values: Vec<&'static AtomicI64>,
+/// Most metrics the module defines (the filter's fixed counters and five per provider and
+/// model it served); a name beyond them gets id 0, which counts nothing.
+const MAX_METRICS: usize = 4096;
+
+/// Every metric's value, by id − 1: counting is one atomic add, with no lock.
+static VALUES: [AtomicI64; MAX_METRICS] = [const { AtomicI64::new(0) }; MAX_METRICS];
+/// How many ids are defined.
+static DEFINED: AtomicUsize = AtomicUsize::new(0);
+
+fn names() -> &'static Mutex<HashMap<String, u32>> {
+    static NAMES: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
+    NAMES.get_or_init(Mutex::default)
 }
 
-fn metrics() -> &'static Mutex<Metrics> {
-    static METRICS: OnceLock<Mutex<Metrics>> = OnceLock::new();
-    METRICS.get_or_init(Mutex::default)
-}
-
-/// The id of the metric `name` (one per name, across threads, as Envoy's stats are).
+/// The id of the metric `name` (one per name, across threads, as Envoy's stats are); 0 once
+/// [`MAX_METRICS`] are defined.
 pub fn define_metric(name: &str) -> u32 {
-    let mut m = lock(metrics());
-    if let Some(id) = m.ids.get(name) {
+    let mut names = lock(names());
+    if let Some(id) = names.get(name) {
         return *id;
     }
-    m.values.push(Box::leak(Box::new(AtomicI64::new(0))));
-    let id = u32::try_from(m.values.len()).unwrap_or(u32::MAX);
-    m.ids.insert(name.to_string(), id);
+    let defined = DEFINED.load(Ordering::Relaxed);
+    if defined >= MAX_METRICS {
+        return 0;
+    }
+    let Ok(id) = u32::try_from(defined + 1) else {
+        return 0;
+    };
+    DEFINED.store(defined + 1, Ordering::Release);
+    names.insert(name.to_string(), id);
     id
 }
 
 fn metric(id: u32) -> Option<&'static AtomicI64> {
     let index = usize::try_from(id).ok()?.checked_sub(1)?;
-    lock(metrics()).values.get(index).copied()
+    if index >= DEFINED.load(Ordering::Acquire) {
+        return None;
+    }
+    VALUES.get(index)
 }
 
 pub fn increment_metric(id: u32, by: i64) -> bool {

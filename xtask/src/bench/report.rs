@@ -24,6 +24,8 @@ pub enum Candidate {
     Direct,
     Bare,
     Tr,
+    /// The same stack as `Tr` (its control plane), with the edge as the native module.
+    TrNative,
     TrLarge,
     LiteLlm,
 }
@@ -34,6 +36,7 @@ impl Candidate {
             Candidate::Direct => "direct",
             Candidate::Bare => "bare",
             Candidate::Tr => "tr",
+            Candidate::TrNative => "tr-native",
             Candidate::TrLarge => "tr-large",
             Candidate::LiteLlm => "litellm",
         }
@@ -46,6 +49,7 @@ impl Candidate {
             Candidate::Tr => {
                 "tokenrouter (Envoy + filter + control plane, 100 keys, 10 routing rules, 10 firewall rules)"
             }
+            Candidate::TrNative => "tokenrouter, the filter as a native Envoy module",
             Candidate::TrLarge => "tokenrouter, large key set",
             Candidate::LiteLlm => "LiteLLM proxy (1 worker)",
         }
@@ -405,10 +409,10 @@ impl Report {
     }
 
     /// The filter's own added latency over bare Envoy's, per round:
-    /// (tr − bare) / (bare − direct).
-    fn filter_share(&self, metric: Metric) -> Option<Stat> {
+    /// (candidate − bare) / (bare − direct).
+    fn filter_share(&self, metric: Metric, candidate: Candidate) -> Option<Stat> {
         let (tr, bare, direct) = (
-            self.values(metric, Candidate::Tr),
+            self.values(metric, candidate),
             self.values(metric, Candidate::Bare),
             self.values(metric, Candidate::Direct),
         );
@@ -419,6 +423,17 @@ impl Report {
             .map(|i| (tr[i] - bare[i]) / (bare[i] - direct[i]))
             .collect();
         Stat::of(&per_round)
+    }
+
+    /// The forms of the filter this run measured, as the targets name them.
+    fn forms(&self) -> Vec<(Candidate, &'static str)> {
+        [
+            (Candidate::Tr, "`tr` (wasm filter)"),
+            (Candidate::TrNative, "`tr-native` (native module)"),
+        ]
+        .into_iter()
+        .filter(|(c, _)| !self.values(Metric::Latency1P50, *c).is_empty())
+        .collect()
     }
 
     fn large_keys_reached(&self) -> Option<usize> {
@@ -486,6 +501,7 @@ impl Report {
             Candidate::Direct,
             Candidate::Bare,
             Candidate::Tr,
+            Candidate::TrNative,
             Candidate::TrLarge,
             Candidate::LiteLlm,
         ] {
@@ -496,6 +512,7 @@ impl Report {
                         .to_string()
                 }
                 Candidate::Tr => "Envoy rendered by `tokenrouter envoy-bootstrap`, `tokenrouter serve` (release), 100 keys, 10 routing rules and 10 firewall rules (prompt scope), none matching the request, provider `bench` (`openai-compatible`) → the fake, model `bench/gpt-4o-mini`; auth, routing, usage logging to the control plane all on".to_string(),
+                Candidate::TrNative => "the same Envoy bootstrap and control plane as `tr`, rendered by `tokenrouter envoy-bootstrap --native`: the same filter built as an Envoy dynamic module (`filter/native`, loaded into Envoy's process) in place of the wasm VM".to_string(),
                 Candidate::TrLarge => format!(
                     "the same with {} keys (its own control plane); scaling figure only",
                     self.large_keys_reached().unwrap_or(self.plan.large_keys)
@@ -516,61 +533,68 @@ impl Report {
             let _ = writeln!(md, "| {target} | {measured} | {status} |");
         };
         let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
-        match self.filter_share(Metric::Latency1P50) {
-            Some(s) => row(
-                md,
-                "filter's added p50 ≤ 0.5 × bare Envoy's added latency (1 connection)",
-                format!(
-                    "{} × ({}–{}); filter adds {} µs, Envoy adds {} µs",
-                    f2(s.median),
-                    f2(s.min),
-                    f2(s.max),
-                    opt_us(self.paired(
-                        Metric::Latency1P50,
-                        Candidate::Tr,
-                        Candidate::Bare,
-                        |a, b| a - b
-                    )),
-                    opt_us(self.added(Metric::Latency1P50, Candidate::Bare)),
-                ),
-                verdict(s.median <= 0.5),
-            ),
-            None => row(
+        let forms = self.forms();
+        if forms.is_empty() {
+            row(
                 md,
                 "filter's added p50 ≤ 0.5 × bare Envoy's",
                 "not measured".into(),
                 "—",
-            ),
+            );
         }
-        for (metric, workers) in [(Metric::Saturated1Rps, 1), (Metric::Saturated2Rps, 2)] {
-            if let Some(s) = self.ratio(metric, Candidate::Tr, Candidate::Bare) {
+        for &(form, which) in &forms {
+            if let Some(s) = self.filter_share(Metric::Latency1P50, form) {
                 row(
                     md,
                     &format!(
-                        "throughput ≥ 0.6 × bare Envoy ({workers} worker{})",
-                        plural(workers)
+                        "filter's added p50 ≤ 0.5 × bare Envoy's added latency (1 connection), {which}"
                     ),
-                    format!("{} × ({}–{})", f2(s.median), f2(s.min), f2(s.max)),
-                    verdict(s.median >= 0.6),
+                    format!(
+                        "{} × ({}–{}); filter adds {} µs, Envoy adds {} µs",
+                        f2(s.median),
+                        f2(s.min),
+                        f2(s.max),
+                        opt_us(self.paired(Metric::Latency1P50, form, Candidate::Bare, |a, b| a
+                            - b)),
+                        opt_us(self.added(Metric::Latency1P50, Candidate::Bare)),
+                    ),
+                    verdict(s.median <= 0.5),
                 );
             }
         }
-        match self.ratio(Metric::Saturated1Rps, Candidate::Tr, Candidate::LiteLlm) {
-            Some(s) => row(
-                md,
-                "throughput ≥ 50 × LiteLLM (1 worker each)",
-                format!("{} × ({}–{})", f1(s.median), f1(s.min), f1(s.max)),
-                verdict(s.median >= 50.0),
-            ),
-            None => row(
-                md,
-                "throughput ≥ 50 × LiteLLM",
-                format!(
-                    "LiteLLM not measured: {}",
-                    self.litellm_missing.as_deref().unwrap_or("—")
+        for &(form, which) in &forms {
+            for (metric, workers) in [(Metric::Saturated1Rps, 1), (Metric::Saturated2Rps, 2)] {
+                if let Some(s) = self.ratio(metric, form, Candidate::Bare) {
+                    row(
+                        md,
+                        &format!(
+                            "throughput ≥ 0.6 × bare Envoy ({workers} worker{}), {which}",
+                            plural(workers)
+                        ),
+                        format!("{} × ({}–{})", f2(s.median), f2(s.min), f2(s.max)),
+                        verdict(s.median >= 0.6),
+                    );
+                }
+            }
+        }
+        for &(form, which) in &forms {
+            match self.ratio(Metric::Saturated1Rps, form, Candidate::LiteLlm) {
+                Some(s) => row(
+                    md,
+                    &format!("throughput ≥ 50 × LiteLLM (1 worker each), {which}"),
+                    format!("{} × ({}–{})", f1(s.median), f1(s.min), f1(s.max)),
+                    verdict(s.median >= 50.0),
                 ),
-                "not measured",
-            ),
+                None => row(
+                    md,
+                    &format!("throughput ≥ 50 × LiteLLM, {which}"),
+                    format!(
+                        "LiteLLM not measured: {}",
+                        self.litellm_missing.as_deref().unwrap_or("—")
+                    ),
+                    "not measured",
+                ),
+            }
         }
         if let Some(s) = self.ratio(Metric::Latency1P50, Candidate::TrLarge, Candidate::Tr) {
             let reached = self.large_keys_reached().unwrap_or(0);
@@ -647,14 +671,16 @@ impl Report {
                 .map_or("(not measured)".into(), |s| format!("{:.0}", s.median)),
         );
         self.latency_table(md, Metric::FixedP50, Metric::FixedP99, false);
-        if let Some(s) = self.filter_share(Metric::FixedP50) {
-            let _ = writeln!(
-                md,
-                "At the fixed rate the filter's added p50 is {} × bare Envoy's added p50 ({}–{}).\n",
-                f2(s.median),
-                f2(s.min),
-                f2(s.max)
-            );
+        for (form, which) in self.forms() {
+            if let Some(s) = self.filter_share(Metric::FixedP50, form) {
+                let _ = writeln!(
+                    md,
+                    "At the fixed rate the filter's added p50 ({which}) is {} × bare Envoy's added p50 ({}–{}).\n",
+                    f2(s.median),
+                    f2(s.min),
+                    f2(s.max)
+                );
+            }
         }
     }
 
@@ -696,6 +722,7 @@ impl Report {
             Candidate::Direct,
             Candidate::Bare,
             Candidate::Tr,
+            Candidate::TrNative,
             Candidate::TrLarge,
             Candidate::LiteLlm,
         ]
