@@ -133,7 +133,7 @@ const MAX_METRICS: usize = 4096;
 
 /// Every metric's value, by id − 1: counting is one atomic add, with no lock.
 static VALUES: [AtomicI64; MAX_METRICS] = [const { AtomicI64::new(0) }; MAX_METRICS];
-/// How many ids are defined.
+/// How many ids are defined: the name map's length, readable without its lock.
 static DEFINED: AtomicUsize = AtomicUsize::new(0);
 
 fn names() -> &'static Mutex<HashMap<String, u32>> {
@@ -148,15 +148,15 @@ pub fn define_metric(name: &str) -> u32 {
     if let Some(id) = names.get(name) {
         return *id;
     }
-    let defined = DEFINED.load(Ordering::Relaxed);
-    if defined >= MAX_METRICS {
-        return 0;
-    }
-    let Ok(id) = u32::try_from(defined + 1) else {
+    let defined = names.len();
+    let Some(id) = (defined < MAX_METRICS)
+        .then(|| u32::try_from(defined + 1).ok())
+        .flatten()
+    else {
         return 0;
     };
-    DEFINED.store(defined + 1, Ordering::Release);
     names.insert(name.to_string(), id);
+    DEFINED.store(names.len(), Ordering::Release);
     id
 }
 

@@ -394,33 +394,34 @@ impl Report {
 
     /// Latency `candidate` adds over direct, as a multiple of what bare Envoy adds, per round.
     fn added_over_bare(&self, metric: Metric, candidate: Candidate) -> Option<Stat> {
-        let (c, bare, direct) = (
-            self.values(metric, candidate),
-            self.values(metric, Candidate::Bare),
-            self.values(metric, Candidate::Direct),
-        );
-        if c.len() != bare.len() || bare.len() != direct.len() {
-            return None;
-        }
-        let per_round: Vec<f64> = (0..c.len())
-            .map(|i| (c[i] - direct[i]) / (bare[i] - direct[i]))
-            .collect();
-        Stat::of(&per_round)
+        self.over_bare_added(metric, candidate, Candidate::Direct)
     }
 
     /// The filter's own added latency over bare Envoy's, per round:
     /// (candidate − bare) / (bare − direct).
     fn filter_share(&self, metric: Metric, candidate: Candidate) -> Option<Stat> {
-        let (tr, bare, direct) = (
+        self.over_bare_added(metric, candidate, Candidate::Bare)
+    }
+
+    /// (candidate − `from`) / (bare − direct), per round.
+    fn over_bare_added(
+        &self,
+        metric: Metric,
+        candidate: Candidate,
+        from: Candidate,
+    ) -> Option<Stat> {
+        let (c, from, bare, direct) = (
             self.values(metric, candidate),
+            self.values(metric, from),
             self.values(metric, Candidate::Bare),
             self.values(metric, Candidate::Direct),
         );
-        if tr.len() != bare.len() || bare.len() != direct.len() {
+        let rounds = c.len();
+        if [from.len(), bare.len(), direct.len()] != [rounds; 3] {
             return None;
         }
-        let per_round: Vec<f64> = (0..tr.len())
-            .map(|i| (tr[i] - bare[i]) / (bare[i] - direct[i]))
+        let per_round: Vec<f64> = (0..rounds)
+            .map(|i| (c[i] - from[i]) / (bare[i] - direct[i]))
             .collect();
         Stat::of(&per_round)
     }
