@@ -5,7 +5,9 @@
 //! Every call into the filter is made from the thread's one loop, never from inside another
 //! call into it: the stream's tasks only pass what they receive to that loop.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -90,21 +92,81 @@ pub fn take_answer(token: u32) -> Option<Answer> {
     Some(answers.swap_remove(at).2)
 }
 
-/// How many times a call is made while it fails UNAVAILABLE.
-const UNAVAILABLE_ASKS: usize = 3;
+/// A cluster's replicas for unary calls, each its own lazily connected channel, taken in turn
+/// (Envoy's round robin); one that refused a call is left out for [`LEFT_OUT_FOR`], as Envoy's
+/// health check ejects it, so the next ask goes to a replica that answers.
+struct Replicas {
+    replicas: Vec<Replica>,
+    next: Cell<usize>,
+}
+
+struct Replica {
+    channel: tonic::transport::Channel,
+    out_until: Cell<Option<Instant>>,
+}
+
+/// How long a replica that refused a call is asked only when every other one refuses too.
+const LEFT_OUT_FOR: Duration = Duration::from_secs(5);
+
+impl Replicas {
+    fn new(endpoints: &Endpoints) -> Replicas {
+        let replicas = endpoints
+            .list()
+            .iter()
+            .filter_map(|address| Endpoint::from_shared(address.clone()).ok())
+            .map(|endpoint| Replica {
+                channel: endpoint
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect_lazy(),
+                out_until: Cell::new(None),
+            })
+            .collect();
+        Replicas {
+            replicas,
+            next: Cell::new(0),
+        }
+    }
+
+    /// The order in which a call asks the replicas (see [`order`]).
+    fn order(&self, now: Instant) -> Vec<usize> {
+        let start = self.next.get();
+        self.next.set(start.wrapping_add(1));
+        let out: Vec<bool> = self
+            .replicas
+            .iter()
+            .map(|r| r.out_until.get().is_some_and(|until| now < until))
+            .collect();
+        order(start, &out)
+    }
+}
+
+/// Each replica once, in turn from `start`, those left out (`out[i]`) last.
+fn order(start: usize, out: &[bool]) -> Vec<usize> {
+    let count = out.len();
+    let first = start.checked_rem(count).unwrap_or(0);
+    let turn = (0..count).map(|k| (first + k) % count);
+    let mut order: Vec<usize> = turn.clone().filter(|&i| !out[i]).collect();
+    order.extend(turn.filter(|&i| out[i]));
+    order
+}
 
 /// Makes a call and commits its answer to the asking stream's scheduler.
-async fn answer(token: u32, call: Call, channel: Option<tonic::transport::Channel>) {
-    let result = match channel {
-        Some(channel) => {
-            // A replica that just went away fails a call UNAVAILABLE until the balancer has
-            // seen it go: asked again (within the call's deadline), as Envoy's cluster would.
+async fn answer(token: u32, call: Call, replicas: Option<Rc<Replicas>>) {
+    let result = match replicas {
+        Some(replicas) => {
+            // A replica that just went away refuses the call (UNAVAILABLE): the next one is
+            // asked, within the call's deadline, as Envoy's cluster would route it elsewhere.
             let asks = async {
-                let mut last = Err((14, String::new()));
-                for _ in 0..UNAVAILABLE_ASKS {
-                    last = unary(channel.clone(), &call).await;
-                    if !matches!(last, Err((14, _))) {
-                        break;
+                let mut last = Err((14, "no replica".to_string()));
+                for at in replicas.order(Instant::now()) {
+                    let replica = &replicas.replicas[at];
+                    last = unary(replica.channel.clone(), &call).await;
+                    match last {
+                        Err((14, _)) => replica.out_until.set(Some(Instant::now() + LEFT_OUT_FOR)),
+                        _ => {
+                            replica.out_until.set(None);
+                            break;
+                        }
                     }
                 }
                 last
@@ -125,7 +187,6 @@ async fn answer(token: u32, call: Call, channel: Option<tonic::transport::Channe
 }
 
 async fn unary(channel: tonic::transport::Channel, call: &Call) -> Answer {
-    let status = |s: tonic::Status| (s.code() as u32, s.message().to_string());
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| (14, e.to_string()))?;
     let path = call
@@ -134,8 +195,20 @@ async fn unary(channel: tonic::transport::Channel, call: &Call) -> Answer {
         .map_err(|e| (13, e.to_string()))?;
     let mut request = tonic::Request::new(call.message.clone());
     insert_metadata(&mut request, &call.metadata);
-    let response = grpc.unary(request, path, Raw).await.map_err(status)?;
+    let response = grpc.unary(request, path, Raw).await.map_err(failure)?;
     Ok(response.into_inner())
+}
+
+/// A failed call's status as Envoy's gRPC client reports it: a status the server sent as it
+/// is; a connection lost during the call (no status from the server, which tonic calls
+/// UNKNOWN) INTERNAL, as Envoy reports a reset stream.
+fn failure(status: tonic::Status) -> (u32, String) {
+    use std::error::Error;
+    let code = match status.code() {
+        tonic::Code::Unknown if status.source().is_some() => 13,
+        code => code as u32,
+    };
+    (code, status.message().to_string())
 }
 
 fn insert_metadata<T>(request: &mut tonic::Request<T>, metadata: &[(Vec<u8>, Vec<u8>)]) {
@@ -209,18 +282,10 @@ async fn serve(plugin: Vec<u8>, clusters: HashMap<String, Endpoints>) {
         log::error!("a second control thread started");
         return;
     }
-    // One lazily connected channel per cluster, shared by every call to it, balanced over its
-    // endpoints (a call that finds a replica gone fails UNAVAILABLE, and the edge asks again).
-    let channels: HashMap<String, tonic::transport::Channel> = clusters
+    // Each cluster's replicas, shared by every unary call to it.
+    let replicas: HashMap<String, Rc<Replicas>> = clusters
         .iter()
-        .map(|(name, endpoints)| {
-            let list = endpoints.list().iter().filter_map(|address| {
-                Endpoint::from_shared(address.clone())
-                    .ok()
-                    .map(|e| e.connect_timeout(Duration::from_secs(5)))
-            });
-            (name.clone(), tonic::transport::Channel::balance_list(list))
-        })
+        .map(|(name, endpoints)| (name.clone(), Rc::new(Replicas::new(endpoints))))
         .collect();
     thread::with(|h| {
         h.sync = Some(SyncLink {
@@ -251,8 +316,8 @@ async fn serve(plugin: Vec<u8>, clusters: HashMap<String, Endpoints>) {
             Some(queue) = wake_rx.recv() => sdk::queue_ready(root, queue),
             Some(ask) = call_rx.recv() => match ask {
                 Ask::Call(token, call) => {
-                    let channel = channels.get(&call.cluster).cloned();
-                    tokio::task::spawn_local(answer(token, call, channel));
+                    let replicas = replicas.get(&call.cluster).cloned();
+                    tokio::task::spawn_local(answer(token, call, replicas));
                 }
                 Ask::After(delay, scheduler, event) => {
                     tokio::task::spawn_local(async move {
@@ -428,5 +493,38 @@ impl Decoder for Raw {
         let mut out = vec![0; src.remaining()];
         src.copy_to_slice(&mut out);
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_asked_in_turn_with_those_left_out_last() {
+        let cases: &[(usize, &[bool], &[usize])] = &[
+            (0, &[], &[]),
+            (0, &[false], &[0]),
+            (7, &[true], &[0]),
+            (0, &[false, false], &[0, 1]),
+            (1, &[false, false], &[1, 0]),
+            (0, &[true, false], &[1, 0]),
+            (1, &[true, false], &[1, 0]),
+            (2, &[false, true, false], &[2, 0, 1]),
+            (usize::MAX, &[false, false, false], &[0, 1, 2]),
+        ];
+        for (start, out, expected) in cases {
+            assert_eq!(order(*start, out), *expected, "start {start}, out {out:?}");
+        }
+    }
+
+    #[test]
+    fn a_connection_lost_during_a_call_is_internal_and_a_sent_status_stays() {
+        let lost = tonic::Status::from_error(Box::new(std::io::Error::other("reset")));
+        assert_eq!(lost.code(), tonic::Code::Unknown);
+        assert_eq!(failure(lost).0, 13);
+        assert_eq!(failure(tonic::Status::unknown("sent")).0, 2);
+        assert_eq!(failure(tonic::Status::unavailable("gone")).0, 14);
+        assert_eq!(failure(tonic::Status::resource_exhausted("full")).0, 8);
     }
 }
