@@ -10,7 +10,9 @@
 //! - [`shared`]: shared data, queues and metrics across threads.
 //! - [`control`]: the control thread, where the sync singleton runs and its stream is dialled.
 //! - [`sdk`]: the SDK's entry points, called directly.
+//! - [`alloc`]: the module's global allocator (mimalloc).
 
+mod alloc;
 mod control;
 mod envoy;
 mod host;
@@ -18,11 +20,6 @@ mod sdk;
 mod shared;
 mod thread;
 
-/// The module's own allocator. Through Envoy's exported `malloc` (tcmalloc) the filter's many
-/// small per-request allocations cost ≈ 30 000 instructions a request; mimalloc's thread-local
-/// heaps serve them for less, and free safely across threads (queue items and call answers are
-/// freed on the sync thread). Envoy never frees the module's memory, nor the module Envoy's.
-/// Built with local-dynamic TLS (`local_dynamic_tls`): Envoy loads the module with `dlopen`,
-/// where initial-exec TLS would need glibc's small static TLS surplus.
+/// The module's own allocator: mimalloc ([`alloc`]).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::MiMalloc = alloc::MiMalloc;
