@@ -159,7 +159,9 @@ async fn answer(token: u32, call: Call, replicas: Option<Rc<Replicas>>) {
             let asks = async {
                 let mut last = Err((14, "no replica".to_string()));
                 for at in replicas.order(Instant::now()) {
-                    let replica = &replicas.replicas[at];
+                    let Some(replica) = replicas.replicas.get(at) else {
+                        continue;
+                    };
                     last = unary(replica.channel.clone(), &call).await;
                     match last {
                         Err((14, _)) => replica.out_until.set(Some(Instant::now() + LEFT_OUT_FOR)),
