@@ -416,6 +416,49 @@ class ControlPlane:
 _ENVOY_IDS = itertools.count(1)
 
 
+# Envoy's namespaces for a filter's own stats: the wasm filter's, and a dynamic module's.
+FILTER_STAT_NAMESPACES = ("wasmcustom.", "dynamicmodulescustom.")
+# The native module's per-model counters are counter vecs labelled provider and model, which
+# Envoy names `<name>.provider.<p>.model.<m>`; the wasm filter's are flat names.
+NATIVE_MODEL_STAT = re.compile(
+    r"^tokenrouter\.by_model\.(?P<what>[A-Za-z0-9_]+)\.provider\.(?P<provider>[A-Za-z0-9_-]+)"
+    r"\.model\.(?P<model>[A-Za-z0-9_-]+)$"
+)
+
+
+def filter_stats(admin_url: str) -> dict[str, int]:
+    """The filter's counters in Envoy's ``/stats``, by the wasm filter's names: namespace
+    removed, and the native module's per-model counters
+    (``tokenrouter.by_model.<what>.provider.<p>.model.<m>``) under the wasm filter's
+    ``tokenrouter.provider.<p>.model.<m>.<what>``."""
+    text = requests.get(f"{admin_url}/stats?filter=tokenrouter", timeout=5).text
+    stats: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if not value.strip().isdigit():
+            continue
+        for namespace in FILTER_STAT_NAMESPACES:
+            name = name.removeprefix(namespace)
+        if m := NATIVE_MODEL_STAT.match(name):
+            name = f"tokenrouter.provider.{m['provider']}.model.{m['model']}.{m['what']}"
+        stats[name] = stats.get(name, 0) + int(value)
+    return stats
+
+
+def settled_filter_stats(admin_url: str, quiet: float = 0.3, timeout: float = 10) -> dict[str, int]:
+    """``filter_stats`` once they stop moving: the native module hands its counts to Envoy on
+    its sync thread's tick (every 100 ms), so a baseline read right after requests could miss
+    their last counts."""
+    deadline = time.monotonic() + timeout
+    last = filter_stats(admin_url)
+    while True:
+        time.sleep(quiet)
+        now = filter_stats(admin_url)
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+
+
 class Envoy:
     """Stock Envoy running the bootstrap that ``tokenrouter envoy-bootstrap`` renders."""
 

@@ -17,7 +17,15 @@ import pytest
 import requests
 
 from fakes.anthropic_fake import FakeAnthropic
-from harness import PROVIDER_SECRET, ControlPlane, Envoy, Harness, wait_for
+from harness import (
+    PROVIDER_SECRET,
+    ControlPlane,
+    Envoy,
+    Harness,
+    filter_stats,
+    settled_filter_stats,
+    wait_for,
+)
 
 ANTHROPIC_SECRET = "sk-ant-provider-secret"
 CATALOGUE = json.loads(
@@ -104,18 +112,9 @@ def expected_cost(row: dict[str, Any]) -> Decimal:
 
 
 def envoy_stats(envoy: Envoy) -> dict[str, int]:
-    text = requests.get(f"{envoy.admin_url}/stats?filter=tokenrouter", timeout=5).text
-    stats = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().isdigit():
-            stats[name.removeprefix("wasmcustom.")] = int(value)
-    return stats
+    return filter_stats(envoy.admin_url)
 
 
-@pytest.mark.wasm_only(
-    reason="the filter's counters are not in Envoy's stats under the native module yet"
-)
 def test_logs_summaries_and_stats_show_exactly_the_mix(gateway: Gateway) -> None:
     g = gateway
     g.control_plane.cli("routing", "set", "--key-id", g.key_id, "--strategy", "fallback",
@@ -126,7 +125,7 @@ def test_logs_summaries_and_stats_show_exactly_the_mix(gateway: Gateway) -> None
     # the rule's holds the routing configuration too).
     settled(lambda: g.post("/v1/chat/completions", chat("top-secret probe")).status_code == 422,
             "the firewall rule at the edge")
-    stats_before = envoy_stats(g.envoy)
+    stats_before = settled_filter_stats(g.envoy.admin_url)
     sent: dict[str, str] = {}  # request id -> what it was
 
     client = openai.OpenAI(base_url=f"{g.envoy.url}/v1", api_key=g.key, max_retries=0)

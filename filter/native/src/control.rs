@@ -314,6 +314,7 @@ async fn serve(plugin: Vec<u8>, clusters: HashMap<String, Endpoints>) {
                     sdk::queue_ready(root, queue);
                 }
                 sdk::tick(root);
+                crate::stats::request_flush();
             }
             Some(queue) = wake_rx.recv() => sdk::queue_ready(root, queue),
             Some(ask) = call_rx.recv() => match ask {

@@ -14,7 +14,7 @@ use proxy_wasm::types::Action;
 use serde::Deserialize;
 
 use crate::thread::{self, Config, Deferred};
-use crate::{control, sdk};
+use crate::{control, sdk, stats};
 
 pub type EnvoyPtr = *mut c_void;
 type ModulePtr = *const c_void;
@@ -127,6 +127,20 @@ extern "C" {
         out: *mut Buffer,
     ) -> bool;
     fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: EnvoyPtr,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_size: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: EnvoyPtr,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_size: usize,
+        value: u64,
+    ) -> u32;
     fn envoy_dynamic_module_callback_http_clear_route_cache(filter: EnvoyPtr);
     fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: EnvoyPtr) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
@@ -134,6 +148,14 @@ extern "C" {
         event_id: u64,
     );
     fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: EnvoyPtr,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
 }
 
 /// A stream's scheduler: events committed to it (from any thread) run the stream's
@@ -168,6 +190,95 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         // SAFETY: made by `scheduler_new`, deleted once, here.
         unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
+    }
+}
+
+/// A filter configuration's scheduler: events committed to it (from any thread) run the
+/// configuration's `on_http_filter_config_scheduled` on Envoy's main thread, unless the
+/// configuration is gone by then (the scheduler holds it weakly).
+pub struct ConfigScheduler(*mut c_void);
+
+// SAFETY: as for `Scheduler`: committed to from any thread, deleted once by its owner.
+unsafe impl Send for ConfigScheduler {}
+// SAFETY: as above; `commit` takes `&self`.
+unsafe impl Sync for ConfigScheduler {}
+
+impl ConfigScheduler {
+    /// The scheduler of the configuration Envoy is creating (`config`).
+    pub fn new(config: EnvoyPtr) -> Option<ConfigScheduler> {
+        if config.is_null() {
+            return None;
+        }
+        // SAFETY: `config` is the configuration Envoy is creating, in its `config_new` hook.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
+        (!ptr.is_null()).then_some(ConfigScheduler(ptr))
+    }
+
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: the scheduler is alive while `self` is.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id)
+        }
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `config_scheduler_new`, deleted once, here.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
+
+/// Defines a counter (with `label_count` label names at `labels`, or none) in the
+/// configuration Envoy is creating; its id, or `None` when Envoy refuses.
+pub fn define_counter(
+    config: EnvoyPtr,
+    name: &[u8],
+    labels: *const Buffer,
+    label_count: usize,
+) -> Option<usize> {
+    if config.is_null() {
+        return None;
+    }
+    let mut id = 0usize;
+    // SAFETY: `config` is the configuration Envoy is creating (the caller's promise); the name
+    // and `label_count` label names are read during the call.
+    let result = unsafe {
+        envoy_dynamic_module_callback_http_filter_config_define_counter(
+            config,
+            Buffer::of(name),
+            labels,
+            label_count,
+            &mut id,
+        )
+    };
+    (result == METRICS_SUCCESS).then_some(id)
+}
+
+/// Adds `value` to counter `id` of the configuration `config` (on Envoy's main thread, in
+/// one of its hooks), with the counter vec's label values (none for a plain counter).
+pub fn increment_counter(config: EnvoyPtr, id: usize, label_values: &[Buffer], value: u64) {
+    if config.is_null() {
+        return;
+    }
+    let values = if label_values.is_empty() {
+        ptr::null()
+    } else {
+        label_values.as_ptr()
+    };
+    // SAFETY: `config` is alive for the running hook; the values are read during the call. A
+    // refused increment (an unknown id) changes nothing.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_config_increment_counter(
+            config,
+            id,
+            values,
+            label_values.len(),
+            value,
+        );
     }
 }
 
@@ -408,7 +519,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 /// Envoy lends `config` for the call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _envoy: EnvoyPtr,
+    envoy: EnvoyPtr,
     _name: Buffer,
     config: Buffer,
 ) -> ModulePtr {
@@ -428,8 +539,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     if let Some(sync) = parsed.sync {
         control::start(sync.to_string().into_bytes(), parsed.clusters);
     }
+    let key = KEYS.fetch_add(1, Ordering::Relaxed);
+    // Only the edge counts; upstream filters' configurations would show the counters again,
+    // at zero, under every provider cluster's stats.
+    if parsed
+        .plugin
+        .get("role")
+        .and_then(serde_json::Value::as_str)
+        == Some("edge")
+    {
+        stats::define(envoy, key);
+    }
     let config = Box::new(Config {
-        key: KEYS.fetch_add(1, Ordering::Relaxed),
+        key,
         plugin: Arc::from(parsed.plugin.to_string().into_bytes()),
     });
     Box::into_raw(config).cast_const().cast()
@@ -443,6 +565,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
         // SAFETY: made by `Box::into_raw` in `config_new`, destroyed once by Envoy. Streams
         // never outlive their configuration.
         let config = unsafe { Box::from_raw(config.cast_mut().cast::<Config>()) };
+        stats::forget(config.key);
         // Each thread's root for it goes at that thread's next stream.
         thread::retire(config.key);
     }
@@ -667,8 +790,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     });
 }
 
-/// Hooks Envoy requires to exist; this module starts no callout, stream or schedule of
-/// Envoy's and keeps no per-route configuration, so they are never called with anything to do.
+/// An event of a configuration's scheduler, on Envoy's main thread: the counters' flush.
+///
+/// # Safety
+/// Envoy's pointers of a live configuration.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    envoy: EnvoyPtr,
+    _config: ModulePtr,
+    event_id: u64,
+) {
+    if event_id == stats::FLUSH_EVENT {
+        stats::flush(envoy);
+    }
+}
+
+/// Hooks Envoy requires to exist; this module starts no callout or stream of Envoy's and
+/// keeps no per-route configuration, so they are never called with anything to do.
 macro_rules! unused_hooks {
     ($($name:ident),* $(,)?) => {
         $(
@@ -689,7 +827,6 @@ unused_hooks!(
     envoy_dynamic_module_on_http_filter_http_stream_trailers,
     envoy_dynamic_module_on_http_filter_http_stream_complete,
     envoy_dynamic_module_on_http_filter_http_stream_reset,
-    envoy_dynamic_module_on_http_filter_config_scheduled,
     envoy_dynamic_module_on_http_filter_config_http_callout_done,
     envoy_dynamic_module_on_http_filter_config_http_stream_headers,
     envoy_dynamic_module_on_http_filter_config_http_stream_data,

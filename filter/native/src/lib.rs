@@ -8,6 +8,7 @@
 //! - [`host`]: the proxy-wasm host calls (`proxy_*`), defined for the SDK linked in here.
 //! - [`thread`]: per-thread host state (a thread is what a VM is under wasm).
 //! - [`shared`]: shared data, queues and metrics across threads.
+//! - [`stats`]: the edge's counters in Envoy's own stats.
 //! - [`control`]: the control thread, where the sync singleton runs and its stream is dialled.
 //! - [`sdk`]: the SDK's entry points, called directly.
 //! - [`alloc`]: the module's global allocator (mimalloc).
@@ -18,6 +19,7 @@ mod envoy;
 mod host;
 mod sdk;
 mod shared;
+mod stats;
 mod thread;
 
 /// The module's own allocator: mimalloc ([`alloc`]).

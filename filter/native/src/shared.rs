@@ -9,6 +9,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::stats;
+
 /// Bound on the items one queue holds; beyond it, enqueueing fails as Envoy's does when a
 /// queue is gone (the worker keeps its records and tries again).
 const MAX_QUEUED: usize = 10_000;
@@ -129,10 +131,13 @@ pub fn dequeue(id: u32) -> Result<Option<Vec<u8>>, ()> {
 
 /// Most metrics the module defines (the filter's fixed counters and five per provider and
 /// model it served); a name beyond them gets id 0, which counts nothing.
-const MAX_METRICS: usize = 4096;
+pub const MAX_METRICS: usize = 4096;
 
 /// Every metric's value, by id − 1: counting is one atomic add, with no lock.
 static VALUES: [AtomicI64; MAX_METRICS] = [const { AtomicI64::new(0) }; MAX_METRICS];
+/// Where each metric also counts in Envoy's stats, by id − 1 (set when it is defined).
+static ENVOY_TARGETS: [OnceLock<stats::Target>; MAX_METRICS] =
+    [const { OnceLock::new() }; MAX_METRICS];
 /// How many ids are defined: the name map's length, readable without its lock.
 static DEFINED: AtomicUsize = AtomicUsize::new(0);
 
@@ -155,6 +160,9 @@ pub fn define_metric(name: &str) -> u32 {
     else {
         return 0;
     };
+    if let (Some(target), Some(slot)) = (stats::target(name), ENVOY_TARGETS.get(defined)) {
+        let _ = slot.set(target);
+    }
     names.insert(name.to_string(), id);
     DEFINED.store(names.len(), Ordering::Release);
     id
@@ -166,6 +174,19 @@ fn metric(id: u32) -> Option<&'static AtomicI64> {
         return None;
     }
     VALUES.get(index)
+}
+
+/// Every defined metric that also counts in Envoy's stats: (index, its value, where).
+pub fn envoy_targets() -> impl Iterator<Item = (usize, i64, &'static stats::Target)> {
+    let defined = DEFINED.load(Ordering::Acquire);
+    VALUES
+        .iter()
+        .zip(&ENVOY_TARGETS)
+        .take(defined)
+        .enumerate()
+        .filter_map(|(at, (value, target))| {
+            target.get().map(|t| (at, value.load(Ordering::Relaxed), t))
+        })
 }
 
 pub fn increment_metric(id: u32, by: i64) -> bool {
