@@ -279,10 +279,6 @@ def test_seed_routing_rule_fires_with_its_trace(fleet: Fleet) -> None:
     assert "Using beta routing" in r.headers["x-tokenrouter-warnings"]
 
 
-@pytest.mark.wasm_only(
-    reason="a native worker sends its held records when its last stream ends, so sequential "
-    "requests go one per batch and form no runs"
-)
 def test_runs_of_equal_traces_are_sent_once_and_logged_whole(fleet: Fleet) -> None:
     """Requests the same rules decide alike carry the same trace: the edge sends a run of equal
     traces once per usage batch, and every log row still holds its own request's whole trace."""

@@ -307,6 +307,69 @@ pub fn flush_usage_backlog_when_due(now_ms: i64) {
     });
 }
 
+/// Records idle native workers handed over ([`park_usage_backlog`]), with their traces in them,
+/// and whether the snapshot of the last one to park accepted runs of equal traces.
+static PARKED: std::sync::Mutex<(Vec<UsageRecord>, bool)> =
+    std::sync::Mutex::new((Vec::new(), false));
+
+fn parked() -> std::sync::MutexGuard<'static, (Vec<UsageRecord>, bool)> {
+    PARKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hands every record this VM holds to a process-wide parking place, for the next
+/// [`take_parked_batches`]: the native module's worker has no timer of its own, so when its
+/// last stream ends its records go with its sync thread's next tick, batched with what other
+/// idle moments parked, rather than as a batch each (sequential requests then form runs).
+/// Beyond [`MAX_BACKLOG`] parked records they go to the queue at once instead.
+pub fn park_usage_backlog() {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.backlog.is_empty() {
+            return;
+        }
+        let mut parked = parked();
+        if parked.0.len().saturating_add(s.backlog.len()) > MAX_BACKLOG {
+            drop(parked);
+            flush_backlog(&mut s);
+            return;
+        }
+        let runs = s.snapshot.as_ref().is_some_and(|s| s.accepts_trace_runs);
+        let pending: Vec<Pending> = s.backlog.drain(..).collect();
+        parked.0.extend(encoded_records(pending, false));
+        parked.1 = runs;
+    });
+}
+
+/// Sends the parked records as shared-queue items (`sync.v1.UsageBatch`, [`USAGE_BATCH`]
+/// records at most each, runs of equal traces sent once when the snapshot accepted them)
+/// through `send`; what `send` refuses is parked again, in front, for the next time.
+pub fn send_parked(mut send: impl FnMut(&[u8]) -> bool) {
+    let (mut records, runs) = {
+        let mut parked = parked();
+        (std::mem::take(&mut parked.0), parked.1)
+    };
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(USAGE_BATCH));
+        let mut batch = UsageBatch {
+            batch_id: 0,
+            records: std::mem::replace(&mut records, rest),
+        };
+        if runs {
+            trace_runs::send_once(&mut batch.records);
+        }
+        if !send(&batch.encode_to_vec()) {
+            trace_runs::restore(&mut batch.records);
+            batch.records.append(&mut records);
+            let mut parked = parked();
+            batch.records.append(&mut parked.0);
+            parked.0 = batch.records;
+            return;
+        }
+    }
+}
+
 fn flush_backlog(s: &mut VmState) {
     if s.backlog.is_empty() {
         return;
@@ -380,6 +443,40 @@ mod tests {
             },
             trace: trace.cloned(),
         }
+    }
+
+    /// Parked records leave in batches of at most `USAGE_BATCH`, runs of equal traces sent
+    /// once; what the queue refuses is parked again, first, with its traces back.
+    #[test]
+    fn parked_records_leave_in_batches_and_a_refused_batch_stays() {
+        let record = |id: usize, trace: &str| UsageRecord {
+            request_id: format!("r{id}"),
+            rule_trace: trace.to_string(),
+            ..UsageRecord::default()
+        };
+        let n = USAGE_BATCH + 10;
+        *parked() = ((0..n).map(|i| record(i, "same")).collect(), true);
+        let mut sent: Vec<UsageBatch> = Vec::new();
+        send_parked(|item| {
+            if sent.len() == 1 {
+                return false;
+            }
+            sent.extend(UsageBatch::decode(item).ok());
+            true
+        });
+        assert_eq!(sent.len(), 1);
+        let first = &sent[0];
+        assert_eq!(first.records.len(), USAGE_BATCH);
+        assert_eq!(first.records[0].rule_trace, "same");
+        assert!(first.records[1..]
+            .iter()
+            .all(|r| r.rule_trace.is_empty() && r.rule_trace_as_previous));
+        let left = std::mem::take(&mut parked().0);
+        assert_eq!(left.len(), 10);
+        assert_eq!(left[0].request_id, format!("r{USAGE_BATCH}"));
+        assert!(left
+            .iter()
+            .all(|r| r.rule_trace == "same" && !r.rule_trace_as_previous));
     }
 
     /// A look is due once its period passed since the last one (which it then becomes), at once

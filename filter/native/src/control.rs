@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -245,6 +246,14 @@ pub struct SyncLink {
 
 /// Starts this process's control thread, once (later configurations with a `sync` part, e.g.
 /// after a listener update, find it running).
+/// The control thread's tick loop runs: what idle workers park is sent from it.
+static TICKING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the control thread's tick loop runs ([`TICKING`]).
+pub fn ticking() -> bool {
+    TICKING.load(Ordering::Acquire)
+}
+
 pub fn start(plugin: Vec<u8>, clusters: HashMap<String, Endpoints>) {
     static STARTED: OnceLock<Mutex<bool>> = OnceLock::new();
     let started = STARTED.get_or_init(Mutex::default);
@@ -306,9 +315,15 @@ async fn serve(plugin: Vec<u8>, clusters: HashMap<String, Endpoints>) {
     let period = Duration::from_millis(thread::with(|h| h.tick_ms(root)).max(10));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    TICKING.store(true, Ordering::Release);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                // What idle workers parked, in batches of their own (`vm::park_usage_backlog`).
+                tokenrouter_filter::vm::send_parked(|item| {
+                    shared::resolve_queue(tokenrouter_filter::VM_ID, tokenrouter_filter::USAGE_QUEUE)
+                        .is_some_and(|queue| shared::enqueue(queue, item))
+                });
                 // Queues wake this thread only every few items: what came since, now.
                 for queue in shared::queue_ids() {
                     sdk::queue_ready(root, queue);

@@ -745,10 +745,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: Mod
         h.live.is_empty()
     });
     if idle {
-        // Nothing left to carry a tick: the usage records this worker holds go now rather
-        // than wait for traffic. Under load streams overlap, and records go in batches on
-        // the ticks the live streams carry.
-        tokenrouter_filter::vm::flush_usage_backlog();
+        // Nothing left to carry a tick: the usage records this worker holds go to the control
+        // thread, which sends them on its next tick with what other idle moments parked
+        // (batched, so sequential requests form runs of equal traces), or to the queue now
+        // when that thread does not run. Under load streams overlap, and records go in
+        // batches on the ticks the live streams carry.
+        if control::ticking() {
+            tokenrouter_filter::vm::park_usage_backlog();
+        } else {
+            tokenrouter_filter::vm::flush_usage_backlog();
+        }
     } else {
         thread::arm_tick();
     }
