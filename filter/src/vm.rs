@@ -319,7 +319,7 @@ fn parked() -> std::sync::MutexGuard<'static, (Vec<UsageRecord>, bool)> {
 }
 
 /// Hands every record this VM holds to a process-wide parking place, for the next
-/// [`take_parked_batches`]: the native module's worker has no timer of its own, so when its
+/// [`send_parked`]: the native module's worker has no timer of its own, so when its
 /// last stream ends its records go with its sync thread's next tick, batched with what other
 /// idle moments parked, rather than as a batch each (sequential requests then form runs).
 /// Beyond [`MAX_BACKLOG`] parked records they go to the queue at once instead.

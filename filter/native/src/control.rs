@@ -244,8 +244,6 @@ pub struct SyncLink {
     next_token: u32,
 }
 
-/// Starts this process's control thread, once (later configurations with a `sync` part, e.g.
-/// after a listener update, find it running).
 /// The control thread's tick loop runs: what idle workers park is sent from it.
 static TICKING: AtomicBool = AtomicBool::new(false);
 
@@ -254,6 +252,8 @@ pub fn ticking() -> bool {
     TICKING.load(Ordering::Acquire)
 }
 
+/// Starts this process's control thread, once (later configurations with a `sync` part, e.g.
+/// after a listener update, find it running).
 pub fn start(plugin: Vec<u8>, clusters: HashMap<String, Endpoints>) {
     static STARTED: OnceLock<Mutex<bool>> = OnceLock::new();
     let started = STARTED.get_or_init(Mutex::default);
