@@ -111,10 +111,6 @@ def expected_cost(row: dict[str, Any]) -> Decimal:
     return row["input_tokens"] * per_in + row["output_tokens"] * per_out
 
 
-def envoy_stats(envoy: Envoy) -> dict[str, int]:
-    return filter_stats(envoy.admin_url)
-
-
 def test_logs_summaries_and_stats_show_exactly_the_mix(gateway: Gateway) -> None:
     g = gateway
     g.control_plane.cli("routing", "set", "--key-id", g.key_id, "--strategy", "fallback",
@@ -248,14 +244,14 @@ def test_logs_summaries_and_stats_show_exactly_the_mix(gateway: Gateway) -> None
     }
 
     def counted_by_envoy() -> dict[str, int] | None:
-        now = envoy_stats(g.envoy)
+        now = filter_stats(g.envoy.admin_url)
         delta = {k: now.get(k, 0) - stats_before.get(k, 0) for k in want}
         return delta if delta == want else None
 
     try:
         wait_for(counted_by_envoy, 10, what="Envoy's tokenrouter stats")
     except Exception:
-        now = envoy_stats(g.envoy)
+        now = filter_stats(g.envoy.admin_url)
         assert {k: now.get(k, 0) - stats_before.get(k, 0) for k in want} == want
 
     # The control plane's metrics use OpenTelemetry's GenAI names.

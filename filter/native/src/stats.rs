@@ -59,11 +59,9 @@ static DEFINED_AS_EXPECTED: AtomicBool = AtomicBool::new(true);
 /// thread only, in [`flush`]).
 static FLUSHED: [AtomicI64; MAX_METRICS] = [const { AtomicI64::new(0) }; MAX_METRICS];
 
-/// A flush is committed to Envoy's main thread and has not run yet.
-static FLUSH_PENDING: AtomicBool = AtomicBool::new(false);
-
-/// Ticks a committed flush has been waiting; after [`FLUSH_LOST_AFTER`] it is taken as lost
-/// (its configuration went before Envoy ran it) and asked again.
+/// Ticks the flush committed to Envoy's main thread has been waiting (0: none is waiting);
+/// after [`FLUSH_LOST_AFTER`] it is taken as lost (its configuration went before Envoy ran
+/// it) and asked again.
 static FLUSH_WAITED: AtomicU32 = AtomicU32::new(0);
 const FLUSH_LOST_AFTER: u32 = 10;
 
@@ -128,9 +126,9 @@ pub fn request_flush() {
     if !DEFINED_AS_EXPECTED.load(Ordering::Relaxed) {
         return;
     }
-    if FLUSH_PENDING.load(Ordering::Acquire)
-        && FLUSH_WAITED.fetch_add(1, Ordering::Relaxed) < FLUSH_LOST_AFTER
-    {
+    let waited = FLUSH_WAITED.load(Ordering::Acquire);
+    if waited > 0 && waited <= FLUSH_LOST_AFTER {
+        FLUSH_WAITED.store(waited + 1, Ordering::Relaxed);
         return;
     }
     let gained = shared::envoy_targets().any(|(at, value, _)| {
@@ -143,8 +141,7 @@ pub fn request_flush() {
     }
     let schedulers = schedulers();
     if let Some((_, scheduler)) = schedulers.first() {
-        FLUSH_WAITED.store(0, Ordering::Relaxed);
-        FLUSH_PENDING.store(true, Ordering::Release);
+        FLUSH_WAITED.store(1, Ordering::Release);
         scheduler.commit(FLUSH_EVENT);
     }
 }
@@ -155,7 +152,7 @@ pub const FLUSH_EVENT: u64 = 1;
 /// On Envoy's main thread, in the configuration `config`'s scheduled event: adds to each of
 /// Envoy's counters what the module's gained since the last flush.
 pub fn flush(config: EnvoyPtr) {
-    FLUSH_PENDING.store(false, Ordering::Release);
+    FLUSH_WAITED.store(0, Ordering::Release);
     if !DEFINED_AS_EXPECTED.load(Ordering::Relaxed) {
         return;
     }
